@@ -1,0 +1,41 @@
+# Two commands on a fresh clone: `make dev` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: dev test lint typecheck unit integration clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(VENV)/.runtime-installed $@
+
+## Run API + 2 workers (+ its own Redis, SQLite) on http://127.0.0.1:8000
+dev: $(VENV)/.runtime-installed
+	$(BIN)/python -m runner dev $(ARGS)
+
+## Lint, type-check and run every test (starts its own Redis and PostgreSQL)
+test: $(VENV)/.dev-installed lint typecheck
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy runner api
+
+unit: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest tests/unit
+
+integration: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest tests/integration
+
+clean:
+	rm -rf $(VENV) .runner .pytest_cache .mypy_cache .ruff_cache

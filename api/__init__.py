@@ -1,0 +1,41 @@
+"""The HTTP API: a thin Flask layer over `runner`.
+
+Run it with ``gunicorn "api:create_app()"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from api.errors import register_error_handlers
+from api.state import RunnerState
+from runner.backends import open_backends
+from runner.config import Settings
+from runner.registry import Registry
+
+__all__ = ["create_app"]
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then `test_config` (tests only)."""
+    app = Flask(__name__)
+    app.config.from_mapping(RUNNER_SETTINGS=None, RUNNER_REGISTRY=None, RUNNER_BACKENDS=None)
+    if test_config:
+        app.config.update(test_config)
+    settings: Settings = app.config["RUNNER_SETTINGS"] or Settings.from_env()
+    registry = app.config["RUNNER_REGISTRY"] or Registry.discover(settings.functions_package)
+    backends = app.config["RUNNER_BACKENDS"] or open_backends(settings)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["runner"] = RunnerState(registry=registry, backends=backends)
+
+    from api import functions, health, jobs
+
+    app.register_blueprint(functions.blueprint)
+    app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(health.blueprint)
+    register_error_handlers(app)
+    return app

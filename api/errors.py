@@ -1,0 +1,99 @@
+"""The one error handler: every failure leaves the API as the same JSON shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from runner.backends import REDIS_ERRORS
+from runner.errors import (
+    BackendUnavailable,
+    FunctionNotFound,
+    InvalidInput,
+    JobNotFound,
+    MalformedRequest,
+    PayloadTooLarge,
+    RunnerError,
+    StateConflict,
+    UnsupportedMediaType,
+)
+from runner.store import UNAVAILABLE_ERRORS
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[RunnerError], int] = {
+    MalformedRequest: 400,
+    FunctionNotFound: 404,
+    JobNotFound: 404,
+    StateConflict: 409,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    InvalidInput: 422,
+    BackendUnavailable: 503,
+}
+
+HTTP_ERROR_CODES = {
+    400: "malformed_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    431: "headers_too_large",
+}
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
+    """The JSON error body every failure uses."""
+    response = jsonify({"error": code, "message": message, "details": details})
+    response.status_code = status
+    return response
+
+
+def handle_runner_error(error: RunnerError) -> Response:
+    """A RunnerError becomes its status code and the error shape."""
+    status = next((code for kind, code in STATUS_BY_ERROR.items() if isinstance(error, kind)), 500)
+    response = error_response(status, error.code, error.message, error.details)
+    if isinstance(error, BackendUnavailable):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def handle_http_error(error: HTTPException) -> Response:
+    """Werkzeug's own errors (unknown route, wrong method, body too large) as JSON, not HTML."""
+    status = error.code or 500
+    code = HTTP_ERROR_CODES.get(status, (error.name or "error").lower().replace(" ", "_"))
+    message = error.description or error.name
+    if status == 413:
+        message = "The request body is larger than the limit."
+    response = error_response(status, code, message)
+    for name, value in error.get_headers():
+        if name.lower() not in ("content-type", "content-length"):
+            response.headers[name] = value
+    return response
+
+
+def handle_backend_exception(error: Exception) -> Response:
+    """A lost connection that no view caught is still a 503, never a 500."""
+    dependency = "redis" if isinstance(error, REDIS_ERRORS) else "database"
+    log.warning("%s unavailable: %s", dependency, error)
+    return handle_runner_error(BackendUnavailable(f"The {dependency} is unavailable.", {"dependency": dependency}))
+
+
+def handle_unexpected(error: Exception) -> Response:
+    """A bug: log the traceback, answer 500 without it."""
+    log.exception("unhandled error", exc_info=error)
+    return error_response(500, "internal_error", "The server failed to handle the request.")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install the handlers on the app."""
+    app.register_error_handler(RunnerError, handle_runner_error)
+    app.register_error_handler(HTTPException, handle_http_error)
+    for kind in (*REDIS_ERRORS, *UNAVAILABLE_ERRORS):
+        app.register_error_handler(kind, handle_backend_exception)
+    app.register_error_handler(Exception, handle_unexpected)

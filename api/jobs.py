@@ -1,0 +1,37 @@
+"""Jobs: one job's live view, and the history from the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, request
+
+from api.payload import read_int
+from api.state import runner_state
+from runner.errors import MalformedRequest
+from runner.jobs import STATUS_WORDS, get_job_view, view_from_record
+
+blueprint = Blueprint("jobs", __name__)
+
+MAX_PAGE_SIZE = 100
+
+
+@blueprint.get("/jobs/<job_id>")
+def get_job(job_id: str) -> dict[str, Any]:
+    return get_job_view(job_id, runner_state().backends).to_dict()
+
+
+@blueprint.get("/jobs")
+def list_jobs() -> dict[str, Any]:
+    status = request.args.get("status") or None
+    if status is not None and status not in STATUS_WORDS:
+        raise MalformedRequest(
+            f"Unknown status {status!r}.", details={"status": status, "allowed": sorted(STATUS_WORDS)}
+        )
+    records, next_cursor = runner_state().backends.store.list(
+        function=request.args.get("function") or None,
+        status=status,
+        limit=read_int(request, "limit", default=20, minimum=1, maximum=MAX_PAGE_SIZE),
+        cursor=request.args.get("cursor") or None,
+    )
+    return {"jobs": [view_from_record(record).to_dict() for record in records], "next": next_cursor}

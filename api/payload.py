@@ -1,0 +1,67 @@
+"""Reading request bodies and query parameters, with a clear error for each mistake."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from flask import Request
+
+from runner.errors import MalformedRequest, UnsupportedMediaType
+
+JSON_MEDIA_TYPE = "application/json"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; an empty body is an empty object."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    mimetype = request.mimetype or ""
+    if mimetype != JSON_MEDIA_TYPE and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"Send the input as {JSON_MEDIA_TYPE}, not {mimetype or 'a body without a content type'}.",
+            details={"content_type": request.content_type},
+        )
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedRequest(f"The body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MalformedRequest(f"The body must be a JSON object, not {type(value).__name__}.")
+    return value
+
+
+def read_number(request: Request, name: str, *, minimum: float, maximum: float) -> float | None:
+    """A numeric query parameter within bounds (clamped to `maximum`), or None when absent."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise MalformedRequest(f"The parameter {name!r} must be a number.", details={name: raw}) from None
+    if not math.isfinite(value) or value < minimum:
+        raise MalformedRequest(f"The parameter {name!r} must be at least {minimum:g}.", details={name: raw})
+    return min(value, maximum)
+
+
+def read_int(request: Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
+    """A whole-number query parameter within bounds."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise MalformedRequest(f"The parameter {name!r} must be a whole number.", details={name: raw}) from None
+    if not minimum <= value <= maximum:
+        raise MalformedRequest(
+            f"The parameter {name!r} must be between {minimum} and {maximum}.", details={name: raw}
+        )
+    return value

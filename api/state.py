@@ -1,0 +1,24 @@
+"""What the app factory hands to the views: the registry and the live backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from runner.backends import Backends
+from runner.registry import Registry
+
+
+@dataclass(frozen=True)
+class RunnerState:
+    """The runner's objects for one app."""
+
+    registry: Registry
+    backends: Backends
+
+
+def runner_state() -> RunnerState:
+    """The state of the app handling the current request."""
+    state: RunnerState = current_app.extensions["runner"]
+    return state

@@ -1,0 +1,60 @@
+"""Connections to Redis and the store, built at process start and passed down (never at import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from runner.config import Settings
+from runner.errors import BackendUnavailable
+from runner.store import Store
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# Short enough that the API answers 503 within two seconds when Redis is away.
+API_SOCKET_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Backends:
+    """The live connections a process works with."""
+
+    connection: redis.Redis
+    store: Store
+    settings: Settings
+
+
+def connect_redis(url: str, *, socket_timeout: float | None = API_SOCKET_TIMEOUT) -> redis.Redis:
+    """A Redis client for `url` (redis://, rediss:// or unix://); connects lazily."""
+    if not url:
+        raise BackendUnavailable("REDIS_URL is not set.", details={"dependency": "redis"})
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=API_SOCKET_TIMEOUT,
+        socket_timeout=socket_timeout,
+        health_check_interval=30,
+    )
+
+
+def open_backends(settings: Settings, *, socket_timeout: float | None = API_SOCKET_TIMEOUT) -> Backends:
+    """Redis client and store for these settings."""
+    return Backends(
+        connection=connect_redis(settings.redis_url, socket_timeout=socket_timeout),
+        store=Store(settings.effective_database_url),
+        settings=settings,
+    )
+
+
+def queue_for(name: str, connection: redis.Redis) -> Queue:
+    """The RQ queue `name`, with the JSON serializer (nothing from the network is unpickled)."""
+    return Queue(name, connection=connection, serializer=JSONSerializer)
+
+
+def check_redis(connection: redis.Redis) -> None:
+    """Raise BackendUnavailable unless Redis answers."""
+    try:
+        connection.ping()
+    except REDIS_ERRORS as exc:
+        raise BackendUnavailable("Redis is unavailable.", details={"dependency": "redis"}) from exc

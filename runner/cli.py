@@ -1,0 +1,67 @@
+"""The command line: `python -m runner worker|dev|migrate`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from runner.config import Settings, SettingsError
+from runner.errors import BackendUnavailable
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group()
+def main() -> None:
+    """Async Task Runner: serverless-style functions on RQ."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("queues", nargs=-1)
+@click.option("--burst", is_flag=True, help="Stop once the queues are empty.")
+def worker(queues: tuple[str, ...], burst: bool) -> None:
+    """Run a worker on QUEUES (default: every function's queue, by priority, then `default`)."""
+    from runner.worker import run_worker
+
+    try:
+        run_worker(queues, _settings(), burst=burst)
+    except BackendUnavailable as exc:
+        raise click.ClickException(f"{exc.message} Check REDIS_URL and DATABASE_URL.") from None
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--data-dir", default=None, help="Where Redis and SQLite keep their files [default: .runner].")
+def dev(host: str, port: int, workers: int, data_dir: str | None) -> None:
+    """Run API + workers (+ Redis when REDIS_URL is unset) on this machine."""
+    from runner.dev import DevError, run_dev
+
+    folder = Path(data_dir or _settings().data_dir)
+    try:
+        code = run_dev(host=host, port=port, workers=workers, data_dir=folder)
+    except (DevError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    raise SystemExit(code)
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the store's tables (DATABASE_URL, default SQLite in the data folder)."""
+    from runner.store import Store
+
+    settings = _settings()
+    try:
+        Store(settings.effective_database_url).migrate()
+    except BackendUnavailable as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo("The store is up to date.")

@@ -1,0 +1,79 @@
+"""Settings read from the environment, with the defaults a laptop needs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+DEFAULT_DATA_DIR = ".runner"
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+DEFAULT_RESULT_TTL = 24 * 3600
+DEFAULT_FAILURE_TTL = 7 * 24 * 3600
+DEFAULT_MAX_WAIT_SECONDS = 60.0
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the runner cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, one field per environment variable."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    database_url: str = ""
+    data_dir: str = DEFAULT_DATA_DIR
+    functions_package: str = "functions"
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    result_ttl: int = DEFAULT_RESULT_TTL
+    failure_ttl: int = DEFAULT_FAILURE_TTL
+    max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read REDIS_URL, DATABASE_URL and the RUNNER_* variables."""
+        env = os.environ if environ is None else environ
+        names = {
+            "redis_url": "REDIS_URL",
+            "database_url": "DATABASE_URL",
+            "data_dir": "RUNNER_DATA_DIR",
+            "functions_package": "RUNNER_FUNCTIONS_PACKAGE",
+            "max_payload_bytes": "RUNNER_MAX_PAYLOAD_BYTES",
+            "result_ttl": "RUNNER_RESULT_TTL",
+            "failure_ttl": "RUNNER_FAILURE_TTL",
+            "max_wait_seconds": "RUNNER_MAX_WAIT_SECONDS",
+        }
+        values: dict[str, object] = {}
+        for item in fields(cls):
+            raw = env.get(names[item.name], "").strip()
+            if not raw:
+                continue
+            values[item.name] = _convert(names[item.name], raw, item.type)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def effective_database_url(self) -> str:
+        """DATABASE_URL, or SQLite in the data folder; Heroku's postgres:// is accepted too."""
+        url = self.database_url or f"sqlite:///{Path(self.data_dir).resolve() / 'runner.db'}"
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url.removeprefix("postgres://")
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return url
+
+
+def _convert(name: str, raw: str, kind: object) -> object:
+    try:
+        if kind in ("int", int):
+            value: object = int(raw)
+        elif kind in ("float", float):
+            value = float(raw)
+        else:
+            return raw
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if isinstance(value, int | float) and value < 0:
+        raise SettingsError(f"{name} must not be negative")
+    return value

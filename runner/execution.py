@@ -1,0 +1,131 @@
+"""What runs inside a worker: the job entry point, progress reporting and the attempt count.
+
+Every job is enqueued as `runner.execution.run_invocation(function_name, payload)`, so the
+code a worker imports is never named by a request: the name is looked up in the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from rq import get_current_job
+from rq.job import Job
+
+from runner.errors import BackendUnavailable, FunctionNotFound, InvalidInput, PermanentError
+from runner.models import utcnow
+from runner.registry import Registry
+from runner.store import Store
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT = "runner.execution.run_invocation"
+# Progress is written to Redis on every call, to SQL only when it crosses one of these steps.
+STORE_PROGRESS_STEP = 25
+MAX_MESSAGE_LENGTH = 500
+
+
+@dataclass
+class WorkerEnvironment:
+    """The registry and store of this worker process (installed at worker start)."""
+
+    registry: Registry
+    store: Store | None
+
+
+_environment: WorkerEnvironment | None = None
+
+
+def install_environment(environment: WorkerEnvironment | None) -> None:
+    """Make the worker's registry and store known to the jobs it runs (None to forget them)."""
+    global _environment
+    _environment = environment
+
+
+def _current_environment() -> WorkerEnvironment:
+    # A plain `rq worker` never installed one: run without a store rather than crash.
+    global _environment
+    if _environment is None:
+        from runner.config import Settings
+
+        _environment = WorkerEnvironment(Registry.discover(Settings.from_env().functions_package), None)
+    return _environment
+
+
+def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
+    """Run one attempt of a registered function; the entry point of every runner job."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_invocation is only called by a worker")
+    environment = _current_environment()
+    attempt = int(job.meta.get("attempts", 0)) + 1
+    job.meta.update(attempts=attempt, progress={"percent": 0, "message": "started"})
+    job.meta.pop("error", None)
+    job.save_meta()
+    _store_write(environment, job.id, status="started", attempts=attempt, started_at=utcnow(), error=None)
+    try:
+        spec = environment.registry.get(function_name)
+        result = spec.call(payload)
+        _ensure_json(result)
+    except (PermanentError, InvalidInput, FunctionNotFound) as exc:
+        job.retries_left = 0  # never retry input that can never succeed
+        record_error(job, exc)
+        raise
+    except BaseException as exc:  # recorded, then re-raised for RQ's retry policy
+        record_error(job, exc)
+        raise
+    return result
+
+
+def record_error(job: Job, exc: BaseException) -> None:
+    """Keep the error's type and message in job.meta for the job view."""
+    job.meta["error"] = error_info(exc)
+    job.save_meta()
+
+
+def error_info(exc: BaseException) -> dict[str, str]:
+    """The type and message of an exception, as shown to users."""
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return {"type": type(exc).__name__, "message": str(message)[:2000]}
+
+
+def _ensure_json(result: Any) -> None:
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(f"The function returned a value that is not JSON: {exc}") from None
+
+
+def progress(percent: float, message: str = "") -> None:
+    """Report progress of the running job (0-100); does nothing outside a worker."""
+    job = get_current_job()
+    if job is None:
+        return
+    bounded = max(0, min(100, int(percent)))
+    text = str(message)[:MAX_MESSAGE_LENGTH]
+    previous = job.meta.get("progress") or {}
+    job.meta["progress"] = {"percent": bounded, "message": text}
+    job.save_meta()
+    before = int(previous.get("percent", 0)) // STORE_PROGRESS_STEP
+    if bounded // STORE_PROGRESS_STEP != before:
+        _store_write(_current_environment(), job.id, progress_percent=bounded, progress_message=text)
+
+
+def current_attempt() -> int:
+    """Which attempt of the current job this is (1 for the first; 1 outside a worker)."""
+    job = get_current_job()
+    if job is None:
+        return 1
+    return int(job.meta.get("attempts", 1))
+
+
+def _store_write(environment: WorkerEnvironment, job_id: str, **values: Any) -> None:
+    # The job must not fail because history could not be written; the end-of-job write retries it.
+    if environment.store is None:
+        return
+    try:
+        environment.store.update(job_id, **values)
+    except BackendUnavailable:
+        log.warning("job %s: could not update the store (%s)", job_id, ", ".join(values))

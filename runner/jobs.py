@@ -1,0 +1,173 @@
+"""Job views: live from Redis, falling back to the SQL row once Redis has forgotten the job."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from enum import Enum, StrEnum
+from typing import Any
+
+from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from runner.backends import REDIS_ERRORS, Backends
+from runner.errors import BackendUnavailable, JobNotFound
+from runner.models import InvocationRecord
+from runner.store import as_utc
+
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class JobStatus(StrEnum):
+    """RQ's status words, which are ours too."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    DEFERRED = "deferred"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    STOPPED = "stopped"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED})
+STATUS_WORDS = frozenset(status.value for status in JobStatus)
+
+
+@dataclass
+class JobView:
+    """What a user sees of a job."""
+
+    id: str
+    function: str
+    queue: str
+    status: str
+    progress: dict[str, Any]
+    result: Any
+    error: dict[str, str] | None
+    attempts: int
+    input: Any
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job will not change by itself any more."""
+        return self.status in STATUS_WORDS and JobStatus(self.status) in TERMINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body of the job view."""
+        return asdict(self)
+
+
+def _iso(value: datetime | None) -> str | None:
+    aware = as_utc(value)
+    return aware.isoformat() if aware else None
+
+
+def _progress(status: str, stored: Any) -> dict[str, Any]:
+    progress = stored if isinstance(stored, dict) else {}
+    percent = int(progress.get("percent", 0))
+    message = str(progress.get("message", ""))
+    if status == JobStatus.FINISHED:
+        return {"percent": 100, "message": message if percent == 100 and message else "finished"}
+    return {"percent": percent, "message": message}
+
+
+def view_from_job(job: Job) -> JobView:
+    """The view of a job that Redis still holds."""
+    meta = job.get_meta(refresh=False)
+    status = job.get_status(refresh=False) or JobStatus.QUEUED
+    status_word = status.value if isinstance(status, Enum) else str(status)
+    error = meta.get("error") if status_word in (JobStatus.FAILED, JobStatus.STOPPED) else None
+    if status_word == JobStatus.FAILED and not error:
+        error = error_from_traceback(job)
+    args = job.args or ()
+    return JobView(
+        id=job.id,
+        function=str(meta.get("function") or job.func_name),
+        queue=job.origin,
+        status=status_word,
+        progress=_progress(status_word, meta.get("progress")),
+        result=job.return_value(refresh=True) if status_word == JobStatus.FINISHED else None,
+        error=error,
+        attempts=int(meta.get("attempts", 0)),
+        input=args[1] if len(args) > 1 else job.kwargs,
+        created_at=_iso(job.created_at),
+        started_at=_iso(job.started_at),
+        ended_at=_iso(job.ended_at),
+    )
+
+
+def error_from_traceback(job: Job) -> dict[str, str]:
+    """Type and message from the last line of RQ's stored traceback (e.g. a killed work horse)."""
+    result = job.latest_result()
+    text = (result.exc_string if result else None) or ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "The job failed without an error message."
+    kind, _, message = last.partition(": ")
+    if not message or " " in kind:
+        return {"type": "JobFailed", "message": last}
+    return {"type": kind.rsplit(".", 1)[-1], "message": message}
+
+
+def view_from_record(record: InvocationRecord) -> JobView:
+    """The view of a job from its SQL row (Redis forgot it, or Redis is away)."""
+    return JobView(
+        id=record.id,
+        function=record.function,
+        queue=record.queue,
+        status=record.status,
+        progress=_progress(record.status, {"percent": record.progress_percent, "message": record.progress_message}),
+        result=record.result,
+        error=record.error if record.status in (JobStatus.FAILED, JobStatus.STOPPED) else None,
+        attempts=record.attempts,
+        input=record.input,
+        created_at=_iso(record.created_at),
+        started_at=_iso(record.started_at),
+        ended_at=_iso(record.ended_at),
+    )
+
+
+def get_job_view(job_id: str, backends: Backends) -> JobView:
+    """The freshest view of a job: Redis first, then the store; JobNotFound if neither knows it."""
+    if not JOB_ID_PATTERN.match(job_id):
+        raise JobNotFound(f"No job has the id {job_id!r}.")
+    redis_error: Exception | None = None
+    try:
+        job = Job.fetch(job_id, connection=backends.connection, serializer=JSONSerializer)
+        return view_from_job(job)
+    except (NoSuchJobError, DeserializationError):
+        pass  # not in Redis (or not a runner job): the store decides
+    except REDIS_ERRORS as exc:
+        redis_error = exc
+    try:
+        record = backends.store.get(job_id)
+    except BackendUnavailable:
+        if redis_error is not None:
+            raise BackendUnavailable("Redis and the database are unavailable.",
+                                     details={"dependency": ["redis", "database"]}) from redis_error
+        raise
+    if record is None:
+        if redis_error is not None:
+            raise BackendUnavailable("Redis is unavailable.", details={"dependency": "redis"}) from redis_error
+        raise JobNotFound(f"No job has the id {job_id!r}.")
+    return view_from_record(record)
+
+
+def wait_for_job(job_id: str, backends: Backends, timeout: float) -> JobView:
+    """Poll until the job ends or `timeout` passes; return its latest view either way."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        view = get_job_view(job_id, backends)
+        remaining = deadline - time.monotonic()
+        if view.is_terminal or remaining <= 0:
+            return view
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 1.5, 0.1)

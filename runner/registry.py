@@ -1,0 +1,231 @@
+"""The `@function` decorator and the registry that discovers the modules in `functions/`."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+import pydantic
+
+from runner.errors import FunctionDefinitionError, FunctionNotFound, InvalidInput
+
+DEFAULT_QUEUE = "default"
+DEFAULT_TIMEOUT = 60
+QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SPEC_ATTRIBUTE = "__runner_function__"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """What the runner knows of one user function: its policy and its input model."""
+
+    name: str
+    func: Callable[..., Any]
+    queue: str
+    timeout: int
+    retries: int
+    backoff: tuple[int, ...]
+    input_model: type[pydantic.BaseModel]
+    description: str = ""
+    # When the function takes one pydantic model, it is called with that model, not kwargs.
+    takes_model: bool = False
+    tags: tuple[str, ...] = field(default=())
+
+    @property
+    def path(self) -> str:
+        """The dotted import path of the user's function."""
+        return f"{self.func.__module__}.{self.func.__qualname__}"
+
+    def input_schema(self) -> dict[str, Any]:
+        """JSON Schema of the input, generated from the signature."""
+        return self.input_model.model_json_schema()
+
+    def validate(self, payload: Any) -> dict[str, Any]:
+        """Check `payload` against the signature; return it as JSON-ready kwargs."""
+        return self._validated(payload).model_dump(mode="json")
+
+    def call(self, payload: Any) -> Any:
+        """Re-validate `payload` (the worker never trusts the queue) and run the function."""
+        model = self._validated(payload)
+        if self.takes_model:
+            return self.func(model)
+        return self.func(**{name: getattr(model, name) for name in type(model).model_fields})
+
+    def policy(self) -> dict[str, Any]:
+        """The retry policy as shown to users."""
+        return {"retries": self.retries, "backoff": list(self.backoff)}
+
+    def _validated(self, payload: Any) -> pydantic.BaseModel:
+        if not isinstance(payload, dict):
+            raise InvalidInput("The input must be a JSON object.", details=[])
+        try:
+            return self.input_model.model_validate(payload)
+        except pydantic.ValidationError as exc:
+            raise InvalidInput(
+                f"Input for {self.name!r} is invalid: {_summarize(exc)}.",
+                details=[_field_error(error) for error in exc.errors()],
+            ) from None
+
+
+def _field_error(error: Any) -> dict[str, Any]:
+    location = ".".join(str(part) for part in error["loc"]) or "(body)"
+    return {"field": location, "message": error["msg"], "type": error["type"]}
+
+
+def _summarize(exc: pydantic.ValidationError) -> str:
+    parts = [f"{_field_error(e)['field']}: {e['msg']}" for e in exc.errors()[:3]]
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def build_input_model(func: Callable[..., Any]) -> tuple[type[pydantic.BaseModel], bool]:
+    """Turn a typed signature (or a single pydantic-model parameter) into an input model."""
+    try:
+        hints = typing.get_type_hints(func, include_extras=True)
+    except (NameError, TypeError) as exc:
+        raise FunctionDefinitionError(f"{func.__qualname__}: cannot resolve type hints: {exc}") from exc
+    parameters = list(inspect.signature(func).parameters.values())
+    if len(parameters) == 1:
+        only = hints.get(parameters[0].name)
+        if isinstance(only, type) and issubclass(only, pydantic.BaseModel):
+            return only, True
+    fields: dict[str, Any] = {}
+    for parameter in parameters:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            raise FunctionDefinitionError(f"{func.__qualname__}: *args/**kwargs cannot form an input schema")
+        if parameter.name not in hints:
+            raise FunctionDefinitionError(f"{func.__qualname__}: parameter {parameter.name!r} has no type hint")
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+        fields[parameter.name] = (hints[parameter.name], default)
+    model_name = "".join(part.title() for part in func.__name__.split("_")) + "Input"
+    config = pydantic.ConfigDict(extra="forbid")
+    model = pydantic.create_model(model_name, __config__=config, **fields)
+    return model, False
+
+
+@overload
+def function(func: F, /) -> F: ...
+
+
+@overload
+def function(
+    *,
+    queue: str = ...,
+    timeout: int = ...,
+    retries: int = ...,
+    backoff: Sequence[int] | None = ...,
+    name: str | None = ...,
+) -> Callable[[F], F]: ...
+
+
+def function(
+    func: F | None = None,
+    /,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    timeout: int = DEFAULT_TIMEOUT,
+    retries: int = 0,
+    backoff: Sequence[int] | None = None,
+    name: str | None = None,
+) -> F | Callable[[F], F]:
+    """Declare a function: record its queue, timeout and retry policy. Connects to nothing."""
+
+    def declare(target: F) -> F:
+        spec = make_spec(target, queue=queue, timeout=timeout, retries=retries, backoff=backoff, name=name)
+        setattr(target, SPEC_ATTRIBUTE, spec)
+        return target
+
+    return declare(func) if func is not None else declare
+
+
+def make_spec(
+    func: Callable[..., Any],
+    *,
+    queue: str,
+    timeout: int,
+    retries: int,
+    backoff: Sequence[int] | None,
+    name: str | None,
+) -> FunctionSpec:
+    """Check a declaration and build its spec; bad policies fail loudly at import."""
+    label = name or func.__name__
+    if not QUEUE_NAME_PATTERN.match(queue):
+        raise FunctionDefinitionError(f"{label}: queue name {queue!r} must match {QUEUE_NAME_PATTERN.pattern}")
+    if not isinstance(timeout, int) or timeout <= 0:
+        raise FunctionDefinitionError(f"{label}: timeout must be a positive number of seconds")
+    if not isinstance(retries, int) or retries < 0:
+        raise FunctionDefinitionError(f"{label}: retries must be zero or more")
+    intervals = tuple(backoff or ())
+    if any(not isinstance(i, int) or i < 0 for i in intervals):
+        raise FunctionDefinitionError(f"{label}: backoff intervals must be whole seconds >= 0")
+    model, takes_model = build_input_model(func)
+    doc = inspect.getdoc(func) or ""
+    return FunctionSpec(
+        name=label,
+        func=func,
+        queue=queue,
+        timeout=timeout,
+        retries=retries,
+        backoff=intervals,
+        input_model=model,
+        description=doc.splitlines()[0] if doc else "",
+        takes_model=takes_model,
+    )
+
+
+class Registry:
+    """The functions discovered in a package, by name."""
+
+    def __init__(self, specs: Sequence[FunctionSpec] = ()) -> None:
+        self._specs: dict[str, FunctionSpec] = {}
+        for spec in specs:
+            self.add(spec)
+
+    @classmethod
+    def discover(cls, package: str = "functions") -> Registry:
+        """Import every module of `package` and register the functions they declare."""
+        registry = cls()
+        root = importlib.import_module(package)
+        for module_info in sorted(pkgutil.iter_modules(root.__path__), key=lambda m: m.name):
+            if module_info.name.startswith("_"):
+                continue
+            module = importlib.import_module(f"{package}.{module_info.name}")
+            for value in vars(module).values():
+                spec = getattr(value, SPEC_ATTRIBUTE, None)
+                if isinstance(spec, FunctionSpec) and value.__module__ == module.__name__:
+                    registry.add(spec)
+        return registry
+
+    def add(self, spec: FunctionSpec) -> None:
+        """Register one function; two functions may not share a name."""
+        if spec.name in self._specs and self._specs[spec.name].path != spec.path:
+            raise FunctionDefinitionError(f"two functions are named {spec.name!r}")
+        self._specs[spec.name] = spec
+
+    def get(self, name: str) -> FunctionSpec:
+        """The function called `name`, or FunctionNotFound."""
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise FunctionNotFound(f"No function is named {name!r}.", details={"known": sorted(self._specs)}) from None
+
+    def queues(self) -> list[str]:
+        """Every queue some function uses, in name order."""
+        return sorted({spec.queue for spec in self._specs.values()})
+
+    def __iter__(self) -> Iterator[FunctionSpec]:
+        return iter(sorted(self._specs.values(), key=lambda spec: spec.name))
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs

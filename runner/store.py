@@ -1,0 +1,168 @@
+"""The SQL store of invocation history (SQLite by default, PostgreSQL in production)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from runner.errors import BackendUnavailable, MalformedRequest
+from runner.models import InvocationRecord, utcnow
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any id will do, as long as every process that migrates uses the same one.
+MIGRATION_LOCK_ID = 727_411_905
+UNAVAILABLE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine that fails fast when the database is away, and shares SQLite between processes."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    connect_args = {"connect_timeout": 3} if url.startswith("postgresql") else {}
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=connect_args)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the API read while a worker writes; the busy timeout queues writers instead of failing.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite forgets time zones; every stored time is UTC, so say so again."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class Store:
+    """Reads and writes invocation rows; turns lost connections into BackendUnavailable."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_db_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # A forked work horse must not reuse the parent's pooled connections.
+        os.register_at_fork(after_in_child=self._forget_pool)
+
+    def _forget_pool(self) -> None:
+        self.engine.dispose(close=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success; a lost database becomes BackendUnavailable."""
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except UNAVAILABLE_ERRORS as exc:
+            raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision; safe to run from several processes at once."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        try:
+            with self.engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except UNAVAILABLE_ERRORS as exc:
+            raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
+
+    def ping(self) -> None:
+        """Raise BackendUnavailable unless the database answers."""
+        with self.session() as session:
+            session.execute(sa.text("SELECT 1"))
+
+    def add(self, record: InvocationRecord) -> None:
+        """Insert a new invocation row."""
+        with self.session() as session:
+            session.add(record)
+
+    def get(self, job_id: str) -> InvocationRecord | None:
+        """The row of `job_id`, or None."""
+        with self.session() as session:
+            return session.get(InvocationRecord, job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a row (used when the enqueue after the insert failed)."""
+        with self.session() as session:
+            session.execute(sa.delete(InvocationRecord).where(InvocationRecord.id == job_id))
+
+    def update(self, job_id: str, **values: Any) -> None:
+        """Set columns of one row."""
+        values.setdefault("updated_at", utcnow())
+        with self.session() as session:
+            session.execute(sa.update(InvocationRecord).where(InvocationRecord.id == job_id).values(**values))
+
+    def list(
+        self,
+        *,
+        function: str | None = None,
+        status: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> tuple[list[InvocationRecord], str | None]:
+        """A page of rows, newest first, and the cursor of the next page (None on the last)."""
+        query = sa.select(InvocationRecord)
+        if function:
+            query = query.where(InvocationRecord.function == function)
+        if status:
+            query = query.where(InvocationRecord.status == status)
+        if cursor:
+            created_at, last_id = decode_cursor(cursor)
+            query = query.where(
+                sa.or_(
+                    InvocationRecord.created_at < created_at,
+                    sa.and_(InvocationRecord.created_at == created_at, InvocationRecord.id < last_id),
+                )
+            )
+        query = query.order_by(InvocationRecord.created_at.desc(), InvocationRecord.id.desc()).limit(limit + 1)
+        with self.session() as session:
+            rows = list(session.scalars(query))
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        return rows, encode_cursor(rows[-1])
+
+
+def encode_cursor(record: InvocationRecord) -> str:
+    """An opaque cursor pointing after `record`."""
+    created_at = as_utc(record.created_at)
+    assert created_at is not None
+    raw = f"{created_at.isoformat()}|{record.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The position a cursor points after; MalformedRequest when it was not made by us."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_text, last_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+        created_at = datetime.fromisoformat(created_text)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise MalformedRequest("The cursor is not one this API returned.", details={"cursor": cursor}) from None
+    # Compare in the stored form: naive UTC on SQLite, aware elsewhere; both order the same.
+    return created_at.astimezone(UTC), last_id

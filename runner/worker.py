@@ -1,0 +1,117 @@
+"""The worker process: an RQ worker that keeps the SQL row in step with each job."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from rq import Worker
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from runner.backends import Backends, open_backends, queue_for
+from runner.config import Settings
+from runner.errors import BackendUnavailable
+from runner.execution import WorkerEnvironment, install_environment
+from runner.jobs import error_from_traceback
+from runner.models import utcnow
+from runner.registry import Registry
+from runner.store import Store
+
+log = logging.getLogger(__name__)
+
+# Queues a worker with no arguments serves, highest priority first; any other queue a
+# function declares comes after these, and `default` last.
+QUEUE_PRIORITY = ("ai_processing", "demo_tasks")
+
+
+class RunnerWorker(Worker):
+    """RQ's forking worker, plus store writes when a job succeeds, fails or is retried."""
+
+    store: Store | None = None
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
+        super().handle_job_success(job, queue, started_job_registry)
+        self._record(
+            job.id,
+            status=JobStatus.FINISHED.value,
+            result=getattr(job, "_result", None),
+            error=None,
+            progress_percent=100,
+            attempts=int(job.meta.get("attempts", 1)),
+            ended_at=utcnow(),
+        )
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry | None = None,
+        exc_string: str = "",
+    ) -> None:
+        # When the work horse died, this runs in the parent, whose copy of meta predates the
+        # attempt: refresh it so the attempt count is not rolled back when RQ saves the job.
+        job.get_meta(refresh=True)
+        if not job.meta.get("error"):
+            job.meta["error"] = _error_from_text(exc_string) if exc_string else error_from_traceback(job)
+            job.save_meta()
+        super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string)
+        status = job.get_status(refresh=False)
+        status_word = status.value if isinstance(status, JobStatus) else str(status)
+        ended = status_word in (JobStatus.FAILED.value, JobStatus.STOPPED.value)
+        self._record(
+            job.id,
+            status=status_word,
+            error=job.meta.get("error"),
+            attempts=int(job.meta.get("attempts", 1)),
+            ended_at=utcnow() if ended else None,
+        )
+
+    def _record(self, job_id: str, **values: Any) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.update(job_id, **values)
+        except BackendUnavailable:
+            log.error("job %s: the database is unavailable; its final state was not stored", job_id)
+
+
+def _error_from_text(exc_string: str) -> dict[str, str]:
+    lines = [line for line in exc_string.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "The job failed."
+    if last.startswith("Work-horse terminated unexpectedly"):
+        return {"type": "WorkerDied", "message": f"The worker running this job died: {last}"}
+    kind, _, message = last.partition(": ")
+    if not message or " " in kind:
+        return {"type": "JobFailed", "message": last}
+    return {"type": kind.rsplit(".", 1)[-1], "message": message}
+
+
+def default_queues(registry: Registry) -> list[str]:
+    """Every queue the functions use, in priority order, then `default`."""
+    declared = set(registry.queues())
+    ordered = [name for name in QUEUE_PRIORITY if name in declared]
+    ordered += sorted(declared - set(QUEUE_PRIORITY) - {"default"})
+    return ordered + ["default"]
+
+
+def build_worker(queue_names: Sequence[str], backends: Backends, registry: Registry) -> RunnerWorker:
+    """A worker on these queues whose jobs see this registry and store."""
+    install_environment(WorkerEnvironment(registry=registry, store=backends.store))
+    queues = [queue_for(name, backends.connection) for name in queue_names]
+    worker = RunnerWorker(queues, connection=backends.connection, serializer=JSONSerializer)
+    worker.store = backends.store
+    return worker
+
+
+def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = False) -> bool:
+    """Start a worker (scheduler on, so retries with intervals run) and work until stopped."""
+    registry = Registry.discover(settings.functions_package)
+    # The worker blocks on Redis for new jobs; no socket timeout, so an idle worker is not an error.
+    backends = open_backends(settings, socket_timeout=None)
+    backends.store.migrate()
+    worker = build_worker(list(queue_names) or default_queues(registry), backends, registry)
+    return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))

@@ -1,0 +1,449 @@
+"""Throwaway real redis-server and PostgreSQL servers for integration tests.
+
+Self-contained: no project imports. As root, PostgreSQL runs as the ``postgres``
+system user (its binaries refuse to run as root); otherwise everything runs as
+the current user.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+__all__ = [
+    "PostgresServer",
+    "RedisServer",
+    "find_postgres_bin",
+    "find_redis_server",
+    "free_port",
+]
+
+_LOG_TAIL_CHARS = 4000
+_STOP_TIMEOUT = 10.0
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_live: set[_Closable] = set()
+_live_lock = threading.Lock()
+
+
+def _register(server: _Closable) -> None:
+    """Track a started server so the atexit hook can kill it."""
+    with _live_lock:
+        _live.add(server)
+
+
+def _unregister(server: _Closable) -> None:
+    """Forget a server that has been closed."""
+    with _live_lock:
+        _live.discard(server)
+
+
+@atexit.register
+def _close_all() -> None:
+    """Safety net: stop every server still running at interpreter exit."""
+    with _live_lock:
+        servers = list(_live)
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.close()
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is currently free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_redis_server() -> str | None:
+    """Return the path of redis-server, or None if it is not installed."""
+    return shutil.which("redis-server")
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    """Sort key for /usr/lib/postgresql/<version>/bin paths (numeric version)."""
+    return tuple(int(part) for part in re.findall(r"\d+", path.parent.name)) or (-1,)
+
+
+def find_postgres_bin() -> Path | None:
+    """Return the directory holding initdb, pg_ctl and postgres: PATH first, then newest /usr/lib/postgresql/*/bin."""
+    needed = ("initdb", "pg_ctl", "postgres")
+    initdb = shutil.which("initdb")
+    if initdb is not None:
+        bindir = Path(initdb).resolve().parent
+        if all(os.access(bindir / name, os.X_OK) for name in needed):
+            return bindir
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True)
+    for bindir in candidates:
+        if all(os.access(bindir / name, os.X_OK) for name in needed):
+            return bindir
+    return None
+
+
+def _log_tail(path: Path, chars: int = _LOG_TAIL_CHARS) -> str:
+    """Return the last ``chars`` characters of a log file (or a note if unreadable)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"<cannot read {path}: {exc}>"
+    return data[-chars:].decode("utf-8", errors="replace")
+
+
+def _terminate(proc: subprocess.Popen[bytes], first_signal: int, timeout: float = _STOP_TIMEOUT) -> None:
+    """Send ``first_signal``, wait up to ``timeout``, then SIGKILL the whole process group."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(first_signal)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    # The process was started in its own session: kill any leftover children too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+
+
+def _redis_ping(port: int, timeout: float = 0.5) -> bool:
+    """Return True if a redis server on 127.0.0.1:port answers PING with PONG."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A private redis-server on 127.0.0.1 in a temp dir."""
+
+    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False) -> None:
+        """Configure (but do not start) a server that keeps its files and log in ``directory``."""
+        self.directory = Path(directory)
+        self.port: int = port if port is not None else free_port()
+        self.appendonly = appendonly
+        self.log_path = self.directory / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Connection URL of database 0."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running redis-server, or None when stopped."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self.pid is not None
+
+    def start(self, timeout: float = 10) -> None:
+        """Start redis-server and wait until it answers PING."""
+        if self.running:
+            return
+        binary = find_redis_server()
+        if binary is None:
+            raise RuntimeError("redis-server not found on PATH")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            binary,
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.directory),
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--logfile", "",
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+                start_new_session=True,
+            )
+        _register(self)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                self.stop()
+                raise RuntimeError(f"redis-server exited with code {code}; log tail:\n{_log_tail(self.log_path)}")
+            if _redis_ping(self.port):
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"redis-server did not answer PING within {timeout}s; log tail:\n{_log_tail(self.log_path)}"
+                )
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, wait, then SIGKILL); idempotent."""
+        if self.proc is not None:
+            _terminate(self.proc, signal.SIGTERM)
+            self.proc = None
+        _unregister(self)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and directory."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server (the directory belongs to the caller and is kept)."""
+        self.stop()
+
+    def __enter__(self) -> RedisServer:
+        """Start the server and return it."""
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        self.close()
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (initdb) on 127.0.0.1 with trust auth."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        """Configure (but do not start) a cluster whose logs go to ``directory``; data lives in /tmp/runner-pg-*."""
+        self.directory = Path(directory)
+        self.port: int = port if port is not None else free_port()
+        self.initdb_log_path = self.directory / "postgres-initdb.log"
+        self.log_path = self.directory / "postgres.log"
+        self.base_dir: Path | None = None  # /tmp/runner-pg-*: data dir + unix socket, owned by postgres when root
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._bindir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """Connection URL of the ``postgres`` database."""
+        return self.url_for("postgres")
+
+    def url_for(self, dbname: str) -> str:
+        """Connection URL of database ``dbname`` on this server."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The cluster's data directory (None before the first start)."""
+        return self.base_dir / "data" if self.base_dir is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running postmaster, or None when stopped."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the postmaster is alive."""
+        return self.pid is not None
+
+    def _as_postgres(self) -> dict[str, Any]:
+        """Popen kwargs that drop to the postgres user when running as root."""
+        if os.geteuid() != 0:
+            return {}
+        return {"user": "postgres", "group": "postgres", "extra_groups": []}
+
+    def _env(self) -> dict[str, str]:
+        """Environment for server processes (no stray PG* variables, a usable HOME)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["HOME"] = str(self.base_dir)
+        env["LC_ALL"] = "C"
+        return env
+
+    def _bin(self, name: str) -> str:
+        """Absolute path of a PostgreSQL binary."""
+        if self._bindir is None:
+            self._bindir = find_postgres_bin()
+            if self._bindir is None:
+                raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found")
+        return str(self._bindir / name)
+
+    def _prepare_base_dir(self) -> Path:
+        """Create the /tmp/runner-pg-* directory, owned by postgres when root."""
+        if self.base_dir is None:
+            base = Path(tempfile.mkdtemp(prefix="runner-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
+            if os.geteuid() == 0:
+                shutil.chown(base, user="postgres", group="postgres")
+            self.base_dir = base
+        return self.base_dir
+
+    def _run_logged(self, cmd: list[str], log_path: Path, timeout: float) -> None:
+        """Run a helper command (as postgres when root), raising RuntimeError with the log tail on failure."""
+        with open(log_path, "ab") as log:
+            try:
+                result = subprocess.run(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.base_dir,
+                    env=self._env(),
+                    timeout=timeout,
+                    check=False,
+                    **self._as_postgres(),
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise RuntimeError(f"{cmd[0]} timed out after {timeout}s; log tail:\n{_log_tail(log_path)}") from exc
+        if result.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed with code {result.returncode}; log tail:\n{_log_tail(log_path)}")
+
+    def _is_ready(self) -> bool:
+        """Return True once postmaster.pid reports "ready" and pg_isready confirms it."""
+        assert self.data_dir is not None
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        # Line 8 is the postmaster status ("starting", "ready", ...); checking it first avoids
+        # pg_isready blocking for libpq's 2s minimum connect timeout on a port someone else holds.
+        if len(lines) < 8 or lines[7].strip() != "ready":
+            return False
+        result = subprocess.run(
+            [self._bin("pg_isready"), "-q", "-t", "1", "-h", "127.0.0.1", "-p", str(self.port),
+             "-U", "postgres", "-d", "postgres"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=self._env(),
+            check=False,
+        )  # fmt: skip
+        return result.returncode == 0
+
+    def start(self, timeout: float = 30) -> None:
+        """initdb on first start, launch postgres (fsync off) and wait until it accepts connections."""
+        if self.running:
+            return
+        deadline = time.monotonic() + timeout
+        self.directory.mkdir(parents=True, exist_ok=True)
+        postgres = self._bin("postgres")
+        base = self._prepare_base_dir()
+        _register(self)
+        data = base / "data"
+        try:
+            if not (data / "PG_VERSION").exists():
+                self._run_logged(
+                    [self._bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                     "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"],
+                    self.initdb_log_path,
+                    timeout=max(1.0, deadline - time.monotonic()),
+                )  # fmt: skip
+            cmd = [
+                postgres,
+                "-D", str(data),
+                "-p", str(self.port),
+                "-c", "listen_addresses=127.0.0.1",
+                "-c", f"unix_socket_directories={base}",
+                "-c", "fsync=off",
+                "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off",
+                "-c", "logging_collector=off",
+            ]  # fmt: skip
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=base,
+                    env=self._env(),
+                    start_new_session=True,
+                    **self._as_postgres(),
+                )
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"postgres exited with code {self.proc.returncode}; log tail:\n{_log_tail(self.log_path)}"
+                    )
+                if self._is_ready():
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"postgres did not accept connections within {timeout}s; log tail:\n{_log_tail(self.log_path)}"
+                    )
+                time.sleep(0.05)
+        except BaseException:
+            self.close()
+            raise
+
+    def create_database(self, name: str) -> str:
+        """Create a fresh database ``name`` and return its URL."""
+        if not self.running:
+            raise RuntimeError("PostgreSQL server is not running")
+        quoted = '"' + name.replace('"', '""') + '"'
+        result = subprocess.run(
+            [self._bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
+             "-U", "postgres", "-d", "postgres", "-c", f"CREATE DATABASE {quoted}"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=self._env(),
+            timeout=60,
+            check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).decode("utf-8", errors="replace")
+            raise RuntimeError(f"CREATE DATABASE {quoted} failed: {output.strip()}")
+        return self.url_for(name)
+
+    def stop(self) -> None:
+        """Stop the postmaster (fast shutdown, then SIGKILL); keeps the data dir for a later start(); idempotent."""
+        if self.proc is not None:
+            _terminate(self.proc, signal.SIGINT)  # SIGINT = "fast" shutdown (same as pg_ctl stop -m fast)
+            self.proc = None
+
+    def restart(self) -> None:
+        """Stop and start again with the same port and data."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and delete its /tmp/runner-pg-* directory; idempotent."""
+        self.stop()
+        if self.base_dir is not None:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+            self.base_dir = None
+        _unregister(self)
+
+    def __enter__(self) -> PostgresServer:
+        """Start the server and return it."""
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server and remove its data."""
+        self.close()
