@@ -1,6 +1,7 @@
 """gunicorn settings for `gunicorn "api:create_app()"` (read automatically from this folder)."""
 
 import os
+import sys
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 # WEB_CONCURRENCY (set by Procfile platforms) overrides this; threads let `?wait=` requests
@@ -12,3 +13,14 @@ threads = int(os.environ.get("RUNNER_WEB_THREADS", "8"))
 timeout = 90
 graceful_timeout = 30
 accesslog = "-"
+
+# Requests gunicorn rejects itself (oversized request line or headers) answer JSON, not HTML.
+# gunicorn reads this file before it puts the app's folder on sys.path, so put it there.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import api.gunicorn_errors  # noqa: E402
+
+api.gunicorn_errors.install()
+
+# One control socket per user by default: several gunicorns on one machine (tests, dev next to
+# a local deployment) would fight over it, and nothing here uses it.
+control_socket_disable = True

@@ -16,6 +16,7 @@ from runner.embedded_redis import EmbeddedRedis
 from runner.store import Store
 
 STOP_GRACE_SECONDS = 15.0
+GUNICORN_CONFIG = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 
 
 class DevError(RuntimeError):
@@ -62,8 +63,8 @@ class DevStack:
         env = self.environment()
         settings = Settings.from_env(env)
         Store(settings.effective_database_url).migrate()
-        web = [sys.executable, "-m", "gunicorn", "api:create_app()", "--bind", f"{self.host}:{self.port}",
-               "--workers", "2"]
+        web = [sys.executable, "-m", "gunicorn", "api:create_app()", "--config", str(GUNICORN_CONFIG),
+               "--bind", f"{self.host}:{self.port}", "--workers", "2"]
         self._spawn("web", web, env)
         for number in range(1, self.workers + 1):
             self._spawn(f"worker.{number}", [sys.executable, "-m", "runner", "worker"], env)

@@ -190,9 +190,15 @@ class Registry:
             self.add(spec)
 
     @classmethod
-    def discover(cls, package: str = "functions") -> Registry:
-        """Import every module of `package` and register the functions they declare."""
+    def discover(cls, packages: str = "functions") -> Registry:
+        """Import every module of each comma-separated package and register their functions."""
         registry = cls()
+        for package in (name.strip() for name in packages.split(",")):
+            if package:
+                registry._discover_package(package)
+        return registry
+
+    def _discover_package(self, package: str) -> None:
         root = importlib.import_module(package)
         for module_info in sorted(pkgutil.iter_modules(root.__path__), key=lambda m: m.name):
             if module_info.name.startswith("_"):
@@ -201,8 +207,7 @@ class Registry:
             for value in vars(module).values():
                 spec = getattr(value, SPEC_ATTRIBUTE, None)
                 if isinstance(spec, FunctionSpec) and value.__module__ == module.__name__:
-                    registry.add(spec)
-        return registry
+                    self.add(spec)
 
     def add(self, spec: FunctionSpec) -> None:
         """Register one function; two functions may not share a name."""

@@ -6,11 +6,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from rq import Worker
+from rq import SimpleWorker, Worker
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.worker import BaseWorker
 
 from runner.backends import Backends, open_backends, queue_for
 from runner.config import Settings
@@ -28,8 +29,8 @@ log = logging.getLogger(__name__)
 QUEUE_PRIORITY = ("ai_processing", "demo_tasks")
 
 
-class RunnerWorker(Worker):
-    """RQ's forking worker, plus store writes when a job succeeds, fails or is retried."""
+class StoreSyncMixin(BaseWorker):
+    """Writes the SQL row when a job succeeds, fails or is retried (on top of any RQ worker)."""
 
     store: Store | None = None
 
@@ -79,6 +80,14 @@ class RunnerWorker(Worker):
             log.error("job %s: the database is unavailable; its final state was not stored", job_id)
 
 
+class RunnerWorker(StoreSyncMixin, Worker):
+    """RQ's forking worker (a job that crashes its process cannot take the worker down), synced."""
+
+
+class RunnerSimpleWorker(StoreSyncMixin, SimpleWorker):
+    """RQ's in-process worker, synced; for tests and for jobs that need no isolation."""
+
+
 def _error_from_text(exc_string: str) -> dict[str, str]:
     lines = [line for line in exc_string.strip().splitlines() if line.strip()]
     last = lines[-1] if lines else "The job failed."
@@ -98,11 +107,16 @@ def default_queues(registry: Registry) -> list[str]:
     return ordered + ["default"]
 
 
-def build_worker(queue_names: Sequence[str], backends: Backends, registry: Registry) -> RunnerWorker:
+def build_worker(
+    queue_names: Sequence[str],
+    backends: Backends,
+    registry: Registry,
+    worker_class: type[StoreSyncMixin] = RunnerWorker,
+) -> StoreSyncMixin:
     """A worker on these queues whose jobs see this registry and store."""
     install_environment(WorkerEnvironment(registry=registry, store=backends.store))
     queues = [queue_for(name, backends.connection) for name in queue_names]
-    worker = RunnerWorker(queues, connection=backends.connection, serializer=JSONSerializer)
+    worker = worker_class(queues, connection=backends.connection, serializer=JSONSerializer)
     worker.store = backends.store
     return worker
 
