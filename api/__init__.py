@@ -32,10 +32,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["runner"] = RunnerState(registry=registry, backends=backends)
 
-    from api import functions, health, jobs
+    from api import functions, health, jobs, uploads
 
     app.register_blueprint(functions.blueprint)
     app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(uploads.blueprint)
     app.register_blueprint(health.blueprint)
     register_error_handlers(app)
     return app

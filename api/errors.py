@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from runner.backends import REDIS_ERRORS
 from runner.errors import (
+    ArtifactNotFound,
     BackendUnavailable,
     FunctionNotFound,
     InvalidInput,
@@ -19,6 +20,7 @@ from runner.errors import (
     RunnerError,
     StateConflict,
     UnsupportedMediaType,
+    UploadNotFound,
 )
 from runner.store import UNAVAILABLE_ERRORS
 
@@ -28,6 +30,8 @@ STATUS_BY_ERROR: dict[type[RunnerError], int] = {
     MalformedRequest: 400,
     FunctionNotFound: 404,
     JobNotFound: 404,
+    UploadNotFound: 404,
+    ArtifactNotFound: 404,
     StateConflict: 409,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, Response, request, send_file
 
 from api.payload import read_int
 from api.state import runner_state
@@ -19,6 +19,15 @@ MAX_PAGE_SIZE = 100
 @blueprint.get("/jobs/<job_id>")
 def get_job(job_id: str) -> dict[str, Any]:
     return get_job_view(job_id, runner_state().backends).to_dict()
+
+
+@blueprint.get("/jobs/<job_id>/artifacts/<name>")
+def get_artifact(job_id: str, name: str) -> Response:
+    backends = runner_state().backends
+    listed = {entry["name"]: entry for entry in get_job_view(job_id, backends).artifacts}
+    path = backends.artifacts.path(job_id, name)
+    media_type = listed.get(name, {}).get("media_type") or "application/octet-stream"
+    return send_file(path, mimetype=media_type, download_name=name, max_age=0)
 
 
 @blueprint.get("/jobs")

@@ -2,11 +2,21 @@
 
 Functions in `functions/` use only these names::
 
-    from runner import PermanentError, current_attempt, function, progress
+    from runner import PermanentError, UploadId, function, progress, save_artifact, upload_path, ...
 """
 
 from runner.errors import PermanentError
-from runner.execution import current_attempt, progress
+from runner.execution import current_attempt, invocation_history, progress, save_artifact, upload_path
+from runner.inputs import UploadId
 from runner.registry import function
 
-__all__ = ["PermanentError", "current_attempt", "function", "progress"]
+__all__ = [
+    "PermanentError",
+    "UploadId",
+    "current_attempt",
+    "function",
+    "invocation_history",
+    "progress",
+    "save_artifact",
+    "upload_path",
+]

@@ -10,6 +10,7 @@ from rq.serializers import JSONSerializer
 
 from runner.config import Settings
 from runner.errors import BackendUnavailable
+from runner.files import ArtifactStore, UploadStore
 from runner.store import Store
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -24,6 +25,20 @@ class Backends:
     connection: redis.Redis
     store: Store
     settings: Settings
+
+    @property
+    def uploads(self) -> UploadStore:
+        """Where uploaded files are kept."""
+        return UploadStore(self.settings.effective_upload_dir)
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """Where the files jobs write are kept."""
+        return ArtifactStore(self.settings.effective_artifact_dir)
+
+    def validation_context(self) -> dict[str, object]:
+        """What input validation may consult (stored uploads)."""
+        return {"uploads": self.uploads}
 
 
 def connect_redis(url: str, *, socket_timeout: float | None = API_SOCKET_TIMEOUT) -> redis.Redis:

@@ -12,6 +12,7 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 DEFAULT_RESULT_TTL = 24 * 3600
 DEFAULT_FAILURE_TTL = 7 * 24 * 3600
 DEFAULT_MAX_WAIT_SECONDS = 60.0
+DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 
 
 class SettingsError(ValueError):
@@ -30,6 +31,9 @@ class Settings:
     result_ttl: int = DEFAULT_RESULT_TTL
     failure_ttl: int = DEFAULT_FAILURE_TTL
     max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    upload_dir: str = ""
+    artifact_dir: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -44,6 +48,9 @@ class Settings:
             "result_ttl": "RUNNER_RESULT_TTL",
             "failure_ttl": "RUNNER_FAILURE_TTL",
             "max_wait_seconds": "RUNNER_MAX_WAIT_SECONDS",
+            "max_upload_bytes": "RUNNER_MAX_UPLOAD_BYTES",
+            "upload_dir": "RUNNER_UPLOAD_DIR",
+            "artifact_dir": "RUNNER_ARTIFACT_DIR",
         }
         values: dict[str, object] = {}
         for item in fields(cls):
@@ -62,6 +69,17 @@ class Settings:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return url
+
+
+    @property
+    def effective_upload_dir(self) -> Path:
+        """RUNNER_UPLOAD_DIR, or `uploads` in the data folder (shared storage on a fleet)."""
+        return Path(self.upload_dir or Path(self.data_dir) / "uploads").resolve()
+
+    @property
+    def effective_artifact_dir(self) -> Path:
+        """RUNNER_ARTIFACT_DIR, or `artifacts` in the data folder (shared storage on a fleet)."""
+        return Path(self.artifact_dir or Path(self.data_dir) / "artifacts").resolve()
 
 
 def _convert(name: str, raw: str, kind: object) -> object:

@@ -5,6 +5,8 @@ Hierarchy::
     RunnerError                  base: has an error `code` and a human `message`
     ├── FunctionNotFound         no registered function has that name (404)
     ├── JobNotFound              neither Redis nor the store knows the job id (404)
+    ├── UploadNotFound           no stored upload has that id (404; 422 inside an invocation)
+    ├── ArtifactNotFound         the job wrote no artifact of that name (404)
     ├── MalformedRequest         body is not JSON, not an object, or a bad query parameter (400)
     ├── UnsupportedMediaType     body sent with a content type other than JSON (415)
     ├── PayloadTooLarge          body over RUNNER_MAX_PAYLOAD_BYTES (413)
@@ -44,6 +46,18 @@ class JobNotFound(RunnerError):
     """Raised when a job id is known neither to Redis nor to the store."""
 
     code = "job_not_found"
+
+
+class UploadNotFound(RunnerError):
+    """Raised when an upload id names no stored upload."""
+
+    code = "upload_not_found"
+
+
+class ArtifactNotFound(RunnerError):
+    """Raised when a job has no artifact of the requested name."""
+
+    code = "artifact_not_found"
 
 
 class MalformedRequest(RunnerError):

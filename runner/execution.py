@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rq import get_current_job
 from rq.job import Job
 
-from runner.errors import BackendUnavailable, FunctionNotFound, InvalidInput, PermanentError
+from runner.errors import BackendUnavailable, FunctionNotFound, InvalidInput, PermanentError, UploadNotFound
+from runner.files import ArtifactStore, UploadStore
 from runner.models import utcnow
 from runner.registry import Registry
-from runner.store import Store
+from runner.store import Store, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,8 @@ class WorkerEnvironment:
 
     registry: Registry
     store: Store | None
+    uploads: UploadStore = field(default_factory=lambda: UploadStore(Path(".runner/uploads")))
+    artifacts: ArtifactStore = field(default_factory=lambda: ArtifactStore(Path(".runner/artifacts")))
 
 
 _environment: WorkerEnvironment | None = None
@@ -50,7 +56,13 @@ def _current_environment() -> WorkerEnvironment:
     if _environment is None:
         from runner.config import Settings
 
-        _environment = WorkerEnvironment(Registry.discover(Settings.from_env().functions_package), None)
+        settings = Settings.from_env()
+        _environment = WorkerEnvironment(
+            Registry.discover(settings.functions_package),
+            None,
+            UploadStore(settings.effective_upload_dir),
+            ArtifactStore(settings.effective_artifact_dir),
+        )
     return _environment
 
 
@@ -67,7 +79,7 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
     _store_write(environment, job.id, status="started", attempts=attempt, started_at=utcnow(), error=None)
     try:
         spec = environment.registry.get(function_name)
-        result = spec.call(payload)
+        result = spec.call(payload, {"uploads": environment.uploads})
         _ensure_json(result)
     except (PermanentError, InvalidInput, FunctionNotFound) as exc:
         job.retries_left = 0  # never retry input that can never succeed
@@ -111,6 +123,47 @@ def progress(percent: float, message: str = "") -> None:
     before = int(previous.get("percent", 0)) // STORE_PROGRESS_STEP
     if bounded // STORE_PROGRESS_STEP != before:
         _store_write(_current_environment(), job.id, progress_percent=bounded, progress_message=text)
+
+
+def upload_path(upload_id: str) -> Path:
+    """The file behind an upload id (a function's `UploadId` input); PermanentError if it is gone."""
+    try:
+        return _current_environment().uploads.path(upload_id)
+    except UploadNotFound as exc:
+        raise PermanentError(exc.message) from None
+
+
+def save_artifact(name: str, data: bytes | str, media_type: str | None = None) -> dict[str, Any]:
+    """Keep a file the job produced; it is listed in the job view and served by the API."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("save_artifact is only called inside a job")
+    content = data.encode() if isinstance(data, str) else bytes(data)
+    entry = _current_environment().artifacts.write(job.id, name, content, media_type)
+    artifacts = [item for item in job.meta.get("artifacts", []) if item.get("name") != name]
+    job.meta["artifacts"] = [*artifacts, entry]
+    job.save_meta()
+    return entry
+
+
+def invocation_history(
+    since: datetime | None = None, until: datetime | None = None, function: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """The runner's own invocation rows, oldest first (for report functions)."""
+    store = _current_environment().store
+    if store is None:
+        raise PermanentError("This worker has no store to read the history from.")
+    for record in store.history(since=since, until=until, function=function):
+        yield {
+            "id": record.id,
+            "function": record.function,
+            "queue": record.queue,
+            "status": record.status,
+            "attempts": record.attempts,
+            "created_at": as_utc(record.created_at),
+            "started_at": as_utc(record.started_at),
+            "ended_at": as_utc(record.ended_at),
+        }
 
 
 def current_attempt() -> int:

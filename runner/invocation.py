@@ -21,7 +21,7 @@ def new_job_id() -> str:
 
 def enqueue_invocation(spec: FunctionSpec, payload: Any, backends: Backends) -> InvocationRecord:
     """Validate `payload`, record it, enqueue it; return its row. Nothing invalid is enqueued."""
-    arguments = spec.validate(payload)
+    arguments = spec.validate(payload, backends.validation_context())
     job_id = new_job_id()
     # The row is written first so a worker never finishes a job the store has not heard of.
     now = utcnow()

@@ -51,6 +51,7 @@ class JobView:
     error: dict[str, str] | None
     attempts: int
     input: Any
+    artifacts: list[dict[str, Any]]
     created_at: str | None
     started_at: str | None
     ended_at: str | None
@@ -79,6 +80,11 @@ def _progress(status: str, stored: Any) -> dict[str, Any]:
     return {"percent": percent, "message": message}
 
 
+def _artifact_listing(job_id: str, stored: Any) -> list[dict[str, Any]]:
+    entries = stored if isinstance(stored, list) else []
+    return [{**entry, "url": f"/jobs/{job_id}/artifacts/{entry['name']}"} for entry in entries if "name" in entry]
+
+
 def view_from_job(job: Job) -> JobView:
     """The view of a job that Redis still holds."""
     meta = job.get_meta(refresh=False)
@@ -98,6 +104,7 @@ def view_from_job(job: Job) -> JobView:
         error=error,
         attempts=int(meta.get("attempts", 0)),
         input=args[1] if len(args) > 1 else job.kwargs,
+        artifacts=_artifact_listing(job.id, meta.get("artifacts")),
         created_at=_iso(job.created_at),
         started_at=_iso(job.started_at),
         ended_at=_iso(job.ended_at),
@@ -128,6 +135,7 @@ def view_from_record(record: InvocationRecord) -> JobView:
         error=record.error if record.status in (JobStatus.FAILED, JobStatus.STOPPED) else None,
         attempts=record.attempts,
         input=record.input,
+        artifacts=_artifact_listing(record.id, record.artifacts),
         created_at=_iso(record.created_at),
         started_at=_iso(record.started_at),
         ended_at=_iso(record.ended_at),

@@ -48,13 +48,13 @@ class FunctionSpec:
         """JSON Schema of the input, generated from the signature."""
         return self.input_model.model_json_schema()
 
-    def validate(self, payload: Any) -> dict[str, Any]:
+    def validate(self, payload: Any, context: dict[str, Any] | None = None) -> dict[str, Any]:
         """Check `payload` against the signature; return it as JSON-ready kwargs."""
-        return self._validated(payload).model_dump(mode="json")
+        return self._validated(payload, context).model_dump(mode="json")
 
-    def call(self, payload: Any) -> Any:
+    def call(self, payload: Any, context: dict[str, Any] | None = None) -> Any:
         """Re-validate `payload` (the worker never trusts the queue) and run the function."""
-        model = self._validated(payload)
+        model = self._validated(payload, context)
         if self.takes_model:
             return self.func(model)
         return self.func(**{name: getattr(model, name) for name in type(model).model_fields})
@@ -63,11 +63,11 @@ class FunctionSpec:
         """The retry policy as shown to users."""
         return {"retries": self.retries, "backoff": list(self.backoff)}
 
-    def _validated(self, payload: Any) -> pydantic.BaseModel:
+    def _validated(self, payload: Any, context: dict[str, Any] | None) -> pydantic.BaseModel:
         if not isinstance(payload, dict):
             raise InvalidInput("The input must be a JSON object.", details=[])
         try:
-            return self.input_model.model_validate(payload)
+            return self.input_model.model_validate(payload, context=context)
         except pydantic.ValidationError as exc:
             raise InvalidInput(
                 f"Input for {self.name!r} is invalid: {_summarize(exc)}.",

@@ -148,6 +148,21 @@ class Store:
         return rows, encode_cursor(rows[-1])
 
 
+    def history(
+        self, *, since: datetime | None = None, until: datetime | None = None, function: str | None = None
+    ) -> Iterator[InvocationRecord]:
+        """Every row created in [since, until), oldest first, streamed in batches."""
+        query = sa.select(InvocationRecord).order_by(InvocationRecord.created_at, InvocationRecord.id)
+        if since is not None:
+            query = query.where(InvocationRecord.created_at >= since.astimezone(UTC))
+        if until is not None:
+            query = query.where(InvocationRecord.created_at < until.astimezone(UTC))
+        if function:
+            query = query.where(InvocationRecord.function == function)
+        with self.session() as session:
+            yield from session.scalars(query.execution_options(yield_per=500))
+
+
 def encode_cursor(record: InvocationRecord) -> str:
     """An opaque cursor pointing after `record`."""
     created_at = as_utc(record.created_at)

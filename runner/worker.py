@@ -43,6 +43,7 @@ class StoreSyncMixin(BaseWorker):
             error=None,
             progress_percent=100,
             attempts=int(job.meta.get("attempts", 1)),
+            artifacts=job.meta.get("artifacts", []),
             ended_at=utcnow(),
         )
 
@@ -68,6 +69,7 @@ class StoreSyncMixin(BaseWorker):
             status=status_word,
             error=job.meta.get("error"),
             attempts=int(job.meta.get("attempts", 1)),
+            artifacts=job.meta.get("artifacts", []),
             ended_at=utcnow() if ended else None,
         )
 
@@ -114,7 +116,10 @@ def build_worker(
     worker_class: type[StoreSyncMixin] = RunnerWorker,
 ) -> StoreSyncMixin:
     """A worker on these queues whose jobs see this registry and store."""
-    install_environment(WorkerEnvironment(registry=registry, store=backends.store))
+    install_environment(
+        WorkerEnvironment(registry=registry, store=backends.store, uploads=backends.uploads,
+                          artifacts=backends.artifacts)
+    )
     queues = [queue_for(name, backends.connection) for name in queue_names]
     worker = worker_class(queues, connection=backends.connection, serializer=JSONSerializer)
     worker.store = backends.store

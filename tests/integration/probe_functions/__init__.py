@@ -1,0 +1,1 @@
+"""Test-only functions, registered next to `functions/` by RUNNER_FUNCTIONS_PACKAGE in integration tests."""
