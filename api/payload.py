@@ -17,6 +17,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is too large")
+    return value
+
+
 def read_json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object; an empty body is an empty object."""
     raw = request.get_data(cache=True)
@@ -29,7 +36,7 @@ def read_json_object(request: Request) -> dict[str, Any]:
             details={"content_type": request.content_type},
         )
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise MalformedRequest(f"The body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -47,7 +54,8 @@ def read_number(request: Request, name: str, *, minimum: float, maximum: float) 
     except ValueError:
         raise MalformedRequest(f"The parameter {name!r} must be a number.", details={name: raw}) from None
     if not math.isfinite(value) or value < minimum:
-        raise MalformedRequest(f"The parameter {name!r} must be at least {minimum:g}.", details={name: raw})
+        raise MalformedRequest(f"The parameter {name!r} must be a finite number of at least {minimum:g}.",
+                               details={name: raw})
     return min(value, maximum)
 
 

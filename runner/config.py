@@ -66,6 +66,7 @@ class Settings:
         url = self.database_url or f"sqlite:///{Path(self.data_dir).resolve() / 'runner.db'}"
         if url.startswith("postgres://"):
             url = "postgresql://" + url.removeprefix("postgres://")
+        # Sent to the store's engine, which pins PostgreSQL to the psycopg2 driver we ship.
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return url

@@ -30,8 +30,17 @@ MIGRATION_LOCK_ID = 727_411_905
 UNAVAILABLE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
 
+def with_driver(url: str) -> str:
+    """Pin PostgreSQL URLs to psycopg2, the driver we ship (SQLAlchemy 2.1 defaults to psycopg 3)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url.removeprefix(prefix)
+    return url
+
+
 def create_db_engine(url: str) -> Engine:
     """An engine that fails fast when the database is away, and shares SQLite between processes."""
+    url = with_driver(url)
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
@@ -176,8 +185,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_text, last_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
-        created_at = datetime.fromisoformat(created_text)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        # Compare in the stored form: naive UTC on SQLite, aware elsewhere; both order the same.
+        created_at = datetime.fromisoformat(created_text).astimezone(UTC)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise MalformedRequest("The cursor is not one this API returned.", details={"cursor": cursor}) from None
-    # Compare in the stored form: naive UTC on SQLite, aware elsewhere; both order the same.
-    return created_at.astimezone(UTC), last_id
+    return created_at, last_id

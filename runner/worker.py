@@ -36,12 +36,14 @@ class StoreSyncMixin(BaseWorker):
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
         super().handle_job_success(job, queue, started_job_registry)
+        last = job.meta.get("progress") or {}
         self._record(
             job.id,
             status=JobStatus.FINISHED.value,
             result=getattr(job, "_result", None),
             error=None,
             progress_percent=100,
+            progress_message=str(last.get("message") or "") if last.get("percent") == 100 else "finished",
             attempts=int(job.meta.get("attempts", 1)),
             artifacts=job.meta.get("artifacts", []),
             ended_at=utcnow(),

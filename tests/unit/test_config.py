@@ -1,0 +1,91 @@
+"""Settings from the environment: numbers parsed, bad values refused, the database URL resolved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.config import DEFAULT_MAX_PAYLOAD_BYTES, Settings, SettingsError
+
+
+def test_empty_environment_gives_the_defaults() -> None:
+    assert Settings.from_env({}) == Settings()
+    assert Settings().max_payload_bytes == DEFAULT_MAX_PAYLOAD_BYTES
+
+
+def test_reads_every_kind_of_value() -> None:
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "redis://cache:6380/2",
+            "DATABASE_URL": "sqlite:////tmp/x.db",
+            "RUNNER_DATA_DIR": "/srv/runner",
+            "RUNNER_FUNCTIONS_PACKAGE": "functions,more_functions",
+            "RUNNER_MAX_PAYLOAD_BYTES": "2048",
+            "RUNNER_RESULT_TTL": " 600 ",
+            "RUNNER_FAILURE_TTL": "0",
+            "RUNNER_MAX_WAIT_SECONDS": "2.5",
+            "UNRELATED": "ignored",
+        }
+    )
+    assert settings.redis_url == "redis://cache:6380/2"
+    assert settings.database_url == "sqlite:////tmp/x.db"
+    assert settings.data_dir == "/srv/runner"
+    assert settings.functions_package == "functions,more_functions"
+    assert (settings.max_payload_bytes, settings.result_ttl, settings.failure_ttl) == (2048, 600, 0)
+    assert settings.max_wait_seconds == 2.5
+    assert type(settings.max_payload_bytes) is int and type(settings.max_wait_seconds) is float
+
+
+def test_blank_values_fall_back_to_defaults() -> None:
+    assert Settings.from_env({"RUNNER_MAX_PAYLOAD_BYTES": "  ", "REDIS_URL": ""}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("RUNNER_MAX_PAYLOAD_BYTES", "abc", "is not a number"),
+        ("RUNNER_MAX_PAYLOAD_BYTES", "1.5", "is not a number"),
+        ("RUNNER_MAX_PAYLOAD_BYTES", "1MB", "is not a number"),
+        ("RUNNER_RESULT_TTL", "-1", "must not be negative"),
+        ("RUNNER_FAILURE_TTL", "ten", "is not a number"),
+        ("RUNNER_MAX_WAIT_SECONDS", "abc", "is not a number"),
+        ("RUNNER_MAX_WAIT_SECONDS", "-0.5", "must not be negative"),
+    ],
+)
+def test_bad_numbers_are_refused(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({name: value})
+    assert name in str(caught.value) and message in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_default_database_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "nested" / "data"
+    url = Settings(data_dir=str(data_dir)).effective_database_url
+    assert url == f"sqlite:///{data_dir.resolve() / 'runner.db'}"
+    assert data_dir.is_dir()  # created, so SQLite can open the file
+
+
+def test_relative_data_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings(data_dir="here").effective_database_url == f"sqlite:///{tmp_path.resolve()}/here/runner.db"
+
+
+@pytest.mark.parametrize(
+    ("database_url", "expected"),
+    [
+        ("postgres://user:pw@db.example:5432/runner", "postgresql://user:pw@db.example:5432/runner"),
+        ("postgresql://user:pw@db.example/runner", "postgresql://user:pw@db.example/runner"),
+        ("postgresql+psycopg2://db.example/runner", "postgresql+psycopg2://db.example/runner"),
+        ("mysql://postgres://x", "mysql://postgres://x"),
+    ],
+)
+def test_database_url_is_used_with_postgres_scheme_rewritten(database_url: str, expected: str) -> None:
+    assert Settings(database_url=database_url).effective_database_url == expected
+
+
+def test_explicit_sqlite_url_gets_its_folder(tmp_path: Path) -> None:
+    target = tmp_path / "db" / "history.db"
+    assert Settings(database_url=f"sqlite:///{target}").effective_database_url == f"sqlite:///{target}"
+    assert target.parent.is_dir()

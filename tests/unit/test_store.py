@@ -1,0 +1,212 @@
+"""The SQL store on SQLite: rows in and out, time zones, pages and their cursors."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from runner.errors import MalformedRequest
+from runner.models import InvocationRecord
+from runner.store import Store, as_utc, decode_cursor, encode_cursor
+
+CREATED = datetime(2024, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+
+
+def make_record(job_id: str = "job1", *, created_at: datetime = CREATED, **values: object) -> InvocationRecord:
+    fields: dict[str, object] = {
+        "function": "simple_calculation",
+        "queue": "demo_tasks",
+        "status": "queued",
+        "input": {"expression": "1+1"},
+        "attempts": 0,
+        **values,
+    }
+    return InvocationRecord(id=job_id, created_at=created_at, **fields)
+
+
+def test_add_then_get(store: Store) -> None:
+    store.add(make_record(input={"expression": "2*(3+4)", "nested": [1, {"a": None}]}))
+    record = store.get("job1")
+    assert record is not None
+    assert (record.id, record.function, record.queue, record.status, record.attempts) == (
+        "job1",
+        "simple_calculation",
+        "demo_tasks",
+        "queued",
+        0,
+    )
+    assert record.input == {"expression": "2*(3+4)", "nested": [1, {"a": None}]}
+    assert (record.result, record.error, record.started_at, record.ended_at) == (None, None, None, None)
+    assert record.progress_percent == 0
+    assert record.updated_at is not None
+
+
+def test_get_unknown_is_none(store: Store) -> None:
+    assert store.get("nope") is None
+
+
+def test_adding_an_existing_id_fails(store: Store) -> None:
+    store.add(make_record())
+    with pytest.raises(IntegrityError):
+        store.add(make_record())
+    assert store.list()[0][0].input == {"expression": "1+1"}
+
+
+def test_update_sets_columns_and_updated_at(store: Store) -> None:
+    store.add(make_record())
+    before = as_utc(store.get("job1").updated_at)  # type: ignore[union-attr]
+    ended = CREATED + timedelta(seconds=5)
+    store.update(
+        "job1",
+        status="finished",
+        result={"result": 14},
+        attempts=1,
+        progress_percent=100,
+        progress_message="done",
+        ended_at=ended,
+    )
+    record = store.get("job1")
+    assert record is not None
+    assert (record.status, record.result, record.attempts, record.progress_percent, record.progress_message) == (
+        "finished",
+        {"result": 14},
+        1,
+        100,
+        "done",
+    )
+    assert as_utc(record.ended_at) == ended
+    assert as_utc(record.updated_at) >= before  # type: ignore[operator]
+    assert record.input == {"expression": "1+1"}  # untouched columns stay
+
+
+def test_update_of_unknown_id_changes_nothing(store: Store) -> None:
+    store.add(make_record())
+    store.update("nope", status="failed")
+    assert store.get("nope") is None
+    assert store.get("job1").status == "queued"  # type: ignore[union-attr]
+
+
+def test_delete(store: Store) -> None:
+    store.add(make_record("job1"))
+    store.add(make_record("job2"))
+    store.delete("job1")
+    store.delete("never-there")
+    assert store.get("job1") is None
+    assert [record.id for record in store.list()[0]] == ["job2"]
+
+
+def test_timestamps_come_back_timezone_aware_after_as_utc(store: Store) -> None:
+    started = CREATED + timedelta(seconds=1)  # the runner only ever writes UTC times
+    store.add(make_record(started_at=started))
+    record = store.get("job1")
+    assert record is not None
+    created = as_utc(record.created_at)
+    assert created is not None and created.utcoffset() == timedelta(0)
+    assert created == CREATED
+    assert as_utc(record.started_at) == started
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        (datetime(2024, 1, 1, 12), datetime(2024, 1, 1, 12, tzinfo=UTC)),
+        (datetime(2024, 1, 1, 12, tzinfo=UTC), datetime(2024, 1, 1, 12, tzinfo=UTC)),
+    ],
+)
+def test_as_utc(value: datetime | None, expected: datetime | None) -> None:
+    result = as_utc(value)
+    assert result == expected
+    if result is not None:
+        assert result.tzinfo is not None
+
+
+def test_as_utc_keeps_an_aware_time_as_it_is() -> None:
+    local = datetime(2024, 1, 1, 12, tzinfo=timezone(timedelta(hours=-5)))
+    assert as_utc(local) is local
+
+
+def test_list_newest_first_with_filters_and_limit(store: Store) -> None:
+    for index, (function, status) in enumerate(
+        [("a", "queued"), ("b", "finished"), ("a", "finished"), ("b", "failed"), ("a", "failed")]
+    ):
+        store.add(make_record(f"job{index}", created_at=CREATED + timedelta(seconds=index), function=function,
+                              status=status))
+    assert [r.id for r in store.list()[0]] == ["job4", "job3", "job2", "job1", "job0"]
+    assert [r.id for r in store.list(function="a")[0]] == ["job4", "job2", "job0"]
+    assert [r.id for r in store.list(status="finished")[0]] == ["job2", "job1"]
+    assert [r.id for r in store.list(function="b", status="failed")[0]] == ["job3"]
+    rows, cursor = store.list(limit=2)
+    assert [r.id for r in rows] == ["job4", "job3"] and cursor is not None
+    rows, cursor = store.list(limit=2, cursor=cursor)
+    assert [r.id for r in rows] == ["job2", "job1"] and cursor is not None
+    rows, cursor = store.list(limit=2, cursor=cursor)
+    assert ([r.id for r in rows], cursor) == (["job0"], None)
+
+
+def test_list_with_exactly_limit_rows_has_no_next_page(store: Store) -> None:
+    for index in range(3):
+        store.add(make_record(f"job{index}", created_at=CREATED + timedelta(seconds=index)))
+    rows, cursor = store.list(limit=3)
+    assert (len(rows), cursor) == (3, None)
+
+
+def test_list_pages_through_rows_that_share_a_timestamp(store: Store) -> None:
+    ids = [f"job{index}" for index in range(5)]
+    for job_id in ids:
+        store.add(make_record(job_id))  # all at CREATED: the id breaks the tie
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(5):
+        rows, cursor = store.list(limit=2, cursor=cursor)
+        seen += [r.id for r in rows]
+        if cursor is None:
+            break
+    assert seen == sorted(ids, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "created_at",
+    [CREATED, CREATED.replace(tzinfo=None), datetime(2024, 3, 4, 7, 6, 7, tzinfo=timezone(timedelta(hours=2)))],
+    ids=["aware-utc", "naive", "other-zone"],
+)
+def test_cursor_round_trip(created_at: datetime) -> None:
+    record = make_record("job-42_x", created_at=created_at)
+    cursor = encode_cursor(record)
+    assert "=" not in cursor and "|" not in cursor
+    decoded_at, decoded_id = decode_cursor(cursor)
+    assert decoded_id == "job-42_x"
+    assert decoded_at.utcoffset() == timedelta(0)
+    assert decoded_at == as_utc(created_at)
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        pytest.param("garbage", id="garbage"),
+        pytest.param("!!!!", id="not-base64"),
+        pytest.param(b64(b"no separator"), id="no-separator"),
+        pytest.param(b64(b"not a date|job1"), id="not-a-date"),
+        pytest.param(b64(b"\xff\xfe\xfd|job1"), id="not-utf8"),
+        # Dates that parse but overflow when moved to UTC (OverflowError, not ValueError).
+        pytest.param(b64(b"0001-01-01T00:00:00+01:00|job1"), id="year-1-east-of-utc"),
+        pytest.param(b64(b"9999-12-31T23:59:59-01:00|job1"), id="year-9999-west-of-utc"),
+    ],
+)
+def test_decode_cursor_rejects_what_it_did_not_make(cursor: str) -> None:
+    with pytest.raises(MalformedRequest) as caught:
+        decode_cursor(cursor)
+    assert caught.value.details == {"cursor": cursor}
+
+
+def test_migrate_is_idempotent(store: Store) -> None:
+    store.add(make_record())
+    store.migrate()
+    assert store.get("job1") is not None
