@@ -1,0 +1,420 @@
+"""Unit tests of text_generation: the offline Markov backend, and the HTTP backend against a real loopback server."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+import functions.text_generation as module
+from functions._markov import MODEL_NAME, MarkovChain, count_tokens, default_chain, model_tokens
+from functions._openai_stream import LLMUnavailable
+from functions.text_generation import derived_seed, text_generation
+from runner import PermanentError
+from runner.errors import InvalidInput
+
+LOOPING_PROMPT = "It was the best of"  # greedy decoding loops on "times, it was the best of" forever
+
+
+class FakeLLMServer(ThreadingHTTPServer):
+    """A real OpenAI-compatible chat server on 127.0.0.1 that streams the prompt back in upper case.
+
+    The reply is the user prompt's words, one SSE chunk each, cut at max_tokens. A prompt whose first
+    word is a scenario ("!429", "!500", "!400", "!401", "!slow", "!drop", "!json", "!garbage",
+    "!nousage") answers that way instead; "!flaky" answers 429 the first time it sees a prompt;
+    "!gated" streams half its chunks, then waits for `gate`. Usage counts prompt characters, so it
+    differs from ours.
+    """
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), FakeLLMHandler)
+        self.requests: list[dict[str, Any]] = []
+        self.release = threading.Event()  # "!slow" waits on it instead of answering
+        self.gate = threading.Event()  # "!gated" waits on it halfway through its stream
+        self.seen: set[str] = set()
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gives up mid-stream (as text_generation does on garbage) is expected here.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+    @property
+    def base_url(self) -> str:
+        """The server's base URL (without /v1)."""
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> FakeLLMServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release.set()
+        self.gate.set()
+        self.shutdown()
+        self.server_close()
+        self.thread.join(5)
+
+
+def reply_chunks(prompt: str) -> list[str]:
+    """What the fake server streams for `prompt`: its upper-cased words, spaces kept."""
+    words = prompt.upper().split()
+    return [words[0], *(f" {word}" for word in words[1:])]
+
+
+class FakeLLMHandler(BaseHTTPRequestHandler):
+    """Serves POST /v1/chat/completions as described by FakeLLMServer."""
+
+    protocol_version = "HTTP/1.1"
+    server: FakeLLMServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # keep test output clean
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        prompt = body["messages"][-1]["content"]
+        scenario = prompt.split()[0] if prompt.startswith("!") else "!stream"
+        if scenario == "!flaky" and prompt not in self.server.seen:
+            self.server.seen.add(prompt)
+            scenario = "!429"
+        if scenario in ("!429", "!500", "!400", "!401"):
+            message = {"!429": "Rate limit reached", "!500": "The engine crashed", "!400": "max_tokens is too large",
+                       "!401": "Incorrect API key provided"}[scenario]
+            self.send_json(int(scenario[1:]), {"error": {"message": message, "type": "invalid_request_error"}})
+            return
+        if scenario == "!slow":
+            self.server.release.wait(10)
+            return
+        chunks = reply_chunks(prompt)[: body["max_tokens"]]
+        finish = "length" if len(chunks) < len(reply_chunks(prompt)) else "stop"
+        characters = sum(len(message["content"]) for message in body["messages"])
+        usage = {"prompt_tokens": characters, "completion_tokens": len(chunks)}
+        usage["total_tokens"] = characters + len(chunks)
+        if scenario == "!json":
+            choice = {"index": 0, "message": {"role": "assistant", "content": "".join(chunks)}, "finish_reason": finish}
+            self.send_json(200, {"model": "fake-json", "choices": [choice], "usage": usage})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.send_event(": keep-alive comment\n\n")
+        self.send_event(data={"model": "fake-model", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+        for number, chunk in enumerate(chunks):
+            if scenario == "!garbage" and number == 1:
+                self.send_event("data: {not json\n\n")
+            if scenario == "!gated" and number == len(chunks) // 2:
+                self.server.gate.wait(10)
+            if scenario == "!drop" and number == 2:
+                self.wfile.write(b"0\r\n\r\n")  # end of body, no finish_reason, no [DONE]
+                return
+            self.send_event(data={"model": "fake-model", "choices": [{"index": 0, "delta": {"content": chunk}}]})
+        self.send_event(data={"model": "fake-model", "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        if scenario != "!nousage":
+            self.send_event(data={"model": "fake-model", "choices": [], "usage": usage})
+        self.send_event("data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def send_json(self, status: int, body: dict[str, Any]) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def send_event(self, text: str = "", data: dict[str, Any] | None = None) -> None:
+        """One HTTP chunk holding `text` or one `data:` event, flushed at once as a real stream would be."""
+        raw = (text or f"data: {json.dumps(data)}\n\n").encode()
+        self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+        self.wfile.flush()
+
+
+@pytest.fixture(scope="module")
+def llm_server() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def remote(llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> FakeLLMServer:
+    """Point text_generation at the fake server, as a worker's environment would."""
+    llm_server.requests.clear()
+    monkeypatch.setenv("RUNNER_LLM_BASE_URL", llm_server.base_url)
+    monkeypatch.setenv("RUNNER_LLM_API_KEY", "sk-test-123")
+    monkeypatch.setenv("RUNNER_LLM_TIMEOUT", "1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.delenv("RUNNER_LLM_MODEL", raising=False)
+    return llm_server
+
+
+@pytest.fixture(autouse=True)
+def offline_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RUNNER_LLM_BASE_URL", raising=False)
+
+
+# ---- offline backend ---------------------------------------------------------------------------
+
+
+def test_offline_greedy_continues_the_prompt_from_the_corpus() -> None:
+    outcome = text_generation(LOOPING_PROMPT, max_tokens=8, temperature=0)
+    assert outcome == {
+        "text": "times, it was the best of times",
+        "model": MODEL_NAME,
+        "finish_reason": "length",
+        "usage": {"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13},
+        "backend": "offline",
+    }
+
+
+@pytest.mark.parametrize("max_tokens", [1, 7, 64, 300, 4096])
+def test_offline_produces_exactly_max_tokens_when_not_stopped(max_tokens: int) -> None:
+    outcome = text_generation(LOOPING_PROMPT, max_tokens=max_tokens, temperature=0)
+    assert outcome["finish_reason"] == "length"
+    assert outcome["usage"]["completion_tokens"] == max_tokens == count_tokens(outcome["text"])
+
+
+def test_offline_stops_at_the_end_of_a_paragraph() -> None:
+    outcome = text_generation("xyzzy", max_tokens=500, temperature=0.7, seed=4)
+    assert outcome["finish_reason"] == "stop"
+    assert 0 < outcome["usage"]["completion_tokens"] < 500
+    assert outcome["text"][-1] in ".!?"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_offline_same_seed_gives_same_text(seed: int) -> None:
+    first = text_generation("Tell me about the sea and the ship", max_tokens=40, temperature=1.0, seed=seed)
+    again = text_generation("Tell me about the sea and the ship", max_tokens=40, temperature=1.0, seed=seed)
+    assert first == again
+
+
+def test_offline_different_seeds_give_different_texts() -> None:
+    texts = {text_generation("The world", max_tokens=40, temperature=1.0, seed=seed)["text"] for seed in range(5)}
+    assert len(texts) == 5
+
+
+def test_offline_temperature_zero_ignores_the_seed() -> None:
+    texts = {text_generation("The nation", max_tokens=30, temperature=0, seed=seed)["text"] for seed in range(4)}
+    assert len(texts) == 1
+
+
+def test_offline_default_seed_comes_from_the_prompt() -> None:
+    first = text_generation("Liberty and the pursuit of", max_tokens=30, temperature=1.2)
+    assert first == text_generation("Liberty and the pursuit of", max_tokens=30, temperature=1.2)
+    assert first == text_generation("Liberty and the pursuit of", max_tokens=30, temperature=1.2,
+                                    seed=derived_seed("Liberty and the pursuit of", None))
+    assert derived_seed("a", None) != derived_seed("b", None) != derived_seed("b", "system")
+
+
+def test_offline_counts_system_text_as_prompt_tokens() -> None:
+    outcome = text_generation("Call me", max_tokens=3, temperature=0, system="You are Ishmael.")
+    assert outcome["usage"]["prompt_tokens"] == 2 + 4  # "Call me" + "You are Ishmael ."
+    assert outcome["text"] == "Ishmael. Some"  # "call me" continues as the corpus does
+
+
+def test_chain_learns_and_replays_a_tiny_corpus() -> None:
+    chain = MarkovChain.train(["The cat sat on the mat. The cat ran to Paris."])
+    greedy = chain.generate(model_tokens("the cat"), 10, 0, random.Random(0))
+    # After "the cat", "sat" and "ran" tie: the one seen first wins; "Paris" keeps its capital.
+    assert greedy.tokens == ["sat", "on", "the", "mat", ".", "the", "cat", "sat", "on", "the"]
+    assert greedy.text == "sat on the mat. The cat sat on the"
+    stopped = chain.generate(model_tokens("ran to"), 10, 0, random.Random(0))
+    assert (stopped.text, stopped.finish_reason) == ("Paris.", "stop")
+
+
+def test_corpus_is_trained_once_per_process() -> None:
+    assert default_chain() is default_chain()
+    assert len(default_chain().singles) > 400  # the shipped corpus, not an empty file
+
+
+def test_offline_progress_tracks_tokens_and_is_throttled(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[float, str]] = []
+    monkeypatch.setattr(module, "progress", lambda percent, message="": calls.append((percent, message)))
+    text_generation(LOOPING_PROMPT, max_tokens=1000, temperature=0)
+    percents = [percent for percent, _ in calls]
+    assert percents == sorted(percents)
+    assert calls[-1] == (100, "done")
+    assert 10 <= len(calls) <= 25
+    assert "500 of at most 1000 tokens generated" in [message for _, message in calls]
+
+
+# ---- OpenAI-compatible backend -----------------------------------------------------------------
+
+
+def test_remote_assembles_the_streamed_text(remote: FakeLLMServer) -> None:
+    outcome = text_generation("hello there brave new world", max_tokens=50, temperature=0.3, system="Be brief.")
+    assert outcome == {
+        "text": "HELLO THERE BRAVE NEW WORLD",
+        "model": "fake-model",
+        "finish_reason": "stop",
+        "usage": {"prompt_tokens": 36, "completion_tokens": 5, "total_tokens": 41},  # the server's counts
+        "backend": "openai-compatible",
+    }
+
+
+def test_remote_request_carries_model_messages_and_key(remote: FakeLLMServer) -> None:
+    text_generation("hi", max_tokens=7, temperature=1.5, system="Be brief.", seed=42)
+    (request,) = remote.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["Authorization"] == "Bearer sk-test-123"
+    assert request["headers"]["Content-Type"] == "application/json"
+    body = request["body"]
+    assert body["model"] == "gpt-4o-mini"
+    assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert (body["max_tokens"], body["temperature"], body["stream"], body["seed"]) == (7, 1.5, True, 42)
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/"])
+def test_remote_base_url_with_or_without_v1(remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch,
+                                            suffix: str) -> None:
+    monkeypatch.setenv("RUNNER_LLM_BASE_URL", remote.base_url + suffix)
+    monkeypatch.setenv("RUNNER_LLM_MODEL", "llama-3-8b")
+    monkeypatch.delenv("RUNNER_LLM_API_KEY")
+    assert text_generation("ok")["text"] == "OK"
+    (request,) = remote.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["body"]["model"] == "llama-3-8b"
+    assert request["body"]["messages"] == [{"role": "user", "content": "ok"}]
+    assert "seed" not in request["body"]
+    assert "Authorization" not in request["headers"]
+
+
+def test_remote_cut_at_max_tokens_reports_length(remote: FakeLLMServer) -> None:
+    outcome = text_generation("one two three four five six", max_tokens=4)
+    assert (outcome["text"], outcome["finish_reason"]) == ("ONE TWO THREE FOUR", "length")
+
+
+def test_remote_without_usage_counts_tokens_itself(remote: FakeLLMServer) -> None:
+    outcome = text_generation("!nousage alpha beta", max_tokens=10, system="Be brief.")
+    assert outcome["text"] == "!NOUSAGE ALPHA BETA"
+    # Completion: 3 content chunks. Prompt: words and marks of "Be brief." (3) and "!nousage alpha beta" (4).
+    assert outcome["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+
+
+def test_remote_accepts_a_non_streamed_json_answer(remote: FakeLLMServer) -> None:
+    outcome = text_generation("!json a b", max_tokens=10)
+    assert (outcome["text"], outcome["model"], outcome["finish_reason"]) == ("!JSON A B", "fake-json", "stop")
+
+
+def test_remote_progress_follows_chunks(remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[float, str]] = []
+    monkeypatch.setattr(module, "progress", lambda percent, message="": calls.append((percent, message)))
+    text_generation(" ".join(["word"] * 40), max_tokens=40)
+    messages = [message for _, message in calls]
+    assert messages[0] == "requesting a completion from gpt-4o-mini"
+    assert "20 of at most 40 tokens generated" in messages
+    assert calls[-1] == (100, "done")
+    assert len(calls) <= 25
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("!429", "answered 429: Rate limit reached"),
+        ("!500", "answered 500: The engine crashed"),
+        ("!slow", "sent nothing for 0.3 s"),
+        ("!drop one two three", "ended the stream before finishing"),
+        ("!garbage one two", "not JSON"),
+    ],
+)
+def test_remote_transient_failures_are_retried(
+    remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, prompt: str, message: str
+) -> None:
+    monkeypatch.setenv("RUNNER_LLM_TIMEOUT", "0.3")
+    started = time.monotonic()
+    with pytest.raises(LLMUnavailable, match=message) as caught:
+        text_generation(prompt)
+    assert not isinstance(caught.value, PermanentError)
+    assert time.monotonic() - started < 2  # the read timeout bounds a silent server
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("!400", r"The LLM server rejected the request \(400\): max_tokens is too large"),
+        ("!401", r"rejected the request \(401\): Incorrect API key provided"),
+    ],
+)
+def test_remote_client_errors_are_permanent(remote: FakeLLMServer, prompt: str, message: str) -> None:
+    with pytest.raises(PermanentError, match=message):
+        text_generation(prompt)
+
+
+def test_remote_rate_limit_then_success(remote: FakeLLMServer) -> None:
+    with pytest.raises(LLMUnavailable, match="429"):
+        text_generation("!flaky unit")
+    assert text_generation("!flaky unit")["text"] == "!FLAKY UNIT"
+    assert len(remote.requests) == 2
+
+
+def test_remote_unreachable_server_is_transient(monkeypatch: pytest.MonkeyPatch, closed_port: int) -> None:
+    monkeypatch.setenv("RUNNER_LLM_BASE_URL", f"http://127.0.0.1:{closed_port}")
+    with pytest.raises(LLMUnavailable, match="Cannot reach the LLM server"):
+        text_generation("hi")
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com", "127.0.0.1:8000", "localhost", "http://"])
+def test_only_http_base_urls_are_used(remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("RUNNER_LLM_BASE_URL", url)
+    with pytest.raises(PermanentError, match="RUNNER_LLM_BASE_URL must be an http"):
+        text_generation("hi")
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan"])
+def test_bad_timeout_setting_is_permanent(remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch,
+                                          value: str) -> None:
+    monkeypatch.setenv("RUNNER_LLM_TIMEOUT", value)
+    with pytest.raises(PermanentError, match="RUNNER_LLM_TIMEOUT"):
+        text_generation("hi")
+    assert remote.requests == []
+
+
+# ---- declaration and validation ----------------------------------------------------------------
+
+
+def test_declared_policy() -> None:
+    spec = text_generation.__runner_function__  # type: ignore[attr-defined]
+    assert (spec.queue, spec.timeout, spec.retries, spec.backoff) == ("ai_processing", 120, 3, (2, 10, 30))
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x" * 20_001}, "prompt"),
+        ({"prompt": 5}, "prompt"),
+        ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "hi", "max_tokens": 4097}, "max_tokens"),
+        ({"prompt": "hi", "temperature": -0.1}, "temperature"),
+        ({"prompt": "hi", "temperature": 2.01}, "temperature"),
+        ({"prompt": "hi", "temperature": float("nan")}, "temperature"),
+        ({"prompt": "hi", "system": "x" * 20_001}, "system"),
+        ({"prompt": "hi", "seed": -1}, "seed"),
+        ({"prompt": "hi", "seed": 2**63}, "seed"),
+        ({"prompt": "hi", "model": "gpt-5"}, "model"),
+    ],
+)
+def test_validation_rejects_bad_input(payload: dict[str, object], field: str) -> None:
+    spec = text_generation.__runner_function__  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInput) as caught:
+        spec.validate(payload)
+    assert field in {detail["field"] for detail in caught.value.details}
+
+
+def test_validation_fills_defaults() -> None:
+    spec = text_generation.__runner_function__  # type: ignore[attr-defined]
+    assert spec.validate({"prompt": "hi"}) == {
+        "prompt": "hi", "max_tokens": 128, "temperature": 0.7, "system": None, "seed": None,
+    }
