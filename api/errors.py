@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from runner.backends import REDIS_ERRORS
@@ -74,11 +74,30 @@ def handle_http_error(error: HTTPException) -> Response:
     message = error.description or error.name
     if status == 413:
         message = "The request body is larger than the limit."
+        _drain_body()
     response = error_response(status, code, message)
     for name, value in error.get_headers():
         if name.lower() not in ("content-type", "content-length"):
             response.headers[name] = value
     return response
+
+
+# Reading an oversized body we refused keeps the client's keep-alive connection usable (gunicorn
+# closes it otherwise); past this many bytes, closing is cheaper than reading.
+DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
+
+
+def _drain_body() -> None:
+    length = request.content_length
+    if length is None or length > DRAIN_LIMIT_BYTES:
+        return
+    stream = request.environ.get("wsgi.input")
+    remaining = length
+    while stream is not None and remaining > 0:
+        chunk = stream.read(min(remaining, 64 * 1024))
+        if not chunk:
+            break
+        remaining -= len(chunk)
 
 
 def handle_backend_exception(error: Exception) -> Response:

@@ -17,9 +17,10 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
-from runner.errors import BackendUnavailable, FunctionNotFound, InvalidInput, PermanentError, UploadNotFound
+from runner.errors import FunctionNotFound, InvalidInput, PermanentError, UploadNotFound
 from runner.files import ArtifactStore, UploadStore
 from runner.models import utcnow
+from runner.reconcile import write_or_defer
 from runner.registry import Registry
 from runner.store import Store, as_utc
 
@@ -76,7 +77,7 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
     job.meta.update(attempts=attempt, progress={"percent": 0, "message": "started"})
     job.meta.pop("error", None)
     job.save_meta()
-    _store_write(environment, job.id, status="started", attempts=attempt, started_at=utcnow(), error=None)
+    _store_write(environment, job, status="started", attempts=attempt, started_at=utcnow(), error=None)
     try:
         spec = environment.registry.get(function_name)
         result = spec.call(payload, {"uploads": environment.uploads})
@@ -122,7 +123,7 @@ def progress(percent: float, message: str = "") -> None:
     job.save_meta()
     before = int(previous.get("percent", 0)) // STORE_PROGRESS_STEP
     if bounded // STORE_PROGRESS_STEP != before:
-        _store_write(_current_environment(), job.id, progress_percent=bounded, progress_message=text)
+        _store_write(_current_environment(), job, progress_percent=bounded, progress_message=text)
 
 
 def upload_path(upload_id: str) -> Path:
@@ -174,11 +175,7 @@ def current_attempt() -> int:
     return int(job.meta.get("attempts", 1))
 
 
-def _store_write(environment: WorkerEnvironment, job_id: str, **values: Any) -> None:
-    # The job must not fail because history could not be written; the end-of-job write retries it.
-    if environment.store is None:
-        return
-    try:
-        environment.store.update(job_id, **values)
-    except BackendUnavailable:
-        log.warning("job %s: could not update the store (%s)", job_id, ", ".join(values))
+def _store_write(environment: WorkerEnvironment, job: Job, **values: Any) -> None:
+    # The job must not fail because history could not be written: the write waits in Redis.
+    if environment.store is not None:
+        write_or_defer(environment.store, job.connection, job.id, **values)

@@ -126,6 +126,16 @@ class Store:
         with self.session() as session:
             session.execute(sa.update(InvocationRecord).where(InvocationRecord.id == job_id).values(**values))
 
+    def update_unless_newer(self, job_id: str, **values: Any) -> None:
+        """Set columns unless the row was updated after `values["updated_at"]` (replayed writes)."""
+        stamp = values["updated_at"]
+        with self.session() as session:
+            session.execute(
+                sa.update(InvocationRecord)
+                .where(InvocationRecord.id == job_id, InvocationRecord.updated_at <= stamp)
+                .values(**values)
+            )
+
     def list(
         self,
         *,

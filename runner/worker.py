@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,10 +16,10 @@ from rq.worker import BaseWorker
 
 from runner.backends import Backends, open_backends, queue_for
 from runner.config import Settings
-from runner.errors import BackendUnavailable
 from runner.execution import WorkerEnvironment, install_environment
 from runner.jobs import error_from_traceback
 from runner.models import utcnow
+from runner.reconcile import has_pending_writes, replay_pending_writes, write_or_defer
 from runner.registry import Registry
 from runner.store import Store
 
@@ -27,12 +28,16 @@ log = logging.getLogger(__name__)
 # Queues a worker with no arguments serves, highest priority first; any other queue a
 # function declares comes after these, and `default` last.
 QUEUE_PRIORITY = ("ai_processing", "demo_tasks")
+# How long an idle worker blocks on Redis before it looks at its maintenance chores.
+IDLE_WAKEUP_SECONDS = 2
+REPLAY_INTERVAL_SECONDS = 3.0
 
 
 class StoreSyncMixin(BaseWorker):
     """Writes the SQL row when a job succeeds, fails or is retried (on top of any RQ worker)."""
 
     store: Store | None = None
+    _last_replay: float = 0.0
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
         super().handle_job_success(job, queue, started_job_registry)
@@ -76,12 +81,26 @@ class StoreSyncMixin(BaseWorker):
         )
 
     def _record(self, job_id: str, **values: Any) -> None:
-        if self.store is None:
-            return
-        try:
-            self.store.update(job_id, **values)
-        except BackendUnavailable:
-            log.error("job %s: the database is unavailable; its final state was not stored", job_id)
+        if self.store is not None:
+            write_or_defer(self.store, self.connection, job_id, **values)
+
+    # RQ runs maintenance between dequeue attempts; we also replay deferred store writes there,
+    # every few seconds, so the history catches up soon after the database returns.
+    @property
+    def dequeue_timeout(self) -> int:
+        return IDLE_WAKEUP_SECONDS
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        due = time.monotonic() - self._last_replay >= REPLAY_INTERVAL_SECONDS
+        return bool(super().should_run_maintenance_tasks) or due
+
+    def run_maintenance_tasks(self) -> None:
+        self._last_replay = time.monotonic()
+        if self.store is not None and has_pending_writes(self.connection):
+            replay_pending_writes(self.store, self.connection)
+        if super().should_run_maintenance_tasks:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
 
 
 class RunnerWorker(StoreSyncMixin, Worker):

@@ -307,9 +307,7 @@ class Stack:
         return set(self.redis.scan_iter(match="rq:job:*"))
 
 
-def build_stack(
-    backend: str, redis_server: RedisServer, directory: Path, postgres: PostgresServer | None
-) -> Stack:
+def build_stack(backend: str, redis_server: RedisServer, directory: Path, postgres: PostgresServer | None) -> Stack:
     """Flush Redis, make a fresh database and start a stack on them (the caller stops it)."""
     redis.Redis.from_url(redis_server.url).flushall()
     if backend == "postgresql":

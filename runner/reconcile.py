@@ -1,0 +1,79 @@
+"""Store writes that failed because the database was away, kept in Redis until it is back.
+
+A worker that cannot write a job's row does not lose the outcome: it appends the write to a
+Redis list, and workers replay that list (oldest first) once the database answers again. A
+replayed write never overwrites a newer one: it applies only where the row's `updated_at` is
+not later than the moment the write was first attempted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from runner.backends import REDIS_ERRORS
+from runner.errors import BackendUnavailable
+from runner.models import utcnow
+from runner.store import Store
+
+log = logging.getLogger(__name__)
+
+PENDING_WRITES_KEY = "runner:store:pending"
+REPLAY_BATCH = 500
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"$datetime"}:
+        return datetime.fromisoformat(value["$datetime"])
+    return value
+
+
+def write_or_defer(store: Store, connection: redis.Redis, job_id: str, **values: Any) -> None:
+    """Write the row now, or keep the write in Redis for replay when the database is away."""
+    values.setdefault("updated_at", utcnow())
+    try:
+        store.update(job_id, **values)
+        return
+    except BackendUnavailable:
+        pass
+    item = json.dumps({"job_id": job_id, "values": {key: _encode(v) for key, v in values.items()}})
+    try:
+        connection.rpush(PENDING_WRITES_KEY, item)
+        log.warning("job %s: database unavailable; the row update waits in Redis for replay", job_id)
+    except REDIS_ERRORS:
+        log.error("job %s: database and Redis unavailable; this row update is lost", job_id)
+
+
+def replay_pending_writes(store: Store, connection: redis.Redis, limit: int = REPLAY_BATCH) -> int:
+    """Apply deferred writes, oldest first, until the list is empty or the database fails again."""
+    applied = 0
+    while applied < limit:
+        raw = connection.lpop(PENDING_WRITES_KEY)
+        if not isinstance(raw, bytes | str):
+            break
+        item = json.loads(raw)
+        values = {key: _decode(value) for key, value in item["values"].items()}
+        try:
+            store.update_unless_newer(item["job_id"], **values)
+        except BackendUnavailable:
+            connection.lpush(PENDING_WRITES_KEY, raw)  # back at the head: order is kept
+            break
+        applied += 1
+    if applied:
+        log.info("replayed %d deferred store writes", applied)
+    return applied
+
+
+def has_pending_writes(connection: redis.Redis) -> bool:
+    """True when some store write waits for replay."""
+    return bool(connection.llen(PENDING_WRITES_KEY))

@@ -1,0 +1,255 @@
+"""End to end over real HTTP: gunicorn -> Redis -> `runner worker` processes -> SQL store, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+import requests
+
+from runner.models import InvocationRecord
+from tests.integration.conftest import TERMINAL_STATUSES, Stack
+
+ROW_TIMEOUT = 5.0
+RETRY_TIMEOUT = 30.0
+
+
+def accepted_job_id(response: requests.Response) -> str:
+    """The id of a 202-accepted invocation, checking its Location header."""
+    assert response.status_code == 202, response.text
+    body = response.json()
+    location = response.headers["Location"]
+    assert urlsplit(location).path == f"/jobs/{body['id']}"
+    return str(body["id"])
+
+
+def parse_aware(value: str | None) -> datetime:
+    """An ISO 8601 timestamp that must carry a time zone."""
+    assert isinstance(value, str), value
+    parsed = datetime.fromisoformat(value)
+    assert parsed.tzinfo is not None and parsed.utcoffset() is not None, value
+    return parsed
+
+
+def wait_for_row(
+    stack: Stack, job_id: str, predicate: Callable[[InvocationRecord], bool], timeout: float = ROW_TIMEOUT
+) -> InvocationRecord:
+    """Poll the store until the job's row satisfies `predicate` (the worker writes it just after Redis)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = stack.store.get(job_id)
+        if row is not None and predicate(row):
+            return row
+        if time.monotonic() > deadline:
+            described = (
+                None if row is None else {c: getattr(row, c) for c in ("status", "progress_percent", "attempts")}
+            )
+            pytest.fail(f"job {job_id}: store row never matched within {timeout:g} s; last row: {described}")
+        time.sleep(0.05)
+
+
+def assert_row_matches(stack: Stack, view: dict[str, Any]) -> InvocationRecord:
+    """The SQL row of an ended job agrees with what GET /jobs/<id> showed."""
+    row = wait_for_row(stack, view["id"], lambda row: row.status == view["status"])
+    assert row.function == view["function"]
+    assert row.queue == view["queue"]
+    assert row.result == view["result"]
+    assert row.error == view["error"]
+    assert row.attempts == view["attempts"]
+    assert row.input == view["input"]
+    assert row.ended_at is not None
+    assert row.started_at is not None
+    return row
+
+
+def test_invocation_is_accepted_then_finishes(stack: Stack) -> None:
+    response = stack.invoke("simple_calculation", {"expression": "2*(3+4)"})
+    job_id = accepted_job_id(response)
+    accepted = response.json()
+    assert accepted["status"] == "queued"
+    assert accepted["function"] == "simple_calculation"
+    assert accepted["queue"] == "demo_tasks"
+
+    location = urljoin(stack.url, response.headers["Location"])
+    deadline = time.monotonic() + 15
+    while True:
+        polled = requests.get(location, timeout=5)
+        assert polled.status_code == 200, polled.text
+        view = polled.json()
+        if view["status"] in TERMINAL_STATUSES or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+
+    assert view["status"] == "finished", view
+    assert view["id"] == job_id
+    assert view["result"]["result"] == 14
+    assert view["result"]["expression"] == "2*(3+4)"
+    assert view["progress"]["percent"] == 100
+    assert view["attempts"] == 1
+    assert view["error"] is None
+    assert view["input"] == {"expression": "2*(3+4)"}
+    created, started, ended = (parse_aware(view[key]) for key in ("created_at", "started_at", "ended_at"))
+    assert created <= started <= ended
+    assert_row_matches(stack, view)
+
+
+def test_wait_returns_the_finished_view(stack: Stack) -> None:
+    response = stack.invoke("simple_calculation", {"expression": "2*(3+4)"}, wait=10)
+    assert response.status_code == 200, response.text
+    view = response.json()
+    assert view["status"] == "finished"
+    assert view["result"]["result"] == 14
+    assert view["progress"]["percent"] == 100
+    assert urlsplit(response.headers["Location"]).path == f"/jobs/{view['id']}"
+    assert_row_matches(stack, view)
+
+
+def test_short_wait_answers_202_while_the_job_is_in_flight(stack: Stack, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    response = stack.invoke("gated_progress", {"gate": str(gate)}, wait=0.001)
+    job_id = accepted_job_id(response)
+    assert response.json()["status"] not in TERMINAL_STATUSES
+
+    gate.touch()
+    view = stack.wait_until_terminal(job_id)
+    assert view["status"] == "finished"
+    assert view["result"] == {"released": True}
+
+
+def test_division_by_zero_fails_permanently(stack: Stack) -> None:
+    job_id = accepted_job_id(stack.invoke("simple_calculation", {"expression": "1/0"}))
+    view = stack.wait_until_terminal(job_id)
+    assert view["status"] == "failed", view
+    assert view["error"]["type"] == "PermanentError"
+    assert "division by zero" in view["error"]["message"].lower()
+    assert view["attempts"] == 1
+    assert view["result"] is None
+    assert_row_matches(stack, view)
+
+
+def test_permanent_error_is_not_retried_despite_a_retry_policy(stack: Stack) -> None:
+    description = stack.get("/functions/permanent_failure").json()
+    assert description["retries"] == 3
+    job_id = accepted_job_id(stack.invoke("permanent_failure", {"reason": "no such thing"}))
+    view = stack.wait_until_terminal(job_id)
+    assert view["status"] == "failed", view
+    assert view["error"] == {"type": "PermanentError", "message": "no such thing"}
+    assert view["attempts"] == 1
+    # A retry would be scheduled ~1 s later: make sure none is pending and none ran.
+    assert stack.redis.zscore("rq:scheduled:demo_tasks", job_id) is None
+    assert stack.job(job_id)["attempts"] == 1
+    assert_row_matches(stack, view)
+
+
+def test_transient_failures_are_retried_until_success(stack: Stack) -> None:
+    job_id = accepted_job_id(stack.invoke("unreliable_task", {"fail_times": 2}))
+    seen: list[str] = []
+
+    def ended(view: dict[str, Any]) -> bool:
+        if not seen or seen[-1] != view["status"]:
+            seen.append(view["status"])
+        return view["status"] in TERMINAL_STATUSES
+
+    view = stack.wait_for(job_id, ended, timeout=RETRY_TIMEOUT)
+    assert view["status"] == "finished", (view, seen)
+    assert view["result"]["succeeded_on_attempt"] == 3
+    assert view["attempts"] == 3
+    assert view["error"] is None
+    # Between attempts the job waits out its backoff (1 s, then 2 s) outside the started state;
+    # polling every 50 ms practically always sees it, but a slow machine may not, so this is informational.
+    between_attempts = [status for status in seen[1:-1] if status in ("scheduled", "queued")]
+    print(f"statuses seen: {seen}; between attempts: {between_attempts}")
+    assert_row_matches(stack, view)
+
+
+def test_retries_exhausted_fail_the_job(stack: Stack) -> None:
+    job_id = accepted_job_id(stack.invoke("unreliable_task", {"fail_times": 5}))
+    view = stack.wait_until_terminal(job_id, timeout=RETRY_TIMEOUT)
+    assert view["status"] == "failed", view
+    assert view["attempts"] == 4
+    assert view["error"]["type"] == "RuntimeError"
+    assert "Simulated failure on attempt 4" in view["error"]["message"]
+    assert view["result"] is None
+    assert_row_matches(stack, view)
+
+
+def test_progress_is_visible_while_the_job_runs(stack: Stack, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    job_id = accepted_job_id(stack.invoke("gated_progress", {"gate": str(gate)}))
+
+    running = stack.wait_for(
+        job_id,
+        lambda view: view["status"] == "started" and view["progress"] == {"percent": 50, "message": "halfway"},
+    )
+    assert running["attempts"] == 1
+    parse_aware(running["started_at"])
+    assert running["ended_at"] is None
+    row = wait_for_row(stack, job_id, lambda row: row.progress_percent == 50)
+    assert row.status == "started"
+    assert row.progress_message == "halfway"
+    assert row.ended_at is None
+
+    gate.touch()
+    view = stack.wait_until_terminal(job_id)
+    assert view["status"] == "finished", view
+    assert view["progress"] == {"percent": 100, "message": "released"}
+    assert view["result"] == {"released": True}
+    row = assert_row_matches(stack, view)
+    assert row.progress_percent == 100
+
+
+def list_all_jobs(stack: Stack, function: str, limit: int) -> list[dict[str, Any]]:
+    """Every page of GET /jobs?function=..., following `next`."""
+    jobs: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"function": function, "limit": limit}
+    for _page in range(100):
+        response = stack.get("/jobs", params=params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert len(body["jobs"]) <= limit
+        jobs += body["jobs"]
+        if body["next"] is None:
+            return jobs
+        params["cursor"] = body["next"]
+    pytest.fail("GET /jobs never returned a last page")
+
+
+def test_the_store_answers_after_redis_forgot_the_job(stack: Stack) -> None:
+    views = []
+    for expression in ("1+1", "2+2", "3+3"):
+        response = stack.invoke("simple_calculation", {"expression": expression}, wait=10)
+        assert response.status_code == 200, response.text
+        views.append(response.json())
+        assert_row_matches(stack, views[-1])
+    forgotten = views[1]
+    job_id = forgotten["id"]
+
+    keys = [f"rq:job:{job_id}", *stack.redis.scan_iter(match=f"rq:results:{job_id}*")]
+    assert stack.redis.delete(*keys) >= 1
+    assert not stack.redis.exists(f"rq:job:{job_id}")
+
+    view = stack.job(job_id)
+    assert view["status"] == "finished"
+    assert view["result"] == forgotten["result"]
+    assert view["result"]["result"] == 4
+    assert view["attempts"] == forgotten["attempts"]
+    assert view["progress"]["percent"] == 100
+    for key in ("created_at", "started_at", "ended_at"):
+        parse_aware(view[key])
+
+    listed = list_all_jobs(stack, "simple_calculation", limit=2)
+    assert {job["function"] for job in listed} == {"simple_calculation"}
+    assert len({job["id"] for job in listed}) == len(listed), "a job was listed twice across pages"
+    created = [parse_aware(job["created_at"]) for job in listed]
+    assert created == sorted(created, reverse=True), "not newest first"
+    ids = [job["id"] for job in listed]
+    mine = [ids.index(v["id"]) for v in views]
+    assert mine == sorted(mine, reverse=True), "the three jobs are not newest first"
+    listed_forgotten = listed[ids.index(job_id)]
+    assert listed_forgotten["status"] == "finished"
+    assert listed_forgotten["result"] == forgotten["result"]
