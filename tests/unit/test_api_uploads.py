@@ -1,0 +1,119 @@
+"""POST /uploads, GET /uploads/<id>, artifacts: limits, bad input, names that try to escape their folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from runner.backends import Backends
+from runner.errors import InvalidInput
+from runner.files import ArtifactStore, check_artifact_name
+from runner.registry import Registry, function
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _upload(client: FlaskClient, data: bytes, filename: str = "notes.txt") -> Any:
+    return client.post("/uploads", data={"file": (io.BytesIO(data), filename)}, content_type="multipart/form-data")
+
+
+def test_upload_returns_id_size_hash_and_type(client: FlaskClient) -> None:
+    data = "héllo wörld\nsecond line\n".encode()
+    response = _upload(client, data)
+    assert response.status_code == 201, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["size"] == len(data)
+    assert body["sha256"] == hashlib.sha256(data).hexdigest()
+    assert body["media_type"] == "text/plain"
+    assert response.headers["Location"] == f"/uploads/{body['id']}"
+    assert client.get(f"/uploads/{body['id']}").get_json() == body
+
+
+def test_upload_detects_an_image_by_its_bytes(client: FlaskClient) -> None:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(buffer, "PNG")
+    body = _upload(client, buffer.getvalue(), filename="misleading.txt").get_json()
+    assert body["media_type"] == "image/png"
+
+
+def test_upload_over_the_limit_is_413_and_leaves_no_file(
+    make_client: Callable[..., FlaskClient], settings: Any, api_error: Callable[..., Any], backends: Backends
+) -> None:
+    small = dataclasses.replace(settings, max_upload_bytes=1000)
+    client = make_client(settings=small)
+    api_error(_upload(client, b"x" * 5000), 413, "payload_too_large")
+    folder = small.effective_upload_dir
+    assert not folder.exists() or [p for p in folder.iterdir() if not p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"json": {"file": "x"}}, 415, "unsupported_media_type"),
+        ({"data": b"raw bytes", "content_type": "application/octet-stream"}, 415, "unsupported_media_type"),
+        ({"data": {"other": (io.BytesIO(b"x"), "a.txt")}, "content_type": "multipart/form-data"}, 400,
+         "malformed_request"),
+    ],
+)
+def test_bad_uploads(client: FlaskClient, api_error: Callable[..., Any], kwargs: dict[str, Any], status: int,
+                     code: str) -> None:
+    api_error(client.post("/uploads", **kwargs), status, code)
+
+
+@pytest.mark.parametrize(
+    ("upload_id", "code"), [("0" * 32, "upload_not_found"), ("not-an-id", "upload_not_found"), ("..%2F..%2Fetc", None)]
+)
+def test_unknown_upload_is_404(client: FlaskClient, api_error: Callable[..., Any], upload_id: str,
+                               code: str | None) -> None:
+    api_error(client.get(f"/uploads/{upload_id}"), 404, code)
+
+
+@pytest.mark.parametrize("name", ["../escape", "..", ".hidden", "a/b", "a\\b", "", "x" * 200, "a..b", "ünï"])
+def test_artifact_names_that_could_escape_are_refused(name: str) -> None:
+    with pytest.raises(InvalidInput):
+        check_artifact_name(name)
+
+
+def test_artifact_store_never_serves_outside_its_folder(tmp_path: Any) -> None:
+    store = ArtifactStore(tmp_path / "artifacts")
+    (tmp_path / "secret.txt").write_text("secret")
+    store.write("job1", "ok.txt", b"fine")
+    assert store.path("job1", "ok.txt").read_bytes() == b"fine"
+    for job_id, name in [("job1", "../../secret.txt"), ("..", "secret.txt"), ("job1", "missing.txt")]:
+        with pytest.raises(Exception) as caught:
+            store.path(job_id, name)
+        assert type(caught.value).__name__ == "ArtifactNotFound"
+
+
+def test_a_job_artifact_is_listed_and_served(
+    make_client: Callable[..., FlaskClient], run_jobs: Callable[..., bool], api_error: Callable[..., Any]
+) -> None:
+    from runner import save_artifact
+
+    @function(queue="default")
+    def draw(label: str) -> dict[str, str]:
+        """Write a tiny PNG artifact."""
+        save_artifact("image.png", PNG_SIGNATURE + label.encode(), "image/png")
+        return {"label": label}
+
+    registry = Registry([draw.__runner_function__])  # type: ignore[attr-defined]
+    client = make_client(registry_=registry)
+    job_id = client.post("/functions/draw/invocations", json={"label": "hi"}).get_json()["id"]
+    run_jobs(registry_=registry)
+    view = client.get(f"/jobs/{job_id}").get_json()
+    assert view["status"] == "finished"
+    assert view["artifacts"] == [{"name": "image.png", "size": len(PNG_SIGNATURE) + 2, "media_type": "image/png",
+                                  "url": f"/jobs/{job_id}/artifacts/image.png"}]
+    served = client.get(view["artifacts"][0]["url"])
+    assert served.status_code == 200 and served.mimetype == "image/png"
+    assert served.data == PNG_SIGNATURE + b"hi"
+    api_error(client.get(f"/jobs/{job_id}/artifacts/other.png"), 404, "artifact_not_found")
+    api_error(client.get(f"/jobs/{job_id}/artifacts/..%2F..%2Frunner.db"), 404)
