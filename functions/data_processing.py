@@ -27,7 +27,7 @@ METHODS = {
 }
 
 
-@function(queue="ai_processing", timeout=600, retries=1, backoff=[5])
+@function(queue="ai_processing", timeout=600, retries=1, backoff=[5], exactly_one_of=[("upload_id", "records")])
 def data_processing(
     upload_id: UploadId | None = None,
     records: Annotated[list[dict[str, Any]] | None, Field(max_length=MAX_INLINE_RECORDS)] = None,

@@ -86,7 +86,21 @@ def _summarize(exc: pydantic.ValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def build_input_model(func: Callable[..., Any]) -> tuple[type[pydantic.BaseModel], bool]:
+def _exactly_one_of(groups: tuple[tuple[str, ...], ...]) -> Any:
+    def check(model: pydantic.BaseModel) -> pydantic.BaseModel:
+        for group in groups:
+            given = [name for name in group if getattr(model, name) is not None]
+            if len(given) != 1:
+                found = ", ".join(given) if given else "none"
+                raise ValueError(f"give exactly one of {', '.join(group)} (given: {found})")
+        return model
+
+    return pydantic.model_validator(mode="after")(check)
+
+
+def build_input_model(
+    func: Callable[..., Any], exactly_one_of: tuple[tuple[str, ...], ...] = ()
+) -> tuple[type[pydantic.BaseModel], bool]:
     """Turn a typed signature (or a single pydantic-model parameter) into an input model."""
     try:
         hints = typing.get_type_hints(func, include_extras=True)
@@ -105,9 +119,15 @@ def build_input_model(func: Callable[..., Any]) -> tuple[type[pydantic.BaseModel
             raise FunctionDefinitionError(f"{func.__qualname__}: parameter {parameter.name!r} has no type hint")
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         fields[parameter.name] = (hints[parameter.name], default)
+    unknown = {name for group in exactly_one_of for name in group} - set(fields)
+    if unknown:
+        raise FunctionDefinitionError(f"{func.__qualname__}: exactly_one_of names unknown {sorted(unknown)}")
     model_name = "".join(part.title() for part in func.__name__.split("_")) + "Input"
-    config = pydantic.ConfigDict(extra="forbid")
-    model = pydantic.create_model(model_name, __config__=config, **fields)
+    # The schema says it too, so clients generated from it know the rule.
+    alternatives = [{"oneOf": [{"required": [name]} for name in group]} for group in exactly_one_of]
+    config = pydantic.ConfigDict(extra="forbid", json_schema_extra={"allOf": alternatives} if alternatives else None)
+    validators = {"exactly_one_of": _exactly_one_of(exactly_one_of)} if exactly_one_of else {}
+    model = pydantic.create_model(model_name, __config__=config, __validators__=validators, **fields)
     return model, False
 
 
@@ -123,6 +143,7 @@ def function(
     retries: int = ...,
     backoff: Sequence[int] | None = ...,
     name: str | None = ...,
+    exactly_one_of: Sequence[Sequence[str]] = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -135,11 +156,17 @@ def function(
     retries: int = 0,
     backoff: Sequence[int] | None = None,
     name: str | None = None,
+    exactly_one_of: Sequence[Sequence[str]] = (),
 ) -> F | Callable[[F], F]:
-    """Declare a function: record its queue, timeout and retry policy. Connects to nothing."""
+    """Declare a function: record its queue, timeout and retry policy. Connects to nothing.
+
+    `exactly_one_of` lists groups of optional parameters of which an invocation must give
+    exactly one (checked with the rest of the input, before anything is enqueued).
+    """
 
     def declare(target: F) -> F:
-        spec = make_spec(target, queue=queue, timeout=timeout, retries=retries, backoff=backoff, name=name)
+        spec = make_spec(target, queue=queue, timeout=timeout, retries=retries, backoff=backoff, name=name,
+                         exactly_one_of=exactly_one_of)
         setattr(target, SPEC_ATTRIBUTE, spec)
         return target
 
@@ -154,6 +181,7 @@ def make_spec(
     retries: int,
     backoff: Sequence[int] | None,
     name: str | None,
+    exactly_one_of: Sequence[Sequence[str]] = (),
 ) -> FunctionSpec:
     """Check a declaration and build its spec; bad policies fail loudly at import."""
     label = name or func.__name__
@@ -166,7 +194,7 @@ def make_spec(
     intervals = tuple(backoff or ())
     if any(not isinstance(i, int) or i < 0 for i in intervals):
         raise FunctionDefinitionError(f"{label}: backoff intervals must be whole seconds >= 0")
-    model, takes_model = build_input_model(func)
+    model, takes_model = build_input_model(func, tuple(tuple(group) for group in exactly_one_of))
     doc = inspect.getdoc(func) or ""
     return FunctionSpec(
         name=label,

@@ -117,3 +117,20 @@ def test_a_job_artifact_is_listed_and_served(
     assert served.data == PNG_SIGNATURE + b"hi"
     api_error(client.get(f"/jobs/{job_id}/artifacts/other.png"), 404, "artifact_not_found")
     api_error(client.get(f"/jobs/{job_id}/artifacts/..%2F..%2Frunner.db"), 404)
+
+
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [
+        ("image_analysis", {}),
+        ("image_analysis", {"upload_id": "0" * 32, "image_base64": "aGk="}),
+        ("data_processing", {}),
+        ("data_processing", {"records": [{"a": 1}], "upload_id": "0" * 32}),
+    ],
+)
+def test_exactly_one_input_is_checked_before_enqueue(
+    client: FlaskClient, api_error: Callable[..., Any], backends: Backends, name: str, payload: dict[str, Any]
+) -> None:
+    body = api_error(client.post(f"/functions/{name}/invocations", json=payload), 422, "invalid_input")
+    assert "exactly one of" in body["message"]
+    assert backends.connection.llen("rq:queue:ai_processing") == 0
