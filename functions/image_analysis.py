@@ -38,7 +38,9 @@ ORIENTATION_TRANSPOSE = {
 }
 
 
-@function(queue="ai_processing", timeout=120, retries=2, backoff=[2, 10], exactly_one_of=[("upload_id", "image_base64")])
+@function(
+    queue="ai_processing", timeout=120, retries=2, backoff=[2, 10], exactly_one_of=[("upload_id", "image_base64")]
+)
 def image_analysis(
     upload_id: UploadId | None = None,
     image_base64: Annotated[str | None, Field(min_length=1, max_length=MAX_BASE64_CHARS)] = None,

@@ -124,7 +124,7 @@ def build_input_model(
         raise FunctionDefinitionError(f"{func.__qualname__}: exactly_one_of names unknown {sorted(unknown)}")
     model_name = "".join(part.title() for part in func.__name__.split("_")) + "Input"
     # The schema says it too, so clients generated from it know the rule.
-    alternatives = [{"oneOf": [{"required": [name]} for name in group]} for group in exactly_one_of]
+    alternatives: list[Any] = [{"oneOf": [{"required": [name]} for name in group]} for group in exactly_one_of]
     config = pydantic.ConfigDict(extra="forbid", json_schema_extra={"allOf": alternatives} if alternatives else None)
     validators = {"exactly_one_of": _exactly_one_of(exactly_one_of)} if exactly_one_of else {}
     model = pydantic.create_model(model_name, __config__=config, __validators__=validators, **fields)

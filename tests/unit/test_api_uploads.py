@@ -123,14 +123,16 @@ def test_a_job_artifact_is_listed_and_served(
     ("name", "payload"),
     [
         ("image_analysis", {}),
-        ("image_analysis", {"upload_id": "0" * 32, "image_base64": "aGk="}),
+        ("image_analysis", {"upload_id": "UPLOADED", "image_base64": "aGk="}),
         ("data_processing", {}),
-        ("data_processing", {"records": [{"a": 1}], "upload_id": "0" * 32}),
+        ("data_processing", {"records": [{"a": 1}], "upload_id": "UPLOADED"}),
     ],
 )
 def test_exactly_one_input_is_checked_before_enqueue(
     client: FlaskClient, api_error: Callable[..., Any], backends: Backends, name: str, payload: dict[str, Any]
 ) -> None:
+    if payload.get("upload_id") == "UPLOADED":
+        payload = {**payload, "upload_id": _upload(client, b"a,b\n1,2\n", "t.csv").get_json()["id"]}
     body = api_error(client.post(f"/functions/{name}/invocations", json=payload), 422, "invalid_input")
     assert "exactly one of" in body["message"]
     assert backends.connection.llen("rq:queue:ai_processing") == 0
