@@ -227,15 +227,16 @@ class Stack:
         self.env = stack_environment(redis_url=redis_url, database_url=database_url, data_dir=directory / "data")
         self.processes = ProcessSet(directory / "logs")
         self.http = requests.Session()
+        self.workers = STACK_WORKERS
 
     def start(self) -> None:
         """Migrate, start web + workers, and wait until /readyz is 200 and the workers registered."""
         run_migrate(self.env)
         self.processes.start_web(self.env, self.port)
-        for number in range(1, STACK_WORKERS + 1):
+        for number in range(1, self.workers + 1):
             self.processes.start_worker(self.env, f"worker.{number}")
         deadline = time.monotonic() + READY_TIMEOUT
-        while not (http_ready(f"{self.url}/readyz") and self.worker_count() == STACK_WORKERS):
+        while not (http_ready(f"{self.url}/readyz") and self.worker_count() == self.workers):
             self.processes.check_alive()
             if time.monotonic() > deadline:
                 pytest.fail(
@@ -307,7 +308,14 @@ class Stack:
         return set(self.redis.scan_iter(match="rq:job:*"))
 
 
-def build_stack(backend: str, redis_server: RedisServer, directory: Path, postgres: PostgresServer | None) -> Stack:
+def build_stack(
+    backend: str,
+    redis_server: RedisServer,
+    directory: Path,
+    postgres: PostgresServer | None,
+    extra_env: Mapping[str, str] | None = None,
+    workers: int = 2,
+) -> Stack:
     """Flush Redis, make a fresh database and start a stack on them (the caller stops it)."""
     redis.Redis.from_url(redis_server.url).flushall()
     if backend == "postgresql":
@@ -316,6 +324,8 @@ def build_stack(backend: str, redis_server: RedisServer, directory: Path, postgr
     else:
         database_url = sqlite_url(directory)
     stack = Stack(backend, redis_server.url, database_url, directory)
+    stack.env.update(extra_env or {})
+    stack.workers = workers
     try:
         stack.start()
     except BaseException:
@@ -358,6 +368,27 @@ def sqlite_stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFac
     started = build_stack("sqlite", redis_server, tmp_path_factory.mktemp("stack-sqlite"), None)
     yield started
     started.stop()
+
+
+@pytest.fixture(scope="module")
+def stack_factory(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Stack]]:
+    """Build SQLite stacks with extra environment (`extra_env=`) or worker count (`workers=`).
+
+    Each new stack flushes Redis, so use one at a time; all are stopped at the end of the module.
+    """
+    started: list[Stack] = []
+
+    def build(extra_env: Mapping[str, str] | None = None, workers: int = 2) -> Stack:
+        stack = build_stack("sqlite", redis_server, tmp_path_factory.mktemp("stack-custom"), None,
+                            extra_env=extra_env, workers=workers)
+        started.append(stack)
+        return stack
+
+    yield build
+    for stack in started:
+        stack.stop()
 
 
 @pytest.fixture
