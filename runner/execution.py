@@ -19,6 +19,7 @@ from rq.job import Job
 
 from runner.errors import FunctionNotFound, InvalidInput, PermanentError, UploadNotFound
 from runner.files import ArtifactStore, UploadStore
+from runner.lifecycle import JobEvent, emit
 from runner.models import utcnow
 from runner.reconcile import write_or_defer
 from runner.registry import Registry
@@ -78,6 +79,7 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
     job.meta.pop("error", None)
     job.save_meta()
     _store_write(environment, job, status="started", attempts=attempt, started_at=utcnow(), error=None)
+    emit(job.connection, JobEvent("started", job.id, function_name, job.origin, attempt=attempt, status="started"))
     try:
         spec = environment.registry.get(function_name)
         result = spec.call(payload, {"uploads": environment.uploads})

@@ -10,6 +10,7 @@ from rq import Retry
 from runner.backends import REDIS_ERRORS, Backends, queue_for
 from runner.errors import BackendUnavailable
 from runner.execution import ENTRY_POINT
+from runner.lifecycle import JobEvent, emit
 from runner.models import InvocationRecord, utcnow
 from runner.registry import FunctionSpec
 
@@ -55,4 +56,5 @@ def enqueue_invocation(spec: FunctionSpec, payload: Any, backends: Backends) -> 
         raise BackendUnavailable(
             "Redis is unavailable; the invocation was not accepted.", details={"dependency": "redis"}
         ) from exc
+    emit(backends.connection, JobEvent("accepted", job_id, spec.name, spec.queue, status="queued"))
     return record

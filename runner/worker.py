@@ -18,6 +18,7 @@ from runner.backends import Backends, open_backends, queue_for
 from runner.config import Settings
 from runner.execution import WorkerEnvironment, install_environment
 from runner.jobs import error_from_traceback
+from runner.lifecycle import JobEvent, emit
 from runner.models import utcnow
 from runner.reconcile import has_pending_writes, replay_pending_writes, write_or_defer
 from runner.registry import Registry
@@ -53,6 +54,7 @@ class StoreSyncMixin(BaseWorker):
             artifacts=job.meta.get("artifacts", []),
             ended_at=utcnow(),
         )
+        self._emit(job, "finished", JobStatus.FINISHED.value)
 
     def handle_job_failure(
         self,
@@ -78,6 +80,24 @@ class StoreSyncMixin(BaseWorker):
             attempts=int(job.meta.get("attempts", 1)),
             artifacts=job.meta.get("artifacts", []),
             ended_at=utcnow() if ended else None,
+        )
+        event = status_word if status_word in (JobStatus.FAILED.value, JobStatus.STOPPED.value) else "retried"
+        self._emit(job, event, status_word)
+
+    def _emit(self, job: Job, event: str, status: str) -> None:
+        duration = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else None
+        emit(
+            self.connection,
+            JobEvent(
+                event=event,
+                job_id=job.id,
+                function=str(job.meta.get("function") or job.func_name),
+                queue=job.origin,
+                attempt=int(job.meta.get("attempts", 1)),
+                duration_seconds=duration,
+                error=job.meta.get("error") if event != "finished" else None,
+                status=status,
+            ),
         )
 
     def _record(self, job_id: str, **values: Any) -> None:
