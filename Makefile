@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint typecheck unit integration clean
+.PHONY: dev test lint typecheck unit integration bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ lint: $(VENV)/.dev-installed
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy runner api
+
+$(VENV)/.bench-installed: requirements.txt requirements-bench.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	touch $@
+
+## Benchmarks against raw RQ and Celery (not part of `make test`); needs wrk for the HTTP part
+bench: $(VENV)/.bench-installed
+	@command -v wrk >/dev/null || echo "wrk not found (apt-get install wrk): the HTTP load part is skipped"
+	$(BIN)/python -m bench.run $(ARGS)
 
 unit: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest tests/unit

@@ -1,0 +1,21 @@
+"""The Celery app of the benchmarks (broker and results on the benchmark's own Redis)."""
+
+import os
+
+from celery import Celery
+
+redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+app = Celery("bench", broker=redis_url, backend=redis_url)
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_default_queue="bench_celery",
+    worker_prefetch_multiplier=4,
+    broker_connection_retry_on_startup=True,
+)
+
+
+@app.task(name="bench.noop")
+def noop() -> None:
+    """Do nothing."""

@@ -1,0 +1,220 @@
+"""The engines the benchmark compares: our runner, raw RQ (forking and simple workers), Celery prefork.
+
+Each engine starts its own worker processes on the benchmark's Redis, runs a batch of jobs
+(time from the first enqueue to the last result) and single jobs (enqueue -> result).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue, Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+POLL_SECONDS = 0.001
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    """Poll `predicate` until true; RuntimeError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class Engine:
+    """Worker processes of one engine, and how to feed them."""
+
+    name = "engine"
+
+    def __init__(self, redis_url: str, workdir: Path) -> None:
+        self.redis_url = redis_url
+        self.workdir = workdir
+        self.connection = redis.Redis.from_url(redis_url)
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def env(self) -> dict[str, str]:
+        """Environment of the worker processes."""
+        return {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REDIS_URL": self.redis_url, "REDIS_URL": self.redis_url}
+
+    def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start one process, output to a log file in the work folder."""
+        log = open(self.workdir / f"{self.name}-{len(self.processes)}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(argv, cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def start(self, workers: int) -> None:
+        """Start `workers` worker processes and wait until they are ready."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop every process this engine started."""
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.processes.clear()
+
+    def run_batch(self, count: int, kind: str = "noop") -> float:
+        """Seconds from the first enqueue until all `count` jobs have results."""
+        raise NotImplementedError
+
+    def one(self) -> float:
+        """Seconds from enqueue to result for one job."""
+        raise NotImplementedError
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' pids (parents, not work horses)."""
+        return [process.pid for process in self.processes]
+
+
+class RunnerEngine(Engine):
+    """Our runner: validation, SQL row, RQ job with retry policy, store updates from the worker."""
+
+    name = "runner"
+
+    def __init__(self, redis_url: str, workdir: Path) -> None:
+        super().__init__(redis_url, workdir)
+        from runner.backends import open_backends
+        from runner.config import Settings
+        from runner.registry import Registry
+
+        self.settings = Settings.from_env(self.env())
+        self.registry = Registry.discover(self.settings.functions_package)
+        self.backends = open_backends(self.settings)
+
+    def env(self) -> dict[str, str]:
+        return {
+            **super().env(),
+            "DATABASE_URL": f"sqlite:///{self.workdir / 'runner.db'}",
+            "RUNNER_DATA_DIR": str(self.workdir / "data"),
+            "RUNNER_FUNCTIONS_PACKAGE": "functions,bench.noop_functions",
+        }
+
+    def start(self, workers: int) -> None:
+        self.backends.store.migrate()
+        for _ in range(workers):
+            self.spawn([sys.executable, "-m", "runner", "worker", "bench", "demo_tasks"])
+        wait_until(lambda: Worker.count(connection=self.connection) >= workers, 30, "runner workers")
+
+    def _payload(self, kind: str) -> tuple[str, dict[str, Any]]:
+        return ("noop", {}) if kind == "noop" else ("simple_calculation", {"expression": "(2+3)*4-5/2"})
+
+    def run_batch(self, count: int, kind: str = "noop") -> float:
+        from runner.invocation import enqueue_invocation
+        from runner.models import InvocationRecord
+
+        name, payload = self._payload(kind)
+        spec = self.registry.get(name)
+        with self.backends.store.session() as session:
+            session.query(InvocationRecord).delete()
+        started = time.perf_counter()
+        for _ in range(count):
+            enqueue_invocation(spec, payload, self.backends)
+
+        def done() -> bool:
+            # Done means the SQL rows say finished: the store updates are part of the work.
+            with self.backends.store.session() as session:
+                finished = session.query(InvocationRecord).filter(InvocationRecord.status == "finished").count()
+            return bool(finished >= count)
+
+        wait_until(done, 600, f"{count} runner jobs")
+        return time.perf_counter() - started
+
+    def one(self) -> float:
+        from runner.invocation import enqueue_invocation
+        from runner.jobs import wait_for_job
+
+        started = time.perf_counter()
+        record = enqueue_invocation(self.registry.get("noop"), {}, self.backends)
+        view = wait_for_job(record.id, self.backends, 30)
+        elapsed = time.perf_counter() - started
+        if view.status != "finished":
+            raise RuntimeError(f"job ended {view.status}")
+        return elapsed
+
+
+class RawRQEngine(Engine):
+    """RQ as it comes: `rq worker` with the forking Worker or the SimpleWorker."""
+
+    def __init__(self, redis_url: str, workdir: Path, worker_class: str) -> None:
+        super().__init__(redis_url, workdir)
+        self.worker_class = worker_class
+        self.name = "rq-" + worker_class.rsplit(".", 1)[-1].lower()
+        self.queue = Queue("bench_rq", connection=self.connection)
+
+    def start(self, workers: int) -> None:
+        rq_cli = str(Path(sys.executable).parent / "rq")
+        for _ in range(workers):
+            self.spawn([rq_cli, "worker", "--url", self.redis_url, "-w", self.worker_class, "-q", "bench_rq"])
+        wait_until(lambda: Worker.count(connection=self.connection) >= workers, 30, f"{self.name} workers")
+
+    def run_batch(self, count: int, kind: str = "noop") -> float:
+        registry = self.queue.finished_job_registry
+        before = registry.count
+        started = time.perf_counter()
+        for _ in range(count):
+            self.queue.enqueue("bench.rq_tasks.noop")
+        wait_until(lambda: registry.count - before >= count, 600, f"{count} {self.name} jobs")
+        return time.perf_counter() - started
+
+    def one(self) -> float:
+        started = time.perf_counter()
+        job = self.queue.enqueue("bench.rq_tasks.noop")
+        while job.get_status(refresh=True) not in ("finished", "failed"):
+            time.sleep(POLL_SECONDS)
+        return time.perf_counter() - started
+
+
+class CeleryEngine(Engine):
+    """Celery with the prefork pool, `-c` = worker count, broker and results on Redis."""
+
+    name = "celery-prefork"
+
+    def __init__(self, redis_url: str, workdir: Path) -> None:
+        super().__init__(redis_url, workdir)
+        os.environ["BENCH_REDIS_URL"] = redis_url
+        from bench.celery_app import app, noop
+
+        self.app, self.task = app, noop
+
+    def start(self, workers: int) -> None:
+        self.spawn([sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "prefork",
+                    "-c", str(workers), "-Q", "bench_celery", "--without-gossip", "--without-mingle",
+                    "--without-heartbeat", "-l", "WARNING"])
+        wait_until(lambda: bool(self.app.control.ping(timeout=0.5)), 60, "celery worker")
+
+    def run_batch(self, count: int, kind: str = "noop") -> float:
+        started = time.perf_counter()
+        results = [self.task.delay() for _ in range(count)]
+        for result in results:
+            result.get(timeout=600)
+        return time.perf_counter() - started
+
+    def one(self) -> float:
+        started = time.perf_counter()
+        self.task.delay().get(timeout=30)
+        return time.perf_counter() - started

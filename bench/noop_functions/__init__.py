@@ -1,0 +1,1 @@
+"""Functions used only by the benchmarks."""

@@ -1,0 +1,256 @@
+"""`make bench`: our runner against raw RQ and Celery, on one machine, in one run.
+
+Starts its own Redis on a free loopback port; prints a table of figures and ratios and writes
+bench/results/<date>.json. Loads are bounded in count and time and stay on 127.0.0.1.
+Usage: python -m bench.run [--jobs N] [--latency N] [--http-seconds S] [--memory-jobs N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.engines import ROOT, CeleryEngine, Engine, RawRQEngine, RunnerEngine, rss_kib, wait_until
+from runner.embedded_redis import EmbeddedRedis, free_port
+
+RESULTS_DIR = ROOT / "bench" / "results"
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50/p90/p99 in milliseconds."""
+    ordered = sorted(samples)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+    return {"p50_ms": round(pick(0.50), 3), "p90_ms": round(pick(0.90), 3), "p99_ms": round(pick(0.99), 3)}
+
+
+def with_engine(engine: Engine, workers: int, body: Callable[[Engine], Any]) -> Any:
+    """Start `workers` of `engine`, run `body`, always stop the processes."""
+    engine.connection.flushall()
+    try:
+        engine.start(workers)
+        return body(engine)
+    finally:
+        engine.stop()
+
+
+def throughput(engines: list[Engine], jobs: int, kind: str) -> dict[str, float]:
+    """jobs/s per engine with 2 worker processes."""
+    figures = {}
+    for engine in engines:
+        if kind != "noop" and not isinstance(engine, RunnerEngine):
+            continue
+
+        def batch(e: Engine) -> float:
+            e.run_batch(min(50, jobs), kind)  # warm-up: imports, connections, SQLite pages
+            return jobs / e.run_batch(jobs, kind)
+
+        figures[engine.name] = round(with_engine(engine, 2, batch), 1)
+        print(f"  throughput {kind:>6} {engine.name:<16} {figures[engine.name]:>8.1f} jobs/s", flush=True)
+    return figures
+
+
+def latency(engines: list[Engine], count: int) -> dict[str, dict[str, float]]:
+    """Sequential single jobs, enqueue -> result, per engine."""
+    figures = {}
+    for engine in engines:
+
+        def sequential(e: Engine) -> list[float]:
+            for _ in range(10):
+                e.one()
+            return [e.one() for _ in range(count)]
+
+        figures[engine.name] = percentiles(with_engine(engine, 2, sequential))
+        print(f"  latency {engine.name:<16} {figures[engine.name]}", flush=True)
+    return figures
+
+
+def gunicorn(app: str, env: dict[str, str], port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """gunicorn with workers = cores, like production."""
+    log = open(workdir / f"gunicorn-{port}.log", "wb")  # noqa: SIM115
+    argv = [sys.executable, "-m", "gunicorn", app, "--config", str(ROOT / "gunicorn.conf.py"),
+            "--bind", f"127.0.0.1:{port}", "--workers", str(os.cpu_count() or 2), "--access-logfile", "/dev/null"]
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz") or _answers(f"http://127.0.0.1:{port}/x"),
+               30, app)
+    return process
+
+
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url, timeout=1)
+        return True
+    except requests.ConnectionError:
+        return False
+
+
+def wrk(url: str, seconds: int) -> dict[str, float]:
+    """Requests/s and latency percentiles from wrk at concurrency 16."""
+    script = str(ROOT / "bench" / "post.lua")
+    output = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", "-s", script, url],
+                            capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    found = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", output, re.MULTILINE))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {"rps": rps, "p50_ms": _ms(found["50"]), "p99_ms": _ms(found["99"]),
+            "errors": int(non_2xx.group(1)) if non_2xx else 0}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 3)
+
+
+def http_invoke(runner: RunnerEngine, seconds: int, latency_count: int) -> dict[str, Any]:
+    """Our POST /functions/noop/invocations against a bare enqueue route, same gunicorn settings."""
+    figures: dict[str, Any] = {}
+    ours_port, bare_port = free_port(), free_port()
+    runner.connection.flushall()
+    runner.backends.store.migrate()
+    ours = gunicorn("api:create_app()", runner.env(), ours_port, runner.workdir)
+    bare = gunicorn("bench.bare_app:create_app()", runner.env(), bare_port, runner.workdir)
+    try:
+        if shutil.which("wrk"):
+            figures["runner"] = wrk(f"http://127.0.0.1:{ours_port}/functions/noop/invocations", seconds)
+            figures["bare-enqueue"] = wrk(f"http://127.0.0.1:{bare_port}/enqueue", seconds)
+        runner.connection.flushall()
+        runner.start(2)
+        session = requests.Session()
+        url = f"http://127.0.0.1:{ours_port}/functions/noop/invocations?wait=10"
+        samples = []
+        for index in range(latency_count + 10):
+            started = time.perf_counter()
+            response = session.post(url, json={})
+            elapsed = time.perf_counter() - started
+            if response.status_code != 200:
+                raise RuntimeError(f"?wait= answered {response.status_code}: {response.text}")
+            if index >= 10:
+                samples.append(elapsed)
+        figures["runner-http-wait-latency"] = percentiles(samples)
+    finally:
+        runner.stop()
+        for process in (ours, bare):
+            process.terminate()
+            process.wait(15)
+    print(f"  http {figures}", flush=True)
+    return figures
+
+
+def memory(runner: RunnerEngine, jobs: int) -> dict[str, int]:
+    """RSS of an idle worker, then after `jobs` jobs."""
+
+    def measure(engine: Engine) -> dict[str, int]:
+        pid = engine.worker_pids()[0]
+        idle = rss_kib(pid)
+        engine.run_batch(jobs, "noop")
+        return {"idle_kib": idle, "after_kib": rss_kib(pid), "jobs": jobs}
+
+    figures: dict[str, int] = with_engine(runner, 1, measure)
+    print(f"  memory {figures}", flush=True)
+    return figures
+
+
+def scaling(runner: RunnerEngine, jobs: int) -> dict[str, float]:
+    """Runner jobs/s with 1, 2 and 4 worker processes."""
+    curve = {}
+    for workers in (1, 2, 4):
+        rate = with_engine(runner, workers, lambda e: jobs / e.run_batch(jobs, "noop"))
+        curve[str(workers)] = round(rate, 1)
+        print(f"  scaling {workers} workers {curve[str(workers)]:.1f} jobs/s", flush=True)
+    return curve
+
+
+def ratio(ours: float, theirs: float, higher_is_better: bool = True) -> float:
+    """Our figure over theirs (>1 is better for throughput; for latency, theirs over ours)."""
+    return round((ours / theirs) if higher_is_better else (theirs / ours), 2)
+
+
+def main() -> None:
+    """Run every measurement and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--latency", type=int, default=300)
+    parser.add_argument("--http-seconds", type=int, default=10)
+    parser.add_argument("--memory-jobs", type=int, default=10000)
+    parser.add_argument("--quick", action="store_true", help="small counts, to check the harness")
+    args = parser.parse_args()
+    if args.quick:
+        args.jobs, args.latency, args.http_seconds, args.memory_jobs = 200, 30, 2, 300
+    workdir = Path(tempfile.mkdtemp(prefix="runner-bench-"))
+    with EmbeddedRedis(workdir / "redis", appendonly=False) as server:
+        url = server.url
+        runner = RunnerEngine(url, workdir)
+        engines: list[Engine] = [runner, RawRQEngine(url, workdir, "rq.worker.Worker"),
+                                 RawRQEngine(url, workdir, "rq.worker.SimpleWorker"), CeleryEngine(url, workdir)]
+        results: dict[str, Any] = {
+            "date": datetime.now(UTC).isoformat(),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "parameters": vars(args),
+        }
+        print("throughput (2 worker processes)", flush=True)
+        results["throughput_noop"] = throughput(engines, args.jobs, "noop")
+        results["throughput_calc"] = throughput(engines, args.jobs, "calc")
+        print(f"latency ({args.latency} sequential jobs)", flush=True)
+        results["latency"] = latency(engines, args.latency)
+        print("http invoke (concurrency 16)", flush=True)
+        results["http"] = http_invoke(runner, args.http_seconds, args.latency)
+        results["memory"] = memory(runner, args.memory_jobs)
+        results["scaling"] = scaling(runner, args.jobs)
+    results["ratios"] = ratios(results)
+    print_table(results)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    target = RESULTS_DIR / f"{datetime.now(UTC).strftime('%Y-%m-%d')}.json"
+    target.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten {target.relative_to(ROOT)}")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float]:
+    """The ratios the targets are stated in."""
+    tp, lat, http = results["throughput_noop"], results["latency"], results["http"]
+    out = {
+        "throughput_vs_celery": ratio(tp["runner"], tp["celery-prefork"]),
+        "throughput_vs_rq_simpleworker": ratio(tp["runner"], tp["rq-simpleworker"]),
+        "throughput_vs_rq_worker": ratio(tp["runner"], tp["rq-worker"]),
+        "latency_p50_vs_celery": ratio(lat["runner"]["p50_ms"], lat["celery-prefork"]["p50_ms"], False),
+        "memory_growth": round(results["memory"]["after_kib"] / max(1, results["memory"]["idle_kib"]) - 1, 3),
+    }
+    if "runner" in http and "bare-enqueue" in http:
+        out["http_rps_vs_bare"] = ratio(http["runner"]["rps"], http["bare-enqueue"]["rps"])
+        out["http_p99_over_p50"] = round(http["runner"]["p99_ms"] / max(http["runner"]["p50_ms"], 0.001), 2)
+    return out
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """A plain-text table of the run."""
+    print("\n| engine (2 processes) | no-op jobs/s | calc jobs/s | latency p50 / p90 / p99 ms |")
+    print("|---|---|---|---|")
+    for name, rate in results["throughput_noop"].items():
+        lat = results["latency"].get(name, {})
+        calc = results["throughput_calc"].get(name, "")
+        print(f"| {name} | {rate} | {calc} | {lat.get('p50_ms')} / {lat.get('p90_ms')} / {lat.get('p99_ms')} |")
+    http = results["http"]
+    for name in ("runner", "bare-enqueue"):
+        if name in http:
+            print(f"HTTP {name}: {http[name]['rps']} req/s, p50 {http[name]['p50_ms']} ms, p99 {http[name]['p99_ms']} ms")
+    print(f"HTTP ?wait= latency: {http.get('runner-http-wait-latency')}")
+    print(f"memory: {results['memory']}  scaling: {results['scaling']}")
+    print(f"ratios: {json.dumps(results['ratios'])}")
+
+
+if __name__ == "__main__":
+    main()
