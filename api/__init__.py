@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Flask
 
+from api.auth import install_auth
 from api.errors import register_error_handlers
 from api.state import RunnerState
 from runner.backends import open_backends
@@ -31,6 +32,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["runner"] = RunnerState(registry=registry, backends=backends)
+    # First of the app's hooks: nothing else runs for a request without a valid API key.
+    install_auth(app, settings)
 
     from api import functions, health, jobs, uploads
 
@@ -38,5 +41,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(uploads.blueprint)
     app.register_blueprint(health.blueprint)
+    from api import docs, events, openapi, ops
+
+    app.register_blueprint(events.blueprint)
+    app.register_blueprint(ops.blueprint)
+    app.register_blueprint(openapi.blueprint)
+    app.register_blueprint(docs.blueprint)
+    from api import metrics
+    from api.dashboard import register_dashboard
+
+    app.register_blueprint(metrics.blueprint)
+    register_dashboard(app, backends)
     register_error_handlers(app)
     return app

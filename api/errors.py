@@ -17,8 +17,10 @@ from runner.errors import (
     JobNotFound,
     MalformedRequest,
     PayloadTooLarge,
+    QueueNotFound,
     RunnerError,
     StateConflict,
+    TooManyRequests,
     UnsupportedMediaType,
     UploadNotFound,
 )
@@ -32,10 +34,12 @@ STATUS_BY_ERROR: dict[type[RunnerError], int] = {
     JobNotFound: 404,
     UploadNotFound: 404,
     ArtifactNotFound: 404,
+    QueueNotFound: 404,
     StateConflict: 409,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     InvalidInput: 422,
+    TooManyRequests: 429,
     BackendUnavailable: 503,
 }
 
@@ -62,7 +66,7 @@ def handle_runner_error(error: RunnerError) -> Response:
     """A RunnerError becomes its status code and the error shape."""
     status = next((code for kind, code in STATUS_BY_ERROR.items() if isinstance(error, kind)), 500)
     response = error_response(status, error.code, error.message, error.details)
-    if isinstance(error, BackendUnavailable):
+    if isinstance(error, BackendUnavailable | TooManyRequests):
         response.headers["Retry-After"] = str(error.retry_after)
     return response
 

@@ -7,10 +7,16 @@ from typing import Any
 from flask import Blueprint, request, url_for
 
 from api.payload import read_json_object, read_number
+from api.schedule import read_schedule
 from api.state import runner_state
-from runner.invocation import enqueue_invocation
-from runner.jobs import view_from_record, wait_for_job
+from runner.callbacks import HEADER as CALLBACK_HEADER
+from runner.idempotency import HEADER as IDEMPOTENCY_HEADER
+from runner.idempotency import check_key
+from runner.invocation import InvocationOptions, accept_invocation
+from runner.jobs import get_job_view, view_from_record, wait_for_job
 from runner.registry import FunctionSpec
+
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 blueprint = Blueprint("functions", __name__)
 
@@ -24,6 +30,8 @@ def describe(spec: FunctionSpec) -> dict[str, Any]:
         "timeout": spec.timeout,
         "retries": spec.retries,
         "backoff": list(spec.backoff),
+        "concurrency": spec.concurrency,
+        "max_queued": spec.max_queued,
         "input_schema": spec.input_schema(),
         "invocations_url": url_for("functions.invoke", name=spec.name),
     }
@@ -44,9 +52,19 @@ def invoke(name: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     state = runner_state()
     spec = state.registry.get(name)
     wait = read_number(request, "wait", minimum=0, maximum=state.backends.settings.max_wait_seconds)
-    record = enqueue_invocation(spec, read_json_object(request), state.backends)
+    options = InvocationOptions(
+        idempotency_key=check_key(request.headers.get(IDEMPOTENCY_HEADER)),
+        callback_url=request.headers.get(CALLBACK_HEADER),
+        run_at=read_schedule(request),
+    )
+    accepted = accept_invocation(spec, read_json_object(request), state.backends, options)
+    record = accepted.record
     headers = {"Location": url_for("jobs.get_job", job_id=record.id)}
+    if accepted.replayed:
+        headers[REPLAYED_HEADER] = "true"
     if wait:
         view = wait_for_job(record.id, state.backends, wait)
         return view.to_dict(), 200 if view.is_terminal else 202, headers
-    return view_from_record(record).to_dict(), 202, headers
+    # A replay shows the first job as it is now; a new job is exactly what was just recorded.
+    view = get_job_view(record.id, state.backends) if accepted.replayed else view_from_record(record)
+    return view.to_dict(), 202, headers

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, request, send_file
+from flask import Blueprint, Response, request, send_file, url_for
 
 from api.payload import read_int
 from api.state import runner_state
+from runner.control import cancel_job, retry_job
 from runner.errors import MalformedRequest
 from runner.jobs import STATUS_WORDS, get_job_view, view_from_record
 
@@ -19,6 +20,18 @@ MAX_PAGE_SIZE = 100
 @blueprint.get("/jobs/<job_id>")
 def get_job(job_id: str) -> dict[str, Any]:
     return get_job_view(job_id, runner_state().backends).to_dict()
+
+
+@blueprint.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str) -> dict[str, Any]:
+    return cancel_job(job_id, runner_state().backends).to_dict()
+
+
+@blueprint.post("/jobs/<job_id>/retry")
+def retry(job_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+    state = runner_state()
+    view = retry_job(job_id, state.backends, state.registry)
+    return view.to_dict(), 202, {"Location": url_for("jobs.get_job", job_id=view.id)}
 
 
 @blueprint.get("/jobs/<job_id>/artifacts/<name>")

@@ -13,7 +13,6 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -246,7 +245,8 @@ def print_table(results: dict[str, Any]) -> None:
     http = results["http"]
     for name in ("runner", "bare-enqueue"):
         if name in http:
-            print(f"HTTP {name}: {http[name]['rps']} req/s, p50 {http[name]['p50_ms']} ms, p99 {http[name]['p99_ms']} ms")
+            figures = http[name]
+            print(f"HTTP {name}: {figures['rps']} req/s, p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
     print(f"HTTP ?wait= latency: {http.get('runner-http-wait-latency')}")
     print(f"memory: {results['memory']}  scaling: {results['scaling']}")
     print(f"ratios: {json.dumps(results['ratios'])}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from runner.cli_client import register_client_commands
 from runner.config import Settings, SettingsError
 from runner.errors import BackendUnavailable
 
@@ -65,3 +66,7 @@ def migrate() -> None:
     except BackendUnavailable as exc:
         raise click.ClickException(exc.message) from None
     click.echo("The store is up to date.")
+
+
+# Client commands (functions, invoke, jobs, job, workers, queues, requeue-failed) and --url.
+register_client_commands(main)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_DATA_DIR = ".runner"
@@ -13,6 +13,13 @@ DEFAULT_RESULT_TTL = 24 * 3600
 DEFAULT_FAILURE_TTL = 7 * 24 * 3600
 DEFAULT_MAX_WAIT_SECONDS = 60.0
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+DEFAULT_IDEMPOTENCY_TTL = 24 * 3600
+# A worker silent this long is presumed dead and its job is retried (heartbeats go every third of it).
+DEFAULT_WORKER_DEAD_AFTER_SECONDS = 15.0
+# How long SIGTERM lets a worker finish its current job before the job is put back on its queue.
+DEFAULT_WORKER_GRACE_SECONDS = 25.0
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 class SettingsError(ValueError):
@@ -34,6 +41,14 @@ class Settings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     upload_dir: str = ""
     artifact_dir: str = ""
+    # Secrets stay out of repr(), so a logged Settings never shows them.
+    api_keys: str = field(default="", repr=False)
+    api_keys_file: str = ""
+    idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL
+    callback_secret: str = field(default="", repr=False)
+    callback_allow_private: bool = False
+    worker_dead_after_seconds: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS
+    worker_grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -51,6 +66,13 @@ class Settings:
             "max_upload_bytes": "RUNNER_MAX_UPLOAD_BYTES",
             "upload_dir": "RUNNER_UPLOAD_DIR",
             "artifact_dir": "RUNNER_ARTIFACT_DIR",
+            "api_keys": "RUNNER_API_KEYS",
+            "api_keys_file": "RUNNER_API_KEYS_FILE",
+            "idempotency_ttl": "RUNNER_IDEMPOTENCY_TTL",
+            "callback_secret": "RUNNER_CALLBACK_SECRET",
+            "callback_allow_private": "RUNNER_CALLBACK_ALLOW_PRIVATE",
+            "worker_dead_after_seconds": "RUNNER_WORKER_DEAD_AFTER_SECONDS",
+            "worker_grace_seconds": "RUNNER_WORKER_GRACE_SECONDS",
         }
         values: dict[str, object] = {}
         for item in fields(cls):
@@ -84,6 +106,11 @@ class Settings:
 
 
 def _convert(name: str, raw: str, kind: object) -> object:
+    if kind in ("bool", bool):
+        word = raw.lower()
+        if word not in TRUE_WORDS | FALSE_WORDS:
+            raise SettingsError(f"{name}={raw!r} is not one of 1/0, true/false, yes/no, on/off")
+        return word in TRUE_WORDS
     try:
         if kind in ("int", int):
             value: object = int(raw)

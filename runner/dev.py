@@ -15,7 +15,8 @@ from runner.config import Settings
 from runner.embedded_redis import EmbeddedRedis
 from runner.store import Store
 
-STOP_GRACE_SECONDS = 15.0
+# Longer than a worker's own grace period (RUNNER_WORKER_GRACE_SECONDS, 25 s) plus its exit.
+STOP_GRACE_SECONDS = 35.0
 GUNICORN_CONFIG = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 
 

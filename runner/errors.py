@@ -7,15 +7,24 @@ Hierarchy::
     ├── JobNotFound              neither Redis nor the store knows the job id (404)
     ├── UploadNotFound           no stored upload has that id (404; 422 inside an invocation)
     ├── ArtifactNotFound         the job wrote no artifact of that name (404)
+    ├── QueueNotFound            no function declares that queue and Redis knows none of that name (404)
     ├── MalformedRequest         body is not JSON, not an object, or a bad query parameter (400)
     ├── UnsupportedMediaType     body sent with a content type other than JSON (415)
     ├── PayloadTooLarge          body over RUNNER_MAX_PAYLOAD_BYTES (413)
     ├── InvalidInput             input fails the function's signature; `details` names fields (422)
     ├── StateConflict            the job is in a state that forbids the operation (409)
+    │   └── IdempotencyConflict  an Idempotency-Key was reused for another function or body (409)
+    ├── TooManyRequests          the function's queue is full (`max_queued`); retry later (429)
     └── BackendUnavailable       Redis or the database cannot be reached (503)
+        └── TooManyStreams       this web process already serves its limit of event streams (503)
 
     PermanentError               raised by a function: the input can never succeed, do not retry
     FunctionDefinitionError      a module in functions/ declares a function the runner cannot use
+    CallbackDeliveryError        a completion callback could not be delivered (retried unless final)
+
+    ClientError                  base of what the HTTP client (`python -m runner` commands) raises
+    ├── ApiError                 the API answered with its JSON error shape (or another non-2xx)
+    └── ApiUnreachable           the API could not be reached at all (refused, DNS, timeout)
 
 The API maps `RunnerError` subclasses to HTTP statuses in one handler (`api/errors.py`).
 """
@@ -90,6 +99,22 @@ class StateConflict(RunnerError):
     code = "state_conflict"
 
 
+class IdempotencyConflict(StateConflict):
+    """Raised when an Idempotency-Key already names an invocation of another function or body."""
+
+    code = "idempotency_conflict"
+
+
+class TooManyRequests(RunnerError):
+    """Raised when a function already has `max_queued` jobs waiting; the caller may retry later."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, details: Any = None, retry_after: int = 5) -> None:
+        super().__init__(message, details)
+        self.retry_after = retry_after
+
+
 class BackendUnavailable(RunnerError):
     """Raised when Redis or the database cannot be reached; the caller may retry later."""
 
@@ -106,3 +131,38 @@ class PermanentError(Exception):
 
 class FunctionDefinitionError(Exception):
     """Raised at discovery when a function's declaration cannot be used (bad policy, bad types)."""
+
+
+class CallbackDeliveryError(Exception):
+    """Raised by a completion-callback delivery job when the receiver was not reached or refused the POST."""
+
+
+class QueueNotFound(RunnerError):
+    """Raised when an operation names a queue that no function declares and Redis does not know."""
+
+    code = "queue_not_found"
+
+
+class TooManyStreams(BackendUnavailable):
+    """Raised when a web process already holds its limit of open event streams; retry shortly."""
+
+    code = "too_many_streams"
+
+
+class ClientError(Exception):
+    """Base of the errors the HTTP client raises."""
+
+
+class ApiError(ClientError):
+    """Raised when the API answers with an error status; carries its JSON error fields."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class ApiUnreachable(ClientError):
+    """Raised when no HTTP answer came back: connection refused, unknown host, or a timeout."""

@@ -20,6 +20,7 @@ from rq.job import Job
 from runner.errors import FunctionNotFound, InvalidInput, PermanentError, UploadNotFound
 from runner.files import ArtifactStore, UploadStore
 from runner.lifecycle import JobEvent, emit
+from runner.limits import WAITING_FOR_SLOT, deferral, release_slot, take_slot
 from runner.models import utcnow
 from runner.reconcile import write_or_defer
 from runner.registry import Registry
@@ -74,6 +75,11 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
     if job is None:
         raise RuntimeError("run_invocation is only called by a worker")
     environment = _current_environment()
+    slot = take_slot(job, environment.registry, function_name)
+    if not slot.run:  # every `concurrency` slot is taken: scheduled again shortly, no attempt counted
+        if slot.first_deferral:
+            _store_write(environment, job, status="scheduled", progress_message=WAITING_FOR_SLOT)
+        return deferral()
     attempt = int(job.meta.get("attempts", 0)) + 1
     job.meta.update(attempts=attempt, progress={"percent": 0, "message": "started"})
     job.meta.pop("error", None)
@@ -91,6 +97,9 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
     except BaseException as exc:  # recorded, then re-raised for RQ's retry policy
         record_error(job, exc)
         raise
+    finally:
+        if slot.holds_slot:
+            release_slot(job.connection, function_name, job.id)
     return result
 
 

@@ -1,18 +1,28 @@
-"""Accepting an invocation: validate, write the SQL row, enqueue the RQ job."""
+"""Accepting an invocation: validate, claim its idempotency key, write the SQL row, enqueue the RQ job."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from rq import Retry
+from rq.job import Job
 
 from runner.backends import REDIS_ERRORS, Backends, queue_for
-from runner.errors import BackendUnavailable
+from runner.callbacks import check_callback_url
+from runner.errors import BackendUnavailable, JobNotFound
 from runner.execution import ENTRY_POINT
+from runner.idempotency import Claim, claim_or_find, fingerprint, release
 from runner.lifecycle import JobEvent, emit
+from runner.limits import release_waiting_place, reserve_waiting_place
 from runner.models import InvocationRecord, utcnow
 from runner.registry import FunctionSpec
+
+# How far ahead `?delay=` / `?at=` may schedule a job.
+MAX_SCHEDULE_AHEAD = timedelta(days=30)
 
 
 def new_job_id() -> str:
@@ -20,41 +30,138 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def enqueue_invocation(spec: FunctionSpec, payload: Any, backends: Backends) -> InvocationRecord:
-    """Validate `payload`, record it, enqueue it; return its row. Nothing invalid is enqueued."""
+@dataclass(frozen=True)
+class InvocationOptions:
+    """What an invocation asks for besides its input (from the request's headers and query)."""
+
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    # When to run it (timezone-aware); None runs it as soon as a worker is free.
+    run_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The row of an accepted invocation; `replayed` when an idempotency key named an earlier one."""
+
+    record: InvocationRecord
+    replayed: bool = False
+
+
+def schedule_time(run_at: datetime) -> datetime:
+    """`run_at` rounded up to a whole second: RQ's scheduler keeps whole seconds, and must never run early."""
+    whole = run_at.replace(microsecond=0)
+    return whole if whole == run_at else whole + timedelta(seconds=1)
+
+
+def job_meta(spec: FunctionSpec, *, attempts: int = 0, callback_url: str | None = None,
+             scheduled: bool = False) -> dict[str, Any]:
+    """The job.meta a runner job starts with."""
+    meta: dict[str, Any] = {
+        "function": spec.name,
+        "attempts": attempts,
+        "progress": {"percent": 0, "message": "scheduled" if scheduled else "queued"},
+    }
+    if callback_url:
+        meta["callback_url"] = callback_url
+    return meta
+
+
+def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backends: Backends, *,
+               meta: dict[str, Any], run_at: datetime | None = None) -> Job:
+    """Put the RQ job on its queue now, or in the scheduled registry until `run_at`; raises Redis errors."""
+    queue = queue_for(spec.queue, backends.connection)
+    job = queue.create_job(
+        ENTRY_POINT,
+        args=(spec.name, arguments),
+        job_id=job_id,
+        timeout=spec.timeout,
+        retry=Retry(max=spec.retries, interval=list(spec.backoff) or 0) if spec.retries else None,
+        result_ttl=backends.settings.result_ttl,
+        failure_ttl=backends.settings.failure_ttl,
+        description=f"{spec.name}()",
+        meta=meta,
+    )
+    if run_at is None:
+        return queue.enqueue_job(job)
+    return queue.schedule_job(job, schedule_time(run_at))
+
+
+def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
+                      options: InvocationOptions | None = None) -> Accepted:
+    """Validate, dedupe by idempotency key, record and enqueue; nothing invalid is ever enqueued."""
+    options = options or InvocationOptions()
     arguments = spec.validate(payload, backends.validation_context())
+    callback_url = check_callback_url(options.callback_url, backends.settings)
     job_id = new_job_id()
+    claim: Claim | None = None
+    if options.idempotency_key is not None:
+        claim = Claim(job_id, spec.name, fingerprint(spec.name, arguments), time.time())
+        earlier = claim_or_find(backends.connection, options.idempotency_key, claim,
+                                backends.settings.idempotency_ttl, lambda known: backends.store.get(known) is not None)
+        if earlier is not None:
+            record = backends.store.get(earlier)
+            if record is None:
+                raise JobNotFound(f"No job has the id {earlier!r}.")
+            return Accepted(record, replayed=True)
+    try:
+        return Accepted(_record_and_enqueue(spec, job_id, arguments, backends, options, callback_url))
+    except BaseException:
+        if claim is not None and options.idempotency_key is not None:
+            release(backends.connection, options.idempotency_key, claim)
+        raise
+
+
+def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backends: Backends,
+                        options: InvocationOptions, callback_url: str | None) -> InvocationRecord:
+    try:
+        reserve_waiting_place(backends.connection, spec, job_id)
+    except REDIS_ERRORS as exc:
+        raise BackendUnavailable("Redis is unavailable; the invocation was not accepted.",
+                                 details={"dependency": "redis"}) from exc
+    status = "scheduled" if options.run_at is not None else "queued"
     # The row is written first so a worker never finishes a job the store has not heard of.
     now = utcnow()
     record = InvocationRecord(
         id=job_id,
         function=spec.name,
         queue=spec.queue,
-        status="queued",
+        status=status,
         input=arguments,
         progress_percent=0,
-        progress_message="queued",
+        progress_message=status,
         attempts=0,
+        idempotency_key=options.idempotency_key,
+        callback_url=callback_url,
         created_at=now,
         updated_at=now,
     )
-    backends.store.add(record)
     try:
-        queue_for(spec.queue, backends.connection).enqueue_call(
-            func=ENTRY_POINT,
-            args=(spec.name, arguments),
-            job_id=job_id,
-            timeout=spec.timeout,
-            retry=Retry(max=spec.retries, interval=list(spec.backoff) or 0) if spec.retries else None,
-            result_ttl=backends.settings.result_ttl,
-            failure_ttl=backends.settings.failure_ttl,
-            description=f"{spec.name}()",
-            meta={"function": spec.name, "attempts": 0, "progress": {"percent": 0, "message": "queued"}},
-        )
+        backends.store.add(record)
+        meta = job_meta(spec, callback_url=callback_url, scheduled=options.run_at is not None)
+        submit_job(spec, job_id, arguments, backends, meta=meta, run_at=options.run_at)
     except REDIS_ERRORS as exc:
-        backends.store.delete(job_id)
+        _forget(backends, spec, job_id)
         raise BackendUnavailable(
             "Redis is unavailable; the invocation was not accepted.", details={"dependency": "redis"}
         ) from exc
-    emit(backends.connection, JobEvent("accepted", job_id, spec.name, spec.queue, status="queued"))
+    except BackendUnavailable:  # the database is away: no row, no job
+        _forget(backends, spec, job_id, row_written=False)
+        raise
+    emit(backends.connection, JobEvent("accepted", job_id, spec.name, spec.queue, status=status))
     return record
+
+
+def _forget(backends: Backends, spec: FunctionSpec, job_id: str, *, row_written: bool = True) -> None:
+    """Undo what an invocation that was not accepted left behind (best effort: a backend is away)."""
+    if row_written:
+        backends.store.delete(job_id)
+    try:
+        release_waiting_place(backends.connection, spec.name, job_id)
+    except REDIS_ERRORS:
+        pass  # the waiting entry of a job that never existed is pruned when the function is full
+
+
+def enqueue_invocation(spec: FunctionSpec, payload: Any, backends: Backends) -> InvocationRecord:
+    """Validate `payload`, record it, enqueue it; return its row. Nothing invalid is enqueued."""
+    return accept_invocation(spec, payload, backends).record

@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 EVENTS = ("accepted", "started", "retried", "finished", "failed", "stopped")
 
 # "module:function" of each listener, called in this order.
-LISTENERS: tuple[str, ...] = ("runner.events_log:log_job_event",)
+LISTENERS: tuple[str, ...] = (
+    "runner.events_log:log_job_event",
+    "runner.metrics:record_job_event",
+    "runner.limits:track_limits",
+    "runner.callbacks:enqueue_callbacks",
+)
 
 
 @dataclass(frozen=True)

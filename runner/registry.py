@@ -38,6 +38,10 @@ class FunctionSpec:
     # When the function takes one pydantic model, it is called with that model, not kwargs.
     takes_model: bool = False
     tags: tuple[str, ...] = field(default=())
+    # At most this many attempts run at once across all workers (None: no limit).
+    concurrency: int | None = None
+    # Invocations beyond this many waiting jobs are refused with 429 (None: no limit).
+    max_queued: int | None = None
 
     @property
     def path(self) -> str:
@@ -144,6 +148,8 @@ def function(
     backoff: Sequence[int] | None = ...,
     name: str | None = ...,
     exactly_one_of: Sequence[Sequence[str]] = ...,
+    concurrency: int | None = ...,
+    max_queued: int | None = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -157,16 +163,19 @@ def function(
     backoff: Sequence[int] | None = None,
     name: str | None = None,
     exactly_one_of: Sequence[Sequence[str]] = (),
+    concurrency: int | None = None,
+    max_queued: int | None = None,
 ) -> F | Callable[[F], F]:
     """Declare a function: record its queue, timeout and retry policy. Connects to nothing.
 
     `exactly_one_of` lists groups of optional parameters of which an invocation must give
     exactly one (checked with the rest of the input, before anything is enqueued).
+    `concurrency` caps how many of its jobs run at once; `max_queued` caps how many may wait.
     """
 
     def declare(target: F) -> F:
         spec = make_spec(target, queue=queue, timeout=timeout, retries=retries, backoff=backoff, name=name,
-                         exactly_one_of=exactly_one_of)
+                         exactly_one_of=exactly_one_of, concurrency=concurrency, max_queued=max_queued)
         setattr(target, SPEC_ATTRIBUTE, spec)
         return target
 
@@ -182,6 +191,8 @@ def make_spec(
     backoff: Sequence[int] | None,
     name: str | None,
     exactly_one_of: Sequence[Sequence[str]] = (),
+    concurrency: int | None = None,
+    max_queued: int | None = None,
 ) -> FunctionSpec:
     """Check a declaration and build its spec; bad policies fail loudly at import."""
     label = name or func.__name__
@@ -194,6 +205,9 @@ def make_spec(
     intervals = tuple(backoff or ())
     if any(not isinstance(i, int) or i < 0 for i in intervals):
         raise FunctionDefinitionError(f"{label}: backoff intervals must be whole seconds >= 0")
+    for limit_name, limit in (("concurrency", concurrency), ("max_queued", max_queued)):
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise FunctionDefinitionError(f"{label}: {limit_name} must be a whole number >= 1 (or None)")
     model, takes_model = build_input_model(func, tuple(tuple(group) for group in exactly_one_of))
     doc = inspect.getdoc(func) or ""
     return FunctionSpec(
@@ -206,6 +220,8 @@ def make_spec(
         input_model=model,
         description=doc.splitlines()[0] if doc else "",
         takes_model=takes_model,
+        concurrency=concurrency,
+        max_queued=max_queued,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import logging
 import os
 from collections.abc import Iterator
@@ -92,13 +93,28 @@ class Store:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         try:
-            with self.engine.begin() as connection:
+            with self._sqlite_file_lock(), self.engine.begin() as connection:
                 if connection.dialect.name == "postgresql":
                     connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
         except UNAVAILABLE_ERRORS as exc:
             raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
+
+    @contextmanager
+    def _sqlite_file_lock(self) -> Iterator[None]:
+        # SQLite runs DDL outside a transaction: processes migrating one fresh file at once
+        # (web and workers started together) would both create the tables. Take turns.
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate-lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     def ping(self) -> None:
         """Raise BackendUnavailable unless the database answers."""

@@ -1,10 +1,15 @@
-"""The worker process: an RQ worker that keeps the SQL row in step with each job."""
+"""The worker process: an RQ worker that keeps the SQL row in step with each job, and is safe to kill.
+
+Safety (claims, heartbeats, recovery of dead workers' jobs, graceful stop) lives in
+runner.supervision; this module keeps the SQL store in step and assembles the worker.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from rq import SimpleWorker, Worker
@@ -14,15 +19,19 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import BaseWorker
 
-from runner.backends import Backends, open_backends, queue_for
+from runner.backends import REDIS_ERRORS, Backends, open_backends, queue_for
+from runner.callbacks import CALLBACK_QUEUE
 from runner.config import Settings
-from runner.execution import WorkerEnvironment, install_environment
+from runner.execution import ENTRY_POINT, WorkerEnvironment, install_environment
 from runner.jobs import error_from_traceback
 from runner.lifecycle import JobEvent, emit
 from runner.models import utcnow
-from runner.reconcile import has_pending_writes, replay_pending_writes, write_or_defer
+from runner.process_ties import tie_children_to_this_process
+from runner.reconcile import has_pending_writes, replay_pending_writes
 from runner.registry import Registry
 from runner.store import Store
+from runner.store_repair import write_unless_newer
+from runner.supervision import MONITOR_TICK_SECONDS, SupervisedWorkerMixin
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +50,12 @@ class StoreSyncMixin(BaseWorker):
     _last_replay: float = 0.0
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
+        as_of = utcnow()
         super().handle_job_success(job, queue, started_job_registry)
         last = job.meta.get("progress") or {}
         self._record(
             job.id,
+            as_of,
             status=JobStatus.FINISHED.value,
             result=getattr(job, "_result", None),
             error=None,
@@ -69,12 +80,14 @@ class StoreSyncMixin(BaseWorker):
         if not job.meta.get("error"):
             job.meta["error"] = _error_from_text(exc_string) if exc_string else error_from_traceback(job)
             job.save_meta()
+        as_of = utcnow()
         super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string)
         status = job.get_status(refresh=False)
         status_word = status.value if isinstance(status, JobStatus) else str(status)
         ended = status_word in (JobStatus.FAILED.value, JobStatus.STOPPED.value)
         self._record(
             job.id,
+            as_of,
             status=status_word,
             error=job.meta.get("error"),
             attempts=int(job.meta.get("attempts", 1)),
@@ -85,6 +98,8 @@ class StoreSyncMixin(BaseWorker):
         self._emit(job, event, status_word)
 
     def _emit(self, job: Job, event: str, status: str) -> None:
+        if job.func_name != ENTRY_POINT:
+            return  # a callback delivery or another non-invocation job: not a function's event
         duration = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else None
         emit(
             self.connection,
@@ -100,12 +115,14 @@ class StoreSyncMixin(BaseWorker):
             ),
         )
 
-    def _record(self, job_id: str, **values: Any) -> None:
+    def _record(self, job_id: str, as_of: datetime, **values: Any) -> None:
+        # As of before Redis moved the job on: a retry that another worker already started wins.
         if self.store is not None:
-            write_or_defer(self.store, self.connection, job_id, **values)
+            write_unless_newer(self.store, self.connection, job_id, as_of, **values)
 
     # RQ runs maintenance between dequeue attempts; we also replay deferred store writes there,
-    # every few seconds, so the history catches up soon after the database returns.
+    # every few seconds, so the history catches up soon after the database returns. The next
+    # class in line (SupervisedWorkerMixin) decides when RQ's own, rarer chores are due.
     @property
     def dequeue_timeout(self) -> int:
         return IDLE_WAKEUP_SECONDS
@@ -117,18 +134,20 @@ class StoreSyncMixin(BaseWorker):
 
     def run_maintenance_tasks(self) -> None:
         self._last_replay = time.monotonic()
-        if self.store is not None and has_pending_writes(self.connection):
-            replay_pending_writes(self.store, self.connection)
-        if super().should_run_maintenance_tasks:
-            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        try:
+            if self.store is not None and has_pending_writes(self.connection):
+                replay_pending_writes(self.store, self.connection)
+        except REDIS_ERRORS as exc:
+            log.warning("deferred store writes not replayed, Redis is unavailable (%s)", exc)
+        super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
 
 
-class RunnerWorker(StoreSyncMixin, Worker):
-    """RQ's forking worker (a job that crashes its process cannot take the worker down), synced."""
+class RunnerWorker(StoreSyncMixin, SupervisedWorkerMixin, Worker):
+    """RQ's forking worker (a job that crashes its process cannot take the worker down), synced and supervised."""
 
 
-class RunnerSimpleWorker(StoreSyncMixin, SimpleWorker):
-    """RQ's in-process worker, synced; for tests and for jobs that need no isolation."""
+class RunnerSimpleWorker(StoreSyncMixin, SupervisedWorkerMixin, SimpleWorker):
+    """RQ's in-process worker, synced; for tests and short jobs (it cannot heartbeat during a job)."""
 
 
 def _error_from_text(exc_string: str) -> dict[str, str]:
@@ -143,11 +162,11 @@ def _error_from_text(exc_string: str) -> dict[str, str]:
 
 
 def default_queues(registry: Registry) -> list[str]:
-    """Every queue the functions use, in priority order, then `default`."""
+    """Every queue the functions use, in priority order, then `default`, then completion `callbacks`."""
     declared = set(registry.queues())
     ordered = [name for name in QUEUE_PRIORITY if name in declared]
-    ordered += sorted(declared - set(QUEUE_PRIORITY) - {"default"})
-    return ordered + ["default"]
+    ordered += sorted(declared - set(QUEUE_PRIORITY) - {"default", CALLBACK_QUEUE})
+    return ordered + ["default", CALLBACK_QUEUE]
 
 
 def build_worker(
@@ -162,8 +181,13 @@ def build_worker(
                           artifacts=backends.artifacts)
     )
     queues = [queue_for(name, backends.connection) for name in queue_names]
-    worker = worker_class(queues, connection=backends.connection, serializer=JSONSerializer)
+    settings = backends.settings
+    worker = worker_class(queues, connection=backends.connection, serializer=JSONSerializer,
+                          job_monitoring_interval=MONITOR_TICK_SECONDS,
+                          worker_ttl=max(1, int(settings.worker_dead_after_seconds)))
     worker.store = backends.store
+    if isinstance(worker, SupervisedWorkerMixin):
+        worker.supervise(dead_after=settings.worker_dead_after_seconds, grace_seconds=settings.worker_grace_seconds)
     return worker
 
 
@@ -174,4 +198,5 @@ def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = 
     backends = open_backends(settings, socket_timeout=None)
     backends.store.migrate()
     worker = build_worker(list(queue_names) or default_queues(registry), backends, registry)
+    tie_children_to_this_process()
     return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))

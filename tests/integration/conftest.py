@@ -205,10 +205,11 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, interva
         time.sleep(interval)
 
 
-def http_ready(url: str) -> bool:
-    """True once GET url answers 200."""
+def http_ready(url: str, api_key: str | None = None) -> bool:
+    """True once GET url answers 200 (sending `api_key` as a bearer token when given)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        return requests.get(url, timeout=2).status_code == 200
+        return requests.get(url, timeout=2, headers=headers).status_code == 200
     except requests.RequestException:
         return False
 
@@ -236,7 +237,8 @@ class Stack:
         for number in range(1, self.workers + 1):
             self.processes.start_worker(self.env, f"worker.{number}")
         deadline = time.monotonic() + READY_TIMEOUT
-        while not (http_ready(f"{self.url}/readyz") and self.worker_count() == self.workers):
+        api_key = (self.env.get("RUNNER_API_KEYS") or "").split(",")[0].strip() or None
+        while not (http_ready(f"{self.url}/readyz", api_key) and self.worker_count() == self.workers):
             self.processes.check_alive()
             if time.monotonic() > deadline:
                 pytest.fail(

@@ -299,13 +299,14 @@ def test_discovery_of_a_missing_package_fails_loudly() -> None:
 )
 def test_default_queues_order(queues: list[str], expected: list[str]) -> None:
     registry = Registry([declare(typed, name=f"f{index}", queue=queue) for index, queue in enumerate(queues)])
-    assert default_queues(registry) == expected
+    # Completion callbacks (runner.callbacks) are delivered from their own queue, served last.
+    assert default_queues(registry) == [*expected, "callbacks"]
 
 
 def test_default_queues_of_the_real_functions() -> None:
     registry = Registry.discover("functions")
     ordered = default_queues(registry)
-    assert set(ordered) == set(registry.queues()) | {"default"}
+    assert set(ordered) == set(registry.queues()) | {"default", "callbacks"}
     assert len(ordered) == len(set(ordered))
-    assert ordered[-1] == "default"
+    assert ordered[-2:] == ["default", "callbacks"]
     assert ordered[0] == ("ai_processing" if "ai_processing" in registry.queues() else "demo_tasks")

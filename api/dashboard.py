@@ -1,0 +1,205 @@
+"""rq-dashboard at /dashboard/: the runner's queues, jobs and workers, behind the app's own auth hooks.
+
+rq-dashboard 0.9.0 is mounted as a blueprint with these corrections for this runner:
+
+- it uses the app's Redis client (lazy, with the API's timeouts) instead of opening a new client
+  from the URL on every request and storing it on the shared app object;
+- jobs are read with RQ's JSON serializer (ours): rq-dashboard reads a busy worker's job with
+  pickle, which fails;
+- requeue buttons go through the runner's own retry (the SQL row goes back to `queued`, the retry
+  policy starts again): rq-dashboard's requeue uses pickle, which corrupts the job's meta and kills
+  the worker that picks it up;
+- job and worker data reach its page templates HTML-escaped: those templates insert results,
+  metadata and tracebacks (user input, often) as raw HTML;
+- its buttons (POST) are refused when another site sends them: a browser that logged in with
+  Basic auth would otherwise requeue jobs for any page that posts to it. Deleting is disabled.
+
+The blueprint adds no auth of its own: the app's `before_request` hooks run before it.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import rq_dashboard
+import rq_dashboard.web as dashboard_web
+from flask import Flask, Response, jsonify, redirect, request
+from rq import Worker
+from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.worker import BaseWorker
+from werkzeug.exceptions import Forbidden, MethodNotAllowed, NotFound
+from werkzeug.wrappers import Response as BaseResponse
+
+from api.state import runner_state
+from runner.backends import Backends
+from runner.control import retry_job
+from runner.errors import JobNotFound
+from runner.fleet import requeue_failed
+
+DASHBOARD_PREFIX = "/dashboard"
+BLUEPRINT_NAME: str = rq_dashboard.blueprint.name
+POLL_INTERVAL_MS = 2500
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# What the standalone `dashboard` process serves besides the dashboard itself.
+DASHBOARD_PROCESS_PATHS = (f"{DASHBOARD_PREFIX}/", "/healthz", "/readyz")
+
+
+def register_dashboard(app: Flask, backends: Backends) -> None:
+    """Mount rq-dashboard at /dashboard/ on the app's Redis client (nothing connects here)."""
+    # rq-dashboard keeps its serializer in a module-level setting; every job of this runner is JSON.
+    dashboard_web.config.serializer = JSONSerializer
+    # Shown (password masked) in the dashboard's instance menu; the connection is ours, below.
+    app.config.setdefault("RQ_DASHBOARD_REDIS_URL", (backends.settings.redis_url,))
+    app.config.setdefault("RQ_DASHBOARD_POLL_INTERVAL", POLL_INTERVAL_MS)
+    # Deleting jobs or emptying registries here would bypass the SQL history (rows stuck "queued");
+    # cancel through the API instead. Requeueing failed jobs stays available.
+    app.config.setdefault("RQ_DASHBOARD_DISABLE_DELETE", True)
+    app.redis_conn = backends.connection  # type: ignore[attr-defined]  # where rq-dashboard's views look
+    app.register_blueprint(rq_dashboard.blueprint, url_prefix=DASHBOARD_PREFIX)
+    hooks = app.before_request_funcs.setdefault(BLUEPRINT_NAME, [])
+    hooks[:] = [hook for hook in hooks if hook is not dashboard_web.push_rq_connection] + [_guard_request]
+    replacements: dict[str, Callable[..., Any]] = {
+        "list_workers": list_workers,
+        "job_info": _escaped_view(dashboard_web.job_info.__wrapped__),
+        "requeue_job_view": requeue_job_view,
+        "requeue_all": requeue_all,
+    }
+    for endpoint, view in replacements.items():
+        app.view_functions[f"{BLUEPRINT_NAME}.{endpoint}"] = view
+    for endpoint, view in list(app.view_functions.items()):
+        if endpoint.startswith(f"{BLUEPRINT_NAME}."):
+            app.view_functions[endpoint] = _unknown_job_is_not_found(view)
+
+
+def _guard_request() -> None:
+    # rq-dashboard can switch between several Redis URLs by index; this app has exactly one.
+    if (request.view_args or {}).get("instance_number", 0) != 0:
+        raise NotFound("The dashboard shows one Redis: instance 0.")
+    if request.endpoint == f"{BLUEPRINT_NAME}.requeue_all" and request.method != "POST":
+        raise MethodNotAllowed(valid_methods=["POST"], description="Requeueing takes a POST.")
+    if request.method not in SAFE_METHODS and _from_another_site():
+        raise Forbidden("Dashboard actions are accepted from the dashboard's own pages only.")
+
+
+def _from_another_site() -> bool:
+    # Browsers label every request with these; clients that send neither (curl, scripts) are not
+    # browsers riding on a stored login, and had to present a key themselves.
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    # Hosts, not schemes: behind a TLS-terminating proxy the app sees http while the page is https.
+    return origin is not None and urlsplit(origin).netloc != request.host
+
+
+def _unknown_job_is_not_found(view: Callable[..., Any]) -> Callable[..., Any]:
+    # rq-dashboard lets these escape as 500s; a job id in a URL is input, so answer our 404.
+    @functools.wraps(view)
+    def translated(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except (NoSuchJobError, DeserializationError):
+            raise JobNotFound(f"No runner job has the id {kwargs.get('job_id', '')!r}.") from None
+
+    return translated
+
+
+def escape_strings(value: Any) -> Any:
+    """`value` with every string in it HTML-escaped (for templates that insert data as raw HTML)."""
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, dict):
+        return {key: escape_strings(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [escape_strings(item) for item in value]
+    return value
+
+
+def _escaped_view(view: Callable[..., dict[str, Any]]) -> Callable[..., Response]:
+    def escaped(**view_args: Any) -> Response:
+        response = jsonify(escape_strings(view(**view_args)))
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    escaped.__name__ = view.__name__
+    return escaped
+
+
+def _current_job(worker: BaseWorker) -> dict[str, Any] | str:
+    job_id = worker.get_current_job_id()
+    if job_id is None:
+        return "idle"
+    try:
+        job = Job.fetch(job_id, connection=worker.connection, serializer=JSONSerializer)
+    except NoSuchJobError:  # deleted or expired between the two reads
+        return "idle"
+    # The description names the function; the call string would repeat the (user's) input.
+    return {
+        "job_id": job.id,
+        "description": job.description,
+        "created_at": dashboard_web.serialize_date(job.created_at),
+        "call_string": job.description,
+    }
+
+
+def list_workers(instance_number: int) -> Response:
+    """rq-dashboard's worker list, reading each busy worker's job with the JSON serializer."""
+    workers = [
+        {
+            "name": worker.name,
+            "pid": worker.pid,
+            "queues": [queue.name for queue in worker.queues],
+            "state": str(worker.get_state()),
+            "current_job": _current_job(worker),
+            "last_heartbeat": worker.last_heartbeat,
+            "birth_date": worker.birth_date,
+            "successful_job_count": worker.successful_job_count,
+            "failed_job_count": worker.failed_job_count,
+            "total_working_time": worker.total_working_time,
+            "version": getattr(worker, "version", ""),
+            "python_version": getattr(worker, "python_version", ""),
+        }
+        for worker in Worker.all(connection=runner_state().backends.connection, serializer=JSONSerializer)
+    ]
+    workers.sort(key=lambda item: (item["state"], item["queues"], item["name"]))
+    response = jsonify(workers=escape_strings(workers))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def requeue_job_view(job_id: str) -> dict[str, str]:
+    """Requeue one failed job as POST /jobs/<id>/retry does (JSON serializer, SQL row back to queued)."""
+    state = runner_state()
+    retry_job(job_id, state.backends, state.registry)
+    return {"status": "OK"}
+
+
+def requeue_all(queue_name: str) -> dict[str, Any]:
+    """Requeue every failed job of a queue as POST /queues/failed/requeue does."""
+    state = runner_state()
+    outcome = requeue_failed(state.backends, state.registry, queue=queue_name)
+    return {"status": "OK", "count": outcome.requeued}
+
+
+def create_dashboard_app() -> Flask:
+    """The `dashboard` process: the API app's config, hooks and auth, serving only the dashboard and health."""
+    from api import create_app
+
+    app = create_app()
+    app.before_request(_dashboard_only)
+    return app
+
+
+def _dashboard_only() -> BaseResponse | None:
+    # Registered after the app's own hooks, so auth has answered first.
+    if request.path == "/":
+        return redirect(f"{DASHBOARD_PREFIX}/")
+    if request.path == DASHBOARD_PREFIX or request.path.startswith(DASHBOARD_PROCESS_PATHS):
+        return None
+    raise NotFound("This process serves the dashboard only: see /dashboard/.")

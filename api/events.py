@@ -1,0 +1,206 @@
+"""Live job progress as Server-Sent Events: `GET /jobs/<id>/events`.
+
+A stream sends the job's current view (`state`), then a `status` event when the status word
+changes and a `progress` event when the progress changes, and ends with one event named after
+the terminal status (`finished`, `failed`, `stopped`, `canceled`) whose data is the job view.
+
+A stream holds one gunicorn thread, so it is bounded: after RUNNER_SSE_MAX_SECONDS it sends a
+`timeout` event (with a `retry:` hint) and closes, and each web process serves at most
+RUNNER_SSE_MAX_STREAMS streams at once (503 beyond that). Comment lines every
+RUNNER_SSE_HEARTBEAT_SECONDS keep proxies from closing an idle stream and let the server notice
+a client that went away. Redis is polled with one HMGET of the job's status and meta.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+from flask.blueprints import BlueprintSetupState
+from rq.job import Job
+
+from api.state import runner_state
+from runner.backends import REDIS_ERRORS, Backends
+from runner.config import SettingsError
+from runner.errors import BackendUnavailable, JobNotFound, TooManyStreams
+from runner.jobs import JobView, get_job_view
+
+blueprint = Blueprint("events", __name__)
+
+EVENT_STREAM_MEDIA_TYPE = "text/event-stream"
+# Setting name (environment variable and app.config key) -> default.
+DEFAULTS: dict[str, float] = {
+    "RUNNER_SSE_MAX_SECONDS": 300.0,
+    "RUNNER_SSE_HEARTBEAT_SECONDS": 15.0,
+    "RUNNER_SSE_POLL_SECONDS": 0.2,
+    "RUNNER_SSE_MAX_STREAMS": 4,
+}
+RECONNECT_MILLISECONDS = 1000
+# A comment line: clients ignore it, proxies see traffic, and a write to a gone client fails.
+HEARTBEAT = ": keep-alive\n\n"
+# A job Redis has forgotten is read from SQL: less often than Redis.
+STORE_POLL_SECONDS = 1.0
+SLOTS_EXTENSION = "runner_event_stream_slots"
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """How long a stream lives, how often it polls and beats, and how many may be open at once."""
+
+    max_seconds: float
+    heartbeat_seconds: float
+    poll_seconds: float
+    max_streams: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> StreamLimits:
+        """The limits in an app's config (filled from the environment at registration)."""
+        return cls(
+            max_seconds=float(config["RUNNER_SSE_MAX_SECONDS"]),
+            heartbeat_seconds=float(config["RUNNER_SSE_HEARTBEAT_SECONDS"]),
+            poll_seconds=float(config["RUNNER_SSE_POLL_SECONDS"]),
+            max_streams=int(config["RUNNER_SSE_MAX_STREAMS"]),
+        )
+
+
+def _setting_from_env(name: str) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return DEFAULTS[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive")
+    return value
+
+
+@blueprint.record_once
+def _configure(state: BlueprintSetupState) -> None:
+    # Environment under test_config: create_app applied test_config before registering blueprints.
+    for name in DEFAULTS:
+        state.app.config.setdefault(name, _setting_from_env(name))
+    limits = StreamLimits.from_config(state.app.config)
+    state.app.extensions[SLOTS_EXTENSION] = threading.BoundedSemaphore(max(1, limits.max_streams))
+
+
+def format_event(event: str, data: Any, *, retry_ms: int | None = None) -> str:
+    """One SSE message: `event:` and a one-line JSON `data:` (and a `retry:` hint when given)."""
+    lines = [f"event: {event}"]
+    if retry_ms is not None:
+        lines.append(f"retry: {retry_ms}")
+    lines.append(f"data: {json.dumps(data, separators=(',', ':'), default=str)}")
+    return "\n".join(lines) + "\n\n"
+
+
+def _error_event(error: JobNotFound | BackendUnavailable) -> str:
+    body = {"error": error.code, "message": error.message, "details": error.details}
+    retry = RECONNECT_MILLISECONDS if isinstance(error, BackendUnavailable) else None
+    return format_event("stream-error", body, retry_ms=retry)
+
+
+def _changes(before: JobView, after: JobView) -> Iterator[str]:
+    if after.is_terminal:
+        if after.progress != before.progress:
+            yield format_event("progress", {**after.progress, "status": after.status})
+        yield format_event(after.status, after.to_dict())
+        return
+    if after.status != before.status:
+        yield format_event("status", {"status": after.status, "previous": before.status, "attempts": after.attempts})
+    if after.progress != before.progress or after.status != before.status:
+        yield format_event("progress", {**after.progress, "status": after.status})
+
+
+def _fingerprint(backends: Backends, job_id: str) -> tuple[Any, ...] | None:
+    """The raw status and meta of the job in Redis; None when Redis does not hold it (or is away)."""
+    try:
+        status, meta = backends.connection.hmget(Job.key_for(job_id), ["status", "meta"])
+    except REDIS_ERRORS:
+        return None
+    if status is None and meta is None:
+        return None
+    return status, meta
+
+
+def job_events(
+    view: JobView,
+    backends: Backends,
+    limits: StreamLimits,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[str]:
+    """The stream of a job whose current view is `view`: state, changes, then its end or a timeout."""
+    started = last_write = clock()
+    yield format_event("state", view.to_dict())
+    if view.is_terminal:
+        yield format_event(view.status, view.to_dict())
+        return
+    seen = _fingerprint(backends, view.id)
+    while True:
+        if clock() - started >= limits.max_seconds:
+            yield format_event(
+                "timeout",
+                {"message": "The stream reached its time limit; reconnect to follow the job.",
+                 "status": view.status, "max_seconds": limits.max_seconds},
+                retry_ms=RECONNECT_MILLISECONDS,
+            )
+            return
+        sleep(limits.poll_seconds if seen is not None else max(limits.poll_seconds, STORE_POLL_SECONDS))
+        current = _fingerprint(backends, view.id)
+        if current is None or current != seen:
+            seen = current
+            try:
+                latest = get_job_view(view.id, backends)
+            except (JobNotFound, BackendUnavailable) as exc:
+                yield _error_event(exc)
+                return
+            chunks = list(_changes(view, latest))
+            view = latest
+            if chunks:
+                yield "".join(chunks)
+                last_write = clock()
+            if view.is_terminal:
+                return
+        if clock() - last_write >= limits.heartbeat_seconds:
+            yield HEARTBEAT
+            last_write = clock()
+
+
+@blueprint.get("/jobs/<job_id>/events")
+def job_event_stream(job_id: str) -> Response:
+    backends = runner_state().backends
+    view = get_job_view(job_id, backends)  # unknown job: a 404 JSON error, before any streaming
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if request.method == "HEAD":
+        return Response(b"", mimetype=EVENT_STREAM_MEDIA_TYPE, headers=headers)
+    slots: threading.BoundedSemaphore = current_app.extensions[SLOTS_EXTENSION]
+    limits = StreamLimits.from_config(current_app.config)
+    if not slots.acquire(blocking=False):
+        raise TooManyStreams(
+            "This server already serves its limit of event streams; retry shortly or poll GET /jobs/<id>.",
+            details={"max_streams": limits.max_streams},
+            retry_after=2,
+        )
+    response = Response(job_events(view, backends, limits), mimetype=EVENT_STREAM_MEDIA_TYPE, headers=headers)
+    # The WSGI server closes the response when the stream ends or the client goes away.
+    response.call_on_close(_releaser(slots))
+    return response
+
+
+def _releaser(slots: threading.BoundedSemaphore) -> Callable[[], None]:
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            slots.release()
+
+    return release

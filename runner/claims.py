@@ -1,0 +1,112 @@
+"""Taking a job off its queue so that Redis, not only a worker's memory, always holds it.
+
+RQ pops a job id off the queue (BLPOP) and registers it as started a moment later: a worker
+killed in between loses the job. A runner worker instead moves the id atomically (LMOVE) into
+a claim list of its own, and moves it on to the started registry in the same transaction that
+registers the execution (see `release_claim`). Recovery puts the claims of a dead worker back
+at the front of their queues (`return_claims`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import redis
+from redis.client import Pipeline
+from rq.job import Job
+from rq.queue import Queue
+
+log = logging.getLogger(__name__)
+
+CLAIM_KEY_PREFIX = "runner:claims:"
+# Names of the workers that may hold claims: recovery looks here for the claims of dead workers.
+CLAIMANTS_KEY = "runner:claimants"
+
+
+def claim_key(worker_name: str) -> str:
+    """The Redis list holding the ids a worker has taken but not yet registered as started."""
+    return f"{CLAIM_KEY_PREFIX}{worker_name}"
+
+
+def register_claimant(connection: redis.Redis, worker_name: str) -> None:
+    """Record that this worker may hold claims (done at worker start)."""
+    connection.sadd(CLAIMANTS_KEY, worker_name)
+
+
+def claimants(connection: redis.Redis) -> list[str]:
+    """Every worker name that may hold claims."""
+    return sorted(_text(name) for name in connection.smembers(CLAIMANTS_KEY))
+
+
+def forget_claimant(connection: redis.Redis, worker_name: str) -> None:
+    """Stop watching a worker whose claims are settled (it exited, or its claims were returned)."""
+    if not connection.llen(claim_key(worker_name)):
+        connection.srem(CLAIMANTS_KEY, worker_name)
+
+
+def pending_claim(connection: redis.Redis, worker_name: str) -> str | None:
+    """The oldest id this worker claimed and never started (after a lost connection), if any."""
+    raw = connection.lindex(claim_key(worker_name), 0)
+    return None if raw is None else _text(raw)
+
+
+def claim_next(
+    connection: redis.Redis, queues: Sequence[Queue], worker_name: str, block_seconds: int | None = None
+) -> tuple[str, Queue] | None:
+    """Move the first id of the first non-empty queue into the worker's claim list.
+
+    With one queue and `block_seconds`, wait up to that long for a job (BLMOVE); several
+    lists cannot be waited on atomically, so the caller polls them.
+    """
+    key = claim_key(worker_name)
+    if len(queues) == 1 and block_seconds:
+        raw = connection.blmove(queues[0].key, key, block_seconds, "LEFT", "RIGHT")
+        return None if raw is None else (_text(raw), queues[0])
+    for queue in queues:
+        raw = connection.lmove(queue.key, key, "LEFT", "RIGHT")
+        if raw is not None:
+            return _text(raw), queue
+    return None
+
+
+def release_claim(pipeline: Pipeline | redis.Redis, worker_name: str, job_id: str) -> None:
+    """Drop a claim; queued in the pipeline that registers the job as started, so exactly one holds it."""
+    pipeline.lrem(claim_key(worker_name), 1, job_id)
+
+
+def return_claims(connection: redis.Redis, worker_name: str) -> list[str]:
+    """Put every id the worker claimed back at the front of its queue; return those ids.
+
+    Safe when several workers return the same claims at once: each move is a transaction
+    that fails if the claim list changed since it was read.
+    """
+    key = claim_key(worker_name)
+    returned: list[str] = []
+    while True:
+        with connection.pipeline() as pipeline:
+            try:
+                pipeline.watch(key)  # type: ignore[no-untyped-call]
+                raw = pipeline.lindex(key, -1)
+                if raw is None:
+                    return returned
+                job_id = _text(raw)
+                origin = pipeline.hget(Job.key_for(job_id), "origin")
+                pipeline.multi()
+                pipeline.lrem(key, 1, job_id)
+                if origin is not None:
+                    # At the front: it was the next job to run when it was claimed.
+                    pipeline.lpush(f"{Queue.redis_queue_namespace_prefix}{_text(origin)}", job_id)
+                pipeline.execute()
+            except redis.WatchError:
+                continue
+        if origin is None:
+            log.warning("claimed job %s no longer exists; dropped its claim", job_id)
+        else:
+            log.warning("job %s went back to the front of its queue: worker %s took it but never started it",
+                        job_id, worker_name)
+            returned.append(job_id)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

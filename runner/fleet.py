@@ -1,0 +1,221 @@
+"""The fleet as operators see it: workers, queue depths, and requeueing failed jobs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from rq import Queue, Worker
+from rq.exceptions import InvalidJobOperation
+from rq.job import Job
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+from rq.serializers import JSONSerializer
+
+from runner.backends import REDIS_ERRORS, Backends, queue_for
+from runner.errors import BackendUnavailable, FunctionNotFound, QueueNotFound
+from runner.models import utcnow
+from runner.reconcile import write_or_defer
+from runner.registry import Registry
+from runner.store import as_utc
+
+# Failed jobs are fetched from Redis this many at a time.
+REQUEUE_BATCH = 200
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One RQ worker as Redis last heard of it."""
+
+    name: str
+    state: str
+    queues: list[str]
+    current_job: str | None
+    successful_jobs: int
+    failed_jobs: int
+    total_working_seconds: float
+    hostname: str | None
+    pid: int | None
+    started_at: str | None
+    last_heartbeat: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body of a worker."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QueueDepths:
+    """How many jobs of one queue sit in each of RQ's states."""
+
+    name: str
+    queued: int
+    started: int
+    scheduled: int
+    deferred: int
+    failed: int
+    finished: int
+    canceled: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body of a queue."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RequeueOutcome:
+    """Which failed jobs went back on their queue."""
+
+    requeued: int
+    job_ids: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body of a requeue."""
+        return asdict(self)
+
+
+def _iso(value: datetime | None) -> str | None:
+    aware = as_utc(value)
+    return aware.isoformat() if aware else None
+
+
+def _unavailable() -> BackendUnavailable:
+    return BackendUnavailable("Redis is unavailable.", details={"dependency": "redis"})
+
+
+def list_workers(backends: Backends) -> list[WorkerInfo]:
+    """Every worker registered in Redis, by name."""
+    try:
+        workers = Worker.all(connection=backends.connection, serializer=JSONSerializer)
+    except REDIS_ERRORS as exc:
+        raise _unavailable() from exc
+    return [
+        WorkerInfo(
+            name=worker.name,
+            state=str(worker.get_state()),
+            queues=worker.queue_names(),
+            current_job=worker.get_current_job_id(),
+            successful_jobs=worker.successful_job_count,
+            failed_jobs=worker.failed_job_count,
+            total_working_seconds=round(float(worker.total_working_time), 6),
+            hostname=worker.hostname,
+            pid=worker.pid,
+            started_at=_iso(worker.birth_date),
+            last_heartbeat=_iso(worker.last_heartbeat),
+        )
+        for worker in sorted(workers, key=lambda worker: worker.name)
+    ]
+
+
+def known_queues(backends: Backends, registry: Registry) -> list[str]:
+    """Queues the functions declare, `default`, and any other queue Redis knows of, by name."""
+    try:
+        seen = {queue.name for queue in Queue.all(connection=backends.connection, serializer=JSONSerializer)}
+    except REDIS_ERRORS as exc:
+        raise _unavailable() from exc
+    return sorted(seen | set(registry.queues()) | {"default"})
+
+
+def queue_depths(backends: Backends, registry: Registry) -> list[QueueDepths]:
+    """Job counts per state of every known queue."""
+    connection = backends.connection
+    depths = []
+    try:
+        for name in known_queues(backends, registry):
+            queue = queue_for(name, connection)
+            depths.append(
+                QueueDepths(
+                    name=name,
+                    queued=queue.count,
+                    started=StartedJobRegistry(queue=queue).count,
+                    scheduled=ScheduledJobRegistry(queue=queue).count,
+                    deferred=DeferredJobRegistry(queue=queue).count,
+                    failed=FailedJobRegistry(queue=queue).count,
+                    finished=FinishedJobRegistry(queue=queue).count,
+                    canceled=CanceledJobRegistry(queue=queue).count,
+                )
+            )
+    except REDIS_ERRORS as exc:
+        raise _unavailable() from exc
+    return depths
+
+
+def requeue_failed(
+    backends: Backends, registry: Registry, *, queue: str | None = None, function: str | None = None
+) -> RequeueOutcome:
+    """Put failed jobs (of one queue and/or function) back on their queue, with their retry policy again.
+
+    Each job's SQL row goes back to `queued` too, unless a worker has already written a newer state.
+    """
+    if function is not None and function not in registry:
+        raise FunctionNotFound(f"No function is named {function!r}.", details={"known": [s.name for s in registry]})
+    names = known_queues(backends, registry)
+    if queue is not None and queue not in names:
+        raise QueueNotFound(f"No queue is named {queue!r}.", details={"known": names})
+    requeued: list[str] = []
+    try:
+        for name in [queue] if queue is not None else names:
+            requeued += _requeue_queue(backends, registry, name, function)
+    except REDIS_ERRORS as exc:
+        raise _unavailable() from exc
+    return RequeueOutcome(requeued=len(requeued), job_ids=requeued)
+
+
+def _requeue_queue(backends: Backends, registry: Registry, name: str, function: str | None) -> list[str]:
+    failed = FailedJobRegistry(queue=queue_for(name, backends.connection))
+    job_ids = failed.get_job_ids()
+    requeued = []
+    for start in range(0, len(job_ids), REQUEUE_BATCH):
+        batch = job_ids[start : start + REQUEUE_BATCH]
+        jobs = Job.fetch_many(batch, connection=backends.connection, serializer=JSONSerializer)
+        for job in jobs:
+            if job is None:
+                continue  # expired between the listing and the fetch
+            job_function = str(job.meta.get("function") or "")
+            if function is not None and job_function != function:
+                continue
+            if _requeue_job(backends, registry, failed, job, job_function):
+                requeued.append(job.id)
+    return requeued
+
+
+def _requeue_job(backends: Backends, registry: Registry, failed: FailedJobRegistry, job: Job, function: str) -> bool:
+    if function in registry:
+        spec = registry.get(function)
+        # A requeued job gets its whole retry policy again, as a fresh invocation would.
+        job.retries_left = spec.retries or None
+        job.retry_intervals = list(spec.backoff) or [0]
+    job.meta.pop("error", None)
+    job.meta["progress"] = {"percent": 0, "message": "queued"}
+    requested_at = utcnow()
+    try:
+        failed.requeue(job)
+    except InvalidJobOperation:
+        return False  # another requeue (or a retry) took it first
+    _record_queued(backends, job.id, requested_at)
+    return True
+
+
+def _record_queued(backends: Backends, job_id: str, requested_at: datetime) -> None:
+    # Conditional on `updated_at`, so a worker that already started the job keeps its newer row.
+    values: dict[str, Any] = {
+        "status": "queued",
+        "error": None,
+        "result": None,
+        "progress_percent": 0,
+        "progress_message": "queued",
+        "started_at": None,
+        "ended_at": None,
+        "updated_at": requested_at,
+    }
+    try:
+        backends.store.update_unless_newer(job_id, **values)
+    except BackendUnavailable:
+        write_or_defer(backends.store, backends.connection, job_id, **values)  # replayed once the database is back

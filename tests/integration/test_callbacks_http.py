@@ -1,0 +1,87 @@
+"""Completion callbacks over real HTTP: a receiver in this process gets the signed final view; a 500 is retried."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Stack
+from tests.receiver import CallbackReceiver
+
+SECRET = "integration-callback-secret"
+# The first delivery retry comes 5 s after a failed attempt (runner.callbacks.DELIVERY_BACKOFF).
+FIRST_RETRY_SECONDS = 5
+
+
+@pytest.fixture(scope="module")
+def callback_stack(stack_factory: Callable[..., Stack]) -> Stack:
+    """A stack whose API and workers accept receivers on 127.0.0.1 and sign with SECRET."""
+    return stack_factory(extra_env={"RUNNER_CALLBACK_ALLOW_PRIVATE": "1", "RUNNER_CALLBACK_SECRET": SECRET})
+
+
+@pytest.fixture
+def receiver() -> Iterator[CallbackReceiver]:
+    with CallbackReceiver() as running:
+        yield running
+
+
+def check_signature(body: bytes, header: str) -> None:
+    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(header, expected)
+
+
+def test_a_finished_job_posts_its_signed_final_view(callback_stack: Stack, receiver: CallbackReceiver) -> None:
+    response = callback_stack.invoke("simple_calculation", {"expression": "6*7"}, wait=10)
+    assert response.status_code == 200  # no callback asked: nothing is sent
+    job = callback_stack.post("/functions/simple_calculation/invocations", json={"expression": "6*7"},
+                              headers={"X-Callback-Url": f"{receiver.url}/hooks/done?source=runner"})
+    assert job.status_code == 202, job.text
+    job_id = job.json()["id"]
+    [delivery] = receiver.wait_for(1, timeout=15)
+    assert delivery.path == "/hooks/done?source=runner"
+    assert delivery.headers["Content-Type"] == "application/json"
+    assert (delivery.headers["X-Runner-Job-Id"], delivery.headers["X-Runner-Event"]) == (job_id, "finished")
+    check_signature(delivery.body, delivery.headers["X-Runner-Signature"])
+    view = json.loads(delivery.body)
+    assert view == callback_stack.job(job_id)
+    assert (view["status"], view["result"]["result"]) == ("finished", 42)
+    row = callback_stack.store.get(job_id)
+    assert row is not None and row.callback_url == f"{receiver.url}/hooks/done?source=runner"
+    time.sleep(0.5)  # a window for a duplicate delivery to show up: there must be none
+    assert len(receiver.deliveries) == 1
+
+
+def test_a_failed_and_a_stopped_job_post_too(callback_stack: Stack, receiver: CallbackReceiver,
+                                             tmp_path: Path) -> None:
+    headers = {"X-Callback-Url": f"{receiver.url}/hook"}
+    failed = callback_stack.post("/functions/permanent_failure/invocations", json={"reason": "nope"},
+                                 headers=headers).json()["id"]
+    gated = callback_stack.post("/functions/gated_progress/invocations", json={"gate": str(tmp_path / "never")},
+                                headers=headers).json()["id"]
+    callback_stack.wait_for(gated, lambda view: view["progress"]["percent"] == 50)
+    assert callback_stack.post(f"/jobs/{gated}/cancel").json()["status"] == "stopped"
+    deliveries = receiver.wait_for(2, timeout=15)
+    events = {d.headers["X-Runner-Job-Id"]: d.headers["X-Runner-Event"] for d in deliveries}
+    assert events == {failed: "failed", gated: "stopped"}
+    for delivery in deliveries:
+        check_signature(delivery.body, delivery.headers["X-Runner-Signature"])
+        assert json.loads(delivery.body)["status"] == delivery.headers["X-Runner-Event"]
+
+
+def test_a_receiver_that_fails_once_gets_the_same_signed_body_again(callback_stack: Stack) -> None:
+    with CallbackReceiver([500]) as flaky:
+        job_id = callback_stack.post("/functions/simple_calculation/invocations", json={"expression": "2+2"},
+                                     headers={"X-Callback-Url": f"{flaky.url}/hook"}).json()["id"]
+        first, second = flaky.wait_for(2, timeout=FIRST_RETRY_SECONDS + 10)
+    assert first.body == second.body and first.headers["X-Runner-Job-Id"] == job_id
+    check_signature(second.body, second.headers["X-Runner-Signature"])
+    gap = second.at - first.at
+    print(f"\ncallback retry came {gap:.2f} s after a 500")
+    # RQ keeps retry times in whole seconds (rounded down), so the retry may come up to 1 s early.
+    assert FIRST_RETRY_SECONDS - 1 <= gap < FIRST_RETRY_SECONDS + 3

@@ -1,0 +1,221 @@
+"""rq-dashboard at /dashboard/: our JSON-serialized jobs and workers render, escaped, on the app's Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+from flask.testing import FlaskClient
+from rq import Queue, Worker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from werkzeug.test import TestResponse
+
+from api.dashboard import create_dashboard_app
+from runner import function, progress
+from runner.backends import connect_redis, queue_for
+from runner.config import Settings
+from runner.registry import Registry
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def job_id(response: TestResponse) -> str:
+    assert response.status_code == 202, response.get_data(as_text=True)
+    identifier: str = response.get_json()["id"]
+    return identifier
+
+
+def data(client: FlaskClient, path: str) -> Any:
+    response = client.get(f"/dashboard/0/data/{path}")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    return response.get_json()
+
+
+PAGES = ["/dashboard/", "/dashboard/0/view/workers", "/dashboard/0/view/jobs",
+         "/dashboard/static/css/bootstrap.min.css", "/dashboard/static/js/jquery-3.5.1.min.js"]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_and_their_assets_are_served(client: FlaskClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.content_length or response.data
+
+
+def test_queues_and_registries_show_our_jobs(
+    client: FlaskClient, invoke: Callable[..., TestResponse], run_jobs: Callable[..., bool]
+) -> None:
+    finished = job_id(invoke("simple_calculation", {"expression": "6*7"}))
+    failed = job_id(invoke("simple_calculation", {"expression": "1/0"}))
+    run_jobs()
+    queues = {queue["name"]: queue for queue in data(client, "queues.json")["queues"]}
+    assert queues["demo_tasks"]["finished_job_registry_count"] == 1
+    assert queues["demo_tasks"]["failed_job_registry_count"] == 1
+    listed = data(client, "jobs/demo_tasks/finished/8/asc/1.json")["jobs"]
+    assert [job["id"] for job in listed] == [finished]
+    assert listed[0]["description"] == "simple_calculation()"
+    failures = data(client, "jobs/demo_tasks/failed/8/asc/1.json")["jobs"]
+    assert [job["id"] for job in failures] == [failed] and "Division by zero" in failures[0]["exc_info"]
+    info = data(client, f"job/{finished}.json")
+    assert info["status"] == "finished" and info["result"]["result"] == 42 and info["origin"] == "demo_tasks"
+
+
+def test_a_busy_worker_shows_its_job_by_description_not_by_its_input(
+    client: FlaskClient, invoke: Callable[..., TestResponse], connection: fakeredis.FakeRedis
+) -> None:
+    running = job_id(invoke("simple_calculation", {"expression": f"'{HOSTILE}'"}))
+    worker = Worker([queue_for("demo_tasks", connection)], connection=connection, name="busy-worker",
+                    serializer=JSONSerializer)
+    worker.register_birth()
+    worker.set_current_job_id(running)
+    workers = data(client, "workers.json")["workers"]
+    assert [entry["name"] for entry in workers] == ["busy-worker"]
+    current = workers[0]["current_job"]
+    assert current["job_id"] == running and current["call_string"] == "simple_calculation()"
+    assert workers[0]["queues"] == ["demo_tasks"]
+
+
+@function(queue="default")
+def echo(text: str) -> dict[str, str]:
+    """Report `text` as progress and return it: user input in every field the job page shows."""
+    progress(50, text)
+    return {"text": text}
+
+
+def test_job_data_reaches_the_page_html_escaped(
+    make_client: Callable[..., FlaskClient], run_jobs: Callable[..., bool]
+) -> None:
+    # rq-dashboard's job page inserts result and metadata as raw HTML.
+    registry = Registry([echo.__runner_function__])  # type: ignore[attr-defined]
+    client = make_client(registry_=registry)
+    echoed = job_id(client.post("/functions/echo/invocations", json={"text": HOSTILE}))
+    run_jobs(registry_=registry)
+    info = data(client, f"job/{echoed}.json")
+    assert info["status"] == "finished"
+    assert info["result"] == {"text": "&lt;img src=x onerror=alert(1)&gt;"}
+    assert "&lt;img" in info["metadata"] and "<img" not in json.dumps(info)
+    assert client.get(f"/jobs/{echoed}").get_json()["result"] == {"text": HOSTILE}  # the API itself is untouched
+
+
+def test_deleting_from_the_dashboard_is_disabled(
+    client: FlaskClient, invoke: Callable[..., TestResponse], connection: fakeredis.FakeRedis
+) -> None:
+    queued = job_id(invoke("simple_calculation", {"expression": "1"}))
+    response = client.post(f"/dashboard/job/{queued}/delete")
+    assert response.get_json() == {"status": "DISABLED"}
+    assert Job.exists(queued, connection=connection)
+
+
+def test_a_failed_job_can_be_requeued_from_the_dashboard(
+    client: FlaskClient, invoke: Callable[..., TestResponse], run_jobs: Callable[..., bool],
+    connection: fakeredis.FakeRedis,
+) -> None:
+    failed = job_id(invoke("simple_calculation", {"expression": "1/0"}))
+    run_jobs()
+    assert client.post(f"/dashboard/job/{failed}/requeue").get_json() == {"status": "OK"}
+    assert Job.fetch(failed, connection=connection, serializer=JSONSerializer).get_status() == "queued"
+    assert client.get(f"/jobs/{failed}").get_json()["status"] == "queued"  # the history follows
+    assert run_jobs()  # the requeued job runs again (and fails again: 1/0 never succeeds)
+    assert client.get(f"/jobs/{failed}").get_json()["status"] == "failed"
+
+
+def test_requeue_all_and_requeue_of_a_job_that_has_not_failed(
+    client: FlaskClient, invoke: Callable[..., TestResponse], run_jobs: Callable[..., bool],
+    api_error: Callable[..., dict[str, Any]],
+) -> None:
+    for _ in range(2):
+        job_id(invoke("simple_calculation", {"expression": "1/0"}))
+    run_jobs()
+    assert client.post("/dashboard/requeue/demo_tasks").get_json() == {"status": "OK", "count": 2}
+    assert data(client, "queues.json")["queues"][0]["count"] == 2
+    queued = data(client, "jobs/demo_tasks/queued/8/asc/1.json")["jobs"][0]["id"]
+    api_error(client.post(f"/dashboard/job/{queued}/requeue"), 409, "state_conflict")
+    api_error(client.post("/dashboard/job/no-such-job/requeue"), 404, "job_not_found")
+
+
+def test_other_redis_instances_are_not_found(client: FlaskClient, api_error: Callable[..., dict[str, Any]]) -> None:
+    api_error(client.get("/dashboard/1/data/queues.json"), 404, "not_found")
+
+
+@pytest.mark.parametrize("path", ["/dashboard/0/data/job/nope.json", "/dashboard/0/view/job/nope"])
+def test_an_unknown_job_is_a_json_404(client: FlaskClient, path: str, api_error: Callable[..., dict[str, Any]]) -> None:
+    api_error(client.get(path), 404, "job_not_found")
+
+
+def test_a_pickled_job_of_another_rq_client_is_listed_without_a_500(
+    client: FlaskClient, connection: fakeredis.FakeRedis
+) -> None:
+    # Another RQ client on the same Redis may pickle its jobs; the JSON serializer never unpickles them.
+    foreign = Queue("demo_tasks", connection=connection).enqueue_call("operator.add", args=(1, 2))
+    assert [job["id"] for job in data(client, "jobs/demo_tasks/queued/8/asc/1.json")["jobs"]] == [foreign.id]
+    assert data(client, f"job/{foreign.id}.json")["status"] == "queued"
+
+
+def test_nothing_connects_until_a_request_and_redis_down_is_a_json_503(
+    make_client: Callable[..., FlaskClient], closed_port: int, api_error: Callable[..., dict[str, Any]]
+) -> None:
+    down = make_client(connection=connect_redis(f"redis://127.0.0.1:{closed_port}/0"))  # built without error
+    api_error(down.get("/dashboard/0/data/workers.json"), 503, "backend_unavailable")
+    api_error(down.get("/dashboard/0/data/jobs/demo_tasks/finished/8/asc/1.json"), 503, "backend_unavailable")
+
+
+def test_the_dashboard_process_serves_only_the_dashboard_and_health(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, closed_port: int, api_error: Callable[..., dict[str, Any]]
+) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{closed_port}/0")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/runner.db")
+    client = create_dashboard_app().test_client()
+    assert client.get("/healthz").status_code == 200
+    home = client.get("/")
+    assert home.status_code == 302 and home.headers["Location"].endswith("/dashboard/")
+    assert client.get("/dashboard/").status_code == 200
+    api_error(client.get("/functions"), 404, "not_found")
+    api_error(client.post("/functions/simple_calculation/invocations", json={}), 404, "not_found")
+
+
+@pytest.mark.parametrize("path", ["/dashboard/", "/dashboard/0/data/workers.json", "/dashboard/0/data/job/x.json",
+                                  "/dashboard/static/css/main.css"])
+def test_with_api_keys_the_dashboard_asks_the_browser_for_one(
+    make_client: Callable[..., FlaskClient], settings: Settings, path: str, api_error: Callable[..., dict[str, Any]]
+) -> None:
+    client = make_client(settings=replace(settings, api_keys="s3cret"))
+    refused = client.get(path)
+    api_error(refused, 401, "unauthorized")
+    assert refused.headers["WWW-Authenticate"].startswith("Basic")
+    wrong = base64.b64encode(b"ops:wrong").decode()
+    api_error(client.get(path, headers={"Authorization": f"Basic {wrong}"}), 401, "unauthorized")
+    right = base64.b64encode(b"ops:s3cret").decode()
+    assert client.get(path, headers={"Authorization": f"Basic {right}"}).status_code in (200, 404)
+    assert client.get(path, headers={"Authorization": "Bearer s3cret"}).status_code in (200, 404)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://evil.example"}, {"Origin": "null"},
+     {"Sec-Fetch-Site": "same-site", "Origin": "http://other.localhost"}],
+)
+def test_buttons_pressed_from_another_site_are_refused(
+    client: FlaskClient, invoke: Callable[..., TestResponse], run_jobs: Callable[..., bool],
+    headers: dict[str, str], api_error: Callable[..., dict[str, Any]],
+) -> None:
+    failed = job_id(invoke("simple_calculation", {"expression": "1/0"}))
+    run_jobs()
+    api_error(client.post(f"/dashboard/job/{failed}/requeue", headers=headers), 403, "forbidden")
+    api_error(client.post("/dashboard/requeue/demo_tasks", headers=headers), 403, "forbidden")
+    assert client.get(f"/jobs/{failed}").get_json()["status"] == "failed"
+    own_page = {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}
+    assert client.post(f"/dashboard/job/{failed}/requeue", headers=own_page).get_json() == {"status": "OK"}
+
+
+def test_requeue_all_is_not_a_get(client: FlaskClient, api_error: Callable[..., dict[str, Any]]) -> None:
+    response = client.get("/dashboard/requeue/demo_tasks")
+    api_error(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == "POST"
