@@ -18,13 +18,14 @@ from pathlib import Path
 
 from flask import Flask, Response, request
 
+from api.dashboard import DASHBOARD_PREFIX
+from api.docs import DOCS_PREFIX
 from api.errors import error_response
 from runner.config import Settings, SettingsError
 
 OPEN_PATHS = frozenset({"/healthz"})
-DASHBOARD_PREFIX = "/dashboard"
 # Pages a browser opens (it cannot send a Bearer token): HTTP Basic with a key as password works there.
-BROWSER_PREFIXES = (DASHBOARD_PREFIX, "/docs")
+BROWSER_PREFIXES = (DASHBOARD_PREFIX, DOCS_PREFIX)
 REALM = "runner"
 
 

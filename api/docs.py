@@ -18,6 +18,7 @@ from api.openapi import openapi_document
 
 blueprint = Blueprint("docs", __name__)
 
+DOCS_PREFIX = "/docs"
 ASSET_PACKAGE = "flask_swagger_ui"
 ASSETS = frozenset({"swagger-ui.css", "index.css", "swagger-ui-bundle.js", "favicon-32x32.png"})
 PAGE = """<!DOCTYPE html>
@@ -59,7 +60,7 @@ def asset_folder() -> Path | None:
     return folder if folder.is_dir() else None
 
 
-@blueprint.get("/docs")
+@blueprint.get(DOCS_PREFIX)
 def docs_page() -> Response:
     """Swagger UI for this API."""
     page = PAGE.format(
@@ -72,13 +73,13 @@ def docs_page() -> Response:
     return Response(page, mimetype="text/html")
 
 
-@blueprint.get("/docs/openapi.json")
+@blueprint.get(f"{DOCS_PREFIX}/openapi.json")
 def docs_openapi_document() -> dict[str, Any]:
     """The OpenAPI document again, under /docs: a browser that logged in for /docs can fetch it."""
     return openapi_document()
 
 
-@blueprint.get("/docs/assets/<name>")
+@blueprint.get(f"{DOCS_PREFIX}/assets/<name>")
 def asset(name: str) -> Response:
     """One Swagger UI file (cached a day: the package version pins its content)."""
     folder = asset_folder()

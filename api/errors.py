@@ -43,21 +43,39 @@ STATUS_BY_ERROR: dict[type[RunnerError], int] = {
     BackendUnavailable: 503,
 }
 
+# The `error` code of an HTTP error no RunnerError describes: Werkzeug's (unknown route, wrong
+# method, body too large) and gunicorn's (bad request line, headers too large, proxy refused).
 HTTP_ERROR_CODES = {
     400: "malformed_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
     414: "uri_too_long",
     415: "unsupported_media_type",
+    417: "expectation_failed",
     431: "headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
 }
 
 
+def http_error_code(status: int, reason: str | None = None) -> str:
+    """The `error` code of an HTTP status: ours, or the reason phrase in snake case."""
+    if status in HTTP_ERROR_CODES:
+        return HTTP_ERROR_CODES[status]
+    return reason.lower().replace(" ", "_") if reason else "http_error"
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The one JSON error shape: a stable code, a human sentence, and what to act on (or null)."""
+    return {"error": code, "message": message, "details": details}
+
+
 def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
-    """The JSON error body every failure uses."""
-    response = jsonify({"error": code, "message": message, "details": details})
+    """The JSON error response every failure uses."""
+    response = jsonify(error_body(code, message, details))
     response.status_code = status
     return response
 
@@ -74,7 +92,7 @@ def handle_runner_error(error: RunnerError) -> Response:
 def handle_http_error(error: HTTPException) -> Response:
     """Werkzeug's own errors (unknown route, wrong method, body too large) as JSON, not HTML."""
     status = error.code or 500
-    code = HTTP_ERROR_CODES.get(status, (error.name or "error").lower().replace(" ", "_"))
+    code = http_error_code(status, error.name)
     message = error.description or error.name
     if status == 413:
         message = "The request body is larger than the limit."

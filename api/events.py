@@ -14,10 +14,9 @@ a client that went away. Redis is polled with one HMGET of the job's status and 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,22 +24,16 @@ from flask import Blueprint, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 from rq.job import Job
 
+from api.errors import error_body
 from api.state import runner_state
 from runner.backends import REDIS_ERRORS, Backends
-from runner.config import SettingsError
+from runner.config import Settings
 from runner.errors import BackendUnavailable, JobNotFound, TooManyStreams
 from runner.jobs import JobView, get_job_view
 
 blueprint = Blueprint("events", __name__)
 
 EVENT_STREAM_MEDIA_TYPE = "text/event-stream"
-# Setting name (environment variable and app.config key) -> default.
-DEFAULTS: dict[str, float] = {
-    "RUNNER_SSE_MAX_SECONDS": 300.0,
-    "RUNNER_SSE_HEARTBEAT_SECONDS": 15.0,
-    "RUNNER_SSE_POLL_SECONDS": 0.2,
-    "RUNNER_SSE_MAX_STREAMS": 4,
-}
 RECONNECT_MILLISECONDS = 1000
 # A comment line: clients ignore it, proxies see traffic, and a write to a gone client fails.
 HEARTBEAT = ": keep-alive\n\n"
@@ -59,36 +52,21 @@ class StreamLimits:
     max_streams: int
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> StreamLimits:
-        """The limits in an app's config (filled from the environment at registration)."""
+    def from_settings(cls, settings: Settings) -> StreamLimits:
+        """The RUNNER_SSE_* settings."""
         return cls(
-            max_seconds=float(config["RUNNER_SSE_MAX_SECONDS"]),
-            heartbeat_seconds=float(config["RUNNER_SSE_HEARTBEAT_SECONDS"]),
-            poll_seconds=float(config["RUNNER_SSE_POLL_SECONDS"]),
-            max_streams=int(config["RUNNER_SSE_MAX_STREAMS"]),
+            max_seconds=settings.sse_max_seconds,
+            heartbeat_seconds=settings.sse_heartbeat_seconds,
+            poll_seconds=settings.sse_poll_seconds,
+            max_streams=settings.sse_max_streams,
         )
-
-
-def _setting_from_env(name: str) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return DEFAULTS[name]
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive")
-    return value
 
 
 @blueprint.record_once
 def _configure(state: BlueprintSetupState) -> None:
-    # Environment under test_config: create_app applied test_config before registering blueprints.
-    for name in DEFAULTS:
-        state.app.config.setdefault(name, _setting_from_env(name))
-    limits = StreamLimits.from_config(state.app.config)
-    state.app.extensions[SLOTS_EXTENSION] = threading.BoundedSemaphore(max(1, limits.max_streams))
+    # create_app stores the runner's state before it registers the blueprints.
+    limits = StreamLimits.from_settings(runner_state(state.app).backends.settings)
+    state.app.extensions[SLOTS_EXTENSION] = threading.BoundedSemaphore(limits.max_streams)
 
 
 def format_event(event: str, data: Any, *, retry_ms: int | None = None) -> str:
@@ -101,7 +79,7 @@ def format_event(event: str, data: Any, *, retry_ms: int | None = None) -> str:
 
 
 def _error_event(error: JobNotFound | BackendUnavailable) -> str:
-    body = {"error": error.code, "message": error.message, "details": error.details}
+    body = error_body(error.code, error.message, error.details)
     retry = RECONNECT_MILLISECONDS if isinstance(error, BackendUnavailable) else None
     return format_event("stream-error", body, retry_ms=retry)
 
@@ -182,7 +160,7 @@ def job_event_stream(job_id: str) -> Response:
     if request.method == "HEAD":
         return Response(b"", mimetype=EVENT_STREAM_MEDIA_TYPE, headers=headers)
     slots: threading.BoundedSemaphore = current_app.extensions[SLOTS_EXTENSION]
-    limits = StreamLimits.from_config(current_app.config)
+    limits = StreamLimits.from_settings(backends.settings)
     if not slots.acquire(blocking=False):
         raise TooManyStreams(
             "This server already serves its limit of event streams; retry shortly or poll GET /jobs/<id>.",

@@ -26,12 +26,7 @@ def describe(spec: FunctionSpec) -> dict[str, Any]:
     return {
         "name": spec.name,
         "description": spec.description,
-        "queue": spec.queue,
-        "timeout": spec.timeout,
-        "retries": spec.retries,
-        "backoff": list(spec.backoff),
-        "concurrency": spec.concurrency,
-        "max_queued": spec.max_queued,
+        **spec.policy(),
         "input_schema": spec.input_schema(),
         "invocations_url": url_for("functions.invoke", name=spec.name),
     }

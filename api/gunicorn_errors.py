@@ -11,26 +11,12 @@ import socket
 
 from gunicorn import util
 
-CODES = {
-    400: "malformed_request",
-    403: "forbidden",
-    414: "uri_too_long",
-    417: "expectation_failed",
-    431: "headers_too_large",
-    500: "internal_error",
-    501: "not_implemented",
-}
+from api.errors import error_body, http_error_code
 
 
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     """Write a complete HTTP error response with a JSON body and close semantics."""
-    body = json.dumps(
-        {
-            "error": CODES.get(status_int, "http_error"),
-            "message": mesg or reason,
-            "details": None,
-        }
-    ).encode()
+    body = json.dumps(error_body(http_error_code(status_int, reason), mesg or reason)).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\n"
         "Connection: close\r\n"

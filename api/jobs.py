@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, request, send_file, url_for
+from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from api.payload import read_int
 from api.state import runner_state
+from runner.backends import REDIS_ERRORS, Backends
+from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from runner.control import cancel_job, retry_job
 from runner.errors import MalformedRequest
-from runner.jobs import STATUS_WORDS, get_job_view, view_from_record
+from runner.jobs import JOB_ID_PATTERN, STATUS_WORDS, get_job_view, view_from_record
 
 blueprint = Blueprint("jobs", __name__)
-
-MAX_PAGE_SIZE = 100
 
 
 @blueprint.get("/jobs/<job_id>")
@@ -34,10 +37,23 @@ def retry(job_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     return view.to_dict(), 202, {"Location": url_for("jobs.get_job", job_id=view.id)}
 
 
+def _listed_artifacts(job_id: str, backends: Backends) -> list[Any]:
+    """The artifact entries a job lists, read from its meta in Redis without its result or input."""
+    if JOB_ID_PATTERN.match(job_id):
+        try:
+            job = Job.fetch(job_id, connection=backends.connection, serializer=JSONSerializer)
+        except (NoSuchJobError, DeserializationError, *REDIS_ERRORS):
+            pass  # Redis does not hold it (or is away): the SQL row decides, with GET /jobs/<id>'s 404 and 503
+        else:
+            stored = job.get_meta(refresh=False).get("artifacts")
+            return stored if isinstance(stored, list) else []
+    return get_job_view(job_id, backends).artifacts
+
+
 @blueprint.get("/jobs/<job_id>/artifacts/<name>")
 def get_artifact(job_id: str, name: str) -> Response:
     backends = runner_state().backends
-    listed = {entry["name"]: entry for entry in get_job_view(job_id, backends).artifacts}
+    listed = {entry.get("name"): entry for entry in _listed_artifacts(job_id, backends) if isinstance(entry, dict)}
     path = backends.artifacts.path(job_id, name)
     media_type = listed.get(name, {}).get("media_type") or "application/octet-stream"
     return send_file(path, mimetype=media_type, download_name=name, max_age=0)
@@ -53,7 +69,7 @@ def list_jobs() -> dict[str, Any]:
     records, next_cursor = runner_state().backends.store.list(
         function=request.args.get("function") or None,
         status=status,
-        limit=read_int(request, "limit", default=20, minimum=1, maximum=MAX_PAGE_SIZE),
+        limit=read_int(request, "limit", default=DEFAULT_PAGE_SIZE, minimum=1, maximum=MAX_PAGE_SIZE),
         cursor=request.args.get("cursor") or None,
     )
     return {"jobs": [view_from_record(record).to_dict() for record in records], "next": next_cursor}

@@ -9,7 +9,6 @@ serialize. Every operation but `/healthz` needs the bearer API key when keys are
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -28,9 +27,8 @@ blueprint = Blueprint("openapi", __name__)
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "0.1.0"
 CACHE_EXTENSION = "runner_openapi_document"
-# Routes that are not part of the JSON API: static files, the docs page, the dashboard's HTML.
+# Routes that are not part of the JSON API: static files, the docs page, the dashboard (all its routes).
 EXCLUDED_ENDPOINT_PREFIXES = ("static", "docs.", "rq_dashboard.")
-EXCLUDED_PATH_PREFIXES = ("/dashboard", "/docs")
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
 # `<name>`, `<converter:name>` or `<converter(arguments):name>` in a Werkzeug rule.
 RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
@@ -52,7 +50,7 @@ def openapi_path(rule: Rule) -> tuple[str, list[dict[str, Any]]]:
 
 def _documented_rules(app: Flask) -> Iterable[Rule]:
     for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
-        if rule.endpoint.startswith(EXCLUDED_ENDPOINT_PREFIXES) or rule.rule.startswith(EXCLUDED_PATH_PREFIXES):
+        if rule.endpoint.startswith(EXCLUDED_ENDPOINT_PREFIXES):
             continue
         yield rule
 
@@ -71,12 +69,10 @@ def _route_operations(app: Flask, settings: Settings) -> dict[str, dict[str, Any
     for rule in _documented_rules(app):
         path, parameters = openapi_path(rule)
         for method in sorted((rule.methods or set()) - IGNORED_METHODS):
-            known = known_operation(method, path, settings)
-            operation = require_api_key(known or _generic_operation(app, rule, method))
+            operation = known_operation(method, path, settings) or _generic_operation(app, rule, method)
             operation.setdefault("operationId", f"{rule.endpoint.replace('.', '_')}_{method.lower()}")
             if parameters:
                 operation["parameters"] = parameters + operation.get("parameters", [])
-            operation["responses"].setdefault("default", DEFAULT_RESPONSE)
             paths.setdefault(path, {})[method.lower()] = operation
     return paths
 
@@ -107,7 +103,7 @@ def _claim(components: dict[str, Any], wanted: str, schema: dict[str, Any], pref
 
 def input_schema_component(spec: FunctionSpec, components: dict[str, Any]) -> str:
     """Move a function's input schema (and its `$defs`) into components; return its component name."""
-    schema = copy.deepcopy(spec.input_schema())
+    schema = spec.input_schema()  # a copy of its own: popping `$defs` leaves the spec's intact
     definitions: dict[str, Any] = schema.pop("$defs", {})
     title = str(schema.get("title") or f"{spec.name}_input")
     # Names first (definitions may refer to each other), then the rewritten bodies.
@@ -139,7 +135,6 @@ def invocation_operation(spec: FunctionSpec, components: dict[str, Any], setting
             "required": bool(components[input_name].get("required")),
             "content": {"application/json": {"schema": ref(input_name)}},
         },
-        "responses": {**generic["responses"], "default": DEFAULT_RESPONSE},
     }
 
 
@@ -149,6 +144,11 @@ def build_openapi(app: Flask, registry: Registry, settings: Settings) -> dict[st
     paths = _route_operations(app, settings)
     for spec in registry:
         paths[f"/functions/{spec.name}/invocations"] = {"post": invocation_operation(spec, components, settings)}
+    # Every operation, once: the 401 under the bearer security, and the Error shape for any other status.
+    for operations in paths.values():
+        for operation in operations.values():
+            require_api_key(operation)
+            operation["responses"].setdefault("default", DEFAULT_RESPONSE)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {

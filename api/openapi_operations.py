@@ -12,15 +12,22 @@ from typing import Any
 from api.functions import REPLAYED_HEADER
 from api.openapi_schemas import (
     LOCATION,
-    error_response,
-    error_responses,
+    documented_error,
+    documented_errors,
     header,
     json_response,
     ref,
 )
-from runner.callbacks import CALLBACK_EVENTS, DELIVERY_BACKOFF, MAX_URL_LENGTH
+from runner.callbacks import (
+    CALLBACK_EVENTS,
+    DELIVERY_BACKOFF,
+    EVENT_HEADER,
+    JOB_ID_HEADER,
+    MAX_URL_LENGTH,
+    SIGNATURE_HEADER,
+)
 from runner.callbacks import HEADER as CALLBACK_HEADER
-from runner.config import Settings
+from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Settings
 from runner.idempotency import HEADER as IDEMPOTENCY_HEADER
 from runner.invocation import MAX_SCHEDULE_AHEAD
 from runner.jobs import STATUS_WORDS
@@ -87,15 +94,15 @@ def invocation_responses() -> dict[str, Any]:
         "202": json_response("Accepted: the job is queued or scheduled (or, with `wait`, has not ended yet).",
                              ref("JobView"), _invocation_headers()),
         "200": json_response("The job ended within `wait`.", ref("JobView"), _invocation_headers()),
-        **error_responses(400, 401, 404),
-        "409": error_response(409, f"The {IDEMPOTENCY_HEADER} was used for another function or input (or a "
+        **documented_errors(400, 401, 404),
+        "409": documented_error(409, f"The {IDEMPOTENCY_HEADER} was used for another function or input (or a "
                                    "request with it is still being processed).", ("idempotency_conflict",)),
-        **error_responses(413, 415),
-        "422": error_response(422, f"The input fails the schema (`details` names each field), or the "
+        **documented_errors(413, 415),
+        "422": documented_error(422, f"The input fails the schema (`details` names each field), or the "
                                    f"{CALLBACK_HEADER} is refused."),
-        "429": error_response(429, "The function already has `max_queued` jobs waiting; retry after "
+        "429": documented_error(429, "The function already has `max_queued` jobs waiting; retry after "
                                    "`Retry-After` seconds."),
-        **error_responses(503),
+        **documented_errors(503),
     }
 
 
@@ -105,9 +112,9 @@ def completion_callback() -> dict[str, Any]:
     return {"completion": {f"{{$request.header.{CALLBACK_HEADER}}}": {"post": {
         "summary": "The job's final view, when it finishes, fails or is stopped",
         "parameters": [
-            _header("X-Runner-Job-Id", {"type": "string"}, "The job's id."),
-            _header("X-Runner-Event", {"type": "string", "enum": sorted(CALLBACK_EVENTS)}, "How the job ended."),
-            _header("X-Runner-Signature", {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
+            _header(JOB_ID_HEADER, {"type": "string"}, "The job's id."),
+            _header(EVENT_HEADER, {"type": "string", "enum": sorted(CALLBACK_EVENTS)}, "How the job ended."),
+            _header(SIGNATURE_HEADER, {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
                     "HMAC-SHA256 of the exact body with RUNNER_CALLBACK_SECRET (only when that is set)."),
         ],
         "requestBody": {"required": True, "content": {"application/json": {"schema": ref("JobView")}}},
@@ -128,7 +135,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("GET", "/functions/{name}"): {
             "summary": "Describe a function", "tags": ["functions"],
-            "responses": {"200": json_response("The function.", ref("Function")), **error_responses(404)},
+            "responses": {"200": json_response("The function.", ref("Function")), **documented_errors(404)},
         },
         ("POST", "/functions/{name}/invocations"): {
             "summary": "Invoke a function", "tags": ["functions"],
@@ -143,14 +150,15 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "parameters": [
                 _query("function", {"type": "string"}, "Only jobs of this function."),
                 _query("status", {"type": "string", "enum": sorted(STATUS_WORDS)}, "Only jobs in this status."),
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size."),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE,
+                                 "default": DEFAULT_PAGE_SIZE}, "Page size."),
                 _query("cursor", {"type": "string"}, "`next` of the previous page."),
             ],
-            "responses": {"200": json_response("A page of jobs.", ref("JobList")), **error_responses(400, 503)},
+            "responses": {"200": json_response("A page of jobs.", ref("JobList")), **documented_errors(400, 503)},
         },
         ("GET", "/jobs/{job_id}"): {
             "summary": "A job: status, progress, result or error", "tags": ["jobs"],
-            "responses": {"200": json_response("The job.", ref("JobView")), **error_responses(404, 503)},
+            "responses": {"200": json_response("The job.", ref("JobView")), **documented_errors(404, 503)},
         },
         ("GET", "/jobs/{job_id}/events"): {
             "summary": "Follow a job live (Server-Sent Events)", "tags": ["jobs"],
@@ -160,7 +168,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "responses": {
                 "200": {"description": "An event stream.",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                **error_responses(404, 503),
+                **documented_errors(404, 503),
             },
         },
         ("POST", "/jobs/{job_id}/cancel"): {
@@ -171,10 +179,10 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                            "has already ended is a 409.",
             "responses": {
                 "200": json_response("The job after the cancel.", ref("JobView")),
-                **error_responses(404),
-                "409": error_response(409, "The job has already ended (finished, failed, stopped or canceled), "
+                **documented_errors(404),
+                "409": documented_error(409, "The job has already ended (finished, failed, stopped or canceled), "
                                            "or another cancel or retry of it is in progress.", state_conflict),
-                **error_responses(503),
+                **documented_errors(503),
             },
         },
         ("POST", "/jobs/{job_id}/retry"): {
@@ -184,18 +192,18 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                            "from its stored row (its input checked against the function's current signature).",
             "responses": {
                 "202": json_response("The job, queued again.", ref("JobView"), LOCATION),
-                "404": error_response(404, "Unknown job, or its function is no longer registered."),
-                "409": error_response(409, "The job is not failed, stopped or canceled, or another cancel or "
+                "404": documented_error(404, "Unknown job, or its function is no longer registered."),
+                "409": documented_error(409, "The job is not failed, stopped or canceled, or another cancel or "
                                            "retry of it is in progress.", state_conflict),
-                "422": error_response(422, "The job's stored input no longer fits its function's signature."),
-                "429": error_response(429, "The function already has `max_queued` jobs waiting."),
-                **error_responses(503),
+                "422": documented_error(422, "The job's stored input no longer fits its function's signature."),
+                "429": documented_error(429, "The function already has `max_queued` jobs waiting."),
+                **documented_errors(503),
             },
         },
         ("GET", "/jobs/{job_id}/artifacts/{name}"): {
             "summary": "A file a job wrote", "tags": ["jobs"],
             "responses": {"200": {"description": "The file, with its media type.", "content": {"*/*": {"schema": {}}}},
-                          **error_responses(404)},
+                          **documented_errors(404)},
         },
         ("POST", "/uploads"): {
             "summary": "Upload a file for a function that takes one", "tags": ["uploads"],
@@ -204,11 +212,11 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                 "properties": {"file": {"type": "string", "format": "binary"}}}}}},
             "responses": {"201": json_response("Stored.", ref("Upload"),
                                                {"Location": header("The upload's URL.", {"type": "string"})}),
-                          **error_responses(400, 413, 415)},
+                          **documented_errors(400, 413, 415)},
         },
         ("GET", "/uploads/{upload_id}"): {
             "summary": "What is known of an upload", "tags": ["uploads"],
-            "responses": {"200": json_response("The upload.", ref("Upload")), **error_responses(404)},
+            "responses": {"200": json_response("The upload.", ref("Upload")), **documented_errors(404)},
         },
         ("GET", "/healthz"): {
             "summary": "Liveness (never needs an API key)", "tags": ["operations"], "security": [],
@@ -216,7 +224,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("GET", "/readyz"): {
             "summary": "Readiness: Redis and the database answer", "tags": ["operations"],
-            "responses": {"200": json_response("Ready.", ref("Readiness")), **error_responses(503)},
+            "responses": {"200": json_response("Ready.", ref("Readiness")), **documented_errors(503)},
         },
         ("GET", "/metrics"): {
             "summary": "Prometheus metrics", "tags": ["operations"],
@@ -225,18 +233,18 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("GET", "/workers"): {
             "summary": "The workers registered in Redis", "tags": ["operations"],
-            "responses": {"200": json_response("Every worker.", ref("WorkerList")), **error_responses(503)},
+            "responses": {"200": json_response("Every worker.", ref("WorkerList")), **documented_errors(503)},
         },
         ("GET", "/queues"): {
             "summary": "Queue depths: queued, started, scheduled, deferred, failed, finished, canceled",
             "tags": ["operations"],
-            "responses": {"200": json_response("Every queue.", ref("QueueList")), **error_responses(503)},
+            "responses": {"200": json_response("Every queue.", ref("QueueList")), **documented_errors(503)},
         },
         ("POST", "/queues/failed/requeue"): {
             "summary": "Requeue failed jobs (all, or of one queue and/or function)", "tags": ["operations"],
             "requestBody": {"required": False, "content": {"application/json": {"schema": ref("RequeueFilter")}}},
             "responses": {"200": json_response("What was requeued.", ref("RequeueOutcome")),
-                          **error_responses(400, 404, 415, 422, 503)},
+                          **documented_errors(400, 404, 415, 422, 503)},
         },
         ("GET", "/openapi.json"): {
             "summary": "This document", "tags": ["operations"],
@@ -245,16 +253,13 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-def require_api_key(operation: dict[str, Any]) -> dict[str, Any]:
+def require_api_key(operation: dict[str, Any]) -> None:
     """Add the 401 answer to an operation under the global bearer security (all but `security: []`)."""
     if operation.get("security") != []:
-        operation["responses"].setdefault("401", error_response(401))
-    return operation
+        operation["responses"].setdefault("401", documented_error(401))
 
 
 def known_operation(method: str, path: str, settings: Settings) -> dict[str, Any] | None:
     """What we say about `method path` (a fresh copy), or None for a route we know nothing of."""
     operation = _operations(settings).get((method, path))
-    if operation is None:
-        return None
-    return require_api_key(copy.deepcopy(operation))
+    return None if operation is None else copy.deepcopy(operation)

@@ -194,7 +194,7 @@ WWW_AUTHENTICATE = {"WWW-Authenticate": header("The scheme to authenticate with 
 LOCATION = {"Location": header("The job's URL.", {"type": "string", "format": "uri-reference"})}
 
 
-def error_response(status: int, description: str | None = None, codes: tuple[str, ...] = ()) -> dict[str, Any]:
+def documented_error(status: int, description: str | None = None, codes: tuple[str, ...] = ()) -> dict[str, Any]:
     """An error status answered with the Error shape (its `error` one of `codes`, when given)."""
     headers = {**(RETRY_AFTER if status in (429, 503) else {}), **(WWW_AUTHENTICATE if status == 401 else {})}
     codes = codes or ERROR_CODES.get(status, ())
@@ -204,9 +204,9 @@ def error_response(status: int, description: str | None = None, codes: tuple[str
     return json_response(description or ERROR_DESCRIPTIONS[status], schema, headers or None)
 
 
-def error_responses(*statuses: int) -> dict[str, Any]:
-    """`error_response` of each status, keyed as OpenAPI keys responses."""
-    return {str(status): error_response(status) for status in statuses}
+def documented_errors(*statuses: int) -> dict[str, Any]:
+    """`documented_error` of each status, keyed as OpenAPI keys responses."""
+    return {str(status): documented_error(status) for status in statuses}
 
 
 DEFAULT_RESPONSE = json_response("An error, in the Error shape.", ref("Error"))

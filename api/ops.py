@@ -11,6 +11,7 @@ from api.payload import read_json_object
 from api.state import runner_state
 from runner.errors import InvalidInput
 from runner.fleet import list_workers, queue_depths, requeue_failed
+from runner.registry import field_errors
 
 blueprint = Blueprint("ops", __name__)
 
@@ -31,12 +32,7 @@ def read_requeue_filter() -> RequeueFilter:
     try:
         return RequeueFilter.model_validate(read_json_object(request))
     except pydantic.ValidationError as exc:
-        details = [
-            {"field": ".".join(str(part) for part in error["loc"]) or "(body)", "message": error["msg"],
-             "type": error["type"]}
-            for error in exc.errors()
-        ]
-        raise InvalidInput("The requeue filter is invalid.", details=details) from None
+        raise InvalidInput("The requeue filter is invalid.", details=field_errors(exc)) from None
 
 
 @blueprint.get("/workers")

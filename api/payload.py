@@ -44,32 +44,43 @@ def read_json_object(request: Request) -> dict[str, Any]:
     return value
 
 
-def read_number(request: Request, name: str, *, minimum: float, maximum: float) -> float | None:
-    """A numeric query parameter within bounds (clamped to `maximum`), or None when absent."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
+def refuse_parameter(name: str, raw: str, reason: str) -> MalformedRequest:
+    """The 400 for a bad query parameter: `reason` completes "The parameter 'name' ...", the value is in details."""
+    return MalformedRequest(f"The parameter {name!r} {reason}.", details={name: raw})
+
+
+def parse_number(name: str, raw: str, reason: str) -> float:
+    """The text of query parameter `name` as a finite number; `reason` is the 400's message otherwise."""
     try:
         value = float(raw)
     except ValueError:
-        raise MalformedRequest(f"The parameter {name!r} must be a number.", details={name: raw}) from None
-    if not math.isfinite(value) or value < minimum:
-        raise MalformedRequest(f"The parameter {name!r} must be a finite number of at least {minimum:g}.",
-                               details={name: raw})
+        raise refuse_parameter(name, raw, reason) from None
+    if not math.isfinite(value):
+        raise refuse_parameter(name, raw, reason)
+    return value
+
+
+def read_number(request: Request, name: str, *, minimum: float, maximum: float) -> float | None:
+    """A numeric query parameter within bounds (clamped to `maximum`), or None when absent."""
+    raw = request.args.get(name)
+    if not raw:  # `?name=` counts as absent, as for the listing filters
+        return None
+    reason = f"must be a finite number of at least {minimum:g}"
+    value = parse_number(name, raw, reason)
+    if value < minimum:
+        raise refuse_parameter(name, raw, reason)
     return min(value, maximum)
 
 
 def read_int(request: Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
-    """A whole-number query parameter within bounds."""
+    """A whole-number query parameter within bounds, or `default` when absent."""
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if not raw:  # as in read_number
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise MalformedRequest(f"The parameter {name!r} must be a whole number.", details={name: raw}) from None
+        raise refuse_parameter(name, raw, "must be a whole number") from None
     if not minimum <= value <= maximum:
-        raise MalformedRequest(
-            f"The parameter {name!r} must be between {minimum} and {maximum}.", details={name: raw}
-        )
+        raise refuse_parameter(name, raw, f"must be between {minimum} and {maximum}")
     return value

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import datetime, timedelta
 
 from flask import Request
 
+from api.payload import parse_number, refuse_parameter
 from runner.errors import MalformedRequest
 from runner.invocation import MAX_SCHEDULE_AHEAD
 from runner.models import utcnow
@@ -16,20 +16,13 @@ from runner.models import utcnow
 DECODED_PLUS_OFFSET = re.compile(r" (\d{2}(:?\d{2})?)$")
 
 
-def _refuse(name: str, raw: str, reason: str) -> MalformedRequest:
-    return MalformedRequest(f"The parameter {name!r} {reason}.", details={name: raw})
-
-
 def read_delay(raw: str) -> timedelta:
     """`delay` as a positive number of seconds, at most MAX_SCHEDULE_AHEAD."""
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise _refuse("delay", raw, "must be a number of seconds") from None
     limit = MAX_SCHEDULE_AHEAD.total_seconds()
-    if not math.isfinite(seconds) or not 0 < seconds <= limit:
-        days = MAX_SCHEDULE_AHEAD.days
-        raise _refuse("delay", raw, f"must be more than 0 and at most {limit:g} seconds ({days} days)")
+    reason = f"must be a number of seconds, more than 0 and at most {limit:g} ({MAX_SCHEDULE_AHEAD.days} days)"
+    seconds = parse_number("delay", raw, reason)
+    if not 0 < seconds <= limit:
+        raise refuse_parameter("delay", raw, reason)
     return timedelta(seconds=seconds)
 
 
@@ -39,20 +32,22 @@ def read_at(raw: str) -> datetime:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise _refuse("at", raw, "must be an ISO 8601 date and time, e.g. 2030-01-31T09:30:00Z") from None
+        raise refuse_parameter("at", raw, "must be an ISO 8601 date and time, e.g. 2030-01-31T09:30:00Z") from None
     if when.tzinfo is None or when.utcoffset() is None:
-        raise _refuse("at", raw, "needs a time zone (e.g. 'Z' or '+02:00')")
+        raise refuse_parameter("at", raw, "needs a time zone (e.g. 'Z' or '+02:00')")
     try:
         too_far = when - utcnow() > MAX_SCHEDULE_AHEAD
     except OverflowError:
         too_far = True
     if too_far:
-        raise _refuse("at", raw, f"must be at most {MAX_SCHEDULE_AHEAD.days} days ahead")
+        raise refuse_parameter("at", raw, f"must be at most {MAX_SCHEDULE_AHEAD.days} days ahead")
     return when
 
 
 def read_schedule(request: Request) -> datetime | None:
     """When to run the invocation: None for now (no parameter, or an `at` that has already passed)."""
+    # Unlike `?wait=` or a listing's filters, an empty `?delay=` or `?at=` is refused rather than
+    # ignored: ignoring it would run at once a job the client meant to schedule.
     delay, at = request.args.get("delay"), request.args.get("at")
     if delay is not None and at is not None:
         raise MalformedRequest("Give 'delay' or 'at', not both.", details={"delay": delay, "at": at})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask import current_app
+from flask.sansio.app import App
 
 from runner.backends import Backends
 from runner.registry import Registry
@@ -18,7 +19,7 @@ class RunnerState:
     backends: Backends
 
 
-def runner_state() -> RunnerState:
-    """The state of the app handling the current request."""
-    state: RunnerState = current_app.extensions["runner"]
+def runner_state(app: App | None = None) -> RunnerState:
+    """The state of `app` (by default, of the app handling the current request)."""
+    state: RunnerState = (app or current_app).extensions["runner"]
     return state

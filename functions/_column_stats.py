@@ -13,7 +13,7 @@ import heapq
 import math
 import random
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from functions._cell_types import FLOAT, INTEGER, STRING, Number, classify
@@ -79,11 +79,13 @@ class QuantileSample:
     def quartiles(self) -> dict[str, float]:
         """p25, p50 and p75 with linear interpolation between closest ranks (numpy's default)."""
         ordered = sorted(self.values)
-        return {name: _round(_quantile(ordered, q)) for name, q in (("p25", 0.25), ("p50", 0.5), ("p75", 0.75))}
+        return {name: _round(percentile(ordered, p)) for name, p in (("p25", 25), ("p50", 50), ("p75", 75))}
 
 
-def _quantile(ordered: list[float], fraction: float) -> float:
-    position = fraction * (len(ordered) - 1)
+def percentile(ordered: Sequence[float], percent: float) -> float:
+    """Percentile (0-100) of sorted, non-empty values, interpolating between closest ranks (numpy's default)."""
+    # Divided last: (n - 1) * 95 is exact, while 0.95 is not, and that last bit can flip a rounded result.
+    position = (len(ordered) - 1) * percent / 100
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)

@@ -107,7 +107,7 @@ class MarkovChain:
         on_token: Callable[[int], None] = lambda count: None,
     ) -> Generation:
         """Produce up to `max_tokens` tokens after `prompt`; temperature 0 always takes the likeliest."""
-        context = self.start_context(prompt)
+        start = context = self.start_context(prompt)
         boosted = {word for word in (*prompt, *topic) if len(word) >= MIN_BOOSTED_WORD and word.isalpha()}
         tokens: list[str] = []
         finish_reason = "length"
@@ -119,8 +119,7 @@ class MarkovChain:
             tokens.append(token)
             on_token(len(tokens))
             context = (context[1], token)
-        opening = self.start_context(prompt)[1]
-        text = detokenize([self.spellings.get(token, token) for token in tokens], opening in SENTENCE_END)
+        text = detokenize([self.spellings.get(token, token) for token in tokens], start[1] in SENTENCE_END)
         return Generation(tokens, finish_reason, text)
 
     @staticmethod

@@ -67,8 +67,7 @@ class ChatCompletion:
     """What a stream delivered: the text, the server's finish reason and usage when it sent them."""
 
     model: str
-    parts: list[str] = field(default_factory=list)
-    chunks: int = 0  # content-bearing chunks: one token each on OpenAI-style servers
+    parts: list[str] = field(default_factory=list)  # the content of each content-bearing chunk
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     done: bool = False
@@ -77,6 +76,11 @@ class ChatCompletion:
     def text(self) -> str:
         """The assembled completion."""
         return "".join(self.parts)
+
+    @property
+    def chunks(self) -> int:
+        """How many chunks carried content: one token each on OpenAI-style servers."""
+        return len(self.parts)
 
 
 def stream_chat(request: ChatRequest, on_chunk: Callable[[int], None]) -> ChatCompletion:
@@ -164,7 +168,6 @@ def _take_chunk(
         content = holder.get("content") if isinstance(holder, dict) else None
         if isinstance(content, str) and content:
             completion.parts.append(content)
-            completion.chunks += 1
             on_chunk(completion.chunks)
         if isinstance(choice.get("finish_reason"), str):
             completion.finish_reason = choice["finish_reason"]

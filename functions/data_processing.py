@@ -35,14 +35,13 @@ def data_processing(
     format: Literal["auto", "csv", "json", "jsonl"] = "auto",
 ) -> dict[str, Any]:
     """Compute per-column statistics (types, missing, unique, numeric summaries) and optional group aggregates."""
-    if (upload_id is None) == (records is None):
-        raise PermanentError("Give exactly one of 'upload_id' or 'records'.")
     table = TableStats(group_by)
     if records is not None:
         source: dict[str, Any] = {"source": "records", "format": "records", "encoding": None}
         _consume(table, (list(record.items()) for record in records), lambda: None)
     else:
-        source = _profile_file(upload_path(upload_id or ""), format, table)
+        assert upload_id is not None  # exactly_one_of: the input model gives one or the other
+        source = _profile_file(upload_path(upload_id), format, table)
     if group_by is not None and group_by not in table.columns:
         raise PermanentError(f"Cannot group by {group_by!r}: the data has no such column "
                              f"(columns: {', '.join(list(table.columns)[:50]) or 'none'}).")

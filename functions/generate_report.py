@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -11,8 +10,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, ValidationInfo
 
+from functions import _column_stats as column_stats
 from functions._report_render import KNOWN_STATUSES, render_chart, render_csv, render_html
-from runner import PermanentError, function, invocation_history, progress, save_artifact
+from runner import function, invocation_history, progress, save_artifact
 
 MAX_FUNCTION_NAME_LENGTH = 128
 ENDED_STATUSES = frozenset({"finished", "failed", "stopped", "canceled"})
@@ -32,7 +32,7 @@ def as_utc(value: datetime) -> datetime:
 
 
 def _until_after_since(value: datetime | None, info: ValidationInfo) -> datetime | None:
-    # Checked in the schema too, so the API answers 422 instead of enqueueing a job doomed to fail.
+    # Checked here, not in the body: the API answers 422 instead of enqueueing a doomed job; the worker re-validates.
     since = info.data.get("since")
     if value is not None and isinstance(since, datetime) and as_utc(since) >= as_utc(value):
         raise ValueError("must be later than 'since'")
@@ -58,8 +58,8 @@ class FunctionStats:
         self.retries += max(int(row.get("attempts") or 0) - 1, 0)
         started, ended = row.get("started_at"), row.get("ended_at")
         if status in ENDED_STATUSES and isinstance(started, datetime) and isinstance(ended, datetime):
-            # A wall-clock step (NTP) between start and end must not give a negative duration.
-            self.durations.append(max((as_utc(ended) - as_utc(started)).total_seconds(), 0.0))
+            # invocation_history yields UTC-aware times; a wall-clock step (NTP) must not give a negative duration.
+            self.durations.append(max((ended - started).total_seconds(), 0.0))
 
     def summary(self) -> dict[str, Any]:
         """The report entry of this function."""
@@ -77,17 +77,8 @@ class FunctionStats:
 
 
 def percentile(ordered: list[float], percent: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default); None for no values.
-
-    Rounded to microseconds, the resolution of the stored timestamps.
-    """
-    if not ordered:
-        return None
-    position = (len(ordered) - 1) * percent / 100
-    lower = math.floor(position)
-    upper = min(lower + 1, len(ordered) - 1)
-    value = ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
-    return round(value, 6)
+    """Percentile of sorted durations, rounded to microseconds (the timestamps' resolution); None for no values."""
+    return round(column_stats.percentile(ordered, percent), 6) if ordered else None
 
 
 def _read_percent(report_number: int) -> float:
@@ -129,8 +120,6 @@ def generate_report(
     """Report per-function counts, success rate, p50/p95 durations and retries as CSV, HTML and PNG."""
     start = as_utc(since) if since is not None else None
     end = as_utc(until) if until is not None else None
-    if start is not None and end is not None and start >= end:
-        raise PermanentError(f"'since' ({start.isoformat()}) must be before 'until' ({end.isoformat()}).")
     progress(READ_START_PERCENT, "reading invocation history")
     functions, total = summarize(invocation_history(start, end, function))
     period = {"since": start.isoformat() if start else None, "until": end.isoformat() if end else None}

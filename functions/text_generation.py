@@ -14,15 +14,15 @@ Backend, chosen at call time:
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from typing import Annotated, Any
 
 from pydantic import Field
 
+from functions._env_settings import env_seconds, env_text
 from functions._markov import MODEL_NAME, count_tokens, default_chain, model_tokens
 from functions._openai_stream import ChatRequest, stream_chat
-from runner import PermanentError, function, progress
+from runner import function, progress
 
 MAX_PROMPT_LENGTH = 20_000
 MAX_TOKENS_LIMIT = 4096
@@ -41,7 +41,7 @@ def text_generation(
     seed: Annotated[int | None, Field(ge=0, le=SEED_LIMIT)] = None,
 ) -> dict[str, Any]:
     """Generate text from a prompt (OpenAI-compatible server if configured, else an offline Markov model)."""
-    base_url = os.environ.get("RUNNER_LLM_BASE_URL", "").strip()
+    base_url = env_text("RUNNER_LLM_BASE_URL")
     if base_url:
         return _generate_remote(base_url, prompt, max_tokens, temperature, system, seed)
     return _generate_offline(prompt, max_tokens, temperature, system, seed)
@@ -71,12 +71,12 @@ def _generate_remote(
     ]
     request = ChatRequest(
         base_url=base_url,
-        model=os.environ.get("RUNNER_LLM_MODEL", "").strip() or DEFAULT_MODEL,
+        model=env_text("RUNNER_LLM_MODEL", DEFAULT_MODEL),
         messages=messages,
         max_tokens=max_tokens,
         temperature=temperature,
-        timeout=_timeout_from_env(),
-        api_key=os.environ.get("RUNNER_LLM_API_KEY", "").strip(),
+        timeout=env_seconds("RUNNER_LLM_TIMEOUT", DEFAULT_TIMEOUT_SECONDS),
+        api_key=env_text("RUNNER_LLM_API_KEY"),
         seed=seed,
     )
     progress(2, f"requesting a completion from {request.model}")
@@ -134,16 +134,3 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         "total_tokens": prompt_tokens + completion_tokens,
     }
 
-
-def _timeout_from_env() -> float:
-    raw = os.environ.get("RUNNER_LLM_TIMEOUT", "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT_SECONDS
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds < float("inf"):
-        # A worker's configuration will not change between retries: retrying cannot help.
-        raise PermanentError(f"RUNNER_LLM_TIMEOUT={raw!r} is not a positive number of seconds.")
-    return seconds

@@ -67,9 +67,17 @@ def queue_for(name: str, connection: redis.Redis) -> Queue:
     return Queue(name, connection=connection, serializer=JSONSerializer)
 
 
+def redis_unavailable(message: str = "Redis is unavailable.") -> BackendUnavailable:
+    """The error every caller raises when a Redis command could not be sent."""
+    return BackendUnavailable(message, details={"dependency": "redis"})
+
+
+NOT_ACCEPTED = "Redis is unavailable; the invocation was not accepted."
+
+
 def check_redis(connection: redis.Redis) -> None:
     """Raise BackendUnavailable unless Redis answers."""
     try:
         connection.ping()
     except REDIS_ERRORS as exc:
-        raise BackendUnavailable("Redis is unavailable.", details={"dependency": "redis"}) from exc
+        raise redis_unavailable() from exc

@@ -38,6 +38,9 @@ from runner.lifecycle import JobEvent
 log = logging.getLogger(__name__)
 
 HEADER = "X-Callback-Url"
+JOB_ID_HEADER = "X-Runner-Job-Id"
+EVENT_HEADER = "X-Runner-Event"
+SIGNATURE_HEADER = "X-Runner-Signature"
 CALLBACK_QUEUE = "callbacks"
 DELIVERY_ENTRY_POINT = "runner.callbacks.deliver_callback"
 CALLBACK_EVENTS = frozenset({"finished", "failed", "stopped"})
@@ -134,17 +137,13 @@ def signature(body: bytes, secret: str) -> str:
 
 def enqueue_callbacks(connection: redis.Redis, event: JobEvent) -> None:
     """Lifecycle listener: when a job with a callback URL ends, enqueue the delivery of its final view."""
-    if event.event not in CALLBACK_EVENTS:
-        return
-    # Most jobs have no callback: look at the meta alone before loading the whole job.
-    raw_meta = connection.hget(Job.key_for(event.job_id), "meta")
-    if not raw_meta or not JSONSerializer.loads(raw_meta).get("callback_url"):
-        return
+    if event.event not in CALLBACK_EVENTS or not event.callback_url:
+        return  # most jobs have no callback: no Redis read for them
     try:
         job = Job.fetch(event.job_id, connection=connection, serializer=JSONSerializer)
     except NoSuchJobError:
         return
-    url = str(job.meta["callback_url"])
+    url = event.callback_url
     body = json.dumps(view_from_job(job).to_dict(), default=str)
     queue_for(CALLBACK_QUEUE, connection).enqueue_call(
         func=DELIVERY_ENTRY_POINT,
@@ -211,11 +210,11 @@ def deliver_callback(url: str, job_id: str, event: str, body: str) -> dict[str, 
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        "X-Runner-Job-Id": job_id,
-        "X-Runner-Event": event,
+        JOB_ID_HEADER: job_id,
+        EVENT_HEADER: event,
     }
     if settings.callback_secret:
-        headers["X-Runner-Signature"] = signature(payload, settings.callback_secret)
+        headers[SIGNATURE_HEADER] = signature(payload, settings.callback_secret)
     errors: list[str] = []
     for address in target.addresses:
         try:

@@ -45,12 +45,12 @@ def worker(queues: tuple[str, ...], burst: bool) -> None:
 @click.option("--data-dir", default=None, help="Where Redis and SQLite keep their files [default: .runner].")
 def dev(host: str, port: int, workers: int, data_dir: str | None) -> None:
     """Run API + workers (+ Redis when REDIS_URL is unset) on this machine."""
-    from runner.dev import DevError, run_dev
+    from runner.dev import run_dev
 
     folder = Path(data_dir or _settings().data_dir)
     try:
         code = run_dev(host=host, port=port, workers=workers, data_dir=folder)
-    except (DevError, RuntimeError) as exc:
+    except RuntimeError as exc:  # DevError (port taken, ...) or the embedded Redis failing to start
         raise click.ClickException(str(exc)) from None
     raise SystemExit(code)
 

@@ -17,8 +17,10 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from runner.client import TERMINAL_STATUSES, RunnerClient, Transport
+from runner.client import RunnerClient, Transport
+from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from runner.errors import ApiError, ApiUnreachable
+from runner.jobs import TERMINAL_STATUSES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_KEY = "runner.client.url"
@@ -29,6 +31,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _remember_url(ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    # click has already fallen back to RUNNER_URL (when set and not empty), then to DEFAULT_URL.
+    if not value:
+        raise click.BadParameter(f"give the API's base URL, e.g. {DEFAULT_URL}")
     ctx.meta[URL_KEY] = value
     return value
 
@@ -47,7 +52,7 @@ def register_client_commands(group: click.Group) -> None:
 
 def _client() -> RunnerClient:
     ctx = click.get_current_context()
-    url = str(ctx.meta.get(URL_KEY) or os.environ.get("RUNNER_URL") or DEFAULT_URL)
+    url = str(ctx.meta[URL_KEY])
     # Tests hand in a transport (e.g. a Flask test client) as the context object.
     transport: Transport | None = ctx.obj if callable(ctx.obj) else None
     return RunnerClient(url, api_key=os.environ.get("RUNNER_API_KEY") or None, transport=transport)
@@ -194,7 +199,7 @@ def _follow_with_progress_bar(client: RunnerClient, accepted: dict[str, Any], ti
 @click.command()
 @click.option("--function", "function_name", help="Only jobs of this function.")
 @click.option("--status", help="Only jobs in this status (queued, started, finished, failed, ...).")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100))
+@click.option("--limit", default=DEFAULT_PAGE_SIZE, show_default=True, type=click.IntRange(1, MAX_PAGE_SIZE))
 @click.option("--cursor", help="`next` cursor printed by the previous page.")
 @as_json_option
 @handles_client_errors

@@ -1,7 +1,7 @@
 """An HTTP client of the runner's API (what the `python -m runner` client commands use).
 
-Standard library only, so the client works anywhere the runner installs. The transport is
-pluggable: tests wire a Flask test client in its place.
+HTTP goes through the standard library's urllib: no HTTP package beyond the runner's own
+requirements. The transport is pluggable: tests wire a Flask test client in its place.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runner.errors import ApiError, ApiUnreachable
+from runner.jobs import TERMINAL_STATUSES
 
 DEFAULT_TIMEOUT = 30.0
 # Longer than the server's heartbeat interval (15 s), so an idle but healthy stream never times out.
@@ -24,7 +25,6 @@ STREAM_READ_TIMEOUT = 60.0
 POLL_SECONDS = 0.5
 RECONNECT_ATTEMPTS = 3
 RECONNECT_DELAY_SECONDS = 1.0
-TERMINAL_STATUSES = frozenset({"finished", "failed", "canceled", "stopped"})
 UNREACHABLE_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
 
 
@@ -186,11 +186,10 @@ class RunnerClient:
         """Every registered function."""
         return list(self._json("GET", "/functions")["functions"])
 
-    def invoke(self, name: str, payload: Any, wait: float | None = None) -> dict[str, Any]:
-        """Invoke a function; the job view (ended when `wait` saw it end)."""
-        timeout = DEFAULT_TIMEOUT + (wait or 0)
+    def invoke(self, name: str, payload: Any) -> dict[str, Any]:
+        """Invoke a function; the accepted job's view (follow it with `follow`)."""
         path = f"/functions/{urllib.parse.quote(name, safe='')}/invocations"
-        return dict(self._json("POST", path, params={"wait": wait}, payload=payload, timeout=timeout))
+        return dict(self._json("POST", path, payload=payload))
 
     def job(self, job_id: str) -> dict[str, Any]:
         """One job's view."""

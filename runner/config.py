@@ -14,12 +14,22 @@ DEFAULT_FAILURE_TTL = 7 * 24 * 3600
 DEFAULT_MAX_WAIT_SECONDS = 60.0
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600
+# Pages of the job history (GET /jobs?limit=, `python -m runner jobs --limit`).
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
 # A worker silent this long is presumed dead and its job is retried (heartbeats go every third of it).
 DEFAULT_WORKER_DEAD_AFTER_SECONDS = 15.0
 # How long SIGTERM lets a worker finish its current job before the job is put back on its queue.
 DEFAULT_WORKER_GRACE_SECONDS = 25.0
+# Event streams (`GET /jobs/<id>/events`): each holds a gunicorn thread, so each is bounded.
+DEFAULT_SSE_MAX_SECONDS = 300.0
+DEFAULT_SSE_HEARTBEAT_SECONDS = 15.0
+DEFAULT_SSE_POLL_SECONDS = 0.2
+DEFAULT_SSE_MAX_STREAMS = 4
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+# Fields for which zero makes no sense (a stream that ends at once, a poll that never sleeps).
+POSITIVE_FIELDS = frozenset({"sse_max_seconds", "sse_heartbeat_seconds", "sse_poll_seconds", "sse_max_streams"})
 
 
 class SettingsError(ValueError):
@@ -49,6 +59,10 @@ class Settings:
     callback_allow_private: bool = False
     worker_dead_after_seconds: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS
     worker_grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
+    sse_max_seconds: float = DEFAULT_SSE_MAX_SECONDS
+    sse_heartbeat_seconds: float = DEFAULT_SSE_HEARTBEAT_SECONDS
+    sse_poll_seconds: float = DEFAULT_SSE_POLL_SECONDS
+    sse_max_streams: int = DEFAULT_SSE_MAX_STREAMS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -73,13 +87,17 @@ class Settings:
             "callback_allow_private": "RUNNER_CALLBACK_ALLOW_PRIVATE",
             "worker_dead_after_seconds": "RUNNER_WORKER_DEAD_AFTER_SECONDS",
             "worker_grace_seconds": "RUNNER_WORKER_GRACE_SECONDS",
+            "sse_max_seconds": "RUNNER_SSE_MAX_SECONDS",
+            "sse_heartbeat_seconds": "RUNNER_SSE_HEARTBEAT_SECONDS",
+            "sse_poll_seconds": "RUNNER_SSE_POLL_SECONDS",
+            "sse_max_streams": "RUNNER_SSE_MAX_STREAMS",
         }
         values: dict[str, object] = {}
         for item in fields(cls):
             raw = env.get(names[item.name], "").strip()
             if not raw:
                 continue
-            values[item.name] = _convert(names[item.name], raw, item.type)
+            values[item.name] = _convert(names[item.name], raw, item.type, positive=item.name in POSITIVE_FIELDS)
         return cls(**values)  # type: ignore[arg-type]
 
     @property
@@ -105,7 +123,7 @@ class Settings:
         return Path(self.artifact_dir or Path(self.data_dir) / "artifacts").resolve()
 
 
-def _convert(name: str, raw: str, kind: object) -> object:
+def _convert(name: str, raw: str, kind: object, *, positive: bool = False) -> object:
     if kind in ("bool", bool):
         word = raw.lower()
         if word not in TRUE_WORDS | FALSE_WORDS:
@@ -120,6 +138,8 @@ def _convert(name: str, raw: str, kind: object) -> object:
             return raw
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if isinstance(value, int | float) and positive and not value > 0:  # NaN is not positive either
+        raise SettingsError(f"{name} must be positive")
     if isinstance(value, int | float) and value < 0:
         raise SettingsError(f"{name} must not be negative")
     return value

@@ -20,8 +20,8 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner.backends import REDIS_ERRORS, Backends, queue_for
-from runner.errors import BackendUnavailable, JobNotFound, StateConflict
+from runner.backends import REDIS_ERRORS, Backends, queue_for, redis_unavailable
+from runner.errors import JobNotFound, StateConflict
 from runner.invocation import job_meta, submit_job
 from runner.jobs import JOB_ID_PATTERN, TERMINAL_STATUSES, JobStatus, JobView, get_job_view, wait_for_job
 from runner.limits import release_waiting_place, reserve_waiting_place
@@ -37,10 +37,6 @@ CANCELABLE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRE
 RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 
 
-def _unavailable() -> BackendUnavailable:
-    return BackendUnavailable("Redis is unavailable.", details={"dependency": "redis"})
-
-
 @contextmanager
 def _job_lock(connection: redis.Redis, job_id: str) -> Iterator[None]:
     """Hold the job's control lock; StateConflict when another cancel or retry holds it."""
@@ -49,7 +45,7 @@ def _job_lock(connection: redis.Redis, job_id: str) -> Iterator[None]:
         if not connection.set(key, token, nx=True, ex=LOCK_SECONDS):
             raise StateConflict("Another cancel or retry of this job is in progress.", details={"job_id": job_id})
     except REDIS_ERRORS as exc:
-        raise _unavailable() from exc
+        raise redis_unavailable() from exc
     try:
         yield
     finally:
@@ -98,7 +94,7 @@ def cancel_job(job_id: str, backends: Backends) -> JobView:
                 raise StateConflict(f"The job has already ended ({status.value}); there is nothing to cancel.",
                                     details={"status": status.value})
     except REDIS_ERRORS as exc:
-        raise _unavailable() from exc
+        raise redis_unavailable() from exc
     # The worker marks the job `stopped` (and writes its row) once its work horse is gone.
     return wait_for_job(job_id, backends, STOP_WAIT_SECONDS)
 
@@ -126,23 +122,21 @@ def retry_job(job_id: str, backends: Backends, registry: Registry) -> JobView:
                 requeue = _plan_requeue(job, backends, registry)
             record = backends.store.get(job_id)
             # The row says `queued` before a worker can see the job, so its `started` write comes after ours.
-            _write_row(backends, job_id, status=JobStatus.QUEUED.value, progress_percent=0, progress_message="queued",
-                       result=None, error=None, started_at=None, ended_at=None)
+            write_or_defer(backends.store, backends.connection, job_id, status=JobStatus.QUEUED.value,
+                           progress_percent=0, progress_message="queued", result=None, error=None,
+                           started_at=None, ended_at=None)
             try:
                 requeue()
             except REDIS_ERRORS:
                 if record is not None:  # put the row back as it was
-                    _write_row(backends, job_id, status=record.status, progress_percent=record.progress_percent,
-                               progress_message=record.progress_message, result=record.result, error=record.error,
-                               started_at=record.started_at, ended_at=record.ended_at)
+                    write_or_defer(backends.store, backends.connection, job_id, status=record.status,
+                                   progress_percent=record.progress_percent, progress_message=record.progress_message,
+                                   result=record.result, error=record.error, started_at=record.started_at,
+                                   ended_at=record.ended_at)
                 raise
             return get_job_view(job_id, backends)
     except REDIS_ERRORS as exc:
-        raise _unavailable() from exc
-
-
-def _write_row(backends: Backends, job_id: str, **values: object) -> None:
-    write_or_defer(backends.store, backends.connection, job_id, **values)
+        raise redis_unavailable() from exc
 
 
 def _not_retryable(status: str) -> StateConflict:

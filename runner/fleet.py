@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import Any
 
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 from rq.registry import (
-    CanceledJobRegistry,
-    DeferredJobRegistry,
     FailedJobRegistry,
-    FinishedJobRegistry,
-    ScheduledJobRegistry,
-    StartedJobRegistry,
 )
 from rq.serializers import JSONSerializer
 
-from runner.backends import REDIS_ERRORS, Backends, queue_for
-from runner.errors import BackendUnavailable, FunctionNotFound, QueueNotFound
+from runner.backends import REDIS_ERRORS, Backends, queue_for, redis_unavailable
+from runner.errors import FunctionNotFound, QueueNotFound
+from runner.jobs import iso_time
+from runner.metrics import read_queue_metrics
 from runner.models import utcnow
 from runner.reconcile import write_or_defer
 from runner.registry import Registry
-from runner.store import as_utc
 
 # Failed jobs are fetched from Redis this many at a time.
 REQUEUE_BATCH = 200
@@ -81,21 +76,12 @@ class RequeueOutcome:
         return asdict(self)
 
 
-def _iso(value: datetime | None) -> str | None:
-    aware = as_utc(value)
-    return aware.isoformat() if aware else None
-
-
-def _unavailable() -> BackendUnavailable:
-    return BackendUnavailable("Redis is unavailable.", details={"dependency": "redis"})
-
-
 def list_workers(backends: Backends) -> list[WorkerInfo]:
     """Every worker registered in Redis, by name."""
     try:
         workers = Worker.all(connection=backends.connection, serializer=JSONSerializer)
     except REDIS_ERRORS as exc:
-        raise _unavailable() from exc
+        raise redis_unavailable() from exc
     return [
         WorkerInfo(
             name=worker.name,
@@ -107,8 +93,8 @@ def list_workers(backends: Backends) -> list[WorkerInfo]:
             total_working_seconds=round(float(worker.total_working_time), 6),
             hostname=worker.hostname,
             pid=worker.pid,
-            started_at=_iso(worker.birth_date),
-            last_heartbeat=_iso(worker.last_heartbeat),
+            started_at=iso_time(worker.birth_date),
+            last_heartbeat=iso_time(worker.last_heartbeat),
         )
         for worker in sorted(workers, key=lambda worker: worker.name)
     ]
@@ -119,32 +105,17 @@ def known_queues(backends: Backends, registry: Registry) -> list[str]:
     try:
         seen = {queue.name for queue in Queue.all(connection=backends.connection, serializer=JSONSerializer)}
     except REDIS_ERRORS as exc:
-        raise _unavailable() from exc
+        raise redis_unavailable() from exc
     return sorted(seen | set(registry.queues()) | {"default"})
 
 
 def queue_depths(backends: Backends, registry: Registry) -> list[QueueDepths]:
-    """Job counts per state of every known queue."""
-    connection = backends.connection
-    depths = []
+    """Job counts per state of every known queue (read only: RQ's `.count` would clean registries)."""
     try:
-        for name in known_queues(backends, registry):
-            queue = queue_for(name, connection)
-            depths.append(
-                QueueDepths(
-                    name=name,
-                    queued=queue.count,
-                    started=StartedJobRegistry(queue=queue).count,
-                    scheduled=ScheduledJobRegistry(queue=queue).count,
-                    deferred=DeferredJobRegistry(queue=queue).count,
-                    failed=FailedJobRegistry(queue=queue).count,
-                    finished=FinishedJobRegistry(queue=queue).count,
-                    canceled=CanceledJobRegistry(queue=queue).count,
-                )
-            )
+        fleet = read_queue_metrics(backends.connection, [*registry.queues(), "default"])
     except REDIS_ERRORS as exc:
-        raise _unavailable() from exc
-    return depths
+        raise redis_unavailable() from exc
+    return [QueueDepths(name=queue.name, queued=queue.depth, **queue.registries) for queue in fleet.queues]
 
 
 def requeue_failed(
@@ -164,7 +135,7 @@ def requeue_failed(
         for name in [queue] if queue is not None else names:
             requeued += _requeue_queue(backends, registry, name, function)
     except REDIS_ERRORS as exc:
-        raise _unavailable() from exc
+        raise redis_unavailable() from exc
     return RequeueOutcome(requeued=len(requeued), job_ids=requeued)
 
 
@@ -199,23 +170,7 @@ def _requeue_job(backends: Backends, registry: Registry, failed: FailedJobRegist
         failed.requeue(job)
     except InvalidJobOperation:
         return False  # another requeue (or a retry) took it first
-    _record_queued(backends, job.id, requested_at)
+    # As of the request, so a worker that already started the job keeps its newer row.
+    write_or_defer(backends.store, backends.connection, job.id, as_of=requested_at, status="queued", error=None,
+                   result=None, progress_percent=0, progress_message="queued", started_at=None, ended_at=None)
     return True
-
-
-def _record_queued(backends: Backends, job_id: str, requested_at: datetime) -> None:
-    # Conditional on `updated_at`, so a worker that already started the job keeps its newer row.
-    values: dict[str, Any] = {
-        "status": "queued",
-        "error": None,
-        "result": None,
-        "progress_percent": 0,
-        "progress_message": "queued",
-        "started_at": None,
-        "ended_at": None,
-        "updated_at": requested_at,
-    }
-    try:
-        backends.store.update_unless_newer(job_id, **values)
-    except BackendUnavailable:
-        write_or_defer(backends.store, backends.connection, job_id, **values)  # replayed once the database is back

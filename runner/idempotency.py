@@ -20,8 +20,8 @@ from typing import Any
 
 import redis
 
-from runner.backends import REDIS_ERRORS
-from runner.errors import BackendUnavailable, IdempotencyConflict, MalformedRequest
+from runner.backends import NOT_ACCEPTED, REDIS_ERRORS, redis_unavailable
+from runner.errors import IdempotencyConflict, MalformedRequest
 
 HEADER = "Idempotency-Key"
 KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
@@ -113,8 +113,7 @@ def claim_or_find(connection: redis.Redis, key: str, claim: Claim, ttl: int,
                 )
             time.sleep(REPLAY_POLL_SECONDS)
     except REDIS_ERRORS as exc:
-        raise BackendUnavailable("Redis is unavailable; the invocation was not accepted.",
-                                 details={"dependency": "redis"}) from exc
+        raise redis_unavailable(NOT_ACCEPTED) from exc
 
 
 def _take_over(connection: redis.Redis, redis_key: str, seen: bytes | str, claim: Claim, ttl: int) -> bool:

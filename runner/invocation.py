@@ -11,9 +11,9 @@ from typing import Any
 from rq import Retry
 from rq.job import Job
 
-from runner.backends import REDIS_ERRORS, Backends, queue_for
+from runner.backends import NOT_ACCEPTED, REDIS_ERRORS, Backends, queue_for, redis_unavailable
 from runner.callbacks import check_callback_url
-from runner.errors import BackendUnavailable, JobNotFound
+from runner.errors import BackendUnavailable
 from runner.execution import ENTRY_POINT
 from runner.idempotency import Claim, claim_or_find, fingerprint, release
 from runner.lifecycle import JobEvent, emit
@@ -82,9 +82,14 @@ def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backe
         description=f"{spec.name}()",
         meta=meta,
     )
-    if run_at is None:
-        return queue.enqueue_job(job)
-    return queue.schedule_job(job, schedule_time(run_at))
+    if run_at is not None:
+        return queue.schedule_job(job, schedule_time(run_at))  # one pipeline already
+    # Given a pipeline, RQ registers the queue and saves and pushes the job in one round trip
+    # (without one it sends two): this is on every invocation's path.
+    with backends.connection.pipeline() as pipe:
+        queue.enqueue_job(job, pipeline=pipe)
+        pipe.execute()
+    return job
 
 
 def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
@@ -97,13 +102,18 @@ def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
     claim: Claim | None = None
     if options.idempotency_key is not None:
         claim = Claim(job_id, spec.name, fingerprint(spec.name, arguments), time.time())
+        found: dict[str, InvocationRecord] = {}
+
+        def known_record(job_id: str) -> bool:
+            record = backends.store.get(job_id)
+            if record is not None:
+                found[job_id] = record  # kept, so a replay reads the row once
+            return record is not None
+
         earlier = claim_or_find(backends.connection, options.idempotency_key, claim,
-                                backends.settings.idempotency_ttl, lambda known: backends.store.get(known) is not None)
-        if earlier is not None:
-            record = backends.store.get(earlier)
-            if record is None:
-                raise JobNotFound(f"No job has the id {earlier!r}.")
-            return Accepted(record, replayed=True)
+                                backends.settings.idempotency_ttl, known_record)
+        if earlier is not None:  # only returned once known_record found its row
+            return Accepted(found[earlier], replayed=True)
     try:
         return Accepted(_record_and_enqueue(spec, job_id, arguments, backends, options, callback_url))
     except BaseException:
@@ -117,8 +127,7 @@ def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, An
     try:
         reserve_waiting_place(backends.connection, spec, job_id)
     except REDIS_ERRORS as exc:
-        raise BackendUnavailable("Redis is unavailable; the invocation was not accepted.",
-                                 details={"dependency": "redis"}) from exc
+        raise redis_unavailable(NOT_ACCEPTED) from exc
     status = "scheduled" if options.run_at is not None else "queued"
     # The row is written first so a worker never finishes a job the store has not heard of.
     now = utcnow()
@@ -142,9 +151,7 @@ def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, An
         submit_job(spec, job_id, arguments, backends, meta=meta, run_at=options.run_at)
     except REDIS_ERRORS as exc:
         _forget(backends, spec, job_id)
-        raise BackendUnavailable(
-            "Redis is unavailable; the invocation was not accepted.", details={"dependency": "redis"}
-        ) from exc
+        raise redis_unavailable(NOT_ACCEPTED) from exc
     except BackendUnavailable:  # the database is away: no row, no job
         _forget(backends, spec, job_id, row_written=False)
         raise

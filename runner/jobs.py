@@ -13,7 +13,7 @@ from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from runner.backends import REDIS_ERRORS, Backends
+from runner.backends import REDIS_ERRORS, Backends, redis_unavailable
 from runner.errors import BackendUnavailable, JobNotFound
 from runner.models import InvocationRecord
 from runner.store import as_utc
@@ -66,7 +66,8 @@ class JobView:
         return asdict(self)
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_time(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC (SQLite hands back times without a zone), or None."""
     aware = as_utc(value)
     return aware.isoformat() if aware else None
 
@@ -105,18 +106,24 @@ def view_from_job(job: Job) -> JobView:
         attempts=int(meta.get("attempts", 0)),
         input=args[1] if len(args) > 1 else job.kwargs,
         artifacts=_artifact_listing(job.id, meta.get("artifacts")),
-        created_at=_iso(job.created_at),
-        started_at=_iso(job.started_at),
-        ended_at=_iso(job.ended_at),
+        created_at=iso_time(job.created_at),
+        started_at=iso_time(job.started_at),
+        ended_at=iso_time(job.ended_at),
     )
 
 
 def error_from_traceback(job: Job) -> dict[str, str]:
-    """Type and message from the last line of RQ's stored traceback (e.g. a killed work horse)."""
+    """Type and message from RQ's stored traceback of the job's latest attempt."""
     result = job.latest_result()
-    text = (result.exc_string if result else None) or ""
+    return error_from_text((result.exc_string if result else None) or "")
+
+
+def error_from_text(text: str) -> dict[str, str]:
+    """Type and message from the last line of a traceback, or of RQ's note on a dead work horse."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     last = lines[-1] if lines else "The job failed without an error message."
+    if last.startswith("Work-horse terminated unexpectedly"):
+        return {"type": "WorkerDied", "message": f"The worker running this job died: {last}"}
     kind, _, message = last.partition(": ")
     if not message or " " in kind:
         return {"type": "JobFailed", "message": last}
@@ -136,9 +143,9 @@ def view_from_record(record: InvocationRecord) -> JobView:
         attempts=record.attempts,
         input=record.input,
         artifacts=_artifact_listing(record.id, record.artifacts),
-        created_at=_iso(record.created_at),
-        started_at=_iso(record.started_at),
-        ended_at=_iso(record.ended_at),
+        created_at=iso_time(record.created_at),
+        started_at=iso_time(record.started_at),
+        ended_at=iso_time(record.ended_at),
     )
 
 
@@ -163,7 +170,7 @@ def get_job_view(job_id: str, backends: Backends) -> JobView:
         raise
     if record is None:
         if redis_error is not None:
-            raise BackendUnavailable("Redis is unavailable.", details={"dependency": "redis"}) from redis_error
+            raise redis_unavailable() from redis_error
         raise JobNotFound(f"No job has the id {job_id!r}.")
     return view_from_record(record)
 

@@ -44,6 +44,8 @@ class JobEvent:
     duration_seconds: float | None = None
     error: dict[str, str] | None = None
     status: str | None = None
+    # Carried by the events that end a job, so the callbacks listener need not read the job to know.
+    callback_url: str | None = None
     at: datetime = field(default_factory=utcnow)
     extra: dict[str, Any] = field(default_factory=dict)
 

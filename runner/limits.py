@@ -47,7 +47,9 @@ PRUNE_MIN_AGE_SECONDS = 10.0
 NOT_WAITING_STATUSES = frozenset({b"finished", b"failed", b"canceled", b"stopped"})
 RETRY_AFTER_SECONDS = 5
 WAITING_FOR_SLOT = "waiting for a free slot"
-ENDED_EVENTS = frozenset({"finished", "failed", "stopped"})
+# A finished attempt returned normally, so run_invocation already freed its slot and waiting
+# place: only attempts that ended abnormally (in the worker's parent, or by recovery) need this.
+ENDED_EVENTS = frozenset({"failed", "stopped"})
 
 
 def waiting_key(function: str) -> str:

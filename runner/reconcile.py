@@ -38,11 +38,23 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def write_or_defer(store: Store, connection: redis.Redis, job_id: str, **values: Any) -> None:
-    """Write the row now, or keep the write in Redis for replay when the database is away."""
+def write_or_defer(
+    store: Store, connection: redis.Redis, job_id: str, *, as_of: datetime | None = None, **values: Any
+) -> None:
+    """Write the row now, or keep the write in Redis for replay when the database is away.
+
+    With `as_of`, the row is written as it was at that moment, unless something newer reached it
+    since (a later attempt's start, say): whoever moves a job on in Redis and then writes its row
+    races the next worker, and the older news must not win. Replays are always conditional.
+    """
+    if as_of is not None:
+        values["updated_at"] = as_of
     values.setdefault("updated_at", utcnow())
     try:
-        store.update(job_id, **values)
+        if as_of is not None:
+            store.update_unless_newer(job_id, **values)
+        else:
+            store.update(job_id, **values)
         return
     except BackendUnavailable:
         pass

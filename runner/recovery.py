@@ -31,8 +31,8 @@ from runner.claims import claimants, forget_claimant, return_claims
 from runner.lifecycle import JobEvent, emit
 from runner.liveness import DEAD_AFTER_FIELD, WORKER_KEY_PREFIX, Liveness, execution_key, parse_number
 from runner.models import utcnow
+from runner.reconcile import write_or_defer
 from runner.store import Store
-from runner.store_repair import write_unless_newer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class Recovery:
     error: dict[str, str] | None = None
     counted: bool = True
     store_values: dict[str, Any] = field(default_factory=dict)
+    callback_url: str | None = None
 
 
 def find_abandoned(connection: redis.Redis, queue_names: Sequence[str], liveness: Liveness) -> list[StartedEntry]:
@@ -132,10 +133,10 @@ def recover_entry(
     log.warning("job %s (%s): %s; %s, attempt %d", recovery.job_id, recovery.function, reason,
                 recovery.status, recovery.attempt)
     if store is not None:
-        write_unless_newer(store, connection, recovery.job_id, as_of, **recovery.store_values)
+        write_or_defer(store, connection, recovery.job_id, as_of=as_of, **recovery.store_values)
     emit(connection, JobEvent(recovery.event, recovery.job_id, recovery.function, recovery.queue,
                               attempt=recovery.attempt, error=recovery.error, status=recovery.status,
-                              extra={"reason": reason}))
+                              callback_url=recovery.callback_url, extra={"reason": reason}))
     return recovery
 
 
@@ -172,7 +173,7 @@ def _settle(job: Job, pipeline: Pipeline, connection: redis.Redis, count_attempt
     job._handle_failure(f"{WORKER_DIED}: {error['message']}", pipeline, worker_name=job.worker_name or "")
     values = {"status": JobStatus.FAILED.value, "attempts": attempt, "error": error, "ended_at": utcnow()}
     return Recovery(job.id, function, job.origin, "failed", JobStatus.FAILED.value, attempt, error,
-                    store_values=values)
+                    store_values=values, callback_url=job.meta.get("callback_url"))
 
 
 def _retry(job: Job, queue: Queue, pipeline: Pipeline) -> str:

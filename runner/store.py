@@ -43,6 +43,7 @@ def create_db_engine(url: str) -> Engine:
     """An engine that fails fast when the database is away, and shares SQLite between processes."""
     url = with_driver(url)
     if url.startswith("sqlite"):
+        # sqlite3's `timeout` is SQLite's busy timeout: writers queue for the lock instead of failing.
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -51,11 +52,10 @@ def create_db_engine(url: str) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the API read while a worker writes; the busy timeout queues writers instead of failing.
+    # WAL lets the API read while a worker writes.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 

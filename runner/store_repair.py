@@ -10,7 +10,7 @@ the job ended, the terminal event the dead worker never emitted is emitted now, 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -19,7 +19,6 @@ from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from runner.errors import BackendUnavailable
 from runner.jobs import TERMINAL_STATUSES, JobStatus, view_from_job
 from runner.lifecycle import EVENTS, JobEvent, emit
 from runner.models import InvocationRecord, utcnow
@@ -30,18 +29,6 @@ log = logging.getLogger(__name__)
 
 REPAIR_BATCH = 100
 JOB_LOST = {"type": "JobLost", "message": "Redis no longer holds this job, so how it ended is unknown."}
-
-
-def write_unless_newer(store: Store, connection: redis.Redis, job_id: str, as_of: datetime, **values: Any) -> None:
-    """Write a row as it was at `as_of`, unless something newer reached it since (a later attempt's start, say).
-
-    Whoever moves a job on in Redis and then writes its row races the next worker, which may
-    already have started the job again and written that: the older news must not win.
-    """
-    try:
-        store.update_unless_newer(job_id, updated_at=as_of, **values)
-    except BackendUnavailable:
-        write_or_defer(store, connection, job_id, updated_at=as_of, **values)  # replayed unless newer
 
 
 def stale_started_rows(store: Store, older_than_seconds: float, limit: int = REPAIR_BATCH) -> list[str]:
@@ -63,8 +50,8 @@ def repair_row(store: Store, connection: redis.Redis, job_id: str) -> str | None
     try:
         job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except NoSuchJobError:
-        write_unless_newer(store, connection, job_id, as_of, status=JobStatus.FAILED.value, error=JOB_LOST,
-                           ended_at=as_of)
+        write_or_defer(store, connection, job_id, as_of=as_of, status=JobStatus.FAILED.value, error=JOB_LOST,
+                       ended_at=as_of)
         log.error("job %s: its row said started but Redis no longer holds it; marked failed", job_id)
         return JobStatus.FAILED.value
     except DeserializationError:
@@ -82,11 +69,12 @@ def repair_row(store: Store, connection: redis.Redis, job_id: str) -> str | None
             artifacts=view.artifacts and [_without_url(item) for item in view.artifacts],
             ended_at=job.ended_at or utcnow(),
         )
-    write_unless_newer(store, connection, job_id, as_of, **values)
+    write_or_defer(store, connection, job_id, as_of=as_of, **values)
     log.warning("job %s: its row said started while Redis says %s; repaired", job_id, view.status)
     if view.status in TERMINAL_STATUSES and view.status in EVENTS:
         emit(connection, JobEvent(view.status, job_id, view.function, view.queue, attempt=view.attempts,
-                                  error=view.error, status=view.status, extra={"reason": "store repair"}))
+                                  error=view.error, status=view.status, callback_url=job.meta.get("callback_url"),
+                                  extra={"reason": "store repair"}))
     return view.status
 
 

@@ -35,6 +35,7 @@ from runner.claims import claim_next, forget_claimant, pending_claim, register_c
 from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS, DEFAULT_WORKER_GRACE_SECONDS
 from runner.errors import BackendUnavailable
 from runner.liveness import DEAD_AFTER_FIELD, Liveness
+from runner.reconcile import has_pending_writes, replay_pending_writes
 from runner.recovery import WORKER_STOPPED_REASON, StartedEntry, recover_abandoned_jobs, recover_entry
 from runner.scheduler_guard import keep_scheduler_running
 from runner.store import Store
@@ -254,7 +255,12 @@ class SupervisedWorkerMixin(BaseWorker):
                 keep_scheduler_running(self, self.connection, liveness)
             if self.store is not None and self.connection.set(REPAIR_PASS_KEY, self.name, nx=True,
                                                                 ex=max(1, int(self.dead_after))):
-                repair_stale_rows(self.store, self.connection, self.dead_after)
+                # A row still `started` whose end waits in the deferred writes is not stale: replay
+                # first (busy workers never reach the idle-time replay), and repair only once none
+                # wait, or the repair would emit that job's end a second time.
+                replay_pending_writes(self.store, self.connection)
+                if not has_pending_writes(self.connection):
+                    repair_stale_rows(self.store, self.connection, self.dead_after)
         except REDIS_ERRORS as exc:
             log.warning("worker %s: recovery pass skipped, Redis is unavailable (%s)", self.name, exc)
         except BackendUnavailable as exc:

@@ -23,14 +23,13 @@ from runner.backends import REDIS_ERRORS, Backends, open_backends, queue_for
 from runner.callbacks import CALLBACK_QUEUE
 from runner.config import Settings
 from runner.execution import ENTRY_POINT, WorkerEnvironment, install_environment
-from runner.jobs import error_from_traceback
+from runner.jobs import error_from_text
 from runner.lifecycle import JobEvent, emit
 from runner.models import utcnow
 from runner.process_ties import tie_children_to_this_process
-from runner.reconcile import has_pending_writes, replay_pending_writes
+from runner.reconcile import replay_pending_writes, write_or_defer
 from runner.registry import Registry
 from runner.store import Store
-from runner.store_repair import write_unless_newer
 from runner.supervision import MONITOR_TICK_SECONDS, SupervisedWorkerMixin
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ class StoreSyncMixin(BaseWorker):
         super().handle_job_success(job, queue, started_job_registry)
         last = job.meta.get("progress") or {}
         self._record(
-            job.id,
+            job,
             as_of,
             status=JobStatus.FINISHED.value,
             result=getattr(job, "_result", None),
@@ -78,7 +77,7 @@ class StoreSyncMixin(BaseWorker):
         # attempt: refresh it so the attempt count is not rolled back when RQ saves the job.
         job.get_meta(refresh=True)
         if not job.meta.get("error"):
-            job.meta["error"] = _error_from_text(exc_string) if exc_string else error_from_traceback(job)
+            job.meta["error"] = error_from_text(exc_string)
             job.save_meta()
         as_of = utcnow()
         super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string)
@@ -86,7 +85,7 @@ class StoreSyncMixin(BaseWorker):
         status_word = status.value if isinstance(status, JobStatus) else str(status)
         ended = status_word in (JobStatus.FAILED.value, JobStatus.STOPPED.value)
         self._record(
-            job.id,
+            job,
             as_of,
             status=status_word,
             error=job.meta.get("error"),
@@ -98,8 +97,8 @@ class StoreSyncMixin(BaseWorker):
         self._emit(job, event, status_word)
 
     def _emit(self, job: Job, event: str, status: str) -> None:
-        if job.func_name != ENTRY_POINT:
-            return  # a callback delivery or another non-invocation job: not a function's event
+        if not _is_invocation(job):
+            return
         duration = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else None
         emit(
             self.connection,
@@ -112,13 +111,14 @@ class StoreSyncMixin(BaseWorker):
                 duration_seconds=duration,
                 error=job.meta.get("error") if event != "finished" else None,
                 status=status,
+                callback_url=job.meta.get("callback_url"),
             ),
         )
 
-    def _record(self, job_id: str, as_of: datetime, **values: Any) -> None:
+    def _record(self, job: Job, as_of: datetime, **values: Any) -> None:
         # As of before Redis moved the job on: a retry that another worker already started wins.
-        if self.store is not None:
-            write_unless_newer(self.store, self.connection, job_id, as_of, **values)
+        if self.store is not None and _is_invocation(job):
+            write_or_defer(self.store, self.connection, job.id, as_of=as_of, **values)
 
     # RQ runs maintenance between dequeue attempts; we also replay deferred store writes there,
     # every few seconds, so the history catches up soon after the database returns. The next
@@ -135,8 +135,8 @@ class StoreSyncMixin(BaseWorker):
     def run_maintenance_tasks(self) -> None:
         self._last_replay = time.monotonic()
         try:
-            if self.store is not None and has_pending_writes(self.connection):
-                replay_pending_writes(self.store, self.connection)
+            if self.store is not None:
+                replay_pending_writes(self.store, self.connection)  # an empty list costs one LPOP
         except REDIS_ERRORS as exc:
             log.warning("deferred store writes not replayed, Redis is unavailable (%s)", exc)
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
@@ -150,15 +150,9 @@ class RunnerSimpleWorker(StoreSyncMixin, SupervisedWorkerMixin, SimpleWorker):
     """RQ's in-process worker, synced; for tests and short jobs (it cannot heartbeat during a job)."""
 
 
-def _error_from_text(exc_string: str) -> dict[str, str]:
-    lines = [line for line in exc_string.strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else "The job failed."
-    if last.startswith("Work-horse terminated unexpectedly"):
-        return {"type": "WorkerDied", "message": f"The worker running this job died: {last}"}
-    kind, _, message = last.partition(": ")
-    if not message or " " in kind:
-        return {"type": "JobFailed", "message": last}
-    return {"type": kind.rsplit(".", 1)[-1], "message": message}
+def _is_invocation(job: Job) -> bool:
+    # Callback deliveries and other jobs on our queues have no row and are no function's event.
+    return job.func_name == ENTRY_POINT
 
 
 def default_queues(registry: Registry) -> list[str]:

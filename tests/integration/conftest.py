@@ -37,6 +37,7 @@ READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 LOG_TAIL_CHARS = 3000
 HTTP_TIMEOUT = 15.0
+ROW_TIMEOUT = 10.0
 TERMINAL_STATUSES = frozenset({"finished", "failed", "canceled", "stopped"})
 # Variables of the outer environment that would leak into the processes under test.
 SCRUBBED_VARIABLES = frozenset({"REDIS_URL", "DATABASE_URL", "WEB_CONCURRENCY", "PORT", "HOST"})
@@ -196,13 +197,14 @@ class ProcessSet:
         return "\n".join(f"----- {p.name} ({p.log_path}) -----\n{p.log_tail()}" for p in self.processes)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Poll `condition` until it holds and return how long that took; fail naming `what` after `timeout` seconds."""
+    started = time.monotonic()
     while not condition():
-        if time.monotonic() > deadline:
+        if time.monotonic() - started > timeout:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+    return time.monotonic() - started
 
 
 def http_ready(url: str, api_key: str | None = None) -> bool:
@@ -217,7 +219,16 @@ def http_ready(url: str, api_key: str | None = None) -> bool:
 class Stack:
     """A running system: gunicorn + workers on a real Redis and a real database, driven over HTTP."""
 
-    def __init__(self, backend: str, redis_url: str, database_url: str, directory: Path) -> None:
+    def __init__(
+        self,
+        backend: str,
+        redis_url: str,
+        database_url: str,
+        directory: Path,
+        *,
+        extra_env: Mapping[str, str] | None = None,
+        workers: int = STACK_WORKERS,
+    ) -> None:
         self.backend = backend
         self.database_url = database_url
         self.directory = directory
@@ -225,10 +236,13 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.redis = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
         self.store = Store(database_url)
-        self.env = stack_environment(redis_url=redis_url, database_url=database_url, data_dir=directory / "data")
+        self.env = {
+            **stack_environment(redis_url=redis_url, database_url=database_url, data_dir=directory / "data"),
+            **(extra_env or {}),
+        }
         self.processes = ProcessSet(directory / "logs")
         self.http = requests.Session()
-        self.workers = STACK_WORKERS
+        self.workers = workers
 
     def start(self) -> None:
         """Migrate, start web + workers, and wait until /readyz is 200 and the workers registered."""
@@ -300,6 +314,22 @@ class Stack:
         """Poll until the job has ended."""
         return self.wait_for(job_id, lambda view: view["status"] in TERMINAL_STATUSES, timeout)
 
+    def wait_for_row(
+        self, job_id: str, predicate: Callable[[InvocationRecord], bool], timeout: float = ROW_TIMEOUT
+    ) -> InvocationRecord:
+        """Poll the store until the job's row satisfies `predicate` (the worker writes it just after Redis)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.store.get(job_id)
+            if row is not None and predicate(row):
+                return row
+            if time.monotonic() > deadline:
+                described = (
+                    None if row is None else {c: getattr(row, c) for c in ("status", "progress_percent", "attempts")}
+                )
+                pytest.fail(f"job {job_id}: store row never matched within {timeout:g} s; last row: {described}")
+            time.sleep(0.05)
+
     def row_count(self) -> int:
         """How many invocation rows the store holds."""
         with self.store.session() as session:
@@ -316,7 +346,7 @@ def build_stack(
     directory: Path,
     postgres: PostgresServer | None,
     extra_env: Mapping[str, str] | None = None,
-    workers: int = 2,
+    workers: int = STACK_WORKERS,
 ) -> Stack:
     """Flush Redis, make a fresh database and start a stack on them (the caller stops it)."""
     redis.Redis.from_url(redis_server.url).flushall()
@@ -325,9 +355,7 @@ def build_stack(
         database_url = postgres.create_database(f"runner_it_{uuid.uuid4().hex[:12]}")
     else:
         database_url = sqlite_url(directory)
-    stack = Stack(backend, redis_server.url, database_url, directory)
-    stack.env.update(extra_env or {})
-    stack.workers = workers
+    stack = Stack(backend, redis_server.url, database_url, directory, extra_env=extra_env, workers=workers)
     try:
         stack.start()
     except BaseException:
@@ -378,19 +406,22 @@ def stack_factory(
 ) -> Iterator[Callable[..., Stack]]:
     """Build SQLite stacks with extra environment (`extra_env=`) or worker count (`workers=`).
 
-    Each new stack flushes Redis, so use one at a time; all are stopped at the end of the module.
+    One at a time: each new stack flushes Redis, and the workers of an older one would take its
+    jobs, so building a stack stops the one built before. The last is stopped with the module.
     """
-    started: list[Stack] = []
+    current: list[Stack] = []
 
-    def build(extra_env: Mapping[str, str] | None = None, workers: int = 2) -> Stack:
+    def build(extra_env: Mapping[str, str] | None = None, workers: int = STACK_WORKERS) -> Stack:
+        while current:
+            current.pop().stop()
         stack = build_stack("sqlite", redis_server, tmp_path_factory.mktemp("stack-custom"), None,
                             extra_env=extra_env, workers=workers)
-        started.append(stack)
+        current.append(stack)
         return stack
 
     yield build
-    for stack in started:
-        stack.stop()
+    while current:
+        current.pop().stop()
 
 
 @pytest.fixture

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from rq.registry import FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from tests.integration.conftest import Stack
+from runner.backends import queue_for
+from runner.callbacks import CALLBACK_QUEUE
+from tests.integration.conftest import Stack, wait_until
 from tests.receiver import CallbackReceiver
 
 SECRET = "integration-callback-secret"
@@ -37,6 +39,8 @@ def check_signature(body: bytes, header: str) -> None:
 
 
 def test_a_finished_job_posts_its_signed_final_view(callback_stack: Stack, receiver: CallbackReceiver) -> None:
+    delivered = FinishedJobRegistry(CALLBACK_QUEUE, connection=callback_stack.redis)
+    delivered_before = delivered.count
     response = callback_stack.invoke("simple_calculation", {"expression": "6*7"}, wait=10)
     assert response.status_code == 200  # no callback asked: nothing is sent
     job = callback_stack.post("/functions/simple_calculation/invocations", json={"expression": "6*7"},
@@ -53,7 +57,11 @@ def test_a_finished_job_posts_its_signed_final_view(callback_stack: Stack, recei
     assert (view["status"], view["result"]["result"]) == ("finished", 42)
     row = callback_stack.store.get(job_id)
     assert row is not None and row.callback_url == f"{receiver.url}/hooks/done?source=runner"
-    time.sleep(0.5)  # a window for a duplicate delivery to show up: there must be none
+    # One delivery job ran and finished, and none is left to run, scheduled, or running: no duplicate can follow.
+    wait_until(lambda: delivered.count == delivered_before + 1, 10, "the delivery job to be recorded as finished")
+    assert queue_for(CALLBACK_QUEUE, callback_stack.redis).count == 0
+    assert ScheduledJobRegistry(CALLBACK_QUEUE, connection=callback_stack.redis).count == 0
+    assert StartedJobRegistry(CALLBACK_QUEUE, connection=callback_stack.redis).count == 0
     assert len(receiver.deliveries) == 1
 
 

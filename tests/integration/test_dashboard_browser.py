@@ -5,56 +5,25 @@ Screenshots land in test-artifacts/ (gitignored) for a person to look at.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.integration.conftest import REPO_ROOT, ProcessSet, Stack, http_ready, require_service, wait_until
+from tests.integration.conftest import REPO_ROOT, ProcessSet, Stack, http_ready, wait_until
 from tests.servers import free_port
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-PAGE_TIMEOUT = 15.0
 API_KEY = "dashboard-test-key"
-CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900",
-)
 
 # Imported lazily: the module stays importable (and skips) where selenium is absent.
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
+pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-
-@contextlib.contextmanager
-def chromium() -> Iterator[WebDriver]:
-    """Headless Chromium driven by Debian's chromedriver; selenium-manager never downloads anything."""
-    found = CHROMIUM if Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists() else None
-    require_service(found, "chromium and chromium-driver")
-    os.environ["SE_OFFLINE"] = "true"
-    profile = tempfile.mkdtemp(prefix="runner-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(PAGE_TIMEOUT)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+from tests.integration.browser import PAGE_TIMEOUT, chromium  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ import requests
 from runner.models import InvocationRecord
 from tests.integration.conftest import TERMINAL_STATUSES, Stack
 
-ROW_TIMEOUT = 5.0
 RETRY_TIMEOUT = 30.0
 
 
@@ -36,26 +34,9 @@ def parse_aware(value: str | None) -> datetime:
     return parsed
 
 
-def wait_for_row(
-    stack: Stack, job_id: str, predicate: Callable[[InvocationRecord], bool], timeout: float = ROW_TIMEOUT
-) -> InvocationRecord:
-    """Poll the store until the job's row satisfies `predicate` (the worker writes it just after Redis)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = stack.store.get(job_id)
-        if row is not None and predicate(row):
-            return row
-        if time.monotonic() > deadline:
-            described = (
-                None if row is None else {c: getattr(row, c) for c in ("status", "progress_percent", "attempts")}
-            )
-            pytest.fail(f"job {job_id}: store row never matched within {timeout:g} s; last row: {described}")
-        time.sleep(0.05)
-
-
 def assert_row_matches(stack: Stack, view: dict[str, Any]) -> InvocationRecord:
     """The SQL row of an ended job agrees with what GET /jobs/<id> showed."""
-    row = wait_for_row(stack, view["id"], lambda row: row.status == view["status"])
+    row = stack.wait_for_row(view["id"], lambda row: row.status == view["status"])
     assert row.function == view["function"]
     assert row.queue == view["queue"]
     assert row.result == view["result"]
@@ -148,22 +129,11 @@ def test_permanent_error_is_not_retried_despite_a_retry_policy(stack: Stack) -> 
 
 def test_transient_failures_are_retried_until_success(stack: Stack) -> None:
     job_id = accepted_job_id(stack.invoke("unreliable_task", {"fail_times": 2}))
-    seen: list[str] = []
-
-    def ended(view: dict[str, Any]) -> bool:
-        if not seen or seen[-1] != view["status"]:
-            seen.append(view["status"])
-        return view["status"] in TERMINAL_STATUSES
-
-    view = stack.wait_for(job_id, ended, timeout=RETRY_TIMEOUT)
-    assert view["status"] == "finished", (view, seen)
+    view = stack.wait_until_terminal(job_id, timeout=RETRY_TIMEOUT)
+    assert view["status"] == "finished", view
     assert view["result"]["succeeded_on_attempt"] == 3
     assert view["attempts"] == 3
     assert view["error"] is None
-    # Between attempts the job waits out its backoff (1 s, then 2 s) outside the started state;
-    # polling every 50 ms practically always sees it, but a slow machine may not, so this is informational.
-    between_attempts = [status for status in seen[1:-1] if status in ("scheduled", "queued")]
-    print(f"statuses seen: {seen}; between attempts: {between_attempts}")
     assert_row_matches(stack, view)
 
 
@@ -189,7 +159,7 @@ def test_progress_is_visible_while_the_job_runs(stack: Stack, tmp_path: Path) ->
     assert running["attempts"] == 1
     parse_aware(running["started_at"])
     assert running["ended_at"] is None
-    row = wait_for_row(stack, job_id, lambda row: row.progress_percent == 50)
+    row = stack.wait_for_row(job_id, lambda row: row.progress_percent == 50)
     assert row.status == "started"
     assert row.progress_message == "halfway"
     assert row.ended_at is None

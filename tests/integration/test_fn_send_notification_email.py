@@ -7,15 +7,14 @@ because the workers choose the transport from their environment.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from aiosmtpd.controller import Controller
 
-from tests.integration.conftest import Stack, sqlite_url
-from tests.servers import RedisServer, free_port
+from tests.integration.conftest import Stack
+from tests.servers import free_port
 from tests.unit.test_send_notification_email import RecordingHandler, parse, text_and_html
 
 SENDER = "notifier@example.net"
@@ -42,34 +41,14 @@ def smtp(smtp_handler: RecordingHandler, smtp_port: int) -> RecordingHandler:
     return smtp_handler
 
 
-def start_stack(redis_server: RedisServer, directory: Path, extra_env: dict[str, str]) -> Stack:
-    """A SQLite stack whose web and worker processes also get `extra_env` (conftest has no hook for it)."""
-    redis.Redis.from_url(redis_server.url).flushall()
-    stack = Stack("sqlite", redis_server.url, sqlite_url(directory), directory)
-    stack.env.update(extra_env)
-    try:
-        stack.start()
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
-
-
 @pytest.fixture(scope="module")
-def mail_stack(
-    request: pytest.FixtureRequest,
-    redis_server: RedisServer,
-    smtp_port: int,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Stack]:
+def mail_stack(request: pytest.FixtureRequest, stack_factory: Callable[..., Stack], smtp_port: int) -> Stack:
     """A stack whose workers send by SMTP to the loopback server ("smtp") or write the outbox ("outbox")."""
     transport: str = request.param
     env = {"RUNNER_SMTP_FROM": SENDER}
     if transport == "smtp":
         env["RUNNER_SMTP_URL"] = f"smtp://127.0.0.1:{smtp_port}"
-    stack = start_stack(redis_server, tmp_path_factory.mktemp(f"stack-mail-{transport}"), env)
-    yield stack
-    stack.stop()
+    return stack_factory(extra_env=env)
 
 
 by_smtp = pytest.mark.parametrize("mail_stack", ["smtp"], indirect=True)

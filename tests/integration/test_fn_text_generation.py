@@ -8,14 +8,11 @@ the other stack. The OpenAI-compatible server runs in this test process (a real 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pytest
-import redis
 
-from tests.integration.conftest import Stack, sqlite_url
-from tests.servers import RedisServer
+from tests.integration.conftest import Stack
 from tests.unit.test_text_generation import FakeLLMServer, reply_chunks
 
 API_KEY = "sk-integration"
@@ -28,33 +25,15 @@ def llm_server() -> Iterator[FakeLLMServer]:
         yield server
 
 
-def start_stack(redis_server: RedisServer, directory: Path, extra_env: dict[str, str]) -> Stack:
-    """A SQLite stack whose web and worker processes also get `extra_env` (conftest has no hook for it)."""
-    redis.Redis.from_url(redis_server.url).flushall()
-    stack = Stack("sqlite", redis_server.url, sqlite_url(directory), directory)
-    stack.env.update(extra_env)
-    try:
-        stack.start()
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
-
-
 @pytest.fixture(scope="module")
 def llm_stack(
-    request: pytest.FixtureRequest,
-    redis_server: RedisServer,
-    llm_server: FakeLLMServer,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Stack]:
+    request: pytest.FixtureRequest, stack_factory: Callable[..., Stack], llm_server: FakeLLMServer
+) -> Stack:
     """A stack in mode "offline" (no RUNNER_LLM_BASE_URL) or "remote" (pointing at `llm_server`)."""
     mode: str = request.param
     env = {"RUNNER_LLM_BASE_URL": f"{llm_server.base_url}/v1", "RUNNER_LLM_API_KEY": API_KEY,
            "RUNNER_LLM_MODEL": "tiny-echo", "RUNNER_LLM_TIMEOUT": "5", "NO_PROXY": "127.0.0.1"}
-    stack = start_stack(redis_server, tmp_path_factory.mktemp(f"stack-llm-{mode}"), env if mode == "remote" else {})
-    yield stack
-    stack.stop()
+    return stack_factory(extra_env=env if mode == "remote" else {})
 
 
 offline = pytest.mark.parametrize("llm_stack", ["offline"], indirect=True)

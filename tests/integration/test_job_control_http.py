@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from runner.models import InvocationRecord
 from tests.integration.conftest import Stack
-
-ROW_TIMEOUT = 10.0
-
-
-def wait_for_row(stack: Stack, job_id: str, predicate: Callable[[InvocationRecord], bool]) -> InvocationRecord:
-    """Poll the store until the job's row satisfies `predicate`."""
-    deadline = time.monotonic() + ROW_TIMEOUT
-    while True:
-        row = stack.store.get(job_id)
-        if row is not None and predicate(row):
-            return row
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id}: row never matched; last status {row.status if row else None}")
-        time.sleep(0.05)
 
 
 def gate_path(tmp_path: Path) -> Path:
@@ -46,7 +27,7 @@ def test_cancel_a_running_job_stops_it_and_retry_runs_it_again(stack: Stack, tmp
     response = stack.post(f"/jobs/{job_id}/cancel")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "stopped"
-    row = wait_for_row(stack, job_id, lambda row: row.status == "stopped")
+    row = stack.wait_for_row(job_id, lambda row: row.status == "stopped")
     assert row.ended_at is not None and row.attempts == 1
     assert stack.post(f"/jobs/{job_id}/cancel").status_code == 409
 
@@ -56,7 +37,7 @@ def test_cancel_a_running_job_stops_it_and_retry_runs_it_again(stack: Stack, tmp
     assert retried.headers["Location"].endswith(f"/jobs/{job_id}")
     view = stack.wait_until_terminal(job_id)
     assert (view["status"], view["attempts"], view["result"]) == ("finished", 2, {"released": True})
-    assert wait_for_row(stack, job_id, lambda row: row.status == "finished").attempts == 2
+    assert stack.wait_for_row(job_id, lambda row: row.status == "finished").attempts == 2
 
 
 def test_cancel_a_queued_job_and_it_never_runs(stack: Stack, tmp_path: Path) -> None:
@@ -72,7 +53,7 @@ def test_cancel_a_queued_job_and_it_never_runs(stack: Stack, tmp_path: Path) -> 
         assert stack.wait_until_terminal(job_id)["status"] == "finished"
     view = stack.job(waiting)
     assert (view["status"], view["attempts"], view["started_at"]) == ("canceled", 0, None)
-    assert wait_for_row(stack, waiting, lambda row: row.status == "canceled").ended_at is not None
+    assert stack.wait_for_row(waiting, lambda row: row.status == "canceled").ended_at is not None
 
     assert stack.post(f"/jobs/{waiting}/retry").status_code == 202
     done = stack.wait_until_terminal(waiting)
@@ -83,7 +64,7 @@ def test_cancel_a_scheduled_job(stack: Stack) -> None:
     job_id = stack.invoke("simple_calculation", {"expression": "1"}, delay=60).json()["id"]
     assert stack.job(job_id)["status"] == "scheduled"
     assert stack.post(f"/jobs/{job_id}/cancel").json()["status"] == "canceled"
-    assert wait_for_row(stack, job_id, lambda row: row.status == "canceled").ended_at is not None
+    assert stack.wait_for_row(job_id, lambda row: row.status == "canceled").ended_at is not None
     assert stack.post(f"/jobs/{job_id}/retry").json()["status"] == "queued"
     assert stack.wait_until_terminal(job_id)["status"] == "finished"
 
@@ -103,7 +84,7 @@ def test_ended_and_waiting_jobs_refuse_the_wrong_operation(stack: Stack) -> None
 def test_retry_a_failed_job_redis_has_forgotten(stack: Stack) -> None:
     job_id = stack.invoke("permanent_failure", {"reason": "always"}).json()["id"]
     assert stack.wait_until_terminal(job_id)["status"] == "failed"
-    wait_for_row(stack, job_id, lambda row: row.status == "failed")
+    stack.wait_for_row(job_id, lambda row: row.status == "failed")
     stack.redis.delete(f"rq:job:{job_id}")
     stack.redis.zrem("rq:failed:demo_tasks", job_id)
     assert stack.job(job_id)["status"] == "failed"  # the SQL row answers now
@@ -112,4 +93,4 @@ def test_retry_a_failed_job_redis_has_forgotten(stack: Stack) -> None:
     view = stack.wait_until_terminal(job_id)
     assert (view["status"], view["attempts"], view["error"]["message"]) == ("failed", 2, "always")
     # The worker writes the row just after Redis: wait for the row of the second failure.
-    wait_for_row(stack, job_id, lambda row: (row.status, row.attempts) == ("failed", 2))
+    stack.wait_for_row(job_id, lambda row: (row.status, row.attempts) == ("failed", 2))

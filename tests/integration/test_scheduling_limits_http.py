@@ -34,8 +34,7 @@ def test_scheduled_jobs_start_on_time_never_early(sqlite_stack: Stack) -> None:
     assert 0 <= late_by_delay < ON_TIME_SECONDS, delay_view
     assert 0 <= late_by_at < ON_TIME_SECONDS, at_view
     assert delay_view["status"] == at_view["status"] == "finished"
-    row = sqlite_stack.store.get(by_at.json()["id"])
-    assert row is not None and row.status in ("started", "finished")
+    sqlite_stack.wait_for_row(by_at.json()["id"], lambda row: row.status == "finished")
 
 
 def test_a_bad_schedule_is_400(sqlite_stack: Stack) -> None:

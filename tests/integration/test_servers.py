@@ -1,4 +1,4 @@
-"""Integration tests for tests/servers.py: real redis-server and PostgreSQL processes."""
+"""tests/servers.py (and the runner's EmbeddedRedis under RedisServer) with real redis-server and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -97,9 +97,11 @@ def test_redis_default_has_no_persistence(redis_server: RedisServer) -> None:
 
 
 def test_redis_restart_same_url(redis_server: RedisServer) -> None:
-    """restart() gives a new process on the same URL."""
+    """start() on a running server changes nothing; restart() gives a new process on the same URL."""
     url = redis_server.url
     old_pid = redis_server.pid
+    redis_server.start()
+    assert redis_server.pid == old_pid
     redis_server.restart()
     assert redis_server.url == url
     assert redis_server.pid != old_pid

@@ -10,21 +10,21 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.integration.conftest import (  # noqa: F401  (fixtures, and the hook that attaches process logs)
     FUNCTIONS_PACKAGES,
+    STACK_WORKERS,
     ManagedProcess,
     Stack,
     build_stack,
     postgres_server,
     pytest_runtest_makereport,
     redis_server,
+    stack_factory,
 )
 from tests.servers import PostgresServer, RedisServer
 
@@ -42,7 +42,7 @@ def start_stack(
     redis: RedisServer,
     directory: Path,
     postgres: PostgresServer | None = None,
-    workers: int = 2,
+    workers: int = STACK_WORKERS,
     **extra: str,
 ) -> Stack:
     """A running stack with the reliability probes."""
@@ -50,24 +50,15 @@ def start_stack(
 
 
 @pytest.fixture(scope="module")
-def sqlite_stack_of(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., Stack]]:
-    """Build SQLite stacks with the probes (`workers=`, extra environment); all stopped with the module.
+def sqlite_stack_of(request: pytest.FixtureRequest) -> Callable[..., Stack]:
+    """Build SQLite stacks with the probes (`workers=`, extra environment), one at a time as `stack_factory` does."""
+    # Looked up by name: a parameter called `stack_factory` would shadow the import that registers the fixture here.
+    factory: Callable[..., Stack] = request.getfixturevalue("stack_factory")
 
-    They share the session's Redis (each new one flushes it): use one at a time.
-    """
-    server: RedisServer = request.getfixturevalue("redis_server")
-    started: list[Stack] = []
+    def build(workers: int = STACK_WORKERS, **extra: str) -> Stack:
+        return factory(extra_env=reliability_env(**extra), workers=workers)
 
-    def build(workers: int = 2, **extra: str) -> Stack:
-        stack = start_stack("sqlite", server, tmp_path_factory.mktemp("reliability"), workers=workers, **extra)
-        started.append(stack)
-        return stack
-
-    yield build
-    for stack in started:
-        stack.stop()
+    return build
 
 
 def descendants(root: int) -> list[int]:
@@ -107,13 +98,3 @@ def worker_running(stack: Stack, job_id: str) -> ManagedProcess:
     matches = [process for process in stack.processes.processes if process.pid == pid and process.alive()]
     assert matches, f"no live worker process has pid {pid}"
     return matches[0]
-
-
-def poll(condition: Any, timeout: float, what: str, interval: float = 0.1) -> float:
-    """Wait until `condition()` is truthy; return how long it took; fail naming `what` on timeout."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic() - started

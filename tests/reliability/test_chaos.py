@@ -19,8 +19,8 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from runner.models import InvocationRecord
-from tests.integration.conftest import Stack
-from tests.reliability.conftest import kill_worker, poll, start_stack
+from tests.integration.conftest import Stack, wait_until
+from tests.reliability.conftest import kill_worker, start_stack
 from tests.reliability.probe_functions.reliability import sha256_chain
 from tests.servers import PostgresServer, RedisServer
 
@@ -74,7 +74,7 @@ def test_every_accepted_job_finishes_while_workers_are_killed(stack: Stack, tmp_
             assert response.status_code == 202, response.text
             seeds[response.json()["id"]] = f"chaos-{n}"
             time.sleep(POST_INTERVAL)  # a steady stream, so the kills land while jobs run
-        poll(lambda: chaos.kills >= 5, 20, "at least five kills")
+        wait_until(lambda: chaos.kills >= 5, 20, "at least five kills")
     finally:
         chaos.halt.set()
         chaos.join(30)
@@ -107,7 +107,7 @@ def test_every_accepted_job_finishes_while_workers_are_killed(stack: Stack, tmp_
     # Nothing is left half-done, and the dashboards count only live workers.
     assert stack.redis.zcard("rq:wip:demo_tasks") == 0
     assert all(stack.redis.llen(key) == 0 for key in stack.redis.scan_iter("runner:claims:*"))
-    poll(lambda: len(Worker.all(connection=stack.redis)) == WORKERS, 30, "dead workers to be unregistered")
+    wait_until(lambda: len(Worker.all(connection=stack.redis)) == WORKERS, 30, "dead workers to be unregistered")
     rerun = sorted(row.attempts for row in rows.values() if row.attempts > 1)
     print(f"{JOBS} jobs, {chaos.kills} workers killed in {stream_seconds:.1f} s; all finished {settle:.1f} s later; "
           f"{len(rerun)} re-run (attempts {rerun})")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from rq import Worker
 
-from tests.integration.conftest import ManagedProcess, Stack
-from tests.reliability.conftest import poll, worker_running
+from tests.integration.conftest import ManagedProcess, Stack, wait_until
+from tests.reliability.conftest import worker_running
 
 SHORT_GRACE_SECONDS = 2
 
@@ -32,7 +32,7 @@ def only_worker(stack: Stack, name: str, **env: str) -> ManagedProcess:
             process.signal(signal.SIGTERM)
             assert process.wait(10) == 0, process.log_tail()
     worker = stack.processes.start_worker({**stack.env, **env}, name)
-    poll(lambda: [w.pid for w in Worker.all(connection=stack.redis)] == [worker.pid], 20, f"{name} to register")
+    wait_until(lambda: [w.pid for w in Worker.all(connection=stack.redis)] == [worker.pid], 20, f"{name} to register")
     return worker
 
 
@@ -50,7 +50,7 @@ def test_sigterm_lets_the_job_finish_and_takes_no_new_one(stack: Stack, tmp_path
     waiting = stack.invoke("simple_calculation", {"expression": "6*7"}).json()["id"]
 
     worker.signal(signal.SIGTERM)
-    poll(lambda: stop_requested(stack, worker), 10, "the worker to begin its warm shutdown")
+    wait_until(lambda: stop_requested(stack, worker), 10, "the worker to begin its warm shutdown")
     gate.touch()
     assert worker.wait(15) == 0, worker.log_tail()
     view = stack.job(running)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from rq import Worker
 
-from tests.integration.conftest import Stack
-from tests.reliability.conftest import RECOVERY_PROMISE_SECONDS, descendants, kill_worker, poll, worker_running
+from tests.integration.conftest import Stack, wait_until
+from tests.reliability.conftest import RECOVERY_PROMISE_SECONDS, descendants, kill_worker, worker_running
 
 WORKERS = 3
 
@@ -43,10 +43,10 @@ def test_a_killed_workers_jobs_are_retried_or_failed_within_30_s(
     os.kill(victims[0].pid, signal.SIGKILL)
     kill_worker(victims[1])
     assert victims[0].wait(10) is not None
-    poll(lambda: not any(running(pid) for pid in orphans), 5, "the killed worker's horse and scheduler to die")
+    wait_until(lambda: not any(running(pid) for pid in orphans), 5, "the killed worker's horse and scheduler to die")
     # The surviving worker recovers both: one starts its second attempt, the other fails.
-    rerun_after = poll(lambda: stack.job(retried)["attempts"] == 2, 45, "the killed job's second attempt")
-    failed_after = time.monotonic() - killed_at + poll(
+    rerun_after = wait_until(lambda: stack.job(retried)["attempts"] == 2, 45, "the killed job's second attempt")
+    failed_after = time.monotonic() - killed_at + wait_until(
         lambda: stack.job(failed)["status"] == "failed", 45, "the killed job without retries to fail"
     )
     print(f"recovered {rerun_after:.1f} s (retry) and {failed_after:.1f} s (failure) after SIGKILL")
@@ -65,4 +65,4 @@ def test_a_killed_workers_jobs_are_retried_or_failed_within_30_s(
     record = stack.store.get(retried)
     assert record is not None and (record.status, record.attempts) == ("finished", 2)
     # Dead workers are unregistered too, so dashboards and /metrics count only the live one.
-    poll(lambda: len(Worker.all(connection=stack.redis)) == WORKERS - 2, 20, "dead workers to be unregistered")
+    wait_until(lambda: len(Worker.all(connection=stack.redis)) == WORKERS - 2, 20, "dead workers to be unregistered")

@@ -6,7 +6,6 @@ hand back small helper callables (`run_jobs`, `invoke`, `api_error`, ...).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from werkzeug.test import TestResponse
 import api
 from runner.backends import Backends
 from runner.config import Settings
+from runner.embedded_redis import free_port
 from runner.execution import install_environment
 from runner.registry import Registry
 from runner.store import Store
@@ -168,6 +168,4 @@ def assert_nothing_enqueued(
 @pytest.fixture
 def closed_port() -> int:
     """A local TCP port with nothing listening on it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_port()

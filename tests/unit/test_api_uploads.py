@@ -8,8 +8,10 @@ import io
 from collections.abc import Callable
 from typing import Any
 
+import fakeredis
 import pytest
 from flask.testing import FlaskClient
+from rq.job import Job
 
 from runner.backends import Backends
 from runner.errors import InvalidInput
@@ -94,7 +96,8 @@ def test_artifact_store_never_serves_outside_its_folder(tmp_path: Any) -> None:
 
 
 def test_a_job_artifact_is_listed_and_served(
-    make_client: Callable[..., FlaskClient], run_jobs: Callable[..., bool], api_error: Callable[..., Any]
+    make_client: Callable[..., FlaskClient], run_jobs: Callable[..., bool], api_error: Callable[..., Any],
+    connection: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from runner import save_artifact
 
@@ -117,6 +120,16 @@ def test_a_job_artifact_is_listed_and_served(
     assert served.data == PNG_SIGNATURE + b"hi"
     api_error(client.get(f"/jobs/{job_id}/artifacts/other.png"), 404, "artifact_not_found")
     api_error(client.get(f"/jobs/{job_id}/artifacts/..%2F..%2Frunner.db"), 404)
+    api_error(client.get("/jobs/no-such-job/artifacts/image.png"), 404, "job_not_found")
+
+    def result_read(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("serving an artifact reads the job's result")
+
+    # The media type comes from the job's listing in Redis, without its result; then from its SQL row.
+    monkeypatch.setattr(Job, "return_value", result_read)
+    assert client.get(view["artifacts"][0]["url"]).mimetype == "image/png"
+    connection.delete(Job.key_for(job_id))
+    assert client.get(view["artifacts"][0]["url"]).mimetype == "image/png"
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,10 @@ from werkzeug.test import TestResponse
 
 import api
 from api.events import format_event
+from runner import cli_client
 from runner.backends import Backends
 from runner.cli import main
+from runner.cli_client import DEFAULT_URL
 from runner.client import RunnerClient
 from runner.errors import ApiError, ApiUnreachable
 from runner.registry import Registry
@@ -154,9 +156,9 @@ def test_invoke_wait_exits_1_with_the_error_when_the_job_fails(
 def test_invoke_wait_gives_up_after_its_timeout_with_exit_3(
     backends: Backends, registry: Registry, cli: Callable[..., Result]
 ) -> None:
-    app = api.create_app({"RUNNER_SETTINGS": backends.settings, "RUNNER_BACKENDS": backends,
-                          "RUNNER_REGISTRY": registry, "TESTING": True, "RUNNER_SSE_MAX_SECONDS": 0.2,
-                          "RUNNER_SSE_POLL_SECONDS": 0.02})
+    fast = dataclasses.replace(backends.settings, sse_max_seconds=0.2, sse_poll_seconds=0.02)
+    app = api.create_app({"RUNNER_SETTINGS": fast, "RUNNER_BACKENDS": dataclasses.replace(backends, settings=fast),
+                          "RUNNER_REGISTRY": registry, "TESTING": True})
     transport = FlaskTransport(app.test_client())
     result = cli("invoke", "simple_calculation", "--data", '{"expression": "1"}', "--wait", "--timeout", "0.7",
                  obj=transport)
@@ -214,6 +216,37 @@ def test_an_unreachable_api_is_a_clear_message_and_exit_2(cli: Callable[..., Res
         assert result.exit_code == 2
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"Error: Cannot reach the API at {url} (") and "Is it running?" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ([], {"RUNNER_URL": None}, DEFAULT_URL),
+        ([], {"RUNNER_URL": ""}, DEFAULT_URL),
+        ([], {"RUNNER_URL": "http://from-env"}, "http://from-env"),
+        (["--url", "http://from-option"], {"RUNNER_URL": "http://from-env"}, "http://from-option"),
+    ],
+)
+def test_the_url_is_the_option_then_runner_url_then_the_default(
+    monkeypatch: pytest.MonkeyPatch, transport: FlaskTransport, args: list[str], env: dict[str, str | None],
+    expected: str,
+) -> None:
+    urls: list[str] = []
+
+    def client(url: str, **options: Any) -> RunnerClient:
+        urls.append(url)
+        return RunnerClient(url, **options)
+
+    monkeypatch.setattr(cli_client, "RunnerClient", client)
+    result = CliRunner(env=env).invoke(main, [*args, "functions", "--json"], obj=transport)
+    assert result.exit_code == 0, result.stderr
+    assert urls == [expected]
+
+
+def test_an_empty_url_option_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["--url", "", "functions"])
+    assert result.exit_code == 2
+    assert "base URL" in result.stderr
 
 
 def test_the_api_key_is_sent_as_a_bearer_token(cli: Callable[..., Result], transport: FlaskTransport) -> None:

@@ -25,6 +25,8 @@ def test_reads_every_kind_of_value() -> None:
             "RUNNER_RESULT_TTL": " 600 ",
             "RUNNER_FAILURE_TTL": "0",
             "RUNNER_MAX_WAIT_SECONDS": "2.5",
+            "RUNNER_SSE_MAX_SECONDS": "42",
+            "RUNNER_SSE_MAX_STREAMS": "7",
             "UNRELATED": "ignored",
         }
     )
@@ -35,6 +37,8 @@ def test_reads_every_kind_of_value() -> None:
     assert (settings.max_payload_bytes, settings.result_ttl, settings.failure_ttl) == (2048, 600, 0)
     assert settings.max_wait_seconds == 2.5
     assert type(settings.max_payload_bytes) is int and type(settings.max_wait_seconds) is float
+    assert (settings.sse_max_seconds, settings.sse_max_streams, settings.sse_heartbeat_seconds) == (42.0, 7, 15.0)
+    assert type(settings.sse_max_seconds) is float and type(settings.sse_max_streams) is int
 
 
 def test_blank_values_fall_back_to_defaults() -> None:
@@ -51,6 +55,12 @@ def test_blank_values_fall_back_to_defaults() -> None:
         ("RUNNER_FAILURE_TTL", "ten", "is not a number"),
         ("RUNNER_MAX_WAIT_SECONDS", "abc", "is not a number"),
         ("RUNNER_MAX_WAIT_SECONDS", "-0.5", "must not be negative"),
+        ("RUNNER_SSE_MAX_SECONDS", "soon", "is not a number"),
+        ("RUNNER_SSE_MAX_SECONDS", "0", "must be positive"),
+        ("RUNNER_SSE_HEARTBEAT_SECONDS", "-1", "must be positive"),
+        ("RUNNER_SSE_POLL_SECONDS", "nan", "must be positive"),
+        ("RUNNER_SSE_MAX_STREAMS", "0", "must be positive"),
+        ("RUNNER_SSE_MAX_STREAMS", "2.5", "is not a number"),
     ],
 )
 def test_bad_numbers_are_refused(name: str, value: str, message: str) -> None:

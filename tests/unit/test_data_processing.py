@@ -200,11 +200,16 @@ def test_rejects_bad_data(profile: Profile, data: str | bytes, options: dict[str
         profile(data, **options)
 
 
-@pytest.mark.usefixtures("upload")
-@pytest.mark.parametrize("kwargs", [{}, {"upload_id": UPLOAD_ID, "records": [{"a": 1}]}], ids=["neither", "both"])
-def test_requires_exactly_one_input(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(PermanentError, match="exactly one of 'upload_id' or 'records'"):
-        data_processing(**kwargs)
+@pytest.mark.parametrize(
+    ("payload", "given"),
+    [({}, "none"), ({"upload_id": UPLOAD_ID, "records": [{"a": 1}]}, "upload_id, records")],
+    ids=["neither", "both"],
+)
+def test_validation_requires_exactly_one_input(payload: dict[str, Any], given: str) -> None:
+    spec = data_processing.__runner_function__  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInput) as caught:
+        spec.validate(payload)
+    assert f"give exactly one of upload_id, records (given: {given})" in caught.value.message
 
 
 def test_too_many_groups(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,20 +18,22 @@ import api
 from api.events import StreamLimits, format_event, job_events
 from runner.backends import Backends
 from runner.client import ServerEvent, parse_events
-from runner.config import SettingsError
+from runner.config import Settings, SettingsError
 from runner.jobs import get_job_view
 from runner.registry import Registry
 
 Invoke = Callable[..., TestResponse]
 ApiError = Callable[..., dict[str, Any]]
 RunJobs = Callable[..., bool]
-FAST = {"RUNNER_SSE_POLL_SECONDS": 0.01, "RUNNER_SSE_HEARTBEAT_SECONDS": 0.05, "RUNNER_SSE_MAX_SECONDS": 5}
+FAST = {"sse_poll_seconds": 0.01, "sse_heartbeat_seconds": 0.05, "sse_max_seconds": 5}
 
 
-def stream_app(backends: Backends, registry: Registry, **config: Any) -> Flask:
-    """An app over the fixtures' backends with event-stream settings for tests."""
-    return api.create_app({"RUNNER_SETTINGS": backends.settings, "RUNNER_BACKENDS": backends,
-                           "RUNNER_REGISTRY": registry, "TESTING": True, **FAST, **config})
+def stream_app(backends: Backends, registry: Registry, **stream_settings: Any) -> Flask:
+    """An app over the fixtures' connections with event-stream settings (Settings fields) for tests."""
+    settings = dataclasses.replace(backends.settings, **{**FAST, **stream_settings})
+    tuned = dataclasses.replace(backends, settings=settings)
+    return api.create_app({"RUNNER_SETTINGS": settings, "RUNNER_BACKENDS": tuned,
+                           "RUNNER_REGISTRY": registry, "TESTING": True})
 
 
 def read_events(response: TestResponse) -> list[ServerEvent]:
@@ -183,7 +186,7 @@ def test_a_job_redis_forgot_is_followed_from_the_store(backends: Backends, invok
 def test_streams_over_the_limit_get_503_until_one_closes(
     backends: Backends, registry: Registry, invoke: Invoke, api_error: ApiError
 ) -> None:
-    client = stream_app(backends, registry, RUNNER_SSE_MAX_STREAMS=1).test_client()
+    client = stream_app(backends, registry, sse_max_streams=1).test_client()
     job_id = client.post("/functions/simple_calculation/invocations", json={"expression": "1"}).get_json()["id"]
     first = client.get(f"/jobs/{job_id}/events", buffered=False)
     assert first.status_code == 200
@@ -198,7 +201,7 @@ def test_streams_over_the_limit_get_503_until_one_closes(
 
 
 def test_a_stream_through_the_app_times_out_and_frees_its_slot(backends: Backends, registry: Registry) -> None:
-    client = stream_app(backends, registry, RUNNER_SSE_MAX_SECONDS=0.2, RUNNER_SSE_MAX_STREAMS=1).test_client()
+    client = stream_app(backends, registry, sse_max_seconds=0.2, sse_max_streams=1).test_client()
     job_id = client.post("/functions/simple_calculation/invocations", json={"expression": "1"}).get_json()["id"]
     for _ in range(2):  # the second stream only opens if the first released its slot on its own
         events = read_events(client.get(f"/jobs/{job_id}/events", buffered=False))
@@ -219,19 +222,14 @@ def test_a_bad_stream_setting_in_the_environment_stops_the_app(
 ) -> None:
     monkeypatch.setenv("RUNNER_SSE_MAX_SECONDS", value)
     with pytest.raises(SettingsError, match="RUNNER_SSE_MAX_SECONDS"):
-        api.create_app({"RUNNER_SETTINGS": backends.settings, "RUNNER_BACKENDS": backends,
-                        "RUNNER_REGISTRY": registry})
+        api.create_app({"RUNNER_BACKENDS": backends, "RUNNER_REGISTRY": registry})  # settings from the environment
 
 
-def test_stream_settings_come_from_the_environment(
-    backends: Backends, registry: Registry, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("RUNNER_SSE_MAX_SECONDS", "42")
-    monkeypatch.setenv("RUNNER_SSE_MAX_STREAMS", "7")
-    app = api.create_app({"RUNNER_SETTINGS": backends.settings, "RUNNER_BACKENDS": backends,
-                          "RUNNER_REGISTRY": registry})
-    limits = StreamLimits.from_config(app.config)
-    assert (limits.max_seconds, limits.max_streams, limits.heartbeat_seconds) == (42, 7, 15)
+def test_stream_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env({"RUNNER_SSE_MAX_SECONDS": "42", "RUNNER_SSE_MAX_STREAMS": "7"})
+    limits = StreamLimits.from_settings(settings)
+    assert (limits.max_seconds, limits.max_streams, limits.heartbeat_seconds, limits.poll_seconds) == (42, 7, 15, 0.2)
+    assert type(limits.max_streams) is int
 
 
 def test_event_data_stays_on_one_line() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -191,9 +193,21 @@ def truncated_png() -> bytes:
     return data[: len(data) // 2]
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def bomb(width: int, height: int) -> bytes:
-    # Mode "1" compresses to a few kilobytes even when it declares hundreds of millions of pixels.
-    return encode(Image.new("1", (width, height)))
+    """A PNG that declares width x height 1-bit pixels but holds none: refused before any decoding."""
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale, no interlace
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IEND", b"")
+
+
+def ico_bomb(width: int, height: int) -> bytes:
+    """An ICO whose directory says 256x256 but whose embedded PNG declares width x height."""
+    frame = bomb(width, height)
+    directory = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(frame), 22)  # 0 means 256; data at offset 22
+    return struct.pack("<HHH", 0, 1, 1) + directory + frame
 
 
 @pytest.mark.parametrize(
@@ -204,8 +218,10 @@ def bomb(width: int, height: int) -> bytes:
         (truncated_png(), "corrupt or truncated"),
         (bomb(20000, 20000), "too large to analyse safely"),  # over twice the limit: Pillow's error
         (bomb(8000, 7000), "too large to analyse safely"),  # 56 MP, just over: Pillow only warns
+        # Pillow decodes an ICO's frame inside Image.open: only its own (lowered) limit stops it in time.
+        (ico_bomb(8000, 7000), "too large to analyse safely"),
     ],
-    ids=["text", "png-header-only", "truncated", "bomb-error", "bomb-warning"],
+    ids=["text", "png-header-only", "truncated", "bomb-error", "bomb-warning", "bomb-ico-frame"],
 )
 def test_rejects_unreadable_images(analyse: Analyse, recorder: Recorder, data: bytes, message: str) -> None:
     with pytest.raises(PermanentError, match=message):
@@ -214,13 +230,19 @@ def test_rejects_unreadable_images(analyse: Analyse, recorder: Recorder, data: b
     assert Image.MAX_IMAGE_PIXELS != module.MAX_PIXELS  # the global limit is restored after the call
 
 
-@pytest.mark.usefixtures("recorder")
 @pytest.mark.parametrize(
-    "kwargs", [{}, {"upload_id": UPLOAD_ID, "image_base64": base64.b64encode(b"x").decode()}], ids=["neither", "both"]
+    ("payload", "given"),
+    [
+        ({}, "none"),
+        ({"upload_id": UPLOAD_ID, "image_base64": base64.b64encode(b"x").decode()}, "upload_id, image_base64"),
+    ],
+    ids=["neither", "both"],
 )
-def test_requires_exactly_one_input(kwargs: dict[str, str]) -> None:
-    with pytest.raises(PermanentError, match="exactly one of 'upload_id' or 'image_base64'"):
-        image_analysis(**kwargs)
+def test_validation_requires_exactly_one_input(payload: dict[str, str], given: str) -> None:
+    spec = image_analysis.__runner_function__  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInput) as caught:
+        spec.validate(payload)
+    assert f"give exactly one of upload_id, image_base64 (given: {given})" in caught.value.message
 
 
 @pytest.mark.usefixtures("recorder")

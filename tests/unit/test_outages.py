@@ -7,12 +7,9 @@ from typing import Any
 
 import fakeredis
 import pytest
-import redis
 from flask.testing import FlaskClient
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from runner.backends import queue_for
+from runner.backends import connect_redis, queue_for
 from runner.config import Settings
 from runner.errors import BackendUnavailable
 from runner.execution import ENTRY_POINT
@@ -40,16 +37,8 @@ def test_readyz_when_both_answer(client: FlaskClient) -> None:
 
 @pytest.fixture
 def redis_down_client(make_client: Callable[..., FlaskClient], closed_port: int) -> FlaskClient:
-    # No retries: redis-py 8 retries a refused connection three times with 1-10 s backoffs,
-    # which would make each request here take seconds (the runner's own client does not).
-    unreachable = redis.Redis(
-        host="127.0.0.1",
-        port=closed_port,
-        socket_connect_timeout=0.5,
-        socket_timeout=0.5,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return make_client(connection=unreachable)
+    # The client the API builds for itself, so these are the answers production gives.
+    return make_client(connection=connect_redis(f"redis://127.0.0.1:{closed_port}/0"))
 
 
 def test_redis_down_invocation_is_503_and_leaves_no_row(

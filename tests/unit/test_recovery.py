@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import fakeredis
@@ -24,11 +25,12 @@ from runner import current_attempt
 from runner.backends import Backends, queue_for
 from runner.claims import CLAIMANTS_KEY, claim_key, claim_next, claimants, return_claims
 from runner.config import Settings
+from runner.errors import BackendUnavailable
 from runner.execution import install_environment
 from runner.invocation import enqueue_invocation
 from runner.liveness import DEAD_AFTER_FIELD, Liveness, execution_key
 from runner.models import InvocationRecord, utcnow
-from runner.reconcile import replay_pending_writes
+from runner.reconcile import PENDING_WRITES_KEY, replay_pending_writes, write_or_defer
 from runner.recovery import (
     WORKER_DIED,
     StartedEntry,
@@ -40,8 +42,8 @@ from runner.recovery import (
 from runner.registry import Registry, make_spec
 from runner.scheduler_guard import break_lock, scheduler_is_silent
 from runner.store import Store
-from runner.store_repair import JOB_LOST, repair_stale_rows, write_unless_newer
-from runner.supervision import RECOVERY_PASS_KEY
+from runner.store_repair import JOB_LOST, repair_stale_rows
+from runner.supervision import RECOVERY_PASS_KEY, REPAIR_PASS_KEY
 from runner.worker import RunnerSimpleWorker, build_worker
 
 QUEUE = "default"
@@ -397,6 +399,33 @@ def test_a_started_row_is_brought_in_line_with_redis(
     assert repair_stale_rows(store, connection, 0) == 0
 
 
+def test_a_row_whose_end_waits_for_replay_is_replayed_not_repaired(
+    connection: fakeredis.FakeRedis,
+    backends: Backends,
+    registry: Registry,
+    store: Store,
+    new_worker: Any,
+    caplog: pytest.LogCaptureFixture,
+    closed_port: int,
+) -> None:
+    # The worker ran the job while the database was away: its `finished` write waits in Redis,
+    # and the row still says `started`, long enough ago to look stale to the repair pass.
+    caplog.set_level(logging.INFO, logger="runner.events")
+    job_id = invoke(backends, registry, "once")
+    worker = new_worker()
+    worker.store = Store(f"postgresql://postgres@127.0.0.1:{closed_port}/none")
+    assert worker.work(burst=True)
+    assert connection.llen(PENDING_WRITES_KEY) >= 1
+    store.update(job_id, status="started", updated_at=utcnow() - timedelta(hours=1))
+    connection.delete(RECOVERY_PASS_KEY + QUEUE, REPAIR_PASS_KEY)  # the first worker's turns a moment ago
+    duty = new_worker()
+    duty.supervise(dead_after=0, grace_seconds=1)
+    duty.run_recovery_duty()
+    assert row(store, job_id).status == "finished"
+    assert connection.llen(PENDING_WRITES_KEY) == 0
+    assert [line["event"] for line in events(caplog, job_id)].count("finished") == 1
+
+
 def test_recent_started_rows_are_left_alone(store: Store, connection: fakeredis.FakeRedis) -> None:
     store.add(InvocationRecord(id="fresh", function="f", queue=QUEUE, status="started", input={}, attempts=1,
                                progress_percent=0, progress_message="", created_at=utcnow(), updated_at=utcnow()))
@@ -436,15 +465,30 @@ def test_news_older_than_the_row_does_not_overwrite_it(
                                progress_percent=0, progress_message="", created_at=before, updated_at=before))
     # The next attempt started (and finished) before the recovering worker's write arrived.
     store.update("raced", status="finished", attempts=2)
-    write_unless_newer(store, connection, "raced", before, status="queued", attempts=1)
+    write_or_defer(store, connection, "raced", as_of=before, status="queued", attempts=1)
     assert (row(store, "raced").status, row(store, "raced").attempts) == ("finished", 2)
     # Database away: the write waits in Redis, and its replay loses to the newer row all the same.
     down = Store(f"postgresql://postgres@127.0.0.1:{closed_port}/none")
-    write_unless_newer(down, connection, "raced", before, status="queued", attempts=1)
+    write_or_defer(down, connection, "raced", as_of=before, status="queued", attempts=1)
     assert replay_pending_writes(store, connection) == 1
     assert (row(store, "raced").status, row(store, "raced").attempts) == ("finished", 2)
-    write_unless_newer(store, connection, "raced", utcnow(), status="failed")
+    write_or_defer(store, connection, "raced", as_of=utcnow(), status="failed")
     assert row(store, "raced").status == "failed"
+
+
+def test_a_conditional_write_that_fails_is_deferred_not_retried_unconditionally(
+    store: Store, connection: fakeredis.FakeRedis
+) -> None:
+    # The database flapping between two tries must not let older news through unchecked.
+    class Flapping(Store):
+        def update_unless_newer(self, job_id: str, **values: Any) -> None:
+            raise BackendUnavailable("The database is unavailable.")
+
+        def update(self, job_id: str, **values: Any) -> None:
+            raise AssertionError("an unconditional update was tried")
+
+    write_or_defer(Flapping(store.url), connection, "x", as_of=utcnow(), status="failed")
+    assert connection.llen(PENDING_WRITES_KEY) == 1
 
 
 def test_a_waiting_worker_claims_from_one_queue_or_polls_several(

@@ -94,7 +94,8 @@ def test_decorator_records_policy_and_leaves_function_callable() -> None:
         3,
         (5, 30, 120),
     )
-    assert spec.policy() == {"retries": 3, "backoff": [5, 30, 120]}
+    assert spec.policy() == {"queue": "ai_processing", "timeout": 120, "retries": 3, "backoff": [5, 30, 120],
+                             "concurrency": None, "max_queued": None}
     assert spec.description == "Generate text from a prompt."
     assert spec.func is text_generation
     assert spec.path.endswith(".text_generation")
@@ -172,6 +173,17 @@ def test_schema_generated_from_signature() -> None:
     assert properties["name"]["type"] == "string"
     assert (properties["times"]["type"], properties["times"]["default"]) == ("integer", 1)
     assert (properties["loud"]["type"], properties["loud"]["default"]) == ("boolean", False)
+
+
+def test_schema_is_generated_once_and_each_caller_gets_its_own_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = declare(greet)
+    generated: list[int] = []
+    real = spec.input_model.model_json_schema
+    monkeypatch.setattr(spec.input_model, "model_json_schema", lambda: generated.append(1) or real())
+    first = spec.input_schema()
+    first["properties"].clear()
+    assert list(spec.input_schema()["properties"]) == ["name", "times", "loud"]
+    assert len(generated) == 1
 
 
 def test_validate_returns_json_ready_kwargs_with_defaults() -> None:

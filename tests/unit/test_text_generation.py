@@ -333,9 +333,8 @@ def test_remote_transient_failures_are_retried(
 ) -> None:
     monkeypatch.setenv("RUNNER_LLM_TIMEOUT", "0.3")
     started = time.monotonic()
-    with pytest.raises(LLMUnavailable, match=message) as caught:
+    with pytest.raises(LLMUnavailable, match=message):
         text_generation(prompt)
-    assert not isinstance(caught.value, PermanentError)
     assert time.monotonic() - started < 2  # the read timeout bounds a silent server
 
 
