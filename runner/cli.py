@@ -33,9 +33,10 @@ def worker(queues: tuple[str, ...], burst: bool) -> None:
     from runner.worker import run_worker
 
     try:
-        run_worker(queues, _settings(), burst=burst)
+        code = run_worker(queues, _settings(), burst=burst)
     except BackendUnavailable as exc:
         raise click.ClickException(f"{exc.message} Check REDIS_URL and DATABASE_URL.") from None
+    raise SystemExit(code)
 
 
 @main.command()

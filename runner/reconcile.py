@@ -19,11 +19,21 @@ from runner.backends import REDIS_ERRORS
 from runner.errors import BackendUnavailable
 from runner.models import utcnow
 from runner.store import Store
+from runner.write_behind import RowWrite, WriteBehind
 
 log = logging.getLogger(__name__)
 
 PENDING_WRITES_KEY = "runner:store:pending"
 REPLAY_BATCH = 500
+
+# In a worker process, row updates go through its write-behind writer (see runner.write_behind).
+_write_behind: WriteBehind | None = None
+
+
+def install_write_behind(writer: WriteBehind | None) -> None:
+    """Send this process's row updates through `writer` (None: write them synchronously again)."""
+    global _write_behind
+    _write_behind = writer
 
 
 def _encode(value: Any) -> Any:
@@ -50,6 +60,10 @@ def write_or_defer(
     if as_of is not None:
         values["updated_at"] = as_of
     values.setdefault("updated_at", utcnow())
+    item = json.dumps({"job_id": job_id, "values": {key: _encode(v) for key, v in values.items()}})
+    # Behind a writer every write is conditional: its `updated_at` is when it was made.
+    if _write_behind is not None and _write_behind.submit(RowWrite(job_id, values, item)):
+        return
     try:
         if as_of is not None:
             store.update_unless_newer(job_id, **values)
@@ -58,7 +72,6 @@ def write_or_defer(
         return
     except BackendUnavailable:
         pass
-    item = json.dumps({"job_id": job_id, "values": {key: _encode(v) for key, v in values.items()}})
     try:
         connection.rpush(PENDING_WRITES_KEY, item)
         log.warning("job %s: database unavailable; the row update waits in Redis for replay", job_id)

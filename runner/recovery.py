@@ -31,8 +31,9 @@ from runner.claims import claimants, forget_claimant, return_claims
 from runner.lifecycle import JobEvent, emit
 from runner.liveness import DEAD_AFTER_FIELD, WORKER_KEY_PREFIX, Liveness, execution_key, parse_number
 from runner.models import utcnow
-from runner.reconcile import write_or_defer
+from runner.reconcile import PENDING_WRITES_KEY, write_or_defer
 from runner.store import Store
+from runner.write_behind import adopt_journal
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +197,17 @@ def settle_dead_workers(connection: redis.Redis, liveness: Liveness, own_name: s
     for name in claimants(connection):
         if name == own_name or not liveness.worker_is_dead(connection, name):
             continue
-        return_claims(connection, name)
-        _unregister_silent_worker(connection, name)
-        forget_claimant(connection, name)
+        settle_worker(connection, name)
         dead.append(name)
     return dead
+
+
+def settle_worker(connection: redis.Redis, name: str) -> None:
+    """For a worker that is gone: return its claims, hand its uncommitted row updates on, unregister it."""
+    return_claims(connection, name)
+    adopt_journal(connection, name, PENDING_WRITES_KEY)
+    _unregister_silent_worker(connection, name)
+    forget_claimant(connection, name)
 
 
 def _unregister_silent_worker(connection: redis.Redis, name: str) -> None:

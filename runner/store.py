@@ -7,9 +7,10 @@ import binascii
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +124,8 @@ class Store:
 
     def add(self, record: InvocationRecord) -> None:
         """Insert a new invocation row."""
-        with self.session() as session:
-            session.add(record)
+        values = {column.key: getattr(record, column.key) for column in INVOCATIONS.columns}
+        self.insert({key: value for key, value in values.items() if value is not None})
 
     def get(self, job_id: str) -> InvocationRecord | None:
         """The row of `job_id`, or None."""
@@ -141,6 +142,28 @@ class Store:
         values.setdefault("updated_at", utcnow())
         with self.session() as session:
             session.execute(sa.update(InvocationRecord).where(InvocationRecord.id == job_id).values(**values))
+
+    def insert(self, values: dict[str, Any]) -> None:
+        """Insert a new invocation row from column values (a Core insert: no ORM unit of work on the hot path)."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(INVOCATIONS.insert(), values)
+        except UNAVAILABLE_ERRORS as exc:
+            raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
+
+    def apply_writes(self, writes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Apply row updates in order, in one transaction, each only where the row is not newer.
+
+        Every write carries its own `updated_at` (when it was made); a write whose row was updated
+        later than that is skipped, as in `update_unless_newer`. Consecutive writes that set the
+        same columns go to the database as one executemany.
+        """
+        try:
+            with self.engine.begin() as connection:
+                for columns, rows in _runs_of_same_columns(writes):
+                    connection.execute(_conditional_update(columns), rows)
+        except UNAVAILABLE_ERRORS as exc:
+            raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
 
     def update_unless_newer(self, job_id: str, **values: Any) -> None:
         """Set columns unless the row was updated after `values["updated_at"]` (replayed writes)."""
@@ -196,6 +219,36 @@ class Store:
             query = query.where(InvocationRecord.function == function)
         with self.session() as session:
             yield from session.scalars(query.execution_options(yield_per=500))
+
+
+INVOCATIONS: sa.Table = InvocationRecord.__table__  # type: ignore[assignment]
+
+
+def _runs_of_same_columns(
+    writes: Sequence[tuple[str, dict[str, Any]]],
+) -> Iterator[tuple[tuple[str, ...], list[dict[str, Any]]]]:
+    """Group consecutive writes by the columns they set, keeping their order."""
+    columns: tuple[str, ...] | None = None
+    rows: list[dict[str, Any]] = []
+    for job_id, values in writes:
+        keys = tuple(sorted(values))
+        if keys != columns and rows:
+            yield columns or (), rows
+            rows = []
+        columns = keys
+        rows.append({**values, "_job_id": job_id, "_as_of": values["updated_at"]})
+    if rows:
+        yield columns or (), rows
+
+
+@lru_cache(maxsize=64)
+def _conditional_update(columns: tuple[str, ...]) -> sa.Update:
+    table = INVOCATIONS
+    return (
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("_job_id"), table.c.updated_at <= sa.bindparam("_as_of"))
+        .values({name: sa.bindparam(name) for name in columns})
+    )
 
 
 def encode_cursor(record: InvocationRecord) -> str:

@@ -1,7 +1,8 @@
-"""The worker process: an RQ worker that keeps the SQL row in step with each job, and is safe to kill.
+"""The worker: an RQ worker that keeps the SQL row in step with each job, and is safe to kill.
 
 Safety (claims, heartbeats, recovery of dead workers' jobs, graceful stop) lives in
-runner.supervision; this module keeps the SQL store in step and assembles the worker.
+runner.supervision; running jobs in a long-lived process in runner.in_process, contained by
+runner.process_supervisor; this module keeps the SQL store in step and assembles the worker.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from datetime import datetime
 from typing import Any
 
@@ -23,14 +25,17 @@ from runner.backends import REDIS_ERRORS, Backends, open_backends, queue_for
 from runner.callbacks import CALLBACK_QUEUE
 from runner.config import Settings
 from runner.execution import ENTRY_POINT, WorkerEnvironment, install_environment
+from runner.in_process import DeadlineSlot, InProcessWorkerMixin
 from runner.jobs import error_from_text
 from runner.lifecycle import JobEvent, emit
 from runner.models import utcnow
+from runner.process_supervisor import ProcessSupervisor
 from runner.process_ties import tie_children_to_this_process
-from runner.reconcile import replay_pending_writes, write_or_defer
+from runner.reconcile import PENDING_WRITES_KEY, install_write_behind, replay_pending_writes, write_or_defer
 from runner.registry import Registry
 from runner.store import Store
 from runner.supervision import MONITOR_TICK_SECONDS, SupervisedWorkerMixin
+from runner.write_behind import WriteBehind, adopt_journal
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,8 @@ QUEUE_PRIORITY = ("ai_processing", "demo_tasks")
 # How long an idle worker blocks on Redis before it looks at its maintenance chores.
 IDLE_WAKEUP_SECONDS = 2
 REPLAY_INTERVAL_SECONDS = 3.0
+# How long a stopping worker waits for the database to take its last row updates.
+WRITE_BEHIND_STOP_SECONDS = 5.0
 
 
 class StoreSyncMixin(BaseWorker):
@@ -47,6 +54,25 @@ class StoreSyncMixin(BaseWorker):
 
     store: Store | None = None
     _last_replay: float = 0.0
+    # Row updates go through a write-behind journal (runner.write_behind) instead of one commit each.
+    uses_write_behind = False
+    _write_behind: WriteBehind | None = None
+
+    def register_birth(self) -> None:
+        super().register_birth()  # type: ignore[no-untyped-call]
+        if self.uses_write_behind and self.store is not None:
+            self._write_behind = WriteBehind(self.store, self.connection, self.name, deferred_key=PENDING_WRITES_KEY)
+            self._write_behind.start()
+            install_write_behind(self._write_behind)
+
+    def teardown(self) -> None:
+        writer, self._write_behind = self._write_behind, None
+        if writer is not None:
+            install_write_behind(None)
+            writer.stop(WRITE_BEHIND_STOP_SECONDS)
+            with suppress(*REDIS_ERRORS):  # what the database did not take in time waits for replay
+                adopt_journal(self.connection, self.name, PENDING_WRITES_KEY)
+        super().teardown()  # type: ignore[no-untyped-call]
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
         as_of = utcnow()
@@ -142,8 +168,14 @@ class StoreSyncMixin(BaseWorker):
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
 
 
-class RunnerWorker(StoreSyncMixin, SupervisedWorkerMixin, Worker):
-    """RQ's forking worker (a job that crashes its process cannot take the worker down), synced and supervised."""
+class RunnerWorker(StoreSyncMixin, InProcessWorkerMixin, SimpleWorker):
+    """The worker `python -m runner worker` runs: jobs in its long-lived process, synced, supervised."""
+
+    uses_write_behind = True
+
+
+class RunnerForkingWorker(StoreSyncMixin, SupervisedWorkerMixin, Worker):
+    """RQ's forking worker (a work horse per job), synced and supervised; slower, kept for comparison."""
 
 
 class RunnerSimpleWorker(StoreSyncMixin, SupervisedWorkerMixin, SimpleWorker):
@@ -168,6 +200,7 @@ def build_worker(
     backends: Backends,
     registry: Registry,
     worker_class: type[StoreSyncMixin] = RunnerWorker,
+    name: str | None = None,
 ) -> StoreSyncMixin:
     """A worker on these queues whose jobs see this registry and store."""
     install_environment(
@@ -176,7 +209,7 @@ def build_worker(
     )
     queues = [queue_for(name, backends.connection) for name in queue_names]
     settings = backends.settings
-    worker = worker_class(queues, connection=backends.connection, serializer=JSONSerializer,
+    worker = worker_class(queues, name=name, connection=backends.connection, serializer=JSONSerializer,
                           job_monitoring_interval=MONITOR_TICK_SECONDS,
                           worker_ttl=max(1, int(settings.worker_dead_after_seconds)))
     worker.store = backends.store
@@ -185,12 +218,22 @@ def build_worker(
     return worker
 
 
-def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = False) -> bool:
-    """Start a worker (scheduler on, so retries with intervals run) and work until stopped."""
-    registry = Registry.discover(settings.functions_package)
-    # The worker blocks on Redis for new jobs; no socket timeout, so an idle worker is not an error.
-    backends = open_backends(settings, socket_timeout=None)
+def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = False) -> int:
+    """Start a worker (scheduler on, so retries with intervals run) and work until stopped; its exit code."""
+    registry = Registry.discover(settings.functions_package)  # imported once, before the work process forks
+    backends = open_backends(settings)
     backends.store.migrate()
-    worker = build_worker(list(queue_names) or default_queues(registry), backends, registry)
-    tie_children_to_this_process()
-    return bool(worker.work(burst=burst, with_scheduler=True, logging_level="INFO"))
+    queues = list(queue_names) or default_queues(registry)
+
+    def work(name: str, slot: DeadlineSlot) -> int:
+        # The worker blocks on Redis for new jobs; no socket timeout, so an idle worker is not an error.
+        worker = build_worker(queues, open_backends(settings, socket_timeout=None), registry, name=name)
+        assert isinstance(worker, RunnerWorker)
+        worker.deadline_slot = slot
+        tie_children_to_this_process()
+        worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+        return 0
+
+    supervisor = ProcessSupervisor(work, queue_names=queues, connection=backends.connection, store=backends.store,
+                                   grace_seconds=settings.worker_grace_seconds)
+    return supervisor.run()

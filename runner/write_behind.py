@@ -1,0 +1,170 @@
+"""Row updates a worker makes, journaled in Redis at once and committed to SQL in batches.
+
+A worker's jobs end far more often than a database likes to commit. Each update is pushed to
+the worker's journal in Redis (so it survives the worker) and handed to one writer thread,
+which commits whatever has gathered in one transaction: a lone job's row is written within
+a millisecond or two, a busy worker's rows a few hundred at a time (group commit). After the
+commit the writer trims the journal. When the database is away, the batch moves to the shared
+list of deferred writes (runner.reconcile) and is replayed once it is back. When the worker
+dies, its peers move its journal there too (`adopt_journal`). Writes are conditional on the
+row's `updated_at`, so applying one twice, or late, never rolls a row back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from runner.backends import REDIS_ERRORS
+from runner.errors import BackendUnavailable
+from runner.store import Store
+
+log = logging.getLogger(__name__)
+
+JOURNAL_KEY_PREFIX = "runner:store:journal:"
+MAX_BATCH = 500
+# After the database failed, batches go straight to the deferred list for this long.
+DATABASE_BACKOFF_SECONDS = 1.0
+
+
+def journal_key(worker_name: str) -> str:
+    """The Redis list of a worker's row updates not yet committed to SQL."""
+    return f"{JOURNAL_KEY_PREFIX}{worker_name}"
+
+
+@dataclass(frozen=True)
+class RowWrite:
+    """One update of one row, as journaled (`raw`) and as applied (`values`)."""
+
+    job_id: str
+    values: dict[str, Any]
+    raw: str
+
+
+Committed = Callable[[Sequence[RowWrite]], None]
+
+
+class WriteBehind:
+    """Journals row updates in Redis and commits them to SQL from one background thread."""
+
+    def __init__(self, store: Store, connection: redis.Redis, worker_name: str, *,
+                 deferred_key: str, on_committed: Committed | None = None) -> None:
+        self.store = store
+        self.connection = connection
+        self.journal = journal_key(worker_name)
+        self.deferred_key = deferred_key
+        self.on_committed = on_committed
+        self._pending: deque[RowWrite] = deque()
+        self._lock = threading.Condition()
+        self._in_flight = 0
+        self._stopping = False
+        self._database_down_until = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the writer thread (in the process that will submit writes)."""
+        self._thread = threading.Thread(target=self._run, name="runner-write-behind", daemon=True)
+        self._thread.start()
+
+    def submit(self, write: RowWrite) -> bool:
+        """Journal `write` and queue it for the writer; False when Redis refused it (the caller writes it)."""
+        with self._lock:
+            # Journal and memory must hold the same writes in the same order: the writer trims
+            # the journal by count. Hence one lock around both.
+            try:
+                self.connection.rpush(self.journal, write.raw)
+            except REDIS_ERRORS:
+                return False
+            self._pending.append(write)
+            self._lock.notify_all()
+        return True
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every submitted write is committed or deferred; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending or self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._lock.wait(left)
+        return True
+
+    def stop(self, timeout: float) -> bool:
+        """Commit what is pending (up to `timeout` seconds), then end the thread."""
+        flushed = self.flush(timeout)
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+        return flushed
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._stopping:
+                    self._lock.wait()
+                if not self._pending:
+                    return
+                batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
+                self._in_flight = len(batch)
+            try:
+                settled = self._write(batch)
+            except Exception:  # a bug here must not stop history for good: keep the writes for replay
+                log.exception("write-behind: %d row updates could not be written; deferred", len(batch))
+                settled = self._defer(batch)
+            with self._lock:
+                if not settled:  # Redis and the database are both away: keep them, in order, and wait
+                    self._pending.extendleft(reversed(batch))
+                self._in_flight = 0
+                self._lock.notify_all()
+                if not settled:
+                    self._lock.wait(DATABASE_BACKOFF_SECONDS)
+
+    def _write(self, batch: list[RowWrite]) -> bool:
+        if time.monotonic() < self._database_down_until:
+            return self._defer(batch)
+        try:
+            self.store.apply_writes([(write.job_id, write.values) for write in batch])
+        except BackendUnavailable:
+            self._database_down_until = time.monotonic() + DATABASE_BACKOFF_SECONDS
+            log.warning("write-behind: database unavailable; %d row updates wait in Redis for replay", len(batch))
+            return self._defer(batch)
+        try:
+            self.connection.ltrim(self.journal, len(batch), -1)
+        except REDIS_ERRORS as exc:  # the journal keeps them: applied again later, harmlessly
+            log.warning("write-behind: journal not trimmed, Redis is unavailable (%s)", exc)
+        if self.on_committed is not None:
+            self.on_committed(batch)
+        return True
+
+    def _defer(self, batch: list[RowWrite]) -> bool:
+        # One transaction: each write is in the journal or in the deferred list, never neither.
+        try:
+            with self.connection.pipeline() as pipeline:
+                pipeline.rpush(self.deferred_key, *[write.raw for write in batch])
+                pipeline.ltrim(self.journal, len(batch), -1)
+                pipeline.execute()
+            return True
+        except REDIS_ERRORS as exc:
+            log.error("write-behind: %d row updates wait, Redis and the database are unavailable (%s)",
+                      len(batch), exc)
+            return False
+
+
+def adopt_journal(connection: redis.Redis, worker_name: str, deferred_key: str) -> int:
+    """Move a dead worker's uncommitted row updates to the deferred list, in order; return how many."""
+    moved = 0
+    while connection.lmove(journal_key(worker_name), deferred_key, "LEFT", "RIGHT") is not None:
+        moved += 1
+    if moved:
+        log.warning("moved %d uncommitted row updates of worker %s to the deferred writes", moved, worker_name)
+    return moved
