@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+from redis.client import Pipeline
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from runner.claims import wake_key
 from runner.config import Settings
 from runner.errors import BackendUnavailable
 from runner.files import ArtifactStore, UploadStore
@@ -62,9 +64,20 @@ def open_backends(settings: Settings, *, socket_timeout: float | None = API_SOCK
     )
 
 
+class RunnerQueue(Queue):
+    """An RQ queue that wakes an idle runner worker for every job it pushes."""
+
+    def push_job_id(self, job_id: str, pipeline: Pipeline | None = None, at_front: bool = False) -> None:
+        super().push_job_id(job_id, pipeline=pipeline, at_front=at_front)
+        connection = pipeline if pipeline is not None else self.connection
+        # One token is enough: a worker that finds more jobs behind its own leaves another.
+        connection.lpush(wake_key(self.name), "1")
+        connection.ltrim(wake_key(self.name), 0, 0)
+
+
 def queue_for(name: str, connection: redis.Redis) -> Queue:
     """The RQ queue `name`, with the JSON serializer (nothing from the network is unpickled)."""
-    return Queue(name, connection=connection, serializer=JSONSerializer)
+    return RunnerQueue(name, connection=connection, serializer=JSONSerializer)
 
 
 def redis_unavailable(message: str = "Redis is unavailable.") -> BackendUnavailable:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from weakref import WeakKeyDictionary
 
 import redis
 from redis.client import Pipeline
+from redis.commands.core import Script
 from rq.job import Job
 from rq.queue import Queue
 
@@ -49,6 +51,56 @@ def pending_claim(connection: redis.Redis, worker_name: str) -> str | None:
     """The oldest id this worker claimed and never started (after a lost connection), if any."""
     raw = connection.lindex(claim_key(worker_name), 0)
     return None if raw is None else _text(raw)
+
+
+WAKE_KEY_PREFIX = "runner:wake:"
+
+# Takes the first id of the first non-empty queue into the claim list and returns it with the
+# queue's position and the job's hash: the claim and the read in one round trip. When more
+# jobs wait in that queue, it leaves a wake-up token so that another idle worker looks too.
+# KEYS: the claim list, the n queues, their n wake-up lists; ARGV: the job key prefix.
+_CLAIM_AND_READ = """
+local n = (#KEYS - 1) / 2
+for i = 1, n do
+  local id = redis.call('LMOVE', KEYS[1 + i], KEYS[1], 'LEFT', 'RIGHT')
+  if id then
+    if redis.call('LLEN', KEYS[1 + i]) > 0 then
+      redis.call('LPUSH', KEYS[1 + n + i], '1')
+      redis.call('LTRIM', KEYS[1 + n + i], 0, 0)
+    end
+    return {id, i - 1, redis.call('HGETALL', ARGV[1] .. id)}
+  end
+end
+return false
+"""
+
+
+_claim_scripts: WeakKeyDictionary[redis.Redis, Script] = WeakKeyDictionary()
+
+
+def wake_key(queue_name: str) -> str:
+    """The list an idle worker of `queue_name` waits on: a token is pushed with every job (runner.backends)."""
+    return f"{WAKE_KEY_PREFIX}{queue_name}"
+
+
+def claim_and_read(
+    connection: redis.Redis, queues: Sequence[Queue], worker_name: str
+) -> tuple[str, Queue, dict[bytes, bytes]] | None:
+    """Claim the first job of the first non-empty queue (as `claim_next`) and read its hash, in one round trip."""
+    script = _claim_scripts.get(connection)
+    if script is None:
+        script = _claim_scripts[connection] = connection.register_script(_CLAIM_AND_READ)
+    keys = [claim_key(worker_name), *[queue.key for queue in queues], *[wake_key(queue.name) for queue in queues]]
+    found = script(keys=keys, args=[Job.redis_job_namespace_prefix])
+    if not found:
+        return None
+    raw_id, position, flat = found
+    return _text(raw_id), queues[int(position)], dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def wait_for_wake_up(connection: redis.Redis, queues: Sequence[Queue], seconds: float) -> None:
+    """Block until a job is pushed to one of `queues` (or `seconds` pass); claim after this returns."""
+    connection.blpop([wake_key(queue.name) for queue in queues], timeout=seconds)
 
 
 def claim_next(

@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import redis
+from redis.client import Pipeline
 from rq import get_current_job
 from rq.job import Job
 
 from runner.errors import FunctionNotFound, InvalidInput, PermanentError, UploadNotFound
 from runner.files import ArtifactStore, UploadStore
-from runner.lifecycle import JobEvent, emit
-from runner.limits import WAITING_FOR_SLOT, deferral, release_slot, take_slot
+from runner.lifecycle import JobEvent, emit, emit_into
+from runner.limits import WAITING_FOR_SLOT, SlotDecision, deferral, release_slot, take_slot
 from runner.models import utcnow
-from runner.reconcile import write_or_defer
+from runner.reconcile import stage_write, write_or_defer
 from runner.registry import Registry
 from runner.store import Store, as_utc
 
@@ -69,23 +71,51 @@ def _current_environment() -> WorkerEnvironment:
     return _environment
 
 
+def begin_attempt(job: Job, connection: redis.Redis, pipeline: Pipeline) -> Callable[[], None] | None:
+    """Count the attempt that starts now, its writes queued in the pipeline that starts the job.
+
+    The worker calls this as it starts a runner job, so the attempt costs no round trip of its
+    own; run_invocation then finds it begun. Not for functions with a `concurrency` limit,
+    whose attempt begins only once a slot is taken (run_invocation does it): None then.
+    Returns what to do once the pipeline has executed.
+    """
+    environment = _current_environment()
+    function_name = str(job.args[0]) if job.args else ""
+    if function_name not in environment.registry or environment.registry.get(function_name).concurrency:
+        return None
+    attempt, event = _count_attempt(job, function_name)
+    pipeline.hset(job.key, "meta", job.serializer.dumps(job.meta))
+    commit = _stage_store_write(environment, job, connection, pipeline, status="started", attempts=attempt,
+                                started_at=utcnow(), error=None)
+    emit_into(pipeline, event)
+    job.runner_attempt_begun = True  # type: ignore[attr-defined]
+
+    def after() -> None:
+        commit()
+        emit(connection, event, after_emit_into=True)
+
+    return after
+
+
+def _count_attempt(job: Job, function_name: str) -> tuple[int, JobEvent]:
+    attempt = int(job.meta.get("attempts", 0)) + 1
+    job.meta.update(attempts=attempt, progress={"percent": 0, "message": "started"})
+    job.meta.pop("error", None)
+    return attempt, JobEvent("started", job.id, function_name, job.origin, attempt=attempt, status="started")
+
+
 def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
     """Run one attempt of a registered function; the entry point of every runner job."""
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_invocation is only called by a worker")
     environment = _current_environment()
-    slot = take_slot(job, environment.registry, function_name)
-    if not slot.run:  # every `concurrency` slot is taken: scheduled again shortly, no attempt counted
-        if slot.first_deferral:
-            _store_write(environment, job, status="scheduled", progress_message=WAITING_FOR_SLOT)
-        return deferral()
-    attempt = int(job.meta.get("attempts", 0)) + 1
-    job.meta.update(attempts=attempt, progress={"percent": 0, "message": "started"})
-    job.meta.pop("error", None)
-    job.save_meta()
-    _store_write(environment, job, status="started", attempts=attempt, started_at=utcnow(), error=None)
-    emit(job.connection, JobEvent("started", job.id, function_name, job.origin, attempt=attempt, status="started"))
+    holds_slot = False
+    if not getattr(job, "runner_attempt_begun", False):
+        slot = _begin_here(job, environment, function_name)
+        if slot is None:
+            return deferral()
+        holds_slot = slot.holds_slot
     try:
         spec = environment.registry.get(function_name)
         result = spec.call(payload, {"uploads": environment.uploads})
@@ -98,9 +128,23 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
         record_error(job, exc)
         raise
     finally:
-        if slot.holds_slot:
+        if holds_slot:
             release_slot(job.connection, function_name, job.id)
     return result
+
+
+def _begin_here(job: Job, environment: WorkerEnvironment, function_name: str) -> SlotDecision | None:
+    """Take a concurrency slot and count the attempt; None when every slot is taken (deferred, uncounted)."""
+    slot = take_slot(job, environment.registry, function_name)
+    if not slot.run:  # every `concurrency` slot is taken: scheduled again shortly, no attempt counted
+        if slot.first_deferral:
+            _store_write(environment, job, status="scheduled", progress_message=WAITING_FOR_SLOT)
+        return None
+    attempt, event = _count_attempt(job, function_name)
+    job.save_meta()
+    _store_write(environment, job, status="started", attempts=attempt, started_at=utcnow(), error=None)
+    emit(job.connection, event)
+    return slot
 
 
 def record_error(job: Job, exc: BaseException) -> None:
@@ -184,6 +228,13 @@ def current_attempt() -> int:
     if job is None:
         return 1
     return int(job.meta.get("attempts", 1))
+
+
+def _stage_store_write(environment: WorkerEnvironment, job: Job, connection: redis.Redis, pipeline: Pipeline,
+                       **values: Any) -> Callable[[], None]:
+    if environment.store is None:
+        return lambda: None
+    return stage_write(environment.store, connection, pipeline, job.id, **values)
 
 
 def _store_write(environment: WorkerEnvironment, job: Job, **values: Any) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from runner.models import utcnow
 
@@ -50,25 +51,49 @@ class JobEvent:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Listeners that only write to Redis for the events `emit_into` is used with (`started`,
+# `finished`): they accept a pipeline in place of the connection, so their writes travel with
+# the change that moves the job on, and cost no round trip of their own.
+WRITE_ONLY_LISTENERS = frozenset({
+    "runner.events_log:log_job_event",
+    "runner.metrics:record_job_event",
+    "runner.limits:track_limits",
+})
+
 Listener = Callable[[redis.Redis, JobEvent], None]
-_loaded: list[Listener] | None = None
+_loaded: list[tuple[Listener, bool]] | None = None
 
 
-def _listeners() -> list[Listener]:
+def _listeners() -> list[tuple[Listener, bool]]:
     global _loaded
     if _loaded is None:
-        loaded: list[Listener] = []
+        loaded: list[tuple[Listener, bool]] = []
         for path in LISTENERS:
             module_name, _, name = path.partition(":")
-            loaded.append(getattr(importlib.import_module(module_name), name))
+            loaded.append((getattr(importlib.import_module(module_name), name), path in WRITE_ONLY_LISTENERS))
         _loaded = loaded
     return _loaded
 
 
-def emit(connection: redis.Redis, event: JobEvent) -> None:
-    """Tell every listener about `event`."""
-    for listener in _listeners():
-        try:
-            listener(connection, event)
-        except Exception:  # a listener's bug must not fail the job: log it loudly and go on
-            log.exception("lifecycle listener %s failed on %s", getattr(listener, "__name__", listener), event.event)
+def emit(connection: redis.Redis, event: JobEvent, *, after_emit_into: bool = False) -> None:
+    """Tell every listener about `event` (with `after_emit_into`: those `emit_into` did not)."""
+    for listener, write_only in _listeners():
+        if not (after_emit_into and write_only):
+            _call(listener, connection, event)
+
+
+def emit_into(pipeline: Pipeline, event: JobEvent) -> None:
+    """Tell the write-only listeners about `event`, their writes queued in `pipeline`.
+
+    Once the pipeline has executed, call `emit(connection, event, after_emit_into=True)`.
+    """
+    for listener, write_only in _listeners():
+        if write_only:
+            _call(listener, pipeline, event)
+
+
+def _call(listener: Listener, connection: redis.Redis, event: JobEvent) -> None:
+    try:
+        listener(connection, event)
+    except Exception:  # a listener's bug must not fail the job: log it loudly and go on
+        log.exception("lifecycle listener %s failed on %s", getattr(listener, "__name__", listener), event.event)

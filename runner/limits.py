@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 from rq import Retry
 from rq.job import Job
 
@@ -192,6 +193,10 @@ def track_limits(connection: redis.Redis, event: JobEvent) -> None:
         if connection.hexists(TRACKED_KEY, event.function):
             connection.zadd(waiting_key(event.function), {event.job_id: time.time()})
     elif event.event in ENDED_EVENTS:
+        if isinstance(connection, Pipeline):  # queued with the change that ended the job
+            connection.zrem(waiting_key(event.function), event.job_id)
+            connection.zrem(running_key(event.function), event.job_id)
+            return
         with connection.pipeline(transaction=False) as pipe:
             pipe.zrem(waiting_key(event.function), event.job_id)
             pipe.zrem(running_key(event.function), event.job_id)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import redis
+from redis.client import Pipeline
 from rq.job import Job
 from rq.queue import Queue
 from rq.registry import (
@@ -59,17 +60,19 @@ REGISTRY_KEY_TEMPLATES = {
 
 
 def record_job_event(connection: redis.Redis, event: JobEvent) -> None:
-    """Lifecycle listener: count the outcome and observe the attempt's duration, in one round trip."""
+    """Lifecycle listener: count the outcome and observe the attempt's duration, in one round trip (or none,
+    given a pipeline)."""
     if event.event not in OUTCOMES:
         return
-    pipe = connection.pipeline(transaction=False)
+    pipe = connection if isinstance(connection, Pipeline) else connection.pipeline(transaction=False)
     pipe.hincrby(INVOCATIONS_KEY, _field(event.function, event.event), 1)
     if event.event in TIMED_OUTCOMES and event.duration_seconds is not None:
         seconds = max(0.0, event.duration_seconds)
         bound = next(bound for bound in DURATION_BUCKETS if seconds <= bound)
         pipe.hincrby(DURATION_BUCKETS_KEY, _field(event.function, repr(bound)), 1)
         pipe.hincrbyfloat(DURATION_SUM_KEY, event.function, seconds)
-    pipe.execute()
+    if pipe is not connection:
+        pipe.execute()
 
 
 def _field(function: str, part: str) -> str:

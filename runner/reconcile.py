@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from runner.backends import REDIS_ERRORS
 from runner.errors import BackendUnavailable
@@ -57,12 +59,10 @@ def write_or_defer(
     since (a later attempt's start, say): whoever moves a job on in Redis and then writes its row
     races the next worker, and the older news must not win. Replays are always conditional.
     """
-    if as_of is not None:
-        values["updated_at"] = as_of
-    values.setdefault("updated_at", utcnow())
-    item = json.dumps({"job_id": job_id, "values": {key: _encode(v) for key, v in values.items()}})
+    write = _row_write(job_id, as_of, values)
+    values, item = write.values, write.raw
     # Behind a writer every write is conditional: its `updated_at` is when it was made.
-    if _write_behind is not None and _write_behind.submit(RowWrite(job_id, values, item)):
+    if _write_behind is not None and _write_behind.submit(write):
         return
     try:
         if as_of is not None:
@@ -77,6 +77,31 @@ def write_or_defer(
         log.warning("job %s: database unavailable; the row update waits in Redis for replay", job_id)
     except REDIS_ERRORS:
         log.error("job %s: database and Redis unavailable; this row update is lost", job_id)
+
+
+def stage_write(
+    store: Store, connection: redis.Redis, pipeline: Pipeline, job_id: str, *, as_of: datetime | None = None,
+    **values: Any,
+) -> Callable[[], None]:
+    """Journal a row update in `pipeline`, with the Redis change it records; call the result after it executed.
+
+    Without a write-behind writer (outside workers) nothing is queued, and the returned call
+    writes the row as `write_or_defer` does.
+    """
+    writer = _write_behind
+    if writer is None:
+        return lambda: write_or_defer(store, connection, job_id, as_of=as_of, **values)
+    write = _row_write(job_id, as_of, values)
+    writer.journal_into(pipeline, write)
+    return lambda: writer.enqueue(write)
+
+
+def _row_write(job_id: str, as_of: datetime | None, values: dict[str, Any]) -> RowWrite:
+    if as_of is not None:
+        values["updated_at"] = as_of
+    values.setdefault("updated_at", utcnow())
+    item = json.dumps({"job_id": job_id, "values": {key: _encode(v) for key, v in values.items()}})
+    return RowWrite(job_id, values, item)
 
 
 def replay_pending_writes(store: Store, connection: redis.Redis, limit: int = REPLAY_BATCH) -> int:

@@ -23,17 +23,25 @@ from types import FrameType
 from typing import Any
 
 from rq.exceptions import DeserializationError, NoSuchJobError
-from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.utils import now, utcformat
-from rq.worker import BaseWorker, WorkerStatus
+from rq.worker import WorkerStatus
 from rq.worker_registration import register as register_worker_key
 
 from runner.backends import REDIS_ERRORS, queue_for
-from runner.claims import claim_next, forget_claimant, pending_claim, register_claimant, release_claim, return_claims
+from runner.claims import (
+    claim_and_read,
+    forget_claimant,
+    pending_claim,
+    register_claimant,
+    release_claim,
+    return_claims,
+    wait_for_wake_up,
+)
 from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS, DEFAULT_WORKER_GRACE_SECONDS
 from runner.errors import BackendUnavailable
+from runner.job_bookkeeping import PipelinedBookkeepingMixin
 from runner.liveness import DEAD_AFTER_FIELD, Liveness
 from runner.reconcile import has_pending_writes, replay_pending_writes
 from runner.recovery import WORKER_STOPPED_REASON, StartedEntry, recover_abandoned_jobs, recover_entry
@@ -43,14 +51,13 @@ from runner.store_repair import repair_stale_rows
 
 log = logging.getLogger(__name__)
 
-# Seconds between polls of several queues while idle (one queue is waited on with BLMOVE): fast
-# right after a job (the next one is often already on its way), backing off to the slow rate
-# within ~60 ms of idleness so an idle fleet costs Redis little.
-CLAIM_POLL_SECONDS = 0.05
-CLAIM_POLL_FIRST_SECONDS = 0.001
+# Longest wait of an idle worker for a wake-up token before it looks at its queues again.
+WAKE_WAIT_SECONDS = 0.2
 # How often a busy worker wakes to check heartbeats and its grace period.
 MONITOR_TICK_SECONDS = 1
 RECOVERY_INTERVAL_SECONDS = 3.0
+IDLE_HEARTBEAT_SECONDS = 1.0
+SUSPENSION_CHECK_SECONDS = 1.0
 # Longest wait between attempts to reach Redis again (short: workers resume soon after Redis does).
 RECONNECT_MAX_SECONDS = 5.0
 # Heartbeats go every third of the window and at most once a second.
@@ -59,15 +66,17 @@ RECOVERY_PASS_KEY = "runner:recovery:pass:"
 REPAIR_PASS_KEY = "runner:store-repair:pass"
 
 
-class SupervisedWorkerMixin(BaseWorker):
+class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
     """Crash-safe dequeue, heartbeats, recovery duty and graceful stop for an RQ worker."""
 
     dead_after: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS
     grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
     store: Store | None = None
     _grace_deadline: float | None = None
-    _next_heartbeat: float = 0.0
     _next_recovery: float = 0.0
+    _chores_due: float = 0.0
+    _next_idle_heartbeat: float = 0.0
+    _next_suspension_check: float = 0.0
     _check_own_claims: bool = False
     _running_job: Job | None = None
 
@@ -75,11 +84,6 @@ class SupervisedWorkerMixin(BaseWorker):
         """Set the dead-worker window and the stop grace period."""
         self.dead_after = max(MIN_DEAD_AFTER_SECONDS, dead_after)
         self.grace_seconds = grace_seconds
-
-    @property
-    def heartbeat_seconds(self) -> float:
-        """How often a busy worker proves it is alive."""
-        return max(1.0, self.dead_after / 3)
 
     # Registration and heartbeats
 
@@ -92,6 +96,9 @@ class SupervisedWorkerMixin(BaseWorker):
         if pipeline is not None:
             super().heartbeat(timeout, pipeline)
             return
+        if timeout is None and time.monotonic() < self._next_idle_heartbeat:
+            return  # RQ beats after every job; once a second is plenty (the key lives for minutes)
+        self._next_idle_heartbeat = time.monotonic() + IDLE_HEARTBEAT_SECONDS
         self.last_heartbeat = now()
         try:
             with self.connection.pipeline() as beat:
@@ -143,18 +150,24 @@ class SupervisedWorkerMixin(BaseWorker):
     ) -> tuple[Job, Queue] | None:
         self.procline("Listening on " + ",".join(self.queue_names()))  # type: ignore[no-untyped-call]
         idle_since = time.monotonic()
-        chores_due = 0.0
         reconnect_wait = 1.0
-        poll_wait = CLAIM_POLL_FIRST_SECONDS
         while not self._stop_requested:
             try:
-                if time.monotonic() >= chores_due:
-                    chores_due = time.monotonic() + self.dequeue_timeout
+                if time.monotonic() >= self._chores_due:
+                    self._chores_due = time.monotonic() + self.dequeue_timeout
                     self.set_state(WorkerStatus.IDLE)
                     self.heartbeat()
                     if self.should_run_maintenance_tasks:
                         self.run_maintenance_tasks()
-                claimed = self._claim_job(blocking=timeout is not None)
+                claimed = self._claim_job()
+                if claimed is not None:
+                    return claimed
+                if timeout is None or (max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time):
+                    return None
+                # Woken by the token pushed with each job; jobs pushed without one (RQ's own scheduler)
+                # are seen within WAKE_WAIT_SECONDS.
+                wait = min(WAKE_WAIT_SECONDS, max(0.001, self._chores_due - time.monotonic()))
+                wait_for_wake_up(self.connection, self._ordered_queues, wait)
             except REDIS_ERRORS as exc:
                 log.error("worker %s: Redis is unavailable (%s); retrying in %g s", self.name, exc, reconnect_wait)
                 self._check_own_claims = True
@@ -162,25 +175,27 @@ class SupervisedWorkerMixin(BaseWorker):
                 reconnect_wait = min(reconnect_wait * 2, RECONNECT_MAX_SECONDS)
                 continue
             reconnect_wait = 1.0
-            if claimed is not None:
-                return claimed
-            if timeout is None or (max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time):
-                return None
-            if len(self._ordered_queues) > 1:
-                time.sleep(poll_wait)
-                poll_wait = min(poll_wait * 2, CLAIM_POLL_SECONDS)
         return None
 
-    def _claim_job(self, *, blocking: bool) -> tuple[Job, Queue] | None:
-        job_id = pending_claim(self.connection, self.name) if self._check_own_claims else None
-        self._check_own_claims = job_id is not None
-        if job_id is None:
-            claimed = claim_next(self.connection, self._ordered_queues, self.name, 1 if blocking else None)
+    def _claim_job(self) -> tuple[Job, Queue] | None:
+        pending = pending_claim(self.connection, self.name) if self._check_own_claims else None
+        self._check_own_claims = pending is not None
+        data: dict[bytes, bytes] | None = None
+        if pending is None:
+            claimed = claim_and_read(self.connection, self._ordered_queues, self.name)
             if claimed is None:
                 return None
-            job_id = claimed[0]
+            job_id, _queue, data = claimed
+        else:
+            job_id = pending
         try:
-            job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            if data is None:
+                job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            elif not data:
+                raise NoSuchJobError(job_id)
+            else:  # read with the claim: no round trip of its own
+                job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+                job.restore(data)  # type: ignore[arg-type]
         except (NoSuchJobError, DeserializationError) as exc:
             release_claim(self.connection, self.name, job_id)
             log.error("worker %s: dropped job %s, which cannot be read (%s)", self.name, job_id, type(exc).__name__)
@@ -190,18 +205,6 @@ class SupervisedWorkerMixin(BaseWorker):
         job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
         self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
         return job, queue
-
-    def prepare_execution(self, job: Job) -> Execution:
-        # One transaction moves the job from this worker's claim list to the started registry.
-        with self.connection.pipeline() as pipeline:
-            self.execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline,
-                                              worker_name=self.name)
-            pipeline.hset(self.execution.key, DEAD_AFTER_FIELD, self.dead_after)
-            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-            release_claim(pipeline, self.name, job.id)
-            pipeline.execute()
-        self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
-        return self.execution
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self._stop_requested:
@@ -220,6 +223,10 @@ class SupervisedWorkerMixin(BaseWorker):
             self._running_job = None
 
     def check_for_suspension(self, burst: bool) -> None:
+        # RQ asks before every job; a suspension taking effect within a second is soon enough.
+        if time.monotonic() < self._next_suspension_check:
+            return
+        self._next_suspension_check = time.monotonic() + SUSPENSION_CHECK_SECONDS
         try:
             super().check_for_suspension(burst)
         except REDIS_ERRORS as exc:

@@ -14,6 +14,7 @@ from contextlib import suppress
 from datetime import datetime
 from typing import Any
 
+from redis.client import Pipeline
 from rq import SimpleWorker, Worker
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -24,14 +25,21 @@ from rq.worker import BaseWorker
 from runner.backends import REDIS_ERRORS, Backends, open_backends, queue_for
 from runner.callbacks import CALLBACK_QUEUE
 from runner.config import Settings
-from runner.execution import ENTRY_POINT, WorkerEnvironment, install_environment
+from runner.execution import ENTRY_POINT, WorkerEnvironment, begin_attempt, install_environment
 from runner.in_process import DeadlineSlot, InProcessWorkerMixin
+from runner.job_bookkeeping import AfterExecute
 from runner.jobs import error_from_text
-from runner.lifecycle import JobEvent, emit
+from runner.lifecycle import JobEvent, emit, emit_into
 from runner.models import utcnow
 from runner.process_supervisor import ProcessSupervisor
 from runner.process_ties import tie_children_to_this_process
-from runner.reconcile import PENDING_WRITES_KEY, install_write_behind, replay_pending_writes, write_or_defer
+from runner.reconcile import (
+    PENDING_WRITES_KEY,
+    install_write_behind,
+    replay_pending_writes,
+    stage_write,
+    write_or_defer,
+)
 from runner.registry import Registry
 from runner.store import Store
 from runner.supervision import MONITOR_TICK_SECONDS, SupervisedWorkerMixin
@@ -74,13 +82,17 @@ class StoreSyncMixin(BaseWorker):
                 adopt_journal(self.connection, self.name, PENDING_WRITES_KEY)
         super().teardown()  # type: ignore[no-untyped-call]
 
-    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
-        as_of = utcnow()
-        super().handle_job_success(job, queue, started_job_registry)
+    def begin_attempt(self, job: Job, pipeline: Pipeline) -> AfterExecute:
+        after = begin_attempt(job, self.connection, pipeline) if _is_invocation(job) else None
+        return after or super().begin_attempt(job, pipeline)  # type: ignore[misc]
+
+    def end_successful_attempt(self, job: Job, pipeline: Pipeline) -> AfterExecute:
+        if not _is_invocation(job):
+            return super().end_successful_attempt(job, pipeline)  # type: ignore[misc, no-any-return]
         last = job.meta.get("progress") or {}
-        self._record(
+        commit = self._stage_record(
             job,
-            as_of,
+            pipeline,
             status=JobStatus.FINISHED.value,
             result=getattr(job, "_result", None),
             error=None,
@@ -90,7 +102,14 @@ class StoreSyncMixin(BaseWorker):
             artifacts=job.meta.get("artifacts", []),
             ended_at=utcnow(),
         )
-        self._emit(job, "finished", JobStatus.FINISHED.value)
+        event = self._event(job, "finished", JobStatus.FINISHED.value)
+        emit_into(pipeline, event)
+
+        def after() -> None:
+            commit()
+            emit(self.connection, event, after_emit_into=True)
+
+        return after
 
     def handle_job_failure(
         self,
@@ -123,12 +142,12 @@ class StoreSyncMixin(BaseWorker):
         self._emit(job, event, status_word)
 
     def _emit(self, job: Job, event: str, status: str) -> None:
-        if not _is_invocation(job):
-            return
+        if _is_invocation(job):
+            emit(self.connection, self._event(job, event, status))
+
+    def _event(self, job: Job, event: str, status: str) -> JobEvent:
         duration = (job.ended_at - job.started_at).total_seconds() if job.ended_at and job.started_at else None
-        emit(
-            self.connection,
-            JobEvent(
+        return JobEvent(
                 event=event,
                 job_id=job.id,
                 function=str(job.meta.get("function") or job.func_name),
@@ -136,10 +155,15 @@ class StoreSyncMixin(BaseWorker):
                 attempt=int(job.meta.get("attempts", 1)),
                 duration_seconds=duration,
                 error=job.meta.get("error") if event != "finished" else None,
-                status=status,
-                callback_url=job.meta.get("callback_url"),
-            ),
+            status=status,
+            callback_url=job.meta.get("callback_url"),
         )
+
+    def _stage_record(self, job: Job, pipeline: Pipeline, **values: Any) -> AfterExecute:
+        # As of before the pipeline moves the job on: a retry that another worker already started wins.
+        if self.store is None:
+            return lambda: None
+        return stage_write(self.store, self.connection, pipeline, job.id, as_of=utcnow(), **values)
 
     def _record(self, job: Job, as_of: datetime, **values: Any) -> None:
         # As of before Redis moved the job on: a retry that another worker already started wins.

@@ -4,9 +4,11 @@ A worker's jobs end far more often than a database likes to commit. Each update 
 the worker's journal in Redis (so it survives the worker) and handed to one writer thread,
 which commits whatever has gathered in one transaction: a lone job's row is written within
 a millisecond or two, a busy worker's rows a few hundred at a time (group commit). After the
-commit the writer trims the journal. When the database is away, the batch moves to the shared
-list of deferred writes (runner.reconcile) and is replayed once it is back. When the worker
-dies, its peers move its journal there too (`adopt_journal`). Writes are conditional on the
+commit the writer removes them from the journal. A write can be journaled in the very
+pipeline that records the change in Redis (`journal_into`), so the two are atomic. When the
+database is away, the batch moves to the shared list of deferred writes (runner.reconcile)
+and is replayed once it is back. When the worker dies, its peers move its journal there too
+(`adopt_journal`). Writes are conditional on the
 row's `updated_at`, so applying one twice, or late, never rolls a row back.
 """
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from runner.backends import REDIS_ERRORS
 from runner.errors import BackendUnavailable
@@ -75,16 +78,22 @@ class WriteBehind:
 
     def submit(self, write: RowWrite) -> bool:
         """Journal `write` and queue it for the writer; False when Redis refused it (the caller writes it)."""
+        try:
+            self.connection.rpush(self.journal, write.raw)
+        except REDIS_ERRORS:
+            return False
+        self.enqueue(write)
+        return True
+
+    def journal_into(self, pipeline: Pipeline, write: RowWrite) -> None:
+        """Journal `write` in `pipeline`, with the change it records; `enqueue` it once that executed."""
+        pipeline.rpush(self.journal, write.raw)
+
+    def enqueue(self, write: RowWrite) -> None:
+        """Hand a journaled write to the writer thread."""
         with self._lock:
-            # Journal and memory must hold the same writes in the same order: the writer trims
-            # the journal by count. Hence one lock around both.
-            try:
-                self.connection.rpush(self.journal, write.raw)
-            except REDIS_ERRORS:
-                return False
             self._pending.append(write)
             self._lock.notify_all()
-        return True
 
     def flush(self, timeout: float) -> bool:
         """Wait until every submitted write is committed or deferred; False on timeout."""
@@ -139,7 +148,9 @@ class WriteBehind:
             log.warning("write-behind: database unavailable; %d row updates wait in Redis for replay", len(batch))
             return self._defer(batch)
         try:
-            self.connection.ltrim(self.journal, len(batch), -1)
+            with self.connection.pipeline(transaction=False) as pipeline:
+                self._unjournal(pipeline, batch)
+                pipeline.execute()
         except REDIS_ERRORS as exc:  # the journal keeps them: applied again later, harmlessly
             log.warning("write-behind: journal not trimmed, Redis is unavailable (%s)", exc)
         if self.on_committed is not None:
@@ -151,13 +162,19 @@ class WriteBehind:
         try:
             with self.connection.pipeline() as pipeline:
                 pipeline.rpush(self.deferred_key, *[write.raw for write in batch])
-                pipeline.ltrim(self.journal, len(batch), -1)
+                self._unjournal(pipeline, batch)
                 pipeline.execute()
             return True
         except REDIS_ERRORS as exc:
             log.error("write-behind: %d row updates wait, Redis and the database are unavailable (%s)",
                       len(batch), exc)
             return False
+
+
+    def _unjournal(self, pipeline: Pipeline, batch: list[RowWrite]) -> None:
+        # By value, not by position: writes are journaled from several threads and pipelines.
+        for write in batch:
+            pipeline.lrem(self.journal, 1, write.raw)
 
 
 def adopt_journal(connection: redis.Redis, worker_name: str, deferred_key: str) -> int:

@@ -92,15 +92,11 @@ def take_and_die(worker: RunnerSimpleWorker, attempt_began: bool = True) -> Star
     claimed = worker.dequeue_job_and_maintain_ttl(None)
     assert claimed is not None
     job, _queue = claimed
+    if not attempt_began:  # killed before the attempt began: as for a function that waits for a slot
+        worker.begin_attempt = lambda job, pipeline: (lambda: None)  # type: ignore[method-assign]
+        job.prepare_for_execution = lambda name, pipeline: None  # type: ignore[method-assign]
+    # The worker starts the job and begins its attempt in one transaction.
     execution = worker.prepare_execution(job)
-    if attempt_began:  # what the work horse and run_invocation write before the function runs
-        with worker.connection.pipeline() as pipeline:
-            job.prepare_for_execution(worker.name, pipeline)
-            pipeline.execute()
-        job.meta["attempts"] = int(job.meta.get("attempts", 0)) + 1
-        job.save_meta()
-        assert worker.store is not None
-        worker.store.update(job.id, status="started", attempts=job.meta["attempts"])
     return StartedEntry(QUEUE, job.id, execution.id)
 
 

@@ -1,0 +1,106 @@
+"""RQ's per-job bookkeeping in two Redis round trips: one to start a job, one to finish it.
+
+RQ's own worker sends the start in two round trips (its parent's, then its horse's), and
+the success in a WATCH transaction kept for job dependencies, which runner jobs never use.
+Here each is one pipeline, and whoever adds to a job's start or end (the attempt count, the
+SQL row's journal entry, metrics) queues its writes into that pipeline through two hooks,
+`begin_attempt` and `end_successful_attempt`, instead of paying a round trip of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from redis.client import Pipeline
+from rq.executions import Execution
+from rq.job import Job
+from rq.queue import Queue
+from rq.registry import StartedJobRegistry
+from rq.utils import now
+from rq.worker import BaseWorker, WorkerStatus
+
+from runner.claims import release_claim
+from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS
+from runner.liveness import DEAD_AFTER_FIELD
+
+AfterExecute = Callable[[], None]
+
+
+def _nothing() -> None:
+    return None
+
+
+class PipelinedBookkeepingMixin(BaseWorker):
+    """Starts and finishes each job in one round trip apiece."""
+
+    dead_after: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS
+    _next_heartbeat: float = 0.0
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often a busy worker proves it is alive."""
+        return max(1.0, self.dead_after / 3)
+
+    def begin_attempt(self, job: Job, pipeline: Pipeline) -> AfterExecute:
+        """Queue what else starts with `job`; return what to do once the pipeline has executed."""
+        return _nothing
+
+    def end_successful_attempt(self, job: Job, pipeline: Pipeline) -> AfterExecute:
+        """Queue what else ends with `job`'s success; return what to do once the pipeline has executed."""
+        return _nothing
+
+    def prepare_execution(self, job: Job) -> Execution:
+        # One transaction moves the job from this worker's claim list to the started registry,
+        # and does what RQ's prepare_job_execution would do in a round trip of its own.
+        ttl = self.get_heartbeat_ttl(job)
+        with self.connection.pipeline() as pipeline:
+            self.execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
+            pipeline.hset(self.execution.key, DEAD_AFTER_FIELD, self.dead_after)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            release_claim(pipeline, self.name, job.id)
+            self.set_current_job_id(job.id, pipeline=pipeline)
+            self.set_current_job_working_time(0, pipeline=pipeline)
+            self.heartbeat(ttl, pipeline=pipeline)
+            job.heartbeat(now(), ttl, pipeline=pipeline)
+            job.prepare_for_execution(self.name, pipeline=pipeline)
+            after = self.begin_attempt(job, pipeline)
+            pipeline.execute()
+        after()
+        self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
+        return self.execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        # Sent with prepare_execution; runner workers never use RQ's intermediate queue.
+        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
+        assert job.started_at is not None and job.ended_at is not None
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        with self.connection.pipeline() as pipeline:
+            self.increment_successful_job_count(pipeline=pipeline)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+            if result_ttl != 0:
+                execution = self.execution
+                job._handle_success(
+                    result_ttl,
+                    pipeline=pipeline,
+                    worker_name=self.name,
+                    execution_id=execution.id if execution else None,
+                    execution_started_at=execution.created_at if execution else None,
+                    execution_ended_at=job.ended_at,
+                )
+            job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+            self.cleanup_execution(job, pipeline=pipeline)
+            self.set_state(WorkerStatus.IDLE, pipeline=pipeline)
+            after = self.end_successful_attempt(job, pipeline)
+            pipeline.execute()
+        after()
+        self.log.info("Successfully completed job %s in %ss on worker %s", job.id, job.ended_at - job.started_at,
+                      self.name)
+
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
+        # A state the worker is known to have is not written again (RQ writes `idle` after every job).
+        if pipeline is None and state == self._state == WorkerStatus.IDLE:
+            return
+        super().set_state(state, pipeline)
