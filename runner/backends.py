@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import redis
 from redis.client import Pipeline
@@ -28,12 +29,12 @@ class Backends:
     store: Store
     settings: Settings
 
-    @property
+    @cached_property
     def uploads(self) -> UploadStore:
         """Where uploaded files are kept."""
         return UploadStore(self.settings.effective_upload_dir)
 
-    @property
+    @cached_property
     def artifacts(self) -> ArtifactStore:
         """Where the files jobs write are kept."""
         return ArtifactStore(self.settings.effective_artifact_dir)

@@ -55,20 +55,28 @@ def pending_claim(connection: redis.Redis, worker_name: str) -> str | None:
 
 WAKE_KEY_PREFIX = "runner:wake:"
 
-# Takes the first id of the first non-empty queue into the claim list and returns it with the
-# queue's position and the job's hash: the claim and the read in one round trip. When more
-# jobs wait in that queue, it leaves a wake-up token so that another idle worker looks too.
-# KEYS: the claim list, the n queues, their n wake-up lists; ARGV: the job key prefix.
+# Takes up to ARGV[2] ids from the head of the first non-empty queue into the claim list, but
+# never more than half of what waits there (at least one), so idle peers get their share; and
+# returns the queue's position, then each id with its job's hash: claims and reads in one
+# round trip. When jobs remain in that queue, it leaves a wake-up token for another idle worker.
+# KEYS: the claim list, the n queues, their n wake-up lists; ARGV: the job key prefix, the most to take.
 _CLAIM_AND_READ = """
 local n = (#KEYS - 1) / 2
 for i = 1, n do
-  local id = redis.call('LMOVE', KEYS[1 + i], KEYS[1], 'LEFT', 'RIGHT')
-  if id then
-    if redis.call('LLEN', KEYS[1 + i]) > 0 then
+  local waiting = redis.call('LLEN', KEYS[1 + i])
+  if waiting > 0 then
+    local take = math.min(tonumber(ARGV[2]), math.max(1, math.floor(waiting / 2)))
+    local found = {i - 1}
+    for _ = 1, take do
+      local id = redis.call('LMOVE', KEYS[1 + i], KEYS[1], 'LEFT', 'RIGHT')
+      table.insert(found, id)
+      table.insert(found, redis.call('HGETALL', ARGV[1] .. id))
+    end
+    if waiting > take then
       redis.call('LPUSH', KEYS[1 + n + i], '1')
       redis.call('LTRIM', KEYS[1 + n + i], 0, 0)
     end
-    return {id, i - 1, redis.call('HGETALL', ARGV[1] .. id)}
+    return found
   end
 end
 return false
@@ -84,18 +92,23 @@ def wake_key(queue_name: str) -> str:
 
 
 def claim_and_read(
-    connection: redis.Redis, queues: Sequence[Queue], worker_name: str
-) -> tuple[str, Queue, dict[bytes, bytes]] | None:
-    """Claim the first job of the first non-empty queue (as `claim_next`) and read its hash, in one round trip."""
+    connection: redis.Redis, queues: Sequence[Queue], worker_name: str, most: int = 1
+) -> tuple[Queue, list[tuple[str, dict[bytes, bytes]]]]:
+    """Claim up to `most` jobs from the head of the first non-empty queue, each with its hash, in one round trip.
+
+    As `claim_next`, the ids move into the worker's claim list; an empty list when every queue is empty.
+    """
     script = _claim_scripts.get(connection)
     if script is None:
         script = _claim_scripts[connection] = connection.register_script(_CLAIM_AND_READ)
     keys = [claim_key(worker_name), *[queue.key for queue in queues], *[wake_key(queue.name) for queue in queues]]
-    found = script(keys=keys, args=[Job.redis_job_namespace_prefix])
+    found = script(keys=keys, args=[Job.redis_job_namespace_prefix, most])
     if not found:
-        return None
-    raw_id, position, flat = found
-    return _text(raw_id), queues[int(position)], dict(zip(flat[::2], flat[1::2], strict=True))
+        return queues[0], []
+    position, *flat = found
+    claimed = [(_text(raw_id), dict(zip(fields[::2], fields[1::2], strict=True)))
+               for raw_id, fields in zip(flat[::2], flat[1::2], strict=True)]
+    return queues[int(position)], claimed
 
 
 def wait_for_wake_up(connection: redis.Redis, queues: Sequence[Queue], seconds: float) -> None:

@@ -37,6 +37,8 @@ STOP_JOB_SIGNAL = signal.SIGUSR1
 # The supervisor kills a process whose job is this far past its timeout (RQ's alarm fires first).
 HARD_TIMEOUT_MARGIN_SECONDS = 10.0
 DEADLINE_FORMAT = "d"
+MAX_CLAIM_BATCH = 8
+SHORT_JOB_SECONDS = 0.01
 
 
 class JobStopped(Exception):  # noqa: N818 (shown to users as the error's type)
@@ -76,9 +78,14 @@ class InProcessWorkerMixin(SupervisedWorkerMixin):
             self.deadline_slot.publish(time.time() + timeout + HARD_TIMEOUT_MARGIN_SECONDS)
         with self._watch_condition:
             self._watched = job
+        began = time.monotonic()
         try:
             super().execute_job(job, queue)
         finally:
+            # Jobs of a few milliseconds are claimed several at a time; longer ones one by one, so
+            # that no job waits behind a long one while another worker is idle.
+            short = time.monotonic() - began < SHORT_JOB_SECONDS
+            self.claim_batch = MAX_CLAIM_BATCH if short else 1
             with self._watch_condition:
                 self._watched = None
                 self._watch_condition.notify_all()

@@ -16,7 +16,7 @@ from runner.callbacks import check_callback_url
 from runner.errors import BackendUnavailable
 from runner.execution import ENTRY_POINT
 from runner.idempotency import Claim, claim_or_find, fingerprint, release
-from runner.lifecycle import JobEvent, emit
+from runner.lifecycle import JobEvent, emit, emit_into
 from runner.limits import release_waiting_place, reserve_waiting_place
 from runner.models import InvocationRecord, utcnow
 from runner.registry import FunctionSpec
@@ -68,8 +68,11 @@ def job_meta(spec: FunctionSpec, *, attempts: int = 0, callback_url: str | None 
 
 
 def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backends: Backends, *,
-               meta: dict[str, Any], run_at: datetime | None = None) -> Job:
-    """Put the RQ job on its queue now, or in the scheduled registry until `run_at`; raises Redis errors."""
+               meta: dict[str, Any], run_at: datetime | None = None, event: JobEvent | None = None) -> Job:
+    """Put the RQ job on its queue now, or in the scheduled registry until `run_at`; raises Redis errors.
+
+    `event`, if given, is emitted once the job is in Redis (its metrics travel with the job).
+    """
     queue = queue_for(spec.queue, backends.connection)
     job = queue.create_job(
         ENTRY_POINT,
@@ -83,12 +86,19 @@ def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backe
         meta=meta,
     )
     if run_at is not None:
-        return queue.schedule_job(job, schedule_time(run_at))  # one pipeline already
+        scheduled = queue.schedule_job(job, schedule_time(run_at))  # one pipeline already
+        if event is not None:
+            emit(backends.connection, event)
+        return scheduled
     # Given a pipeline, RQ registers the queue and saves and pushes the job in one round trip
     # (without one it sends two): this is on every invocation's path.
     with backends.connection.pipeline() as pipe:
         queue.enqueue_job(job, pipeline=pipe)
+        if event is not None:
+            emit_into(pipe, event)
         pipe.execute()
+    if event is not None:
+        emit(backends.connection, event, after_emit_into=True)
     return job
 
 
@@ -148,14 +158,14 @@ def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, An
     try:
         backends.store.add(record)
         meta = job_meta(spec, callback_url=callback_url, scheduled=options.run_at is not None)
-        submit_job(spec, job_id, arguments, backends, meta=meta, run_at=options.run_at)
+        accepted = JobEvent("accepted", job_id, spec.name, spec.queue, status=status)
+        submit_job(spec, job_id, arguments, backends, meta=meta, run_at=options.run_at, event=accepted)
     except REDIS_ERRORS as exc:
         _forget(backends, spec, job_id)
         raise redis_unavailable(NOT_ACCEPTED) from exc
     except BackendUnavailable:  # the database is away: no row, no job
         _forget(backends, spec, job_id, row_written=False)
         raise
-    emit(backends.connection, JobEvent("accepted", job_id, spec.name, spec.queue, status=status))
     return record
 
 

@@ -1,20 +1,23 @@
-"""RQ's per-job bookkeeping in two Redis round trips: one to start a job, one to finish it.
+"""RQ's per-job bookkeeping in two Redis round trips (one to start a job, one to finish it), or in one.
 
 RQ's own worker sends the start in two round trips (its parent's, then its horse's), and
 the success in a WATCH transaction kept for job dependencies, which runner jobs never use.
 Here each is one pipeline, and whoever adds to a job's start or end (the attempt count, the
 SQL row's journal entry, metrics) queues its writes into that pipeline through two hooks,
 `begin_attempt` and `end_successful_attempt`, instead of paying a round trip of its own.
+When the worker already holds its next job (claimed in a batch), a success is sent with that
+job's start: one round trip per job.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from redis.client import Pipeline
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, _job_stack
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.utils import now
@@ -31,11 +34,39 @@ def _nothing() -> None:
     return None
 
 
+def _send(pipeline: Pipeline, after: AfterExecute) -> None:
+    try:
+        pipeline.execute()
+    finally:
+        pipeline.reset()
+    after()
+
+
+class RunnerJob(Job):
+    """An RQ job whose key is made persistent in the pipeline that starts it (RQ's `perform` spends a round trip)."""
+
+    persisted_at_start = False
+
+    def perform(self) -> Any:  # noqa: D102 (RQ's, minus the PERSIST sent with prepare_execution)
+        if not self.persisted_at_start:
+            return super().perform()
+        _job_stack.push(self)
+        try:
+            self._result = self._execute()
+        finally:
+            assert self is _job_stack.pop()
+        return self._result
+
+
 class PipelinedBookkeepingMixin(BaseWorker):
     """Starts and finishes each job in one round trip apiece."""
 
+    job_class = RunnerJob
+
     dead_after: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS
     _next_heartbeat: float = 0.0
+    # A finished job's pipeline, held to go out with the next job's start (see handle_job_success).
+    _held: tuple[Pipeline, AfterExecute] | None = None
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -50,11 +81,22 @@ class PipelinedBookkeepingMixin(BaseWorker):
         """Queue what else ends with `job`'s success; return what to do once the pipeline has executed."""
         return _nothing
 
+    def next_job_is_claimed(self) -> bool:
+        """True when the worker already holds the next job it will start (claimed with this one)."""
+        return False
+
+    def send_held(self) -> None:
+        """Send a finished job's held pipeline now (before waiting, stopping or failing)."""
+        held, self._held = self._held, None
+        if held is not None:
+            _send(*held)
+
     def prepare_execution(self, job: Job) -> Execution:
         # One transaction moves the job from this worker's claim list to the started registry,
         # and does what RQ's prepare_job_execution would do in a round trip of its own.
         ttl = self.get_heartbeat_ttl(job)
-        with self.connection.pipeline() as pipeline:
+        held, self._held = self._held, None
+        with held[0] if held else self.connection.pipeline() as pipeline:
             self.execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
             pipeline.hset(self.execution.key, DEAD_AFTER_FIELD, self.dead_after)
             self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
@@ -64,8 +106,13 @@ class PipelinedBookkeepingMixin(BaseWorker):
             self.heartbeat(ttl, pipeline=pipeline)
             job.heartbeat(now(), ttl, pipeline=pipeline)
             job.prepare_for_execution(self.name, pipeline=pipeline)
+            if isinstance(job, RunnerJob):
+                pipeline.persist(job.key)  # what Job.perform would do on its own
+                job.persisted_at_start = True
             after = self.begin_attempt(job, pipeline)
             pipeline.execute()
+        if held:
+            held[1]()
         after()
         self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
         return self.execution
@@ -74,10 +121,17 @@ class PipelinedBookkeepingMixin(BaseWorker):
         # Sent with prepare_execution; runner workers never use RQ's intermediate queue.
         self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
 
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        # RQ heartbeats the job here in a round trip of its own; the pipeline that records the
+        # end (success or failure) saves the job with this heartbeat anyway.
+        job.ended_at = job.last_heartbeat = now()
+
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
         assert job.started_at is not None and job.ended_at is not None
         result_ttl = job.get_result_ttl(self.default_result_ttl)
-        with self.connection.pipeline() as pipeline:
+        self.send_held()
+        pipeline = self.connection.pipeline()
+        try:
             self.increment_successful_job_count(pipeline=pipeline)
             self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
             if result_ttl != 0:
@@ -94,8 +148,14 @@ class PipelinedBookkeepingMixin(BaseWorker):
             self.cleanup_execution(job, pipeline=pipeline)
             self.set_state(WorkerStatus.IDLE, pipeline=pipeline)
             after = self.end_successful_attempt(job, pipeline)
-            pipeline.execute()
-        after()
+        except BaseException:
+            pipeline.reset()
+            raise
+        if self.next_job_is_claimed():
+            # The next job starts within moments: its start carries this end, one round trip for both.
+            self._held = (pipeline, after)
+        else:
+            _send(pipeline, after)
         self.log.info("Successfully completed job %s in %ss on worker %s", job.id, job.ended_at - job.started_at,
                       self.name)
 

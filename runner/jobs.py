@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import Enum, StrEnum
 from typing import Any
 
+import redis
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -19,6 +21,10 @@ from runner.models import InvocationRecord
 from runner.store import as_utc
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ENDED_KEY_PREFIX = "runner:ended:"
+ENDED_TOKEN_TTL_SECONDS = 60
+# Longest a waiter blocks before it reads the job again (API connections time out after 2 s).
+WAIT_SLICE_SECONDS = 0.5
 
 
 class JobStatus(StrEnum):
@@ -175,14 +181,35 @@ def get_job_view(job_id: str, backends: Backends) -> JobView:
     return view_from_record(record)
 
 
+def ended_key(job_id: str) -> str:
+    """The list that receives a token when the job's end has reached its SQL row (see `announce_ends`)."""
+    return f"{ENDED_KEY_PREFIX}{job_id}"
+
+
+def announce_ends(connection: redis.Redis, ended: Iterable[str]) -> None:
+    """Wake whoever waits for these jobs: their terminal state is in Redis and in their rows."""
+    with connection.pipeline(transaction=False) as pipeline:
+        for job_id in ended:
+            pipeline.lpush(ended_key(job_id), "1")
+            pipeline.expire(ended_key(job_id), ENDED_TOKEN_TTL_SECONDS)
+        pipeline.execute()
+
+
 def wait_for_job(job_id: str, backends: Backends, timeout: float) -> JobView:
-    """Poll until the job ends or `timeout` passes; return its latest view either way."""
+    """Wait until the job ends or `timeout` passes; return its latest view either way.
+
+    Workers announce each end once its row is written; ends nobody announces (a cancel, a job
+    settled by a worker's supervisor) are seen within WAIT_SLICE_SECONDS.
+    """
     deadline = time.monotonic() + timeout
-    delay = 0.005
     while True:
         view = get_job_view(job_id, backends)
         remaining = deadline - time.monotonic()
         if view.is_terminal or remaining <= 0:
             return view
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 1.5, 0.1)
+        try:
+            woken = backends.connection.blpop([ended_key(job_id)], timeout=min(remaining, WAIT_SLICE_SECONDS))
+        except REDIS_ERRORS as exc:
+            raise redis_unavailable() from exc
+        if woken is not None:  # leave the token for anyone else waiting on this job
+            backends.connection.lpush(ended_key(job_id), "1")

@@ -55,7 +55,6 @@ class JobEvent:
 # `finished`): they accept a pipeline in place of the connection, so their writes travel with
 # the change that moves the job on, and cost no round trip of their own.
 WRITE_ONLY_LISTENERS = frozenset({
-    "runner.events_log:log_job_event",
     "runner.metrics:record_job_event",
     "runner.limits:track_limits",
 })

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import deque
 from contextlib import suppress
 from types import FrameType
 from typing import Any
@@ -77,6 +78,9 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
     _chores_due: float = 0.0
     _next_idle_heartbeat: float = 0.0
     _next_suspension_check: float = 0.0
+    # How many jobs to claim at once (see claims.claim_and_read); runner.in_process adapts it.
+    claim_batch: int = 1
+    _claimed_ahead_queue: deque[tuple[str, dict[bytes, bytes]]] | None = None
     _check_own_claims: bool = False
     _running_job: Job | None = None
 
@@ -170,7 +174,7 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
                 wait_for_wake_up(self.connection, self._ordered_queues, wait)
             except REDIS_ERRORS as exc:
                 log.error("worker %s: Redis is unavailable (%s); retrying in %g s", self.name, exc, reconnect_wait)
-                self._check_own_claims = True
+                self._lost_track_of_claims()
                 time.sleep(reconnect_wait)
                 reconnect_wait = min(reconnect_wait * 2, RECONNECT_MAX_SECONDS)
                 continue
@@ -182,10 +186,13 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
         self._check_own_claims = pending is not None
         data: dict[bytes, bytes] | None = None
         if pending is None:
-            claimed = claim_and_read(self.connection, self._ordered_queues, self.name)
-            if claimed is None:
-                return None
-            job_id, _queue, data = claimed
+            if not self._claimed_ahead:
+                self.send_held()  # nothing more to start: the last end goes out alone
+                _queue, claimed = claim_and_read(self.connection, self._ordered_queues, self.name, self.claim_batch)
+                self._claimed_ahead.extend(claimed)
+                if not claimed:
+                    return None
+            job_id, data = self._claimed_ahead.popleft()
         else:
             job_id = pending
         try:
@@ -206,11 +213,29 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
         self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
         return job, queue
 
+    @property
+    def _claimed_ahead(self) -> deque[tuple[str, dict[bytes, bytes]]]:
+        # Jobs claimed with an earlier one (claim_batch > 1), in order; they sit in the claim list too.
+        if self._claimed_ahead_queue is None:
+            self._claimed_ahead_queue = deque()
+        return self._claimed_ahead_queue
+
+    def next_job_is_claimed(self) -> bool:
+        return bool(self._claimed_ahead) and not self._stop_requested
+
+    def _lost_track_of_claims(self) -> None:
+        # After a lost connection, the claim list in Redis is the truth: take claims from there, one by one.
+        self._check_own_claims = True
+        self._claimed_ahead.clear()
+        self._held = None  # its job is still started in Redis: recovered (and retried) if never finished
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self._stop_requested:
             # The stop came between dequeue and start: the job goes back (or peers return it after we exit).
             with suppress(*REDIS_ERRORS):
+                self.send_held()
                 return_claims(self.connection, self.name)
+            self._claimed_ahead.clear()
             return
         self._running_job = job
         try:
@@ -218,7 +243,7 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
         except REDIS_ERRORS as exc:
             # The job stays claimed or registered as started: it is resumed, or recovered by a peer.
             log.error("worker %s: lost Redis around job %s (%s)", self.name, job.id, exc)
-            self._check_own_claims = True
+            self._lost_track_of_claims()
         finally:
             self._running_job = None
 
@@ -318,6 +343,9 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
             return
         if self.scheduler:
             self.stop_scheduler()  # type: ignore[no-untyped-call]
+        with suppress(*REDIS_ERRORS):
+            self.send_held()
+            return_claims(self.connection, self.name)  # jobs claimed ahead and never started
         with suppress(*REDIS_ERRORS):
             self.register_death()  # type: ignore[no-untyped-call]
             forget_claimant(self.connection, self.name)

@@ -28,7 +28,7 @@ from runner.config import Settings
 from runner.execution import ENTRY_POINT, WorkerEnvironment, begin_attempt, install_environment
 from runner.in_process import DeadlineSlot, InProcessWorkerMixin
 from runner.job_bookkeeping import AfterExecute
-from runner.jobs import error_from_text
+from runner.jobs import TERMINAL_STATUSES, announce_ends, error_from_text
 from runner.lifecycle import JobEvent, emit, emit_into
 from runner.models import utcnow
 from runner.process_supervisor import ProcessSupervisor
@@ -43,7 +43,7 @@ from runner.reconcile import (
 from runner.registry import Registry
 from runner.store import Store
 from runner.supervision import MONITOR_TICK_SECONDS, SupervisedWorkerMixin
-from runner.write_behind import WriteBehind, adopt_journal
+from runner.write_behind import RowWrite, WriteBehind, adopt_journal
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,15 @@ class StoreSyncMixin(BaseWorker):
     def register_birth(self) -> None:
         super().register_birth()  # type: ignore[no-untyped-call]
         if self.uses_write_behind and self.store is not None:
-            self._write_behind = WriteBehind(self.store, self.connection, self.name, deferred_key=PENDING_WRITES_KEY)
+            self._write_behind = WriteBehind(self.store, self.connection, self.name, deferred_key=PENDING_WRITES_KEY,
+                                             on_committed=self._announce_ended_rows)
             self._write_behind.start()
             install_write_behind(self._write_behind)
+
+    def _announce_ended_rows(self, writes: Sequence[RowWrite]) -> None:
+        ended = {write.job_id for write in writes if write.values.get("status") in TERMINAL_STATUSES}
+        if ended:
+            announce_ends(self.connection, ended)
 
     def teardown(self) -> None:
         writer, self._write_behind = self._write_behind, None
@@ -256,7 +262,8 @@ def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = 
         worker.deadline_slot = slot
         tie_children_to_this_process()
         worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
-        return 0
+        # RQ's loop also ends on an unexpected error: then a fresh work process takes over.
+        return 0 if burst or worker._stop_requested else 1
 
     supervisor = ProcessSupervisor(work, queue_names=queues, connection=backends.connection, store=backends.store,
                                    grace_seconds=settings.worker_grace_seconds)
