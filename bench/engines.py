@@ -144,6 +144,10 @@ class RunnerEngine(Engine):
         wait_until(done, 600, f"{count} runner jobs")
         return time.perf_counter() - started
 
+    def worker_pids(self) -> list[int]:
+        # `python -m runner worker` runs its jobs in a work process below it: that one's memory counts.
+        return [int(worker.pid) for worker in Worker.all(connection=self.connection) if worker.pid]
+
     def one(self) -> float:
         from runner.invocation import enqueue_invocation
         from runner.jobs import wait_for_job

@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import Enum, StrEnum
 from typing import Any
 
-import redis
+from redis.client import Pipeline
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -186,13 +186,11 @@ def ended_key(job_id: str) -> str:
     return f"{ENDED_KEY_PREFIX}{job_id}"
 
 
-def announce_ends(connection: redis.Redis, ended: Iterable[str]) -> None:
-    """Wake whoever waits for these jobs: their terminal state is in Redis and in their rows."""
-    with connection.pipeline(transaction=False) as pipeline:
-        for job_id in ended:
-            pipeline.lpush(ended_key(job_id), "1")
-            pipeline.expire(ended_key(job_id), ENDED_TOKEN_TTL_SECONDS)
-        pipeline.execute()
+def announce_ends(pipeline: Pipeline, ended: Iterable[str]) -> None:
+    """Wake whoever waits for these jobs (their terminal state is in Redis and in their rows), in `pipeline`."""
+    for job_id in ended:
+        pipeline.lpush(ended_key(job_id), "1")
+        pipeline.expire(ended_key(job_id), ENDED_TOKEN_TTL_SECONDS)
 
 
 def wait_for_job(job_id: str, backends: Backends, timeout: float) -> JobView:

@@ -74,10 +74,8 @@ class StoreSyncMixin(BaseWorker):
             self._write_behind.start()
             install_write_behind(self._write_behind)
 
-    def _announce_ended_rows(self, writes: Sequence[RowWrite]) -> None:
-        ended = {write.job_id for write in writes if write.values.get("status") in TERMINAL_STATUSES}
-        if ended:
-            announce_ends(self.connection, ended)
+    def _announce_ended_rows(self, writes: Sequence[RowWrite], pipeline: Pipeline) -> None:
+        announce_ends(pipeline, {write.job_id for write in writes if write.values.get("status") in TERMINAL_STATUSES})
 
     def teardown(self) -> None:
         writer, self._write_behind = self._write_behind, None

@@ -51,7 +51,8 @@ class RowWrite:
     raw: str
 
 
-Committed = Callable[[Sequence[RowWrite]], None]
+# Told of each committed batch, with the pipeline that removes it from the journal (to add to it).
+Committed = Callable[[Sequence[RowWrite], Pipeline], None]
 
 
 class WriteBehind:
@@ -150,11 +151,11 @@ class WriteBehind:
         try:
             with self.connection.pipeline(transaction=False) as pipeline:
                 self._unjournal(pipeline, batch)
+                if self.on_committed is not None:
+                    self.on_committed(batch, pipeline)
                 pipeline.execute()
         except REDIS_ERRORS as exc:  # the journal keeps them: applied again later, harmlessly
             log.warning("write-behind: journal not trimmed, Redis is unavailable (%s)", exc)
-        if self.on_committed is not None:
-            self.on_committed(batch)
         return True
 
     def _defer(self, batch: list[RowWrite]) -> bool:

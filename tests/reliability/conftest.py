@@ -91,10 +91,11 @@ def kill_worker(process: ManagedProcess) -> None:
 
 
 def worker_running(stack: Stack, job_id: str) -> ManagedProcess:
-    """The worker process that runs `job_id` (by the pid its RQ worker registered)."""
+    """The worker command that runs `job_id` (its RQ worker is the command's work process, a child of it)."""
     name = stack.redis.hget(f"rq:job:{job_id}", "worker_name")
     assert name, f"job {job_id} has no worker"
     pid = int(stack.redis.hget(f"rq:worker:{name.decode()}", "pid") or 0)
-    matches = [process for process in stack.processes.processes if process.pid == pid and process.alive()]
+    matches = [process for process in stack.processes.processes
+               if process.alive() and (process.pid == pid or pid in descendants(process.pid))]
     assert matches, f"no live worker process has pid {pid}"
     return matches[0]

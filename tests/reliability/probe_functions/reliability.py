@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -39,3 +41,19 @@ def gated_retry(gate: str) -> dict:
             raise RuntimeError("gate never opened")
         time.sleep(GATE_POLL_SECONDS)
     return {"attempt": current_attempt()}
+
+
+@function(queue="demo_tasks", timeout=30, retries=1)
+def crash_first_attempt() -> dict:
+    """End its own process on the first attempt (as a segfault would); succeed on the second."""
+    if current_attempt() == 1:
+        os._exit(70)
+    return {"attempt": current_attempt()}
+
+
+@function(queue="demo_tasks", timeout=1)
+def hang_past_timeout(seconds: Annotated[float, Field(gt=0, le=120)] = 60) -> dict:
+    """Sleep past the 1 s timeout with the timeout alarm blocked, as C code that never checks signals would."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(seconds)
+    return {"slept": seconds}

@@ -1,0 +1,79 @@
+"""Claiming jobs: a few at a time, never more than half of what waits, read with the claim, and wake-up tokens."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import fakeredis
+import pytest
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from runner.backends import queue_for
+from runner.claims import claim_and_read, claim_key, wait_for_wake_up, wake_key
+
+WORKER = "w1"
+
+
+def fill(connection: fakeredis.FakeRedis, name: str, count: int) -> tuple[Queue, list[str]]:
+    queue = queue_for(name, connection)
+    ids = [queue.enqueue("runner.execution.run_invocation", "noop", {}).id for _ in range(count)]
+    return queue, ids
+
+
+@pytest.mark.parametrize(("waiting", "most", "taken"), [(1, 8, 1), (2, 8, 1), (3, 8, 1), (4, 8, 2), (16, 8, 8),
+                                                        (40, 8, 8), (40, 1, 1)])
+def test_takes_at_most_half_of_what_waits(connection: fakeredis.FakeRedis, waiting: int, most: int,
+                                          taken: int) -> None:
+    queue, ids = fill(connection, "q", waiting)
+    found_queue, claimed = claim_and_read(connection, [queue], WORKER, most)
+    assert found_queue.name == "q"
+    assert [job_id for job_id, _data in claimed] == ids[:taken]
+    assert [raw.decode() for raw in connection.lrange(claim_key(WORKER), 0, -1)] == ids[:taken]
+    assert queue.get_job_ids() == ids[taken:]
+
+
+def test_each_claim_comes_with_its_job(connection: fakeredis.FakeRedis) -> None:
+    queue, ids = fill(connection, "q", 4)
+    _queue, claimed = claim_and_read(connection, [queue], WORKER, 8)
+    for job_id, data in claimed:
+        job = queue.job_class(job_id, connection=connection, serializer=JSONSerializer)
+        job.restore(data)
+        assert (job.id, job.func_name, list(job.args)) == (job_id, "runner.execution.run_invocation", ["noop", {}])
+
+
+def test_the_first_non_empty_queue_wins(connection: fakeredis.FakeRedis) -> None:
+    first, second = queue_for("first", connection), queue_for("second", connection)
+    _, later = fill(connection, "second", 2)
+    found_queue, claimed = claim_and_read(connection, [first, second], WORKER, 8)
+    assert (found_queue.name, [job_id for job_id, _ in claimed]) == ("second", later[:1])
+    assert claim_and_read(connection, [first], WORKER, 8) == (first, [])
+
+
+def test_every_push_leaves_one_wake_up_token(connection: fakeredis.FakeRedis) -> None:
+    fill(connection, "q", 3)
+    assert connection.lrange(wake_key("q"), 0, -1) == [b"1"]
+
+
+def test_a_claim_that_leaves_jobs_behind_wakes_another_worker(connection: fakeredis.FakeRedis) -> None:
+    queue, _ids = fill(connection, "q", 3)
+    connection.delete(wake_key("q"))
+    claim_and_read(connection, [queue], WORKER, 8)  # takes 1 of 3
+    assert connection.llen(wake_key("q")) == 1
+    connection.delete(wake_key("q"))
+    claim_and_read(connection, [queue], WORKER, 8)  # takes 1 of 2
+    claim_and_read(connection, [queue], WORKER, 8)  # takes the last: nobody to wake
+    assert connection.llen(wake_key("q")) == 1
+
+
+def test_an_idle_worker_wakes_when_a_job_is_pushed(connection: fakeredis.FakeRedis) -> None:
+    queue = queue_for("q", connection)
+    pusher = threading.Timer(0.2, lambda: queue.enqueue("runner.execution.run_invocation", "noop", {}))
+    started = time.monotonic()
+    pusher.start()
+    wait_for_wake_up(connection, [queue_for("other", connection), queue], 5)
+    waited = time.monotonic() - started
+    pusher.join()
+    assert 0.15 < waited < 4
+    assert claim_and_read(connection, [queue], WORKER, 8)[1]

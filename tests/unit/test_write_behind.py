@@ -1,0 +1,164 @@
+"""The write-behind journal: row updates reach SQL in batches, and none is lost on the way."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from runner.errors import BackendUnavailable
+from runner.models import InvocationRecord, utcnow
+from runner.reconcile import (
+    PENDING_WRITES_KEY,
+    install_write_behind,
+    replay_pending_writes,
+    stage_write,
+    write_or_defer,
+)
+from runner.store import Store
+from runner.write_behind import RowWrite, WriteBehind, adopt_journal, journal_key
+
+WORKER = "w1"
+
+
+def add_row(store: Store, job_id: str, status: str = "queued") -> None:
+    now = utcnow() - timedelta(seconds=5)
+    store.add(InvocationRecord(id=job_id, function="f", queue="q", status=status, input={}, created_at=now,
+                               updated_at=now))
+
+
+def status_of(store: Store, job_id: str) -> str:
+    record = store.get(job_id)
+    assert record is not None
+    return record.status
+
+
+@pytest.fixture
+def writer(store: Store, connection: fakeredis.FakeRedis) -> Iterator[WriteBehind]:
+    committed: list[list[str]] = []
+    behind = WriteBehind(store, connection, WORKER, deferred_key=PENDING_WRITES_KEY,
+                         on_committed=lambda batch, _pipeline: committed.append([write.job_id for write in batch]))
+    behind.committed = committed  # type: ignore[attr-defined]
+    behind.start()
+    install_write_behind(behind)
+    yield behind
+    install_write_behind(None)
+    behind.stop(5)
+
+
+def test_writes_reach_the_store_and_leave_the_journal(store: Store, connection: fakeredis.FakeRedis,
+                                                      writer: WriteBehind) -> None:
+    for index in range(20):
+        add_row(store, f"j{index}")
+    for index in range(20):
+        write_or_defer(store, connection, f"j{index}", status="started", attempts=1)
+        write_or_defer(store, connection, f"j{index}", status="finished", result={"n": index})
+    assert writer.flush(5)
+    for index in range(20):
+        record = store.get(f"j{index}")
+        assert record is not None
+        assert (record.status, record.attempts, record.result) == ("finished", 1, {"n": index})
+    assert connection.llen(journal_key(WORKER)) == 0
+    committed = [job_id for batch in writer.committed for job_id in batch]  # type: ignore[attr-defined]
+    assert sorted(set(committed)) == sorted(f"j{index}" for index in range(20))
+
+
+def test_a_staged_write_is_journaled_with_the_pipeline_and_committed_after_it(
+    store: Store, connection: fakeredis.FakeRedis, writer: WriteBehind
+) -> None:
+    add_row(store, "j1")
+    with connection.pipeline() as pipeline:
+        pipeline.set("marker", "1")
+        after = stage_write(store, connection, pipeline, "j1", status="finished")
+        assert connection.llen(journal_key(WORKER)) == 0  # nothing sent before the pipeline runs
+        pipeline.execute()
+    assert connection.llen(journal_key(WORKER)) == 1
+    after()
+    assert writer.flush(5)
+    assert status_of(store, "j1") == "finished"
+    assert connection.llen(journal_key(WORKER)) == 0
+
+
+def test_an_older_write_never_overwrites_a_newer_row(store: Store, connection: fakeredis.FakeRedis,
+                                                     writer: WriteBehind) -> None:
+    add_row(store, "j1")
+    stale = utcnow()
+    store.update("j1", status="started", updated_at=stale + timedelta(seconds=1))  # a later attempt began
+    write_or_defer(store, connection, "j1", as_of=stale, status="failed")
+    assert writer.flush(5)
+    assert status_of(store, "j1") == "started"
+
+
+class DownStore(Store):
+    """A store whose database is away."""
+
+    def apply_writes(self, writes: Any) -> None:
+        raise BackendUnavailable("The database is unavailable.")
+
+
+def test_with_the_database_away_writes_move_to_the_deferred_list_and_replay_later(
+    store: Store, connection: fakeredis.FakeRedis
+) -> None:
+    add_row(store, "j1")
+    down = DownStore(store.url)
+    behind = WriteBehind(down, connection, WORKER, deferred_key=PENDING_WRITES_KEY)
+    behind.start()
+    try:
+        assert behind.submit(_write("j1", status="finished"))
+        assert behind.flush(5)
+    finally:
+        behind.stop(5)
+    assert connection.llen(journal_key(WORKER)) == 0
+    assert connection.llen(PENDING_WRITES_KEY) == 1
+    assert status_of(store, "j1") == "queued"
+    assert replay_pending_writes(store, connection) == 1  # the database is back
+    assert status_of(store, "j1") == "finished"
+
+
+def test_a_dead_workers_journal_is_adopted_in_order(store: Store, connection: fakeredis.FakeRedis) -> None:
+    add_row(store, "j1")
+    first, second = _write("j1", status="started"), _write("j1", status="finished")
+    connection.rpush(journal_key("dead"), first.raw, second.raw)  # journaled, never committed
+    assert adopt_journal(connection, "dead", PENDING_WRITES_KEY) == 2
+    assert connection.llen(journal_key("dead")) == 0
+    assert [json.loads(raw)["values"]["status"] for raw in connection.lrange(PENDING_WRITES_KEY, 0, -1)] == [
+        "started", "finished"]
+    replay_pending_writes(store, connection)
+    assert status_of(store, "j1") == "finished"
+
+
+def test_without_redis_the_write_is_refused_and_the_caller_writes_it(
+    store: Store, connection: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_row(store, "j1")
+    behind = WriteBehind(store, connection, WORKER, deferred_key=PENDING_WRITES_KEY)
+
+    def redis_away(*_args: Any, **_kwargs: Any) -> None:
+        raise redis.exceptions.ConnectionError("connection refused")
+
+    monkeypatch.setattr(connection, "rpush", redis_away)
+    install_write_behind(behind)
+    try:
+        write_or_defer(store, connection, "j1", status="finished")  # falls back to a direct write
+    finally:
+        install_write_behind(None)
+    assert status_of(store, "j1") == "finished"
+    assert behind.flush(0) is True  # nothing was queued for the writer
+
+
+def test_flush_reports_a_writer_that_never_started(store: Store, connection: fakeredis.FakeRedis) -> None:
+    behind = WriteBehind(store, connection, WORKER, deferred_key=PENDING_WRITES_KEY)
+    behind.enqueue(_write("j1", status="finished"))
+    assert behind.flush(0.1) is False
+
+
+def _write(job_id: str, **values: Any) -> RowWrite:
+    values.setdefault("updated_at", utcnow())
+    encoded = {key: ({"$datetime": value.isoformat()} if key == "updated_at" else value)
+               for key, value in values.items()}
+    return RowWrite(job_id, values, json.dumps({"job_id": job_id, "values": encoded}))
