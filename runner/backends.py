@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from weakref import WeakKeyDictionary
 
 import redis
 from redis.client import Pipeline
@@ -78,7 +79,17 @@ class RunnerQueue(Queue):
 
 def queue_for(name: str, connection: redis.Redis) -> Queue:
     """The RQ queue `name`, with the JSON serializer (nothing from the network is unpickled)."""
-    return RunnerQueue(name, connection=connection, serializer=JSONSerializer)
+    # Kept per connection: building an RQ Queue costs more than enqueueing a job's commands.
+    queues = _queues.get(connection)
+    if queues is None:
+        queues = _queues[connection] = {}
+    queue = queues.get(name)
+    if queue is None:
+        queue = queues[name] = RunnerQueue(name, connection=connection, serializer=JSONSerializer)
+    return queue
+
+
+_queues: WeakKeyDictionary[redis.Redis, dict[str, Queue]] = WeakKeyDictionary()
 
 
 def redis_unavailable(message: str = "Redis is unavailable.") -> BackendUnavailable:

@@ -78,6 +78,7 @@ class InProcessWorkerMixin(SupervisedWorkerMixin):
             self.deadline_slot.publish(time.time() + timeout + HARD_TIMEOUT_MARGIN_SECONDS)
         with self._watch_condition:
             self._watched = job
+            self._watch_condition.notify_all()
         began = time.monotonic()
         try:
             super().execute_job(job, queue)

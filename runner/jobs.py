@@ -205,9 +205,14 @@ def wait_for_job(job_id: str, backends: Backends, timeout: float) -> JobView:
         remaining = deadline - time.monotonic()
         if view.is_terminal or remaining <= 0:
             return view
-        try:
-            woken = backends.connection.blpop([ended_key(job_id)], timeout=min(remaining, WAIT_SLICE_SECONDS))
-        except REDIS_ERRORS as exc:
-            raise redis_unavailable() from exc
+        wait_for_end_token(backends, job_id, min(remaining, WAIT_SLICE_SECONDS))
+
+
+def wait_for_end_token(backends: Backends, job_id: str, seconds: float) -> None:
+    """Block until the job's end is announced, or `seconds` pass."""
+    try:
+        woken = backends.connection.blpop([ended_key(job_id)], timeout=seconds)
         if woken is not None:  # leave the token for anyone else waiting on this job
             backends.connection.lpush(ended_key(job_id), "1")
+    except REDIS_ERRORS as exc:
+        raise redis_unavailable() from exc

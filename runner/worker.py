@@ -8,6 +8,7 @@ runner.process_supervisor; this module keeps the SQL store in step and assembles
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from contextlib import suppress
@@ -258,6 +259,7 @@ def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = 
         worker = build_worker(queues, open_backends(settings, socket_timeout=None), registry, name=name)
         assert isinstance(worker, RunnerWorker)
         worker.deadline_slot = slot
+        worker.pid = os.getppid()  # registered as the worker command's pid: the one to signal
         tie_children_to_this_process()
         worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
         # RQ's loop also ends on an unexpected error: then a fresh work process takes over.

@@ -6,7 +6,9 @@ once (no waiting for heartbeats to fall silent), and the worker goes on taking j
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.integration.conftest import Stack, wait_until
 
@@ -49,3 +51,25 @@ def test_a_job_stuck_past_its_timeout_is_killed_and_failed(sqlite_stack_of: Call
     assert stack.wait_for_row(job_id, lambda row: row.status == "failed").error["type"] == "WorkerDied"
     after = stack.invoke("simple_calculation", {"expression": "2+2"}).json()["id"]
     assert stack.wait_until_terminal(after)["result"]["result"] == 4
+
+
+def test_a_long_job_keeps_heartbeating_and_is_never_taken_for_dead(
+    sqlite_stack_of: Callable[..., Stack], tmp_path: Path
+) -> None:
+    # Peers judge silence after 3 s: a job running three times that long must still be its first attempt.
+    stack = sqlite_stack_of(workers=2, RUNNER_WORKER_DEAD_AFTER_SECONDS="3")
+    gate = tmp_path / "gate"
+    job_id = stack.invoke("gated_retry", {"gate": str(gate)}).json()["id"]
+    stack.wait_for(job_id, lambda view: view["progress"]["percent"] == 50)
+    execution = next(iter(stack.redis.zrange("rq:wip:demo_tasks", 0, -1))).decode().split(":", 1)[1]
+    key = f"rq:execution:{job_id}:{execution}"
+    beats = [stack.redis.hget(key, "last_heartbeat")]
+    started = time.monotonic()
+    while time.monotonic() - started < 9:  # three silence windows
+        wait_until(lambda: stack.redis.hget(key, "last_heartbeat") != beats[-1], 3, "the next heartbeat")
+        beats.append(stack.redis.hget(key, "last_heartbeat"))
+    view = stack.job(job_id)
+    assert (view["status"], view["attempts"]) == ("started", 1), view
+    gate.touch()
+    view = stack.wait_until_terminal(job_id)
+    assert (view["status"], view["attempts"], view["result"]) == ("finished", 1, {"attempt": 1})

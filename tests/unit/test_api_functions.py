@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
@@ -12,7 +11,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 import runner.jobs
-from runner.backends import queue_for
+from runner.backends import Backends, queue_for
 from runner.config import Settings
 from runner.registry import Registry, make_spec
 from runner.store import Store
@@ -252,14 +251,14 @@ def test_wait_without_a_worker_returns_202_queued(invoke: Invoke, query: str) ->
 
 @pytest.fixture
 def worker_during_wait(monkeypatch: pytest.MonkeyPatch, run_jobs: Callable[..., bool]) -> None:
-    """While ?wait polls, run the queued jobs in-process each time it sleeps (no worker thread)."""
-    real_time = runner.jobs.time
+    """While ?wait waits, run the queued jobs in-process each time it blocks (no worker thread)."""
+    real_wait = runner.jobs.wait_for_end_token
 
-    def sleep(seconds: float) -> None:
+    def wait(backends: Backends, job_id: str, seconds: float) -> None:
         run_jobs()
-        real_time.sleep(seconds)
+        real_wait(backends, job_id, min(seconds, 0.05))
 
-    monkeypatch.setattr(runner.jobs, "time", SimpleNamespace(monotonic=real_time.monotonic, sleep=sleep))
+    monkeypatch.setattr(runner.jobs, "wait_for_end_token", wait)
 
 
 @pytest.mark.usefixtures("worker_during_wait")
