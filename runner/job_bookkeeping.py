@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from redis.client import Pipeline
 from rq.executions import Execution
 from rq.job import Job, _job_stack
@@ -26,6 +27,7 @@ from rq.worker import BaseWorker, WorkerStatus
 from runner.claims import release_claim
 from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS
 from runner.liveness import DEAD_AFTER_FIELD
+from runner.scripted_pipeline import execute_as_script
 
 AfterExecute = Callable[[], None]
 
@@ -34,11 +36,8 @@ def _nothing() -> None:
     return None
 
 
-def _send(pipeline: Pipeline, after: AfterExecute) -> None:
-    try:
-        pipeline.execute()
-    finally:
-        pipeline.reset()
+def _send(connection: redis.Redis, pipeline: Pipeline, after: AfterExecute) -> None:
+    execute_as_script(connection, pipeline)
     after()
 
 
@@ -89,7 +88,7 @@ class PipelinedBookkeepingMixin(BaseWorker):
         """Send a finished job's held pipeline now (before waiting, stopping or failing)."""
         held, self._held = self._held, None
         if held is not None:
-            _send(*held)
+            _send(self.connection, *held)
 
     def prepare_execution(self, job: Job) -> Execution:
         # One transaction moves the job from this worker's claim list to the started registry,
@@ -110,7 +109,7 @@ class PipelinedBookkeepingMixin(BaseWorker):
                 pipeline.persist(job.key)  # what Job.perform would do on its own
                 job.persisted_at_start = True
             after = self.begin_attempt(job, pipeline)
-            pipeline.execute()
+            execute_as_script(self.connection, pipeline)
         if held:
             held[1]()
         after()
@@ -155,7 +154,7 @@ class PipelinedBookkeepingMixin(BaseWorker):
             # The next job starts within moments: its start carries this end, one round trip for both.
             self._held = (pipeline, after)
         else:
-            _send(pipeline, after)
+            _send(self.connection, pipeline, after)
         self.log.info("Successfully completed job %s in %ss on worker %s", job.id, job.ended_at - job.started_at,
                       self.name)
 

@@ -71,12 +71,12 @@ class StoreSyncMixin(BaseWorker):
         super().register_birth()  # type: ignore[no-untyped-call]
         if self.uses_write_behind and self.store is not None:
             self._write_behind = WriteBehind(self.store, self.connection, self.name, deferred_key=PENDING_WRITES_KEY,
-                                             on_committed=self._announce_ended_rows)
+                                             on_committed=self._announce_ended_rows, is_urgent=_ends_job)
             self._write_behind.start()
             install_write_behind(self._write_behind)
 
     def _announce_ended_rows(self, writes: Sequence[RowWrite], pipeline: Pipeline) -> None:
-        announce_ends(pipeline, {write.job_id for write in writes if write.values.get("status") in TERMINAL_STATUSES})
+        announce_ends(pipeline, {write.job_id for write in writes if _ends_job(write)})
 
     def teardown(self) -> None:
         writer, self._write_behind = self._write_behind, None
@@ -209,6 +209,10 @@ class RunnerForkingWorker(StoreSyncMixin, SupervisedWorkerMixin, Worker):
 
 class RunnerSimpleWorker(StoreSyncMixin, SupervisedWorkerMixin, SimpleWorker):
     """RQ's in-process worker, synced; for tests and short jobs (it cannot heartbeat during a job)."""
+
+
+def _ends_job(write: RowWrite) -> bool:
+    return write.values.get("status") in TERMINAL_STATUSES
 
 
 def _is_invocation(job: Job) -> bool:

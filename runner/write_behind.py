@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 JOURNAL_KEY_PREFIX = "runner:store:journal:"
 MAX_BATCH = 500
+# Longest a write that ends no job waits for company (see WriteBehind.is_urgent).
+HOLD_SECONDS = 0.05
 # After the database failed, batches go straight to the deferred list for this long.
 DATABASE_BACKOFF_SECONDS = 1.0
 
@@ -59,14 +61,22 @@ class WriteBehind:
     """Journals row updates in Redis and commits them to SQL from one background thread."""
 
     def __init__(self, store: Store, connection: redis.Redis, worker_name: str, *,
-                 deferred_key: str, on_committed: Committed | None = None) -> None:
+                 deferred_key: str, on_committed: Committed | None = None,
+                 is_urgent: Callable[[RowWrite], bool] | None = None) -> None:
         self.store = store
         self.connection = connection
         self.journal = journal_key(worker_name)
         self.deferred_key = deferred_key
         self.on_committed = on_committed
+        # Urgent writes (a job's end, which someone may wait for) go at once. Others (a start, a
+        # progress step) may wait up to HOLD_SECONDS, so that a short job's start and end become
+        # one UPDATE in one commit instead of two commits.
+        self.is_urgent = is_urgent or (lambda _write: True)
         self._pending: deque[RowWrite] = deque()
         self._lock = threading.Condition()
+        self._urgent = False
+        self._hold_until: float | None = None
+        self._flushing = 0
         self._in_flight = 0
         self._stopping = False
         self._database_down_until = 0.0
@@ -94,17 +104,26 @@ class WriteBehind:
         """Hand a journaled write to the writer thread."""
         with self._lock:
             self._pending.append(write)
+            if self.is_urgent(write):
+                self._urgent = True
+            elif self._hold_until is None:
+                self._hold_until = time.monotonic() + HOLD_SECONDS
             self._lock.notify_all()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every submitted write is committed or deferred; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._pending or self._in_flight:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._thread is None or not self._thread.is_alive():
-                    return False
-                self._lock.wait(left)
+            self._flushing += 1
+            self._lock.notify_all()
+            try:
+                while self._pending or self._in_flight:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._thread is None or not self._thread.is_alive():
+                        return False
+                    self._lock.wait(left)
+            finally:
+                self._flushing -= 1
         return True
 
     def stop(self, timeout: float) -> bool:
@@ -117,14 +136,24 @@ class WriteBehind:
             self._thread.join(timeout=1)
         return flushed
 
+    def _due(self) -> float | None:
+        """Seconds until the pending writes must go (0: now), or None when there are none."""
+        if not self._pending:
+            return None
+        if self._urgent or self._flushing or self._stopping or self._hold_until is None:
+            return 0.0
+        return max(0.0, self._hold_until - time.monotonic())
+
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._pending and not self._stopping:
-                    self._lock.wait()
-                if not self._pending:
-                    return
+                while (due := self._due()) != 0.0:
+                    if due is None and self._stopping:
+                        return
+                    self._lock.wait(due)
                 batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
+                self._urgent = bool(self._pending)  # more than a batch waits: go on at once
+                self._hold_until = None
                 self._in_flight = len(batch)
             try:
                 settled = self._write(batch)
@@ -143,7 +172,7 @@ class WriteBehind:
         if time.monotonic() < self._database_down_until:
             return self._defer(batch)
         try:
-            self.store.apply_writes([(write.job_id, write.values) for write in batch])
+            self.store.apply_writes(_one_write_per_job(batch))
         except BackendUnavailable:
             self._database_down_until = time.monotonic() + DATABASE_BACKOFF_SECONDS
             log.warning("write-behind: database unavailable; %d row updates wait in Redis for replay", len(batch))
@@ -176,6 +205,14 @@ class WriteBehind:
         # By value, not by position: writes are journaled from several threads and pipelines.
         for write in batch:
             pipeline.lrem(self.journal, 1, write.raw)
+
+
+def _one_write_per_job(batch: Sequence[RowWrite]) -> list[tuple[str, dict[str, Any]]]:
+    """Fold each job's writes into one, later values winning (a short job's start and end: one UPDATE)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for write in batch:
+        merged.setdefault(write.job_id, {}).update(write.values)
+    return list(merged.items())
 
 
 def adopt_journal(connection: redis.Redis, worker_name: str, deferred_key: str) -> int:
