@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,16 @@ from typing import Any
 
 import requests
 
-from bench.engines import ROOT, CeleryEngine, Engine, RawRQEngine, RunnerEngine, rss_kib, wait_until
+from bench.engines import (
+    ROOT,
+    CeleryEngine,
+    Engine,
+    RawRQEngine,
+    RunnerEngine,
+    cpu_seconds,
+    rss_kib,
+    wait_until,
+)
 from runner.embedded_redis import EmbeddedRedis, free_port
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -33,7 +43,10 @@ RESULTS_DIR = ROOT / "bench" / "results"
 def percentiles(samples: list[float]) -> dict[str, float]:
     """p50/p90/p99 in milliseconds."""
     ordered = sorted(samples)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
     return {"p50_ms": round(pick(0.50), 3), "p90_ms": round(pick(0.90), 3), "p99_ms": round(pick(0.99), 3)}
 
 
@@ -47,8 +60,9 @@ def with_engine(engine: Engine, workers: int, body: Callable[[Engine], Any]) -> 
         engine.stop()
 
 
-def throughput(engines: list[Engine], jobs: int, kind: str) -> dict[str, float]:
-    """jobs/s per engine with 2 worker processes."""
+def throughput(engines: list[Engine], jobs: int, kind: str, redis_pid: int,
+               cpu: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
+    """jobs/s per engine with 2 worker processes; with `cpu`, also where the CPU time went, per job."""
     figures = {}
     for engine in engines:
         if kind != "noop" and not isinstance(engine, RunnerEngine):
@@ -56,11 +70,24 @@ def throughput(engines: list[Engine], jobs: int, kind: str) -> dict[str, float]:
 
         def batch(e: Engine) -> float:
             e.run_batch(min(50, jobs), kind)  # warm-up: imports, connections, SQLite pages
-            return jobs / e.run_batch(jobs, kind)
+            before = _cpu_now(e, redis_pid)
+            seconds = e.run_batch(jobs, kind)
+            used = [(after - start) * 1000 / jobs for start, after in zip(before, _cpu_now(e, redis_pid), strict=True)]
+            if cpu is not None:
+                cpu[e.name] = dict(zip(("workers_ms", "client_ms", "redis_ms"), (round(x, 3) for x in used),
+                                       strict=True))
+            return jobs / seconds
 
         figures[engine.name] = round(with_engine(engine, 2, batch), 1)
-        print(f"  throughput {kind:>6} {engine.name:<16} {figures[engine.name]:>8.1f} jobs/s", flush=True)
+        used_text = f"  CPU per job (ms): {cpu[engine.name]}" if cpu is not None else ""
+        print(f"  throughput {kind:>6} {engine.name:<16} {figures[engine.name]:>8.1f} jobs/s{used_text}", flush=True)
     return figures
+
+
+def _cpu_now(engine: Engine, redis_pid: int) -> tuple[float, float, float]:
+    """CPU seconds so far of the engine's workers, of this process (enqueue, waiting) and of Redis."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return engine.cpu_seconds(), usage.ru_utime + usage.ru_stime, cpu_seconds(redis_pid)
 
 
 def latency(engines: list[Engine], count: int) -> dict[str, dict[str, float]]:
@@ -201,8 +228,9 @@ def main() -> None:
             "parameters": vars(args),
         }
         print("throughput (2 worker processes)", flush=True)
-        results["throughput_noop"] = throughput(engines, args.jobs, "noop")
-        results["throughput_calc"] = throughput(engines, args.jobs, "calc")
+        results["cpu_per_job"] = {}
+        results["throughput_noop"] = throughput(engines, args.jobs, "noop", server.pid or 0, results["cpu_per_job"])
+        results["throughput_calc"] = throughput(engines, args.jobs, "calc", server.pid or 0)
         print(f"latency ({args.latency} sequential jobs)", flush=True)
         results["latency"] = latency(engines, args.latency)
         print("http invoke (concurrency 16)", flush=True)
@@ -210,6 +238,7 @@ def main() -> None:
         results["memory"] = memory(runner, args.memory_jobs)
         results["scaling"] = scaling(runner, args.jobs)
     results["ratios"] = ratios(results)
+    results["targets"] = targets(results["ratios"])
     print_table(results)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     target = RESULTS_DIR / f"{datetime.now(UTC).strftime('%Y-%m-%d')}.json"
@@ -234,6 +263,29 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+# The issue's targets: (ratio, comparison, bound).
+TARGETS = {
+    "throughput_vs_celery": (">=", 1.2),
+    "throughput_vs_rq_simpleworker": (">=", 2.0),
+    "latency_p50_vs_celery": (">=", 1.0),
+    "http_rps_vs_bare": (">=", 0.7),
+    "http_p99_over_p50": ("<=", 3.0),
+    "memory_growth": ("<", 0.10),
+}
+
+
+def targets(figures: dict[str, float]) -> dict[str, str]:
+    """Each target, met or not, in words."""
+    verdicts = {}
+    for name, (comparison, bound) in TARGETS.items():
+        if name not in figures:
+            continue
+        value = figures[name]
+        met = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[comparison]
+        verdicts[name] = f"{value} (target {comparison} {bound}): {'met' if met else 'NOT met'}"
+    return verdicts
+
+
 def print_table(results: dict[str, Any]) -> None:
     """A plain-text table of the run."""
     print("\n| engine (2 processes) | no-op jobs/s | calc jobs/s | latency p50 / p90 / p99 ms |")
@@ -249,7 +301,12 @@ def print_table(results: dict[str, Any]) -> None:
             print(f"HTTP {name}: {figures['rps']} req/s, p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
     print(f"HTTP ?wait= latency: {http.get('runner-http-wait-latency')}")
     print(f"memory: {results['memory']}  scaling: {results['scaling']}")
+    print("CPU per no-op job, ms (workers / this client: enqueue and waiting / Redis):")
+    for name, used in results.get("cpu_per_job", {}).items():
+        print(f"  {name}: {used['workers_ms']} / {used['client_ms']} / {used['redis_ms']}")
     print(f"ratios: {json.dumps(results['ratios'])}")
+    for verdict in results["targets"].values():
+        print(f"  {verdict}")
 
 
 if __name__ == "__main__":

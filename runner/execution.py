@@ -24,7 +24,7 @@ from runner.files import ArtifactStore, UploadStore
 from runner.lifecycle import JobEvent, emit, emit_into
 from runner.limits import WAITING_FOR_SLOT, SlotDecision, deferral, release_slot, take_slot
 from runner.models import utcnow
-from runner.reconcile import stage_write, write_or_defer
+from runner.reconcile import flush_write_behind, stage_write, write_or_defer
 from runner.registry import Registry
 from runner.store import Store, as_utc
 
@@ -34,6 +34,7 @@ ENTRY_POINT = "runner.execution.run_invocation"
 # Progress is written to Redis on every call, to SQL only when it crosses one of these steps.
 STORE_PROGRESS_STEP = 25
 MAX_MESSAGE_LENGTH = 500
+HISTORY_FLUSH_SECONDS = 5.0
 
 
 @dataclass
@@ -209,6 +210,8 @@ def invocation_history(
     store = _current_environment().store
     if store is None:
         raise PermanentError("This worker has no store to read the history from.")
+    # This worker's own row updates (the running job's start, say) may still wait to be committed.
+    flush_write_behind(HISTORY_FLUSH_SECONDS)
     for record in store.history(since=since, until=until, function=function):
         yield {
             "id": record.id,

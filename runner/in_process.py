@@ -69,16 +69,13 @@ class InProcessWorkerMixin(SupervisedWorkerMixin):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self._watch_thread is None:
-            self._watch_condition = threading.Condition()
             self._watch_thread = threading.Thread(target=self._watch_jobs, name="runner-job-watch", daemon=True)
             self._watch_thread.start()
             signal.signal(STOP_JOB_SIGNAL, self._interrupt_job)
         timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
         if self.deadline_slot is not None and timeout and timeout > 0:
             self.deadline_slot.publish(time.time() + timeout + HARD_TIMEOUT_MARGIN_SECONDS)
-        with self._watch_condition:
-            self._watched = job
-            self._watch_condition.notify_all()
+        self._watched = job
         began = time.monotonic()
         try:
             super().execute_job(job, queue)
@@ -87,22 +84,18 @@ class InProcessWorkerMixin(SupervisedWorkerMixin):
             # that no job waits behind a long one while another worker is idle.
             short = time.monotonic() - began < SHORT_JOB_SECONDS
             self.claim_batch = MAX_CLAIM_BATCH if short else 1
-            with self._watch_condition:
-                self._watched = None
-                self._watch_condition.notify_all()
+            self._watched = None
             if self.deadline_slot is not None:
                 self.deadline_slot.publish(0.0)
 
     def _watch_jobs(self) -> None:
         # What a forking worker's parent does while its horse runs, every tick, from this thread.
+        # It polls rather than being woken per job: a thread switch per job costs more than a tick.
         while True:
-            with self._watch_condition:
-                while self._watched is None:
-                    self._watch_condition.wait()
-                job = self._watched
-                self._watch_condition.wait(MONITOR_TICK_SECONDS)
-                if self._watched is not job:
-                    continue
+            time.sleep(MONITOR_TICK_SECONDS)
+            job = self._watched
+            if job is None:
+                continue
             try:
                 self.maintain_heartbeats(job)
             except Exception:  # the job goes on; the next tick tries again

@@ -79,6 +79,11 @@ def write_or_defer(
         log.error("job %s: database and Redis unavailable; this row update is lost", job_id)
 
 
+def flush_write_behind(timeout: float) -> bool:
+    """Commit this process's pending row updates now (read-your-writes before reading history)."""
+    return _write_behind is None or _write_behind.flush(timeout)
+
+
 def stage_write(
     store: Store, connection: redis.Redis, pipeline: Pipeline, job_id: str, *, as_of: datetime | None = None,
     **values: Any,
