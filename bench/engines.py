@@ -41,8 +41,8 @@ def cpu_seconds(pid: int, with_reaped_children: bool = True) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def process_tree(root: int) -> list[int]:
-    """`root` and every live process below it."""
+def process_tree(root: int, depth: int | None = None) -> list[int]:
+    """`root` and every live process below it (only `depth` levels down, when given)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -51,11 +51,13 @@ def process_tree(root: int) -> list[int]:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(parent, []).append(int(entry.name))
-    found, pending = [], [root]
+    found: list[int] = []
+    pending = [(root, 0)]
     while pending:
-        pid = pending.pop()
+        pid, level = pending.pop()
         found.append(pid)
-        pending.extend(children.get(pid, []))
+        if depth is None or level < depth:
+            pending.extend((child, level + 1) for child in children.get(pid, []))
     return found
 
 
@@ -179,8 +181,8 @@ class RunnerEngine(Engine):
         return time.perf_counter() - started
 
     def worker_pids(self) -> list[int]:
-        # `python -m runner worker` runs its jobs in a work process below it: that one's memory counts.
-        return [int(worker.pid) for worker in Worker.all(connection=self.connection) if worker.pid]
+        # `python -m runner worker` runs its jobs in a work process, its direct child: that one's memory counts.
+        return [pid for process in self.processes for pid in process_tree(process.pid, depth=1)[1:]]
 
     def one(self) -> float:
         from runner.invocation import enqueue_invocation

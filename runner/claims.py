@@ -19,6 +19,8 @@ from redis.commands.core import Script
 from rq.job import Job
 from rq.queue import Queue
 
+from runner.scripted_pipeline import RUN_COMMANDS_LUA, encode_commands
+
 log = logging.getLogger(__name__)
 
 CLAIM_KEY_PREFIX = "runner:claims:"
@@ -59,8 +61,10 @@ WAKE_KEY_PREFIX = "runner:wake:"
 # never more than half of what waits there (at least one), so idle peers get their share; and
 # returns the queue's position, then each id with its job's hash: claims and reads in one
 # round trip. When jobs remain in that queue, it leaves a wake-up token for another idle worker.
-# KEYS: the claim list, the n queues, their n wake-up lists; ARGV: the job key prefix, the most to take.
-_CLAIM_AND_READ = """
+# KEYS: the claim list, the n queues, their n wake-up lists; ARGV: the job key prefix, the most to
+# take, then commands to run first (the end of the job before, see claim_and_read).
+_CLAIM_AND_READ = RUN_COMMANDS_LUA + """
+run_commands(3)
 local n = (#KEYS - 1) / 2
 for i = 1, n do
   local waiting = redis.call('LLEN', KEYS[1 + i])
@@ -92,17 +96,24 @@ def wake_key(queue_name: str) -> str:
 
 
 def claim_and_read(
-    connection: redis.Redis, queues: Sequence[Queue], worker_name: str, most: int = 1
+    connection: redis.Redis, queues: Sequence[Queue], worker_name: str, most: int = 1,
+    before: Pipeline | None = None,
 ) -> tuple[Queue, list[tuple[str, dict[bytes, bytes]]]]:
     """Claim up to `most` jobs from the head of the first non-empty queue, each with its hash, in one round trip.
 
-    As `claim_next`, the ids move into the worker's claim list; an empty list when every queue is empty.
+    As `claim_next`, the ids move into the worker's claim list; an empty list when every queue is
+    empty. The commands queued in `before` (whose replies nobody reads) run first, in the same
+    call; the pipeline is emptied.
     """
     script = _claim_scripts.get(connection)
     if script is None:
         script = _claim_scripts[connection] = connection.register_script(_CLAIM_AND_READ)
     keys = [claim_key(worker_name), *[queue.key for queue in queues], *[wake_key(queue.name) for queue in queues]]
-    found = script(keys=keys, args=[Job.redis_job_namespace_prefix, most])
+    try:
+        found = script(keys=keys, args=[Job.redis_job_namespace_prefix, most, *encode_commands(before)])
+    finally:
+        if before is not None:
+            before.reset()
     if not found:
         return queues[0], []
     position, *flat = found

@@ -1,12 +1,12 @@
-"""RQ's per-job bookkeeping in two Redis round trips (one to start a job, one to finish it), or in one.
+"""RQ's per-job bookkeeping in one Redis round trip to start a job, and none of its own to finish it.
 
 RQ's own worker sends the start in two round trips (its parent's, then its horse's), and
 the success in a WATCH transaction kept for job dependencies, which runner jobs never use.
 Here each is one pipeline, and whoever adds to a job's start or end (the attempt count, the
 SQL row's journal entry, metrics) queues its writes into that pipeline through two hooks,
 `begin_attempt` and `end_successful_attempt`, instead of paying a round trip of its own.
-When the worker already holds its next job (claimed in a batch), a success is sent with that
-job's start: one round trip per job.
+A success is held and sent with the worker's next move: the next job's start when that job is
+already claimed (jobs are claimed a few at a time), else the claim that looks for it.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class PipelinedBookkeepingMixin(BaseWorker):
     """Starts and finishes each job in one round trip apiece."""
 
     job_class = RunnerJob
+    # Our `finished` lifecycle event logs each job's end; RQ's extra line per job is not needed.
+    log_result_lifespan = False
 
     dead_after: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS
     _next_heartbeat: float = 0.0
@@ -80,15 +82,16 @@ class PipelinedBookkeepingMixin(BaseWorker):
         """Queue what else ends with `job`'s success; return what to do once the pipeline has executed."""
         return _nothing
 
-    def next_job_is_claimed(self) -> bool:
-        """True when the worker already holds the next job it will start (claimed with this one)."""
-        return False
-
     def send_held(self) -> None:
         """Send a finished job's held pipeline now (before waiting, stopping or failing)."""
         held, self._held = self._held, None
         if held is not None:
             _send(self.connection, *held)
+
+    def take_held(self) -> tuple[Pipeline, AfterExecute] | None:
+        """The held end of the last job, for the caller to send with its own commands (then call its after)."""
+        held, self._held = self._held, None
+        return held
 
     def prepare_execution(self, job: Job) -> Execution:
         # One transaction moves the job from this worker's claim list to the started registry,
@@ -150,13 +153,11 @@ class PipelinedBookkeepingMixin(BaseWorker):
         except BaseException:
             pipeline.reset()
             raise
-        if self.next_job_is_claimed():
-            # The next job starts within moments: its start carries this end, one round trip for both.
-            self._held = (pipeline, after)
-        else:
-            _send(self.connection, pipeline, after)
-        self.log.info("Successfully completed job %s in %ss on worker %s", job.id, job.ended_at - job.started_at,
-                      self.name)
+        # Held for the worker's next move, moments away: the next job's start when it is already
+        # claimed, else the claim of the next job (runner.supervision). One round trip for both.
+        self._held = (pipeline, after)
+        self.log.debug("Successfully completed job %s in %ss on worker %s", job.id, job.ended_at - job.started_at,
+                       self.name)
 
     def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
         # A state the worker is known to have is not written again (RQ writes `idle` after every job).

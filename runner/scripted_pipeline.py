@@ -15,17 +15,28 @@ import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
-# ARGV: for each command, its argument count, then the command and its arguments.
-_RUN_COMMANDS = """
-local unpack = unpack or table.unpack
-local i = 1
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
+# Runs the commands encoded in ARGV from position `from` on (see `encode_commands`); for scripts.
+RUN_COMMANDS_LUA = """
+local function run_commands(from)
+  local unpack = unpack or table.unpack
+  local i = from
+  while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    redis.call(unpack(ARGV, i + 1, i + n))
+    i = i + n + 1
+  end
 end
-return #ARGV
 """
+_RUN_COMMANDS = RUN_COMMANDS_LUA + "run_commands(1)\nreturn 1\n"
+
+
+def encode_commands(pipeline: Pipeline | None) -> list[bytes | str | int | float]:
+    """The commands queued in `pipeline` as script arguments: for each, its argument count, then it."""
+    arguments: list[bytes | str | int | float] = []
+    for args, _options in pipeline.command_stack if pipeline is not None else ():
+        arguments.append(len(args))
+        arguments.extend(args)
+    return arguments
 
 _scripts: WeakKeyDictionary[redis.Redis, Script] = WeakKeyDictionary()
 
@@ -35,10 +46,7 @@ def execute_as_script(connection: redis.Redis, pipeline: Pipeline) -> None:
     try:
         if not pipeline.command_stack:
             return
-        arguments: list[bytes | str | int | float] = []
-        for args, _options in pipeline.command_stack:
-            arguments.append(len(args))
-            arguments.extend(args)
+        arguments = encode_commands(pipeline)
         script = _scripts.get(connection)
         if script is None:
             script = _scripts[connection] = connection.register_script(_RUN_COMMANDS)

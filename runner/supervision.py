@@ -187,13 +187,17 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
         data: dict[bytes, bytes] | None = None
         if pending is None:
             if not self._claimed_ahead:
-                self.send_held()  # nothing more to start: the last end goes out alone
-                _queue, claimed = claim_and_read(self.connection, self._ordered_queues, self.name, self.claim_batch)
+                held = self.take_held()  # the last job's end goes out with this claim
+                _queue, claimed = claim_and_read(self.connection, self._ordered_queues, self.name, self.claim_batch,
+                                                 before=held[0] if held else None)
+                if held:
+                    held[1]()
                 self._claimed_ahead.extend(claimed)
                 if not claimed:
                     return None
             job_id, data = self._claimed_ahead.popleft()
         else:
+            self.send_held()
             job_id = pending
         try:
             if data is None:
@@ -210,7 +214,7 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
         queue = next((q for q in self.queues if q.name == job.origin), None) or queue_for(job.origin, self.connection)
         self.reorder_queues(reference_queue=queue)
         job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
-        self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
+        self.log.debug("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
         return job, queue
 
     @property
@@ -219,9 +223,6 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
         if self._claimed_ahead_queue is None:
             self._claimed_ahead_queue = deque()
         return self._claimed_ahead_queue
-
-    def next_job_is_claimed(self) -> bool:
-        return bool(self._claimed_ahead) and not self._stop_requested
 
     def _lost_track_of_claims(self) -> None:
         # After a lost connection, the claim list in Redis is the truth: take claims from there, one by one.
