@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -77,6 +77,7 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._thread_turn = threading.Lock()
         self._lock_file: TextIO | None = None
+        self._kept = threading.local()  # per thread: the connection apply_writes keeps
         # A forked work horse must not reuse the parent's pooled connections.
         os.register_at_fork(after_in_child=self._forget_pool)
 
@@ -84,6 +85,7 @@ class Store:
         self.engine.dispose(close=False)
         self._thread_turn = threading.Lock()  # a thread of the parent may have held it at the fork
         self._lock_file = None
+        self._kept = threading.local()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -181,11 +183,20 @@ class Store:
         later than that is skipped, as in `update_unless_newer`. Consecutive writes that set the
         same columns go to the database as one executemany.
         """
+        # A writer thread commits many small batches: it keeps its connection between them (no pool
+        # checkout and reset per batch), and drops it when the database went away.
+        connection = getattr(self._kept, "connection", None)
         try:
-            with self._write_turn(), self.engine.begin() as connection:
+            if connection is None or connection.invalidated or connection.closed:
+                connection = self._kept.connection = self.engine.connect()
+            with self._write_turn(), connection.begin():
                 for columns, rows in _runs_of_same_columns(writes):
                     connection.execute(_conditional_update(columns), rows)
         except UNAVAILABLE_ERRORS as exc:
+            self._kept.connection = None
+            if connection is not None:
+                with suppress(Exception):
+                    connection.invalidate()
             raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
 
     def update_unless_newer(self, job_id: str, **values: Any) -> None:

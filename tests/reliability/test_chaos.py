@@ -26,7 +26,7 @@ from tests.servers import PostgresServer, RedisServer
 
 JOBS = 200
 WORKERS = 3
-ROUNDS = 30_000  # about 30 ms of hashing per job
+ROUNDS = 300_000  # about 90 ms of hashing per job: workers are busy most of the time
 POST_INTERVAL = 0.05
 KILL_INTERVAL = (1.0, 2.0)
 SETTLE_TIMEOUT = 60.0
@@ -56,7 +56,10 @@ class Chaos(threading.Thread):
         try:
             while not self.halt.wait(random.uniform(*KILL_INTERVAL)):
                 workers = [p for p in self.stack.processes.processes if p.name != "web" and p.alive()]
-                kill_worker(random.choice(workers))
+                # A worker in the middle of a job when there is one: jobs take milliseconds, and a
+                # kill between two jobs tests less.
+                busy = {w.pid for w in Worker.all(connection=self.stack.redis) if w.get_current_job_id()}
+                kill_worker(random.choice([p for p in workers if p.pid in busy] or workers))
                 self.kills += 1
                 self.stack.processes.start_worker(self.stack.env, f"replacement.{self.kills}")
         except BaseException as exc:  # surfaced by the test, which joins this thread
