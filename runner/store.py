@@ -170,8 +170,12 @@ class Store:
 
     def insert(self, values: dict[str, Any]) -> None:
         """Insert a new invocation row from column values (a Core insert: no ORM unit of work on the hot path)."""
+        if self.engine.dialect.name == "sqlite":  # a file: its connections never go stale, keep one
+            with self._kept_transaction() as connection:
+                connection.execute(INVOCATIONS.insert(), values)
+            return
         try:
-            with self._write_turn(), self.engine.begin() as connection:
+            with self.engine.begin() as connection:  # from the pool, pinged: survives a server restart
                 connection.execute(INVOCATIONS.insert(), values)
         except UNAVAILABLE_ERRORS as exc:
             raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
@@ -183,15 +187,21 @@ class Store:
         later than that is skipped, as in `update_unless_newer`. Consecutive writes that set the
         same columns go to the database as one executemany.
         """
-        # A writer thread commits many small batches: it keeps its connection between them (no pool
-        # checkout and reset per batch), and drops it when the database went away.
+        # A writer thread commits many small batches: on a kept connection, with no pool checkout
+        # and reset per batch. A stale one (the server restarted) costs one deferred batch.
+        with self._kept_transaction() as connection:
+            for columns, rows in _runs_of_same_columns(writes):
+                connection.execute(_conditional_update(columns), rows)
+
+    @contextmanager
+    def _kept_transaction(self) -> Iterator[sa.Connection]:
+        """A transaction on this thread's kept connection: opened on first use, dropped when the database went away."""
         connection = getattr(self._kept, "connection", None)
         try:
             if connection is None or connection.invalidated or connection.closed:
                 connection = self._kept.connection = self.engine.connect()
             with self._write_turn(), connection.begin():
-                for columns, rows in _runs_of_same_columns(writes):
-                    connection.execute(_conditional_update(columns), rows)
+                yield connection
         except UNAVAILABLE_ERRORS as exc:
             self._kept.connection = None
             if connection is not None:
