@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 from rq.executions import Execution
-from rq.job import Job, _job_stack
+from rq.job import Job, JobStatus, _job_stack
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.utils import now
@@ -27,7 +27,7 @@ from rq.worker import BaseWorker, WorkerStatus
 from runner.claims import release_claim
 from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS
 from runner.liveness import DEAD_AFTER_FIELD
-from runner.scripted_pipeline import execute_as_script
+from runner.scripted_pipeline import execute_as_script, skip_rest_if
 
 AfterExecute = Callable[[], None]
 
@@ -39,6 +39,10 @@ def _nothing() -> None:
 def _send(connection: redis.Redis, pipeline: Pipeline, after: AfterExecute) -> None:
     execute_as_script(connection, pipeline)
     after()
+
+
+class CanceledBeforeStart(Exception):  # noqa: N818 (a state, not a failure)
+    """The job was canceled after this worker claimed it and before it started: it must not run."""
 
 
 class RunnerJob(Job):
@@ -99,8 +103,11 @@ class PipelinedBookkeepingMixin(BaseWorker):
         ttl = self.get_heartbeat_ttl(job)
         held, self._held = self._held, None
         with held[0] if held else self.connection.pipeline() as pipeline:
-            self.execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
-            pipeline.hset(self.execution.key, DEAD_AFTER_FIELD, self.dead_after)
+            # Canceled since it was claimed (claimed ahead with another job): the last job's end
+            # still goes, this job's start does not.
+            skip_rest_if(pipeline, job.key, "status", JobStatus.CANCELED.value)
+            execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
+            pipeline.hset(execution.key, DEAD_AFTER_FIELD, self.dead_after)
             self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
             release_claim(pipeline, self.name, job.id)
             self.set_current_job_id(job.id, pipeline=pipeline)
@@ -112,9 +119,12 @@ class PipelinedBookkeepingMixin(BaseWorker):
                 pipeline.persist(job.key)  # what Job.perform would do on its own
                 job.persisted_at_start = True
             after = self.begin_attempt(job, pipeline)
-            execute_as_script(self.connection, pipeline)
+            started = execute_as_script(self.connection, pipeline)
         if held:
             held[1]()
+        if not started:
+            raise CanceledBeforeStart(job.id)
+        self.execution = execution
         after()
         self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
         return self.execution

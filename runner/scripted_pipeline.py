@@ -15,19 +15,36 @@ import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
-# Runs the commands encoded in ARGV from position `from` on (see `encode_commands`); for scripts.
+# A pseudo-command (see `skip_rest_if`): when hash field KEY FIELD holds VALUE, stop there.
+SKIP_REST_IF = "RUNNER-SKIP-REST-IF"
+
+# Runs the commands encoded in ARGV from position `from` on (see `encode_commands`); returns 0 when
+# a SKIP_REST_IF stopped it, 1 when all ran. For scripts.
 RUN_COMMANDS_LUA = """
 local function run_commands(from)
   local unpack = unpack or table.unpack
   local i = from
   while i <= #ARGV do
     local n = tonumber(ARGV[i])
-    redis.call(unpack(ARGV, i + 1, i + n))
+    if ARGV[i + 1] == '""" + SKIP_REST_IF + """' then
+      if redis.call('HGET', ARGV[i + 2], ARGV[i + 3]) == ARGV[i + 4] then
+        return 0
+      end
+    else
+      redis.call(unpack(ARGV, i + 1, i + n))
+    end
     i = i + n + 1
   end
+  return 1
 end
 """
-_RUN_COMMANDS = RUN_COMMANDS_LUA + "run_commands(1)\nreturn 1\n"
+_RUN_COMMANDS = RUN_COMMANDS_LUA + "return run_commands(1)\n"
+
+
+def skip_rest_if(pipeline: Pipeline, key: str, field: str, value: str) -> None:
+    """Queue a condition: when run by `execute_as_script`, the commands after it run only unless
+    hash field `key` `field` holds `value` (those before it run either way)."""
+    pipeline.command_stack.append(((SKIP_REST_IF, key, field, value), {}))
 
 
 def encode_commands(pipeline: Pipeline | None) -> list[bytes | str | int | float]:
@@ -41,15 +58,18 @@ def encode_commands(pipeline: Pipeline | None) -> list[bytes | str | int | float
 _scripts: WeakKeyDictionary[redis.Redis, Script] = WeakKeyDictionary()
 
 
-def execute_as_script(connection: redis.Redis, pipeline: Pipeline) -> None:
-    """Run the commands queued in `pipeline` as one script on `connection`, then empty the pipeline."""
+def execute_as_script(connection: redis.Redis, pipeline: Pipeline) -> bool:
+    """Run the commands queued in `pipeline` as one script on `connection`, then empty the pipeline.
+
+    False when a `skip_rest_if` condition held and the commands after it did not run.
+    """
     try:
         if not pipeline.command_stack:
-            return
+            return True
         arguments = encode_commands(pipeline)
         script = _scripts.get(connection)
         if script is None:
             script = _scripts[connection] = connection.register_script(_RUN_COMMANDS)
-        script(args=arguments)
+        return bool(script(args=arguments))
     finally:
         pipeline.reset()

@@ -42,7 +42,7 @@ from runner.claims import (
 )
 from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS, DEFAULT_WORKER_GRACE_SECONDS
 from runner.errors import BackendUnavailable
-from runner.job_bookkeeping import PipelinedBookkeepingMixin
+from runner.job_bookkeeping import CanceledBeforeStart, PipelinedBookkeepingMixin
 from runner.liveness import DEAD_AFTER_FIELD, Liveness
 from runner.reconcile import has_pending_writes, replay_pending_writes
 from runner.recovery import WORKER_STOPPED_REASON, StartedEntry, recover_abandoned_jobs, recover_entry
@@ -241,6 +241,11 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
         self._running_job = job
         try:
             super().execute_job(job, queue)
+        except CanceledBeforeStart:
+            with suppress(*REDIS_ERRORS):
+                release_claim(self.connection, self.name, job.id)
+            self.set_state(WorkerStatus.IDLE)
+            self.log.info("Worker %s: job %s was canceled before it started; not run", self.name, job.id)
         except REDIS_ERRORS as exc:
             # The job stays claimed or registered as started: it is resumed, or recovered by a peer.
             log.error("worker %s: lost Redis around job %s (%s)", self.name, job.id, exc)

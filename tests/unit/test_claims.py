@@ -10,8 +10,14 @@ import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from runner.backends import queue_for
+from runner.backends import Backends, queue_for
 from runner.claims import claim_and_read, claim_key, wait_for_wake_up, wake_key
+from runner.control import cancel_job
+from runner.execution import install_environment
+from runner.invocation import enqueue_invocation
+from runner.jobs import get_job_view
+from runner.registry import Registry
+from runner.worker import RunnerSimpleWorker, build_worker
 
 WORKER = "w1"
 
@@ -77,3 +83,28 @@ def test_an_idle_worker_wakes_when_a_job_is_pushed(connection: fakeredis.FakeRed
     pusher.join()
     assert 0.15 < waited < 4
     assert claim_and_read(connection, [queue], WORKER, 8)[1]
+
+
+def test_a_job_canceled_after_a_batch_claim_never_starts(
+    connection: fakeredis.FakeRedis, backends: Backends, registry: Registry
+) -> None:
+    spec = registry.get("simple_calculation")
+    ids = [enqueue_invocation(spec, {"expression": f"{n}+1"}, backends).id for n in range(4)]
+    worker = build_worker([spec.queue], backends, registry, RunnerSimpleWorker)
+    worker.claim_batch = 8
+    worker.register_birth()
+    try:
+        first, queue = worker.dequeue_job_and_maintain_ttl(None) or (None, None)
+        assert first is not None and queue is not None and first.id == ids[0]  # ids[1] is claimed with it
+        cancel_job(ids[1], backends)
+        worker.execute_job(first, queue)
+        second, queue = worker.dequeue_job_and_maintain_ttl(None) or (None, None)
+        assert second is not None and queue is not None and second.id == ids[1]
+        worker.execute_job(second, queue)
+    finally:
+        install_environment(None)
+    assert get_job_view(ids[0], backends).status == "finished"  # its end went out before the skipped start
+    canceled = get_job_view(ids[1], backends)
+    assert (canceled.status, canceled.attempts, canceled.started_at) == ("canceled", 0, None)
+    assert connection.llen(claim_key(worker.name)) == 0
+    assert connection.zcard(f"rq:wip:{spec.queue}") == 0
