@@ -1,7 +1,7 @@
 """Cancel and retry: the two operations a user may apply to a job after it was accepted.
 
 Cancel takes a queued, scheduled or deferred job off its queue (RQ's `job.cancel()`), and stops
-a running one (RQ's stop-job command: its worker kills the work horse and marks it `stopped`).
+a running one (RQ's stop-job command: its worker interrupts the job and marks it `stopped`).
 Retry puts a failed, stopped or canceled job back on its queue under the same id, with its
 function's full retry policy again; `attempts` keeps counting across the retry. A job Redis has
 forgotten is re-enqueued from its SQL row. One operation per job at a time (a short Redis lock).
@@ -95,7 +95,7 @@ def cancel_job(job_id: str, backends: Backends) -> JobView:
                                     details={"status": status.value})
     except REDIS_ERRORS as exc:
         raise redis_unavailable() from exc
-    # The worker marks the job `stopped` (and writes its row) once its work horse is gone.
+    # The worker marks the job `stopped` (and writes its row) once the job is interrupted.
     return wait_for_job(job_id, backends, STOP_WAIT_SECONDS)
 
 
