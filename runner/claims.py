@@ -101,7 +101,8 @@ def claim_and_read(
 ) -> tuple[Queue, list[tuple[str, dict[bytes, bytes]]]]:
     """Claim up to `most` jobs from the head of the first non-empty queue, each with its hash, in one round trip.
 
-    As `claim_next`, the ids move into the worker's claim list; an empty list when every queue is
+    The ids move into the worker's claim list (in one script with the read, so a job is always
+    on a queue or claimed); an empty list when every queue is
     empty. The commands queued in `before` (whose replies nobody reads) run first, in the same
     call; the pipeline is emptied.
     """
@@ -125,25 +126,6 @@ def claim_and_read(
 def wait_for_wake_up(connection: redis.Redis, queues: Sequence[Queue], seconds: float) -> None:
     """Block until a job is pushed to one of `queues` (or `seconds` pass); claim after this returns."""
     connection.blpop([wake_key(queue.name) for queue in queues], timeout=seconds)
-
-
-def claim_next(
-    connection: redis.Redis, queues: Sequence[Queue], worker_name: str, block_seconds: int | None = None
-) -> tuple[str, Queue] | None:
-    """Move the first id of the first non-empty queue into the worker's claim list.
-
-    With one queue and `block_seconds`, wait up to that long for a job (BLMOVE); several
-    lists cannot be waited on atomically, so the caller polls them.
-    """
-    key = claim_key(worker_name)
-    if len(queues) == 1 and block_seconds:
-        raw = connection.blmove(queues[0].key, key, block_seconds, "LEFT", "RIGHT")
-        return None if raw is None else (_text(raw), queues[0])
-    for queue in queues:
-        raw = connection.lmove(queue.key, key, "LEFT", "RIGHT")
-        if raw is not None:
-            return _text(raw), queue
-    return None
 
 
 def release_claim(pipeline: Pipeline | redis.Redis, worker_name: str, job_id: str) -> None:

@@ -26,8 +26,6 @@ from typing import Any
 from rq.job import Job
 from rq.queue import Queue
 
-from runner.backends import REDIS_ERRORS
-from runner.recovery import WORKER_STOPPED_REASON, StartedEntry, recover_entry
 from runner.supervision import MONITOR_TICK_SECONDS, SupervisedWorkerMixin
 
 log = logging.getLogger(__name__)
@@ -110,17 +108,12 @@ class InProcessWorkerMixin(SupervisedWorkerMixin):
         if self._watched is not None and self._stopped_job_id == self._watched.id:
             raise JobStopped("The job was stopped on request.")
 
-    def _stop_now(self, why: str) -> None:
-        """Put the running job back at the front of its queue uncounted, and end this process now."""
-        job, execution = self._watched, self.execution
-        if job is not None and execution is not None:
-            self.log.warning("Worker %s: stopping now, %s: job %s goes back to its queue", self.name, why, job.id)
-            try:
-                recover_entry(self.connection, StartedEntry(job.origin, job.id, execution.id), store=self.store,
-                              reason=WORKER_STOPPED_REASON, count_attempt=False)
-            except REDIS_ERRORS as exc:
-                log.error("job %s could not be requeued (%s): peers will recover it", job.id, exc)
-        # The job may still hold the main thread: end the process from here, after saying goodbye.
+    def _end_running_job(self) -> None:
+        pass  # it runs in this process: requeued as it is, then ended with the process (_exit_now)
+
+    def _exit_now(self) -> None:
+        # The job may still hold the main thread (this runs in the watch thread past the grace
+        # period): end the process from here, after saying goodbye.
         with suppress(Exception):
             self.teardown()
         logging.shutdown()

@@ -78,6 +78,9 @@ class Store:
         self._thread_turn = threading.Lock()
         self._lock_file: TextIO | None = None
         self._kept = threading.local()  # per thread: the connection apply_writes keeps
+        # The database file when this is SQLite on disk (its lock files go next to it), else None.
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        self._sqlite_file = database if database and database != ":memory:" else None
         # A forked work horse must not reuse the parent's pooled connections.
         os.register_at_fork(after_in_child=self._forget_pool)
 
@@ -113,11 +116,10 @@ class Store:
     def _sqlite_file_lock(self) -> Iterator[None]:
         # SQLite runs DDL outside a transaction: processes migrating one fresh file at once
         # (web and workers started together) would both create the tables. Take turns.
-        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
-        if not database or database == ":memory:":
+        if self._sqlite_file is None:
             yield
             return
-        with open(f"{database}.migrate-lock", "a") as lock_file:
+        with open(f"{self._sqlite_file}.migrate-lock", "a") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             try:
                 yield
@@ -129,13 +131,12 @@ class Store:
         # SQLite lets one writer in at a time, and makes the others poll for the lock with sleeps
         # of 1, 2, 5, 10... ms: under load, tail latencies of hundreds of ms. The hot-path writers
         # (invocations, workers' batches) queue on a file lock instead, which hands over at once.
-        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
-        if not database or database == ":memory:":
+        if self._sqlite_file is None:
             yield
             return
         with self._thread_turn:
             if self._lock_file is None:  # per process: a forked child opens its own (see _forget_pool)
-                self._lock_file = open(f"{database}.write-lock", "a")  # noqa: SIM115 (kept for the process)
+                self._lock_file = open(f"{self._sqlite_file}.write-lock", "a")  # noqa: SIM115 (kept for the process)
             fcntl.flock(self._lock_file, fcntl.LOCK_EX)
             try:
                 yield
@@ -170,7 +171,7 @@ class Store:
 
     def insert(self, values: dict[str, Any]) -> None:
         """Insert a new invocation row from column values (a Core insert: no ORM unit of work on the hot path)."""
-        if self.engine.dialect.name == "sqlite":  # a file: its connections never go stale, keep one
+        if self.engine.dialect.name == "sqlite":  # no server: its connections never go stale, keep one
             with self._kept_transaction() as connection:
                 connection.execute(INVOCATIONS.insert(), values)
             return

@@ -327,14 +327,11 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
         self._stop_now("a second stop signal arrived")
 
     def _stop_now(self, why: str) -> None:
-        """Kill the current job, put it back at the front of its queue uncounted, and exit."""
+        """End the current job, put it back at the front of its queue uncounted, and exit."""
         job, execution = self._running_job, self.execution
-        if self.horse_pid:
-            self.log.warning("Worker %s: stopping now, %s: job %s goes back to its queue", self.name, why,
-                             job.id if job else "?")
-            self.kill_horse()
-            self.wait_for_horse()
-            self._horse_pid = 0
+        if job is not None:
+            self.log.warning("Worker %s: stopping now, %s: job %s goes back to its queue", self.name, why, job.id)
+        self._end_running_job()
         if job is not None and execution is not None:
             entry = StartedEntry(job.origin, job.id, execution.id)
             try:
@@ -342,6 +339,16 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
                               count_attempt=False)
             except REDIS_ERRORS as exc:
                 log.error("job %s could not be requeued (%s): peers will recover it", job.id, exc)
+        self._exit_now()
+
+    def _end_running_job(self) -> None:
+        # A forking worker kills its work horse; one that runs jobs in-process cannot (runner.in_process).
+        if self.horse_pid:
+            self.kill_horse()
+            self.wait_for_horse()
+            self._horse_pid = 0
+
+    def _exit_now(self) -> None:
         raise SystemExit(0)
 
     def teardown(self) -> None:

@@ -14,6 +14,8 @@ import fakeredis
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from rq.job import Job
+from rq.serializers import JSONSerializer
 from werkzeug.test import TestResponse
 
 import api
@@ -21,6 +23,7 @@ from runner.backends import Backends
 from runner.config import Settings
 from runner.embedded_redis import free_port
 from runner.execution import install_environment
+from runner.models import InvocationRecord
 from runner.registry import Registry
 from runner.store import Store
 from runner.worker import RunnerSimpleWorker, build_worker
@@ -28,6 +31,18 @@ from runner.worker import RunnerSimpleWorker, build_worker
 # The queues `run_jobs` serves: the demo functions' queue, then `default` (throwaway functions use it).
 WORKER_QUEUES = ("demo_tasks", "default")
 ERROR_KEYS = {"error", "message", "details"}
+
+
+def rq_job(connection: fakeredis.FakeRedis, job_id: str) -> Job:
+    """The RQ job `job_id`, read from Redis."""
+    return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+
+
+def stored_row(store: Store, job_id: str) -> InvocationRecord:
+    """The SQL row of `job_id` (which must exist)."""
+    record = store.get(job_id)
+    assert record is not None
+    return record
 
 
 def build_app(backends: Backends, registry: Registry) -> Flask:

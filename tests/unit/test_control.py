@@ -9,15 +9,14 @@ import fakeredis
 import pytest
 import redis
 from flask.testing import FlaskClient
-from rq.job import Job
 from rq.registry import CanceledJobRegistry, ScheduledJobRegistry
-from rq.serializers import JSONSerializer
 
 import runner.control as control
 from runner.backends import queue_for
 from runner.control import LOCK_KEY
 from runner.models import InvocationRecord, utcnow
 from runner.store import Store
+from tests.unit.conftest import rq_job, stored_row
 
 ApiError = Callable[..., dict[str, Any]]
 RunJobs = Callable[..., bool]
@@ -28,16 +27,6 @@ def invoke(client: FlaskClient, expression: str = "6*7", query: str = "") -> str
     response = client.post(f"/functions/simple_calculation/invocations{query}", json={"expression": expression})
     assert response.status_code == 202, response.get_json()
     return str(response.get_json()["id"])
-
-
-def rq_job(connection: fakeredis.FakeRedis, job_id: str) -> Job:
-    return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
-
-
-def row(store: Store, job_id: str) -> InvocationRecord:
-    record = store.get(job_id)
-    assert record is not None
-    return record
 
 
 @pytest.mark.parametrize("action", ["cancel", "retry"])
@@ -60,7 +49,7 @@ def test_cancel_a_queued_job(client: FlaskClient, connection: fakeredis.FakeRedi
     assert queue_for("demo_tasks", connection).count == 0
     assert job_id in CanceledJobRegistry("demo_tasks", connection=connection).get_job_ids()
     assert not run_jobs()
-    record = row(store, job_id)
+    record = stored_row(store, job_id)
     assert (record.status, record.attempts, record.ended_at is not None) == ("canceled", 0, True)
     assert client.get(f"/jobs/{job_id}").get_json()["status"] == "canceled"
 
@@ -69,7 +58,7 @@ def test_cancel_a_scheduled_job(client: FlaskClient, connection: fakeredis.FakeR
     job_id = invoke(client, query="?delay=60")
     assert client.post(f"/jobs/{job_id}/cancel").get_json()["status"] == "canceled"
     assert ScheduledJobRegistry("demo_tasks", connection=connection).get_job_ids() == []
-    assert row(store, job_id).status == "canceled"
+    assert stored_row(store, job_id).status == "canceled"
 
 
 @pytest.mark.parametrize(("expression", "status"), [("1+1", "finished"), ("1/0", "failed")])
@@ -103,7 +92,7 @@ def test_cancel_a_job_redis_forgot(client: FlaskClient, connection: fakeredis.Fa
     connection.flushall()
     store.update(waiting, status="queued")
     assert client.post(f"/jobs/{waiting}/cancel").get_json()["status"] == "canceled"
-    assert row(store, waiting).status == "canceled"
+    assert stored_row(store, waiting).status == "canceled"
     api_error(client.post(f"/jobs/{ended}/cancel"), 409, "state_conflict")
 
 
@@ -140,12 +129,12 @@ def test_retry_a_failed_job_runs_it_again_and_keeps_counting_attempts(
     assert response.headers["Location"].endswith(f"/jobs/{job_id}")
     view = response.get_json()
     assert (view["status"], view["error"], view["attempts"]) == ("queued", None, 1)
-    assert row(store, job_id).status == "queued" and row(store, job_id).error is None
+    assert stored_row(store, job_id).status == "queued" and stored_row(store, job_id).error is None
     assert queue_for("demo_tasks", connection).job_ids == [job_id]
     run_jobs()
     again = client.get(f"/jobs/{job_id}").get_json()
     assert (again["status"], again["attempts"]) == ("failed", 2)
-    assert row(store, job_id).attempts == 2
+    assert stored_row(store, job_id).attempts == 2
 
 
 def test_retry_restores_the_retry_policy(client: FlaskClient, run_jobs: RunJobs,
@@ -170,7 +159,7 @@ def test_retry_a_canceled_job(client: FlaskClient, run_jobs: RunJobs, store: Sto
     run_jobs()
     view = client.get(f"/jobs/{job_id}").get_json()
     assert (view["status"], view["attempts"], view["result"]["result"]) == ("finished", 1, 42)
-    assert row(store, job_id).status == "finished" and row(store, job_id).ended_at is not None
+    assert stored_row(store, job_id).status == "finished" and stored_row(store, job_id).ended_at is not None
 
 
 def test_retry_a_job_redis_forgot_uses_the_stored_input(
@@ -215,5 +204,5 @@ def test_a_retry_that_cannot_reach_redis_leaves_the_row_as_it_was(
 
     monkeypatch.setattr(control, "submit_job", redis_away)
     api_error(client.post(f"/jobs/{job_id}/retry"), 503, "backend_unavailable")
-    record = row(store, job_id)
+    record = stored_row(store, job_id)
     assert (record.status, record.error["type"]) == ("failed", "PermanentError")

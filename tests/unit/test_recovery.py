@@ -17,13 +17,13 @@ from typing import Any
 import fakeredis
 import pytest
 from rq.job import Job, JobStatus
+from rq.queue import Queue
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
-from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from runner import current_attempt
 from runner.backends import Backends, queue_for
-from runner.claims import CLAIMANTS_KEY, claim_key, claim_next, claimants, return_claims
+from runner.claims import CLAIMANTS_KEY, claim_and_read, claim_key, claimants, return_claims
 from runner.config import Settings
 from runner.errors import BackendUnavailable
 from runner.execution import install_environment
@@ -45,6 +45,7 @@ from runner.store import Store
 from runner.store_repair import JOB_LOST, repair_stale_rows
 from runner.supervision import RECOVERY_PASS_KEY, REPAIR_PASS_KEY
 from runner.worker import RunnerSimpleWorker, build_worker
+from tests.unit.conftest import rq_job, stored_row
 
 QUEUE = "default"
 DEAD_AFTER = 15.0
@@ -86,28 +87,23 @@ def invoke(backends: Backends, registry: Registry, name: str) -> str:
     return enqueue_invocation(registry.get(name), {}, backends).id
 
 
-def take_and_die(worker: RunnerSimpleWorker, attempt_began: bool = True) -> StartedEntry:
-    """Do what a worker does up to the function call, then stop (as if SIGKILLed)."""
+def claim(worker: RunnerSimpleWorker) -> tuple[Job, Queue]:
+    """Start `worker` and have it take one job off its queue (claimed, not started)."""
     worker.register_birth()
     claimed = worker.dequeue_job_and_maintain_ttl(None)
     assert claimed is not None
-    job, _queue = claimed
+    return claimed
+
+
+def take_and_die(worker: RunnerSimpleWorker, attempt_began: bool = True) -> StartedEntry:
+    """Do what a worker does up to the function call, then stop (as if SIGKILLed)."""
+    job, _queue = claim(worker)
     if not attempt_began:  # killed before the attempt began: as for a function that waits for a slot
         worker.begin_attempt = lambda job, pipeline: (lambda: None)  # type: ignore[method-assign]
         job.prepare_for_execution = lambda name, pipeline: None  # type: ignore[method-assign]
     # The worker starts the job and begins its attempt in one transaction.
     execution = worker.prepare_execution(job)
     return StartedEntry(QUEUE, job.id, execution.id)
-
-
-def fetch(connection: fakeredis.FakeRedis, job_id: str) -> Job:
-    return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
-
-
-def row(store: Store, job_id: str) -> InvocationRecord:
-    record = store.get(job_id)
-    assert record is not None
-    return record
 
 
 def events(caplog: pytest.LogCaptureFixture, job_id: str) -> list[dict[str, Any]]:
@@ -123,9 +119,8 @@ def test_a_claimed_job_moves_to_the_started_registry_in_one_step(
 ) -> None:
     job_id = invoke(backends, registry, "once")
     worker = new_worker()
-    worker.register_birth()
-    claimed = worker.dequeue_job_and_maintain_ttl(None)
-    assert claimed is not None and claimed[0].id == job_id
+    claimed = claim(worker)
+    assert claimed[0].id == job_id
     assert connection.lrange(claim_key(worker.name), 0, -1) == [job_id.encode()]
     assert queue_for(QUEUE, connection).count == 0
     worker.prepare_execution(claimed[0])
@@ -139,7 +134,8 @@ def test_claims_of_a_dead_worker_go_back_to_the_front_once(
 ) -> None:
     first, second = invoke(backends, registry, "once"), invoke(backends, registry, "once")
     queue = queue_for(QUEUE, connection)
-    assert claim_next(connection, [queue], "gone") == (first, queue)
+    found_queue, claimed = claim_and_read(connection, [queue], "gone")
+    assert (found_queue, [job_id for job_id, _data in claimed]) == (queue, [first])
     assert return_claims(connection, "gone") == [first]
     assert return_claims(connection, "gone") == []  # a second recoverer finds nothing to do
     assert queue.get_job_ids() == [first, second]
@@ -151,7 +147,7 @@ def test_burst_worker_leaves_no_claims_behind(
     ids = [invoke(backends, registry, "once") for _ in range(3)]
     worker = new_worker()
     assert worker.work(burst=True)
-    assert [fetch(connection, job_id).get_status() for job_id in ids] == [JobStatus.FINISHED] * 3
+    assert [rq_job(connection, job_id).get_status() for job_id in ids] == [JobStatus.FINISHED] * 3
     assert connection.llen(claim_key(worker.name)) == 0
     assert worker.name not in claimants(connection)  # a clean exit forgets the worker
 
@@ -198,19 +194,19 @@ def test_a_job_with_retries_left_is_retried_and_the_attempt_counted(
     assert (recovery.event, recovery.status, recovery.attempt) == ("retried", "queued", 1)
     message = "The worker running this job died (attempt 1 of 3)."
     assert recovery.error == {"type": WORKER_DIED, "message": message}
-    job = fetch(connection, job_id)
+    job = rq_job(connection, job_id)
     assert (job.get_status(), job.retries_left, job.meta["attempts"]) == (JobStatus.QUEUED, 1, 1)
     assert queue_for(QUEUE, connection).get_job_ids() == [job_id]
     assert StartedJobRegistry(QUEUE, connection=connection).get_job_ids(cleanup=False) == []
     assert not connection.exists(execution_key(job_id, entry.execution_id))
-    record = row(store, job_id)
+    record = stored_row(store, job_id)
     assert (record.status, record.attempts, record.error) == ("queued", 1, recovery.error)
     retried = events(caplog, job_id)[-1]
     assert (retried["event"], retried["attempt"], retried["error"]["type"]) == ("retried", 1, WORKER_DIED)
     # The next worker runs it: the attempt count goes on from where it was.
     assert new_worker().work(burst=True)
     assert calls == [2]
-    record = row(store, job_id)
+    record = stored_row(store, job_id)
     assert (record.status, record.attempts, record.result) == ("finished", 2, {"attempt": 2})
 
 
@@ -223,7 +219,7 @@ def test_a_retry_with_backoff_waits_in_the_scheduled_registry(
     scheduled = ScheduledJobRegistry(QUEUE, connection=connection)
     assert scheduled.get_job_ids() == [job_id]
     assert 25 < scheduled.get_scheduled_time(job_id).timestamp() - time.time() <= 30
-    assert row(store, job_id).status == "scheduled"
+    assert stored_row(store, job_id).status == "scheduled"
 
 
 def test_a_job_without_retries_left_fails_with_worker_died(
@@ -242,7 +238,7 @@ def test_a_job_without_retries_left_fails_with_worker_died(
     view = client.get(f"/jobs/{job_id}").get_json()
     assert (view["status"], view["attempts"], view["error"]) == ("failed", 1, error)
     assert view["ended_at"] is not None
-    record = row(store, job_id)
+    record = stored_row(store, job_id)
     assert (record.status, record.attempts, record.error) == ("failed", 1, error)
     assert record.ended_at is not None
     assert queue_for(QUEUE, connection).count == 0
@@ -256,7 +252,7 @@ def test_an_execution_is_recovered_once_when_workers_race(
     outcomes = [recover_entry(connection, entry, store=store) for _ in range(3)]
     assert [outcome is not None for outcome in outcomes] == [True, False, False]
     assert queue_for(QUEUE, connection).get_job_ids() == [job_id]
-    assert fetch(connection, job_id).retries_left == 1
+    assert rq_job(connection, job_id).retries_left == 1
 
 
 def test_an_attempt_that_never_began_is_requeued_uncounted(
@@ -265,12 +261,12 @@ def test_an_attempt_that_never_began_is_requeued_uncounted(
     other = invoke(backends, registry, "once")
     job_id = invoke(backends, registry, "twice_more")
     queue_for(QUEUE, connection).remove(other)  # so that `job_id` is taken first
-    queue_for(QUEUE, connection).enqueue_job(fetch(connection, other))
+    queue_for(QUEUE, connection).enqueue_job(rq_job(connection, other))
     entry = take_and_die(new_worker(), attempt_began=False)
     assert entry.job_id == job_id
     recovery = recover_entry(connection, entry, store=store)
     assert recovery is not None and (recovery.counted, recovery.attempt, recovery.error) == (False, 0, None)
-    job = fetch(connection, job_id)
+    job = rq_job(connection, job_id)
     assert (job.retries_left, job.meta["attempts"]) == (2, 0)
     assert queue_for(QUEUE, connection).get_job_ids() == [job_id, other]  # back at the front
 
@@ -283,10 +279,10 @@ def test_a_stopped_attempt_is_put_back_at_the_front_without_counting(
     waiting = invoke(backends, registry, "once")
     recovery = recover_entry(connection, entry, store=store, reason="worker stopped", count_attempt=False)
     assert recovery is not None and (recovery.status, recovery.attempt, recovery.counted) == ("queued", 0, False)
-    job = fetch(connection, job_id)
+    job = rq_job(connection, job_id)
     assert (job.retries_left, job.meta["attempts"], job.get_status()) == (2, 0, JobStatus.QUEUED)
     assert queue_for(QUEUE, connection).get_job_ids() == [job_id, waiting]
-    assert (row(store, job_id).status, row(store, job_id).attempts) == ("queued", 0)
+    assert (stored_row(store, job_id).status, stored_row(store, job_id).attempts) == ("queued", 0)
 
 
 def test_the_next_worker_recovers_a_dead_workers_job_in_its_maintenance(
@@ -299,7 +295,7 @@ def test_the_next_worker_recovers_a_dead_workers_job_in_its_maintenance(
     connection.delete(RECOVERY_PASS_KEY + QUEUE)  # the dead worker's own pass a moment ago
     assert new_worker().work(burst=True)
     assert calls == [2]
-    record = row(store, job_id)
+    record = stored_row(store, job_id)
     assert (record.status, record.attempts) == ("finished", 2)
 
 
@@ -342,7 +338,7 @@ def test_recovery_pass_ignores_live_workers(
     worker = new_worker()
     take_and_die(worker)
     assert recover_abandoned_jobs(connection, [QUEUE], later(1), own_name="peer", store=store) == []
-    assert fetch(connection, job_id).get_status() == JobStatus.STARTED
+    assert rq_job(connection, job_id).get_status() == JobStatus.STARTED
     assert connection.exists(worker.key)
 
 
@@ -354,9 +350,7 @@ def test_a_stop_between_dequeue_and_start_puts_the_job_back(
 ) -> None:
     job_id = invoke(backends, registry, "once")
     worker = new_worker()
-    worker.register_birth()
-    claimed = worker.dequeue_job_and_maintain_ttl(None)
-    assert claimed is not None
+    claimed = claim(worker)
     worker._stop_requested = True
     worker.execute_job(*claimed)
     assert calls == []
@@ -382,16 +376,16 @@ def test_a_started_row_is_brought_in_line_with_redis(
     assert new_worker().work(burst=True)
     for job_id in (done, running, lost):  # as if each worker died before its last SQL write
         store.update(job_id, status="started", result=None, ended_at=None)
-    fetch(connection, running).set_status(JobStatus.STARTED)
+    rq_job(connection, running).set_status(JobStatus.STARTED)
     connection.delete(Job.key_for(lost))
     time.sleep(0.01)
     assert repair_stale_rows(store, connection, 0) == 2
-    record = row(store, done)
+    record = stored_row(store, done)
     assert (record.status, record.result, record.progress_percent) == ("finished", {"attempt": 1}, 100)
     assert record.ended_at is not None
     assert events(caplog, done)[-1]["event"] == "finished"
-    assert row(store, running).status == "started"
-    assert (row(store, lost).status, row(store, lost).error) == ("failed", JOB_LOST)
+    assert stored_row(store, running).status == "started"
+    assert (stored_row(store, lost).status, stored_row(store, lost).error) == ("failed", JOB_LOST)
     assert repair_stale_rows(store, connection, 0) == 0
 
 
@@ -417,7 +411,7 @@ def test_a_row_whose_end_waits_for_replay_is_replayed_not_repaired(
     duty = new_worker()
     duty.supervise(dead_after=0, grace_seconds=1)
     duty.run_recovery_duty()
-    assert row(store, job_id).status == "finished"
+    assert stored_row(store, job_id).status == "finished"
     assert connection.llen(PENDING_WRITES_KEY) == 0
     assert [line["event"] for line in events(caplog, job_id)].count("finished") == 1
 
@@ -426,7 +420,7 @@ def test_recent_started_rows_are_left_alone(store: Store, connection: fakeredis.
     store.add(InvocationRecord(id="fresh", function="f", queue=QUEUE, status="started", input={}, attempts=1,
                                progress_percent=0, progress_message="", created_at=utcnow(), updated_at=utcnow()))
     assert repair_stale_rows(store, connection, DEAD_AFTER) == 0
-    assert row(store, "fresh").status == "started"
+    assert stored_row(store, "fresh").status == "started"
 
 
 # Schedulers
@@ -450,7 +444,7 @@ def test_a_workers_own_running_job_is_not_taken_for_abandoned(
     entry = take_and_die(worker)  # alive after all, but cut off from Redis for longer than its window
     assert recover_abandoned_jobs(connection, [QUEUE], later(), own_name=worker.name, store=store,
                                   running={entry.execution_id}) == []
-    assert fetch(connection, job_id).get_status() == JobStatus.STARTED
+    assert rq_job(connection, job_id).get_status() == JobStatus.STARTED
 
 
 def test_news_older_than_the_row_does_not_overwrite_it(
@@ -462,14 +456,14 @@ def test_news_older_than_the_row_does_not_overwrite_it(
     # The next attempt started (and finished) before the recovering worker's write arrived.
     store.update("raced", status="finished", attempts=2)
     write_or_defer(store, connection, "raced", as_of=before, status="queued", attempts=1)
-    assert (row(store, "raced").status, row(store, "raced").attempts) == ("finished", 2)
+    assert (stored_row(store, "raced").status, stored_row(store, "raced").attempts) == ("finished", 2)
     # Database away: the write waits in Redis, and its replay loses to the newer row all the same.
     down = Store(f"postgresql://postgres@127.0.0.1:{closed_port}/none")
     write_or_defer(down, connection, "raced", as_of=before, status="queued", attempts=1)
     assert replay_pending_writes(store, connection) == 1
-    assert (row(store, "raced").status, row(store, "raced").attempts) == ("finished", 2)
+    assert (stored_row(store, "raced").status, stored_row(store, "raced").attempts) == ("finished", 2)
     write_or_defer(store, connection, "raced", as_of=utcnow(), status="failed")
-    assert row(store, "raced").status == "failed"
+    assert stored_row(store, "raced").status == "failed"
 
 
 def test_a_conditional_write_that_fails_is_deferred_not_retried_unconditionally(

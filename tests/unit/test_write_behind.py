@@ -22,6 +22,7 @@ from runner.reconcile import (
 )
 from runner.store import Store
 from runner.write_behind import RowWrite, WriteBehind, adopt_journal, journal_key
+from tests.unit.conftest import stored_row
 
 WORKER = "w1"
 
@@ -33,9 +34,7 @@ def add_row(store: Store, job_id: str, status: str = "queued") -> None:
 
 
 def status_of(store: Store, job_id: str) -> str:
-    record = store.get(job_id)
-    assert record is not None
-    return record.status
+    return stored_row(store, job_id).status
 
 
 @pytest.fixture
