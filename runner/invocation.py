@@ -20,6 +20,7 @@ from runner.lifecycle import JobEvent, emit, emit_into
 from runner.limits import release_waiting_place, reserve_waiting_place
 from runner.models import InvocationRecord, utcnow
 from runner.registry import FunctionSpec
+from runner.scripted_pipeline import execute_as_script
 
 # How far ahead `?delay=` / `?at=` may schedule a job.
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
@@ -96,7 +97,7 @@ def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backe
         queue.enqueue_job(job, pipeline=pipe)
         if event is not None:
             emit_into(pipe, event)
-        pipe.execute()
+        execute_as_script(backends.connection, pipe)
     if event is not None:
         emit(backends.connection, event, after_emit_into=True)
     return job

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -21,7 +22,8 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus, _job_stack
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
-from rq.utils import now
+from rq.results import Result
+from rq.utils import now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
 from runner.claims import release_claim
@@ -59,6 +61,21 @@ class RunnerJob(Job):
         finally:
             assert self is _job_stack.pop()
         return self._result
+
+    def _handle_success(self, result_ttl: int, pipeline: Pipeline, worker_name: str = "",
+                        execution_id: str | None = None, execution_started_at: datetime | None = None,
+                        execution_ended_at: datetime | None = None) -> None:
+        # RQ saves every field of the job here, its payload compressed anew; since the start
+        # saved them, only these three changed (RQ's rule kept: the user's meta is not touched).
+        self._status = JobStatus.FINISHED
+        assert self.ended_at is not None and self.last_heartbeat is not None
+        pipeline.hset(self.key, mapping={"status": JobStatus.FINISHED.value, "ended_at": utcformat(self.ended_at),
+                                         "last_heartbeat": utcformat(self.last_heartbeat)})
+        Result.create(self, Result.Type.SUCCESSFUL, return_value=self._result, ttl=result_ttl,
+                      worker_name=worker_name, pipeline=pipeline, execution_id=execution_id,
+                      execution_started_at=execution_started_at, execution_ended_at=execution_ended_at)
+        if result_ttl != 0:
+            self.finished_job_registry.add(self, result_ttl, pipeline)
 
 
 class PipelinedBookkeepingMixin(BaseWorker):
@@ -108,12 +125,16 @@ class PipelinedBookkeepingMixin(BaseWorker):
             skip_rest_if(pipeline, job.key, "status", JobStatus.CANCELED.value)
             execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
             pipeline.hset(execution.key, DEAD_AFTER_FIELD, self.dead_after)
-            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
             release_claim(pipeline, self.name, job.id)
-            self.set_current_job_id(job.id, pipeline=pipeline)
-            self.set_current_job_working_time(0, pipeline=pipeline)
-            self.heartbeat(ttl, pipeline=pipeline)
-            job.heartbeat(now(), ttl, pipeline=pipeline)
+            # What RQ's set_state, set_current_job_id, set_current_job_working_time and heartbeat
+            # write, as one command; job.prepare_for_execution sets the job's heartbeat too.
+            self._state = WorkerStatus.BUSY
+            self.current_job_working_time = 0
+            self.last_heartbeat = now()
+            pipeline.hset(self.key, mapping={"state": WorkerStatus.BUSY.value, "current_job": job.id,
+                                             "current_job_working_time": 0,
+                                             "last_heartbeat": utcformat(self.last_heartbeat)})
+            pipeline.expire(self.key, ttl)
             job.prepare_for_execution(self.name, pipeline=pipeline)
             if isinstance(job, RunnerJob):
                 pipeline.persist(job.key)  # what Job.perform would do on its own
@@ -156,7 +177,10 @@ class PipelinedBookkeepingMixin(BaseWorker):
                     execution_started_at=execution.created_at if execution else None,
                     execution_ended_at=job.ended_at,
                 )
-            job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+            if result_ttl > 0:  # RQ's job.cleanup also expires dependency keys, which runner jobs never have
+                pipeline.expire(job.key, result_ttl)
+            else:
+                job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
             self.cleanup_execution(job, pipeline=pipeline)
             self.set_state(WorkerStatus.IDLE, pipeline=pipeline)
             after = self.end_successful_attempt(job, pipeline)
