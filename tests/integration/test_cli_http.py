@@ -100,8 +100,9 @@ def test_requeue_failed_runs_failed_jobs_again(cli: Callable[..., Result], sqlit
     assert failed["id"] in result.stdout
     again = sqlite_stack.wait_for(failed["id"], lambda view: view["status"] == "failed" and view["attempts"] == 2)
     assert again["error"]["type"] == "PermanentError"
-    row = sqlite_stack.store.get(failed["id"])
-    assert row is not None and row.attempts == 2
+    # The row follows Redis within moments (the worker's writer commits it): wait for it, then check it.
+    row = sqlite_stack.wait_for_row(failed["id"], lambda row: row.status == "failed" and row.attempts == 2)
+    assert row.error is not None and row.error["type"] == "PermanentError"
 
 
 def test_errors_and_an_unreachable_api(cli: Callable[..., Result], sqlite_stack: Stack) -> None:
