@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from rq import Retry
-from rq.job import Job
+from rq.queue import Queue
 
 from runner.backends import NOT_ACCEPTED, REDIS_ERRORS, Backends, queue_for, redis_unavailable
 from runner.callbacks import check_callback_url
 from runner.errors import BackendUnavailable
-from runner.execution import ENTRY_POINT
 from runner.idempotency import Claim, claim_or_find, fingerprint, release
+from runner.job_template import JobTemplate, job_fields, new_job, queue_job, template_for
 from runner.lifecycle import JobEvent, emit, emit_into
 from runner.limits import release_waiting_place, reserve_waiting_place
 from runner.models import InvocationRecord, utcnow
@@ -69,38 +69,35 @@ def job_meta(spec: FunctionSpec, *, attempts: int = 0, callback_url: str | None 
 
 
 def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backends: Backends, *,
-               meta: dict[str, Any], run_at: datetime | None = None, event: JobEvent | None = None) -> Job:
+               meta: dict[str, Any], run_at: datetime | None = None, event: JobEvent | None = None) -> None:
     """Put the RQ job on its queue now, or in the scheduled registry until `run_at`; raises Redis errors.
 
     `event`, if given, is emitted once the job is in Redis (its metrics travel with the job).
     """
     queue = queue_for(spec.queue, backends.connection)
-    job = queue.create_job(
-        ENTRY_POINT,
-        args=(spec.name, arguments),
-        job_id=job_id,
-        timeout=spec.timeout,
-        retry=Retry(max=spec.retries, interval=list(spec.backoff) or 0) if spec.retries else None,
-        result_ttl=backends.settings.result_ttl,
-        failure_ttl=backends.settings.failure_ttl,
-        description=f"{spec.name}()",
-        meta=meta,
-    )
+    settings = backends.settings
     if run_at is not None:
-        scheduled = queue.schedule_job(job, schedule_time(run_at))  # one pipeline already
+        job = new_job(queue, spec, job_id, arguments, meta=meta, result_ttl=settings.result_ttl,
+                      failure_ttl=settings.failure_ttl)
+        queue.schedule_job(job, schedule_time(run_at))  # one pipeline already
         if event is not None:
             emit(backends.connection, event)
-        return scheduled
-    # Given a pipeline, RQ registers the queue and saves and pushes the job in one round trip
-    # (without one it sends two): this is on every invocation's path.
+        return
+    # On every invocation's path: the job's hash from its function's template, saved and pushed
+    # with the event's writes in one script call (RQ's enqueue_job: two dozen calls, nine replies).
+    template = _template(queue, spec, settings.result_ttl, settings.failure_ttl)
     with backends.connection.pipeline() as pipe:
-        queue.enqueue_job(job, pipeline=pipe)
+        queue_job(pipe, template, spec.queue, job_id, job_fields(template, spec, arguments, meta))
         if event is not None:
             emit_into(pipe, event)
         execute_as_script(backends.connection, pipe)
     if event is not None:
         emit(backends.connection, event, after_emit_into=True)
-    return job
+
+
+@functools.lru_cache(maxsize=1024)
+def _template(queue: Queue, spec: FunctionSpec, result_ttl: int, failure_ttl: int) -> JobTemplate:
+    return template_for(queue, spec, result_ttl=result_ttl, failure_ttl=failure_ttl)
 
 
 def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
