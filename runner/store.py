@@ -22,6 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from runner.driver_statements import DriverStatement, compile_for_driver
 from runner.errors import BackendUnavailable, MalformedRequest
 from runner.models import InvocationRecord, utcnow
 
@@ -78,6 +79,7 @@ class Store:
         self._thread_turn = threading.Lock()
         self._lock_file: TextIO | None = None
         self._kept = threading.local()  # per thread: the connection apply_writes keeps
+        self._compiled: dict[sa.Insert | sa.Update, DriverStatement | None] = {}  # hot-path statements
         # The database file when this is SQLite on disk (its lock files go next to it), else None.
         database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
         self._sqlite_file = database if database and database != ":memory:" else None
@@ -170,16 +172,25 @@ class Store:
             session.execute(sa.update(InvocationRecord).where(InvocationRecord.id == job_id).values(**values))
 
     def insert(self, values: dict[str, Any]) -> None:
-        """Insert a new invocation row from column values (a Core insert: no ORM unit of work on the hot path)."""
+        """Insert a new invocation row from column values (no ORM unit of work on the hot path)."""
+        statement = self._driver_statement(_insert_of(tuple(values)))
         if self.engine.dialect.name == "sqlite":  # no server: its connections never go stale, keep one
             with self._kept_transaction() as connection:
-                connection.execute(INVOCATIONS.insert(), values)
+                _execute(connection, statement, INVOCATIONS.insert(), [values])
             return
         try:
             with self.engine.begin() as connection:  # from the pool, pinged: survives a server restart
-                connection.execute(INVOCATIONS.insert(), values)
+                _execute(connection, statement, INVOCATIONS.insert(), [values])
         except UNAVAILABLE_ERRORS as exc:
             raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
+
+    def _driver_statement(self, statement: sa.Insert | sa.Update) -> DriverStatement | None:
+        # Keyed by the statement object: its builders are cached, one per column set.
+        try:
+            return self._compiled[statement]
+        except KeyError:
+            compiled = self._compiled[statement] = compile_for_driver(statement, self.engine.dialect)
+            return compiled
 
     def apply_writes(self, writes: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Apply row updates in order, in one transaction, each only where the row is not newer.
@@ -192,7 +203,8 @@ class Store:
         # and reset per batch. A stale one (the server restarted) costs one deferred batch.
         with self._kept_transaction() as connection:
             for columns, rows in _runs_of_same_columns(writes):
-                connection.execute(_conditional_update(columns), rows)
+                update = _conditional_update(columns)
+                _execute(connection, self._driver_statement(update), update, rows)
 
     @contextmanager
     def _kept_transaction(self) -> Iterator[sa.Connection]:
@@ -284,6 +296,19 @@ def _runs_of_same_columns(
         rows.append({**values, "_job_id": job_id, "_as_of": values["updated_at"]})
     if rows:
         yield columns or (), rows
+
+
+def _execute(connection: sa.Connection, statement: DriverStatement | None, fallback: sa.Executable,
+             rows: list[dict[str, Any]]) -> None:
+    if statement is not None and len(rows) == 1:
+        statement.execute(connection, rows[0])
+    else:
+        connection.execute(fallback, rows)
+
+
+@lru_cache(maxsize=64)
+def _insert_of(columns: tuple[str, ...]) -> sa.Insert:
+    return INVOCATIONS.insert().values({name: sa.bindparam(name) for name in columns})
 
 
 @lru_cache(maxsize=64)
