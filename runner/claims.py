@@ -123,8 +123,10 @@ def claim_and_read(
     return queues[int(position)], claimed
 
 
-def wait_for_wake_up(connection: redis.Redis, queues: Sequence[Queue], seconds: float) -> None:
-    """Block until a job is pushed to one of `queues` (or `seconds` pass); claim after this returns."""
+def wait_for_wake_up(connection: redis.Redis | Pipeline, queues: Sequence[Queue], seconds: float) -> None:
+    """Block until a job is pushed to one of `queues` (or `seconds` pass); claim after this returns.
+
+    Given a pipeline, the wait is queued in it: it blocks when the pipeline executes."""
     connection.blpop([wake_key(queue.name) for queue in queues], timeout=seconds)
 
 

@@ -170,8 +170,7 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
                     return None
                 # Woken by the token pushed with each job; jobs pushed without one (RQ's own scheduler)
                 # are seen within WAKE_WAIT_SECONDS.
-                wait = min(WAKE_WAIT_SECONDS, max(0.001, self._chores_due - time.monotonic()))
-                wait_for_wake_up(self.connection, self._ordered_queues, wait)
+                self.wait_for_work(min(WAKE_WAIT_SECONDS, max(0.001, self._chores_due - time.monotonic())))
             except REDIS_ERRORS as exc:
                 log.error("worker %s: Redis is unavailable (%s); retrying in %g s", self.name, exc, reconnect_wait)
                 self._lost_track_of_claims()
@@ -180,6 +179,10 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
                 continue
             reconnect_wait = 1.0
         return None
+
+    def wait_for_work(self, seconds: float) -> None:
+        """Block until a job may be waiting (a wake-up token) or `seconds` pass."""
+        wait_for_wake_up(self.connection, self._ordered_queues, seconds)
 
     def _claim_job(self) -> tuple[Job, Queue] | None:
         pending = pending_claim(self.connection, self.name) if self._check_own_claims else None

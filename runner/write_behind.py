@@ -35,6 +35,9 @@ JOURNAL_KEY_PREFIX = "runner:store:journal:"
 MAX_BATCH = 500
 # Longest a write that ends no job waits for company (see WriteBehind.is_urgent).
 HOLD_SECONDS = 0.05
+# Longest a write that ends a job waits for the writer thread: the worker commits it itself
+# sooner when it runs out of jobs (`settle_here`); a busy worker's ends gather meanwhile.
+URGENT_HOLD_SECONDS = 0.003
 # After the database failed, batches go straight to the deferred list for this long.
 DATABASE_BACKOFF_SECONDS = 1.0
 
@@ -68,13 +71,13 @@ class WriteBehind:
         self.journal = journal_key(worker_name)
         self.deferred_key = deferred_key
         self.on_committed = on_committed
-        # Urgent writes (a job's end, which someone may wait for) go at once. Others (a start, a
-        # progress step) may wait up to HOLD_SECONDS, so that a short job's start and end become
-        # one UPDATE in one commit instead of two commits.
+        # Urgent writes (a job's end, which someone may wait for) go within URGENT_HOLD_SECONDS, or
+        # at once when the worker runs out of jobs (settle_here). Others (a start, a progress step)
+        # may wait up to HOLD_SECONDS, so that a short job's start and end become one UPDATE in
+        # one commit instead of two commits.
         self.is_urgent = is_urgent or (lambda _write: True)
         self._pending: deque[RowWrite] = deque()
         self._lock = threading.Condition()
-        self._urgent = False
         self._hold_until: float | None = None
         self._flushing = 0
         self._in_flight = 0
@@ -104,11 +107,36 @@ class WriteBehind:
         """Hand a journaled write to the writer thread."""
         with self._lock:
             self._pending.append(write)
-            if self.is_urgent(write):
-                self._urgent = True
-            elif self._hold_until is None:
-                self._hold_until = time.monotonic() + HOLD_SECONDS
-            self._lock.notify_all()
+            hold = URGENT_HOLD_SECONDS if self.is_urgent(write) else HOLD_SECONDS
+            if self._hold_until is None or time.monotonic() + hold < self._hold_until:
+                self._hold_until = time.monotonic() + hold
+                self._lock.notify_all()
+
+    def settle_here(self, then: Callable[[Pipeline], None]) -> bool:
+        """Commit the pending writes in the calling thread (a worker about to wait for work), and
+        send their journal cleanup in one round trip with the commands `then` queues (its wait).
+
+        False, with nothing sent, when there was nothing to settle or the writer thread is at it.
+        """
+        with self._lock:
+            if not self._pending or self._in_flight or time.monotonic() < self._database_down_until:
+                return False
+            batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
+            self._hold_until = time.monotonic() if self._pending else None
+            self._in_flight = len(batch)
+        settled = sent = False
+        try:
+            settled, sent = self._write(batch, then)
+        except Exception:  # a bug here must not stop the worker: the writer thread takes the batch again
+            log.exception("write-behind: %d row updates could not be written here; the writer retries", len(batch))
+        finally:
+            with self._lock:
+                if not settled:  # Redis and the database are both away: the writer thread keeps trying
+                    self._pending.extendleft(reversed(batch))
+                    self._hold_until = time.monotonic()
+                self._in_flight = 0
+                self._lock.notify_all()
+        return sent
 
     def flush(self, timeout: float) -> bool:
         """Wait until every submitted write is committed or deferred; False on timeout."""
@@ -140,23 +168,24 @@ class WriteBehind:
         """Seconds until the pending writes must go (0: now), or None when there are none."""
         if not self._pending:
             return None
-        if self._urgent or self._flushing or self._stopping or self._hold_until is None:
+        if self._flushing or self._stopping or self._hold_until is None:
             return 0.0
         return max(0.0, self._hold_until - time.monotonic())
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                while (due := self._due()) != 0.0:
-                    if due is None and self._stopping:
+                # While settle_here commits a batch in another thread, wait: batches commit in order.
+                while (due := None if self._in_flight else self._due()) != 0.0:
+                    if due is None and self._stopping and not self._in_flight:
                         return
                     self._lock.wait(due)
                 batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
-                self._urgent = bool(self._pending)  # more than a batch waits: go on at once
-                self._hold_until = None
+                # More than a batch waits: go on at once.
+                self._hold_until = time.monotonic() if self._pending else None
                 self._in_flight = len(batch)
             try:
-                settled = self._write(batch)
+                settled, _ = self._write(batch)
             except Exception:  # a bug here must not stop history for good: keep the writes for replay
                 log.exception("write-behind: %d row updates could not be written; deferred", len(batch))
                 settled = self._defer(batch)
@@ -168,24 +197,28 @@ class WriteBehind:
                 if not settled:
                     self._lock.wait(DATABASE_BACKOFF_SECONDS)
 
-    def _write(self, batch: list[RowWrite]) -> bool:
+    def _write(self, batch: list[RowWrite], then: Callable[[Pipeline], None] | None = None) -> tuple[bool, bool]:
+        """Commit `batch`, or defer it; whether it is settled, and whether `then`'s commands went with its cleanup."""
         if time.monotonic() < self._database_down_until:
-            return self._defer(batch)
+            return self._defer(batch), False
         try:
             self.store.apply_writes(_one_write_per_job(batch))
         except BackendUnavailable:
             self._database_down_until = time.monotonic() + DATABASE_BACKOFF_SECONDS
             log.warning("write-behind: database unavailable; %d row updates wait in Redis for replay", len(batch))
-            return self._defer(batch)
+            return self._defer(batch), False
         try:
             with self.connection.pipeline(transaction=False) as pipeline:
                 self._unjournal(pipeline, batch)
                 if self.on_committed is not None:
                     self.on_committed(batch, pipeline)
+                if then is not None:
+                    then(pipeline)
                 pipeline.execute()
         except REDIS_ERRORS as exc:  # the journal keeps them: applied again later, harmlessly
             log.warning("write-behind: journal not trimmed, Redis is unavailable (%s)", exc)
-        return True
+            return True, False
+        return True, then is not None
 
     def _defer(self, batch: list[RowWrite]) -> bool:
         # One transaction: each write is in the journal or in the deferred list, never neither.

@@ -161,3 +161,34 @@ def _write(job_id: str, **values: Any) -> RowWrite:
     encoded = {key: ({"$datetime": value.isoformat()} if key == "updated_at" else value)
                for key, value in values.items()}
     return RowWrite(job_id, values, json.dumps({"job_id": job_id, "values": encoded}))
+
+
+def test_a_worker_out_of_jobs_settles_the_pending_writes_itself_with_its_wait(
+    store: Store, connection: fakeredis.FakeRedis
+) -> None:
+    add_row(store, "j1")
+    committed: list[str] = []
+    # Not started: only the calling thread can commit, so the test sees settle_here do it.
+    behind = WriteBehind(store, connection, WORKER, deferred_key=PENDING_WRITES_KEY,
+                         on_committed=lambda batch, pipeline: committed.extend(write.job_id for write in batch))
+    assert not behind.settle_here(lambda pipeline: pipeline.set("waited", "1"))  # nothing pending: nothing sent
+    assert connection.get("waited") is None
+
+    assert behind.submit(_write("j1", status="finished"))
+    assert behind.settle_here(lambda pipeline: pipeline.set("waited", "1"))
+    assert status_of(store, "j1") == "finished" and committed == ["j1"]
+    assert connection.llen(journal_key(WORKER)) == 0
+    assert connection.get("waited") == b"1"  # sent in the same pipeline as the cleanup
+    assert behind.flush(0.1)  # nothing is left pending for a writer thread
+    assert not behind.settle_here(lambda pipeline: pipeline.set("again", "1"))
+
+
+def test_settling_with_the_database_away_defers_and_leaves_the_wait_to_the_caller(
+    store: Store, connection: fakeredis.FakeRedis
+) -> None:
+    add_row(store, "j1")
+    behind = WriteBehind(DownStore(store.url), connection, WORKER, deferred_key=PENDING_WRITES_KEY)
+    assert behind.submit(_write("j1", status="finished"))
+    assert not behind.settle_here(lambda pipeline: pipeline.set("waited", "1"))
+    assert connection.get("waited") is None
+    assert connection.llen(PENDING_WRITES_KEY) == 1 and connection.llen(journal_key(WORKER)) == 0
