@@ -58,7 +58,7 @@ def invoke(name: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     if accepted.replayed:
         headers[REPLAYED_HEADER] = "true"
     if wait:
-        view = wait_for_job(record.id, state.backends, wait)
+        view = wait_for_job(record.id, state.backends, wait, fresh=not accepted.replayed)
         return view.to_dict(), 200 if view.is_terminal else 202, headers
     # A replay shows the first job as it is now; a new job is exactly what was just recorded.
     view = get_job_view(record.id, state.backends) if accepted.replayed else view_from_record(record)

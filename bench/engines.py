@@ -190,7 +190,7 @@ class RunnerEngine(Engine):
 
         started = time.perf_counter()
         record = enqueue_invocation(self.registry.get("noop"), {}, self.backends)
-        view = wait_for_job(record.id, self.backends, 30)
+        view = wait_for_job(record.id, self.backends, 30, fresh=True)
         # Counted until the SQL row says so too: the store update is part of the work.
         while (row := self.backends.store.get(record.id)) is None or row.status != "finished":
             if view.status != "finished" or time.perf_counter() - started > 30:

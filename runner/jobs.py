@@ -193,13 +193,16 @@ def announce_ends(pipeline: Pipeline, ended: Iterable[str]) -> None:
         pipeline.expire(ended_key(job_id), ENDED_TOKEN_TTL_SECONDS)
 
 
-def wait_for_job(job_id: str, backends: Backends, timeout: float) -> JobView:
+def wait_for_job(job_id: str, backends: Backends, timeout: float, *, fresh: bool = False) -> JobView:
     """Wait until the job ends or `timeout` passes; return its latest view either way.
 
     Workers announce each end once its row is written; ends nobody announces (a cancel, a job
-    settled by a worker's supervisor) are seen within WAIT_SLICE_SECONDS.
+    settled by a worker's supervisor) are seen within WAIT_SLICE_SECONDS. `fresh`: the caller
+    has just enqueued the job, so it waits for the announcement before its first look.
     """
     deadline = time.monotonic() + timeout
+    if fresh:
+        wait_for_end_token(backends, job_id, min(timeout, WAIT_SLICE_SECONDS))
     while True:
         view = get_job_view(job_id, backends)
         remaining = deadline - time.monotonic()
@@ -211,8 +214,9 @@ def wait_for_job(job_id: str, backends: Backends, timeout: float) -> JobView:
 def wait_for_end_token(backends: Backends, job_id: str, seconds: float) -> None:
     """Block until the job's end is announced, or `seconds` pass."""
     try:
-        woken = backends.connection.blpop([ended_key(job_id)], timeout=seconds)
-        if woken is not None:  # leave the token for anyone else waiting on this job
-            backends.connection.lpush(ended_key(job_id), "1")
+        # A rotation of the one-token list, not a pop: the token stays for anyone else waiting.
+        # (Redis takes fractional seconds, whatever the stub says.)
+        key = ended_key(job_id)
+        backends.connection.blmove(key, key, seconds, "RIGHT", "LEFT")  # type: ignore[arg-type]
     except REDIS_ERRORS as exc:
         raise redis_unavailable() from exc
