@@ -173,14 +173,15 @@ class Store:
 
     def insert(self, values: dict[str, Any]) -> None:
         """Insert a new invocation row from column values (no ORM unit of work on the hot path)."""
-        statement = self._driver_statement(_insert_of(tuple(values)))
+        insert = _insert_of(tuple(values))
+        statement = self._driver_statement(insert)
         if self.engine.dialect.name == "sqlite":  # no server: its connections never go stale, keep one
             with self._kept_transaction() as connection:
-                _execute(connection, statement, INVOCATIONS.insert(), [values])
+                _execute(connection, statement, insert, [values])
             return
         try:
             with self.engine.begin() as connection:  # from the pool, pinged: survives a server restart
-                _execute(connection, statement, INVOCATIONS.insert(), [values])
+                _execute(connection, statement, insert, [values])
         except UNAVAILABLE_ERRORS as exc:
             raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
 
