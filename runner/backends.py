@@ -11,7 +11,7 @@ from redis.client import Pipeline
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from runner import rq_serializer_cache
+from runner import rq_fast_paths
 from runner.claims import wake_key
 from runner.config import Settings
 from runner.errors import BackendUnavailable
@@ -60,7 +60,7 @@ def connect_redis(url: str, *, socket_timeout: float | None = API_SOCKET_TIMEOUT
 
 def open_backends(settings: Settings, *, socket_timeout: float | None = API_SOCKET_TIMEOUT) -> Backends:
     """Redis client and store for these settings."""
-    rq_serializer_cache.install()
+    rq_fast_paths.install()
     return Backends(
         connection=connect_redis(settings.redis_url, socket_timeout=socket_timeout),
         store=Store(settings.effective_database_url),
