@@ -10,9 +10,11 @@ from datetime import datetime
 from enum import Enum, StrEnum
 from typing import Any
 
+import redis
 from redis.client import Pipeline
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
+from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from runner.backends import REDIS_ERRORS, Backends, redis_unavailable
@@ -111,7 +113,7 @@ def view_from_job(job: Job) -> JobView:
         queue=job.origin,
         status=status_word,
         progress=_progress(status_word, meta.get("progress")),
-        result=job.return_value(refresh=True) if status_word == JobStatus.FINISHED else None,
+        result=job.return_value() if status_word == JobStatus.FINISHED else None,
         error=error,
         attempts=int(meta.get("attempts", 0)),
         input=args[1] if len(args) > 1 else job.kwargs,
@@ -159,14 +161,30 @@ def view_from_record(record: InvocationRecord) -> JobView:
     )
 
 
+def fetch_with_latest_result(job_id: str, connection: redis.Redis) -> Job:
+    """The RQ job and its latest result in one round trip (Job.fetch, then return_value, take two)."""
+    with connection.pipeline(transaction=False) as pipeline:
+        pipeline.hgetall(Job.key_for(job_id))
+        pipeline.xrevrange(Result.get_key(job_id), "+", "-", count=1)
+        raw, latest = pipeline.execute()
+    if not raw:
+        raise NoSuchJobError(f"No such job: {job_id}")
+    job = Job(job_id, connection=connection, serializer=JSONSerializer)
+    job.restore(raw)
+    if latest:
+        result_id, payload = latest[0]
+        job._cached_result = Result.restore(job_id, result_id.decode(), payload, connection=connection,
+                                            serializer=JSONSerializer)
+    return job
+
+
 def get_job_view(job_id: str, backends: Backends) -> JobView:
     """The freshest view of a job: Redis first, then the store; JobNotFound if neither knows it."""
     if not JOB_ID_PATTERN.match(job_id):
         raise JobNotFound(f"No job has the id {job_id!r}.")
     redis_error: Exception | None = None
     try:
-        job = Job.fetch(job_id, connection=backends.connection, serializer=JSONSerializer)
-        return view_from_job(job)
+        return view_from_job(fetch_with_latest_result(job_id, backends.connection))
     except (NoSuchJobError, DeserializationError):
         pass  # not in Redis (or not a runner job): the store decides
     except REDIS_ERRORS as exc:
