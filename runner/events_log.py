@@ -14,6 +14,8 @@ log = logging.getLogger("runner.events")
 
 def log_job_event(_connection: redis.Redis, event: JobEvent) -> None:
     """Write `event` as one JSON line on the `runner.events` logger."""
+    if not log.isEnabledFor(logging.INFO):  # e.g. under gunicorn, whose loggers are its own
+        return
     record = {
         "event": event.event,
         "job_id": event.job_id,
