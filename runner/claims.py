@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 from weakref import WeakKeyDictionary
 
 import redis
@@ -106,21 +107,47 @@ def claim_and_read(
     empty. The commands queued in `before` (whose replies nobody reads) run first, in the same
     call; the pipeline is emptied.
     """
-    script = _claim_scripts.get(connection)
-    if script is None:
-        script = _claim_scripts[connection] = connection.register_script(_CLAIM_AND_READ)
-    keys = [claim_key(worker_name), *[queue.key for queue in queues], *[wake_key(queue.name) for queue in queues]]
+    script = _claim_script(connection)
     try:
-        found = script(keys=keys, args=[Job.redis_job_namespace_prefix, most, *encode_commands(before)])
+        found = script(keys=_claim_keys(queues, worker_name),
+                       args=[Job.redis_job_namespace_prefix, most, *encode_commands(before)])
     finally:
         if before is not None:
             before.reset()
+    return read_claimed(found, queues)
+
+
+def queue_claim_and_read(pipeline: Pipeline, connection: redis.Redis, queues: Sequence[Queue], worker_name: str,
+                         most: int = 1) -> None:
+    """Queue what `claim_and_read` does in `pipeline` (after a wait, say); read its reply with `read_claimed`.
+
+    Its reply is a NoScriptError when Redis has lost the script (a restart): claim_and_read loads it again.
+    """
+    keys = _claim_keys(queues, worker_name)
+    pipeline.evalsha(_claim_script(connection).sha, len(keys), *keys, Job.redis_job_namespace_prefix, most)
+
+
+def read_claimed(found: Any, queues: Sequence[Queue]) -> tuple[Queue, list[tuple[str, dict[bytes, bytes]]]]:
+    """The queue and the (id, hash) pairs a claim script returned."""
     if not found:
         return queues[0], []
     position, *flat = found
     claimed = [(_text(raw_id), dict(zip(fields[::2], fields[1::2], strict=True)))
                for raw_id, fields in zip(flat[::2], flat[1::2], strict=True)]
     return queues[int(position)], claimed
+
+
+def _claim_script(connection: redis.Redis) -> Script:
+    script = _claim_scripts.get(connection)
+    if script is None:
+        script = connection.register_script(_CLAIM_AND_READ)
+        connection.script_load(_CLAIM_AND_READ)  # so that a pipelined EVALSHA finds it (queue_claim_and_read)
+        _claim_scripts[connection] = script
+    return script
+
+
+def _claim_keys(queues: Sequence[Queue], worker_name: str) -> list[str]:
+    return [claim_key(worker_name), *[queue.key for queue in queues], *[wake_key(queue.name) for queue in queues]]
 
 
 def wait_for_wake_up(connection: redis.Redis | Pipeline, queues: Sequence[Queue], seconds: float) -> None:

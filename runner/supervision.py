@@ -23,6 +23,7 @@ from contextlib import suppress
 from types import FrameType
 from typing import Any
 
+from redis.client import Pipeline
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
@@ -35,6 +36,8 @@ from runner.claims import (
     claim_and_read,
     forget_claimant,
     pending_claim,
+    queue_claim_and_read,
+    read_claimed,
     register_claimant,
     release_claim,
     return_claims,
@@ -181,8 +184,25 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
         return None
 
     def wait_for_work(self, seconds: float) -> None:
-        """Block until a job may be waiting (a wake-up token) or `seconds` pass."""
-        wait_for_wake_up(self.connection, self._ordered_queues, seconds)
+        """Block until a job may be waiting (a wake-up token) or `seconds` pass, and claim what waits then."""
+        with self.connection.pipeline(transaction=False) as pipeline:
+            self.queue_wait_and_claim(pipeline, seconds)
+            replies = pipeline.execute(raise_on_error=False)
+        self.take_claimed(replies[-1])
+
+    def queue_wait_and_claim(self, pipeline: Pipeline, seconds: float) -> None:
+        """Queue the wait, then a claim (read with `take_claimed`): Redis runs the claim the moment the
+        wait ends, in the same round trip, instead of waiting for the worker to ask."""
+        wait_for_wake_up(pipeline, self._ordered_queues, seconds)
+        queue_claim_and_read(pipeline, self.connection, self._ordered_queues, self.name, self.claim_batch)
+
+    def take_claimed(self, reply: Any) -> None:
+        """Keep the jobs a queued claim took, to be started next (`_claim_job` takes them first)."""
+        if isinstance(reply, Exception):  # the script was lost (Redis restarted): the next claim loads it
+            log.info("worker %s: claim after the wait not run (%s); claiming again", self.name, reply)
+            return
+        _queue, claimed = read_claimed(reply, self._ordered_queues)
+        self._claimed_ahead.extend(claimed)
 
     def _claim_job(self) -> tuple[Job, Queue] | None:
         pending = pending_claim(self.connection, self.name) if self._check_own_claims else None

@@ -25,7 +25,6 @@ from rq.worker import BaseWorker
 
 from runner.backends import REDIS_ERRORS, Backends, open_backends, queue_for
 from runner.callbacks import CALLBACK_QUEUE
-from runner.claims import wait_for_wake_up
 from runner.config import Settings
 from runner.execution import ENTRY_POINT, WorkerEnvironment, begin_attempt, install_environment
 from runner.in_process import DeadlineSlot, InProcessWorkerMixin
@@ -81,11 +80,15 @@ class StoreSyncMixin(BaseWorker):
 
     def wait_for_work(self, seconds: float) -> None:
         # Out of jobs: commit the rows of the last ones here and now, and send their journal
-        # cleanup (and the waiters' tokens) with the wait itself: no thread switch, one round trip.
+        # cleanup (and the waiters' tokens) with the wait and the claim after it: no thread
+        # switch, one round trip.
         writer = self._write_behind
-        queues = self._ordered_queues  # type: ignore[attr-defined]
-        if writer is None or not writer.settle_here(lambda pipeline: wait_for_wake_up(pipeline, queues, seconds)):
+        wait_and_claim = self.queue_wait_and_claim  # type: ignore[attr-defined]
+        replies = writer.settle_here(lambda pipeline: wait_and_claim(pipeline, seconds)) if writer else None
+        if replies is None:
             super().wait_for_work(seconds)  # type: ignore[misc]
+        else:
+            self.take_claimed(replies[-1])  # type: ignore[attr-defined]
 
     def teardown(self) -> None:
         writer, self._write_behind = self._write_behind, None

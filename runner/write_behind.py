@@ -112,19 +112,20 @@ class WriteBehind:
                 self._hold_until = time.monotonic() + hold
                 self._lock.notify_all()
 
-    def settle_here(self, then: Callable[[Pipeline], None]) -> bool:
+    def settle_here(self, then: Callable[[Pipeline], None]) -> list[Any] | None:
         """Commit the pending writes in the calling thread (a worker about to wait for work), and
         send their journal cleanup in one round trip with the commands `then` queues (its wait).
 
-        False, with nothing sent, when there was nothing to settle or the writer thread is at it.
+        The replies of that round trip (`then`'s last; errors as values), or None, with nothing
+        sent, when there was nothing to settle or the writer thread is at it.
         """
         with self._lock:
             if not self._pending or self._in_flight or time.monotonic() < self._database_down_until:
-                return False
+                return None
             batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
             self._hold_until = time.monotonic() if self._pending else None
             self._in_flight = len(batch)
-        settled = sent = False
+        settled, sent = False, None
         try:
             settled, sent = self._write(batch, then)
         except Exception:  # a bug here must not stop the worker: the writer thread takes the batch again
@@ -197,16 +198,18 @@ class WriteBehind:
                 if not settled:
                     self._lock.wait(DATABASE_BACKOFF_SECONDS)
 
-    def _write(self, batch: list[RowWrite], then: Callable[[Pipeline], None] | None = None) -> tuple[bool, bool]:
-        """Commit `batch`, or defer it; whether it is settled, and whether `then`'s commands went with its cleanup."""
+    def _write(self, batch: list[RowWrite],
+               then: Callable[[Pipeline], None] | None = None) -> tuple[bool, list[Any] | None]:
+        """Commit `batch`, or defer it: whether it is settled, and the replies of the cleanup's round
+        trip when `then`'s commands went with it (None when they did not)."""
         if time.monotonic() < self._database_down_until:
-            return self._defer(batch), False
+            return self._defer(batch), None
         try:
             self.store.apply_writes(_one_write_per_job(batch))
         except BackendUnavailable:
             self._database_down_until = time.monotonic() + DATABASE_BACKOFF_SECONDS
             log.warning("write-behind: database unavailable; %d row updates wait in Redis for replay", len(batch))
-            return self._defer(batch), False
+            return self._defer(batch), None
         try:
             with self.connection.pipeline(transaction=False) as pipeline:
                 self._unjournal(pipeline, batch)
@@ -214,11 +217,11 @@ class WriteBehind:
                     self.on_committed(batch, pipeline)
                 if then is not None:
                     then(pipeline)
-                pipeline.execute()
+                replies = pipeline.execute(raise_on_error=then is None)
         except REDIS_ERRORS as exc:  # the journal keeps them: applied again later, harmlessly
             log.warning("write-behind: journal not trimmed, Redis is unavailable (%s)", exc)
-            return True, False
-        return True, then is not None
+            return True, None
+        return True, replies if then is not None else None
 
     def _defer(self, batch: list[RowWrite]) -> bool:
         # One transaction: each write is in the journal or in the deferred list, never neither.
