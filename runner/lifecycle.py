@@ -74,6 +74,12 @@ def _listeners() -> list[tuple[Listener, bool]]:
     return _loaded
 
 
+def load_listeners() -> None:
+    """Import every listener now: a worker does so at start, so that a broken listener stops it
+    there, and its first job neither waits for the imports nor grows the process."""
+    _listeners()
+
+
 def emit(connection: redis.Redis, event: JobEvent, *, after_emit_into: bool = False) -> None:
     """Tell every listener about `event` (with `after_emit_into`: those `emit_into` did not)."""
     for listener, write_only in _listeners():

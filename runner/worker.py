@@ -26,11 +26,12 @@ from rq.worker import BaseWorker
 from runner.backends import REDIS_ERRORS, Backends, open_backends, queue_for
 from runner.callbacks import CALLBACK_QUEUE
 from runner.config import Settings
+from runner.errors import BackendUnavailable
 from runner.execution import ENTRY_POINT, WorkerEnvironment, begin_attempt, install_environment
 from runner.in_process import DeadlineSlot, InProcessWorkerMixin
 from runner.job_bookkeeping import AfterExecute
 from runner.jobs import TERMINAL_STATUSES, announce_ends, error_from_text
-from runner.lifecycle import JobEvent, emit, emit_into
+from runner.lifecycle import JobEvent, emit, emit_into, load_listeners
 from runner.models import utcnow
 from runner.process_supervisor import ProcessSupervisor
 from runner.process_ties import tie_children_to_this_process
@@ -266,6 +267,7 @@ def build_worker(
 def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = False) -> int:
     """Start a worker (scheduler on, so retries with intervals run) and work until stopped; its exit code."""
     registry = Registry.discover(settings.functions_package)  # imported once, before the work process forks
+    load_listeners()  # likewise the lifecycle listeners (runner.callbacks brings http.client and ssl)
     backends = open_backends(settings)
     backends.store.migrate()
     queues = list(queue_names) or default_queues(registry)
@@ -274,6 +276,9 @@ def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = 
         # The worker blocks on Redis for new jobs; no socket timeout, so an idle worker is not an error.
         worker = build_worker(queues, open_backends(settings, socket_timeout=None), registry, name=name)
         assert isinstance(worker, RunnerWorker)
+        if worker.store is not None:  # connected now, not at the first job (a database away waits)
+            with suppress(BackendUnavailable):
+                worker.store.ping()
         worker.deadline_slot = slot
         worker.pid = os.getppid()  # registered as the worker command's pid: the one to signal
         tie_children_to_this_process()
