@@ -11,7 +11,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from runner.driver_statements import DriverStatement, compile_for_driver
 from runner.errors import BackendUnavailable, MalformedRequest
 from runner.models import InvocationRecord, utcnow
+from runner.store_statements import INVOCATIONS, conditional_update, execute_rows, insert_of, runs_of_same_columns
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +173,15 @@ class Store:
 
     def insert(self, values: dict[str, Any]) -> None:
         """Insert a new invocation row from column values (no ORM unit of work on the hot path)."""
-        insert = _insert_of(tuple(values))
+        insert = insert_of(tuple(values))
         statement = self._driver_statement(insert)
         if self.engine.dialect.name == "sqlite":  # no server: its connections never go stale, keep one
             with self._kept_transaction() as connection:
-                _execute(connection, statement, insert, [values])
+                execute_rows(connection, statement, insert, [values])
             return
         try:
             with self.engine.begin() as connection:  # from the pool, pinged: survives a server restart
-                _execute(connection, statement, insert, [values])
+                execute_rows(connection, statement, insert, [values])
         except UNAVAILABLE_ERRORS as exc:
             raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
 
@@ -203,9 +203,9 @@ class Store:
         # A writer thread commits many small batches: on a kept connection, with no pool checkout
         # and reset per batch. A stale one (the server restarted) costs one deferred batch.
         with self._kept_transaction() as connection:
-            for columns, rows in _runs_of_same_columns(writes):
-                update = _conditional_update(columns)
-                _execute(connection, self._driver_statement(update), update, rows)
+            for columns, rows in runs_of_same_columns(writes):
+                update = conditional_update(columns)
+                execute_rows(connection, self._driver_statement(update), update, rows)
 
     @contextmanager
     def _kept_transaction(self) -> Iterator[sa.Connection]:
@@ -277,49 +277,6 @@ class Store:
             query = query.where(InvocationRecord.function == function)
         with self.session() as session:
             yield from session.scalars(query.execution_options(yield_per=500))
-
-
-INVOCATIONS: sa.Table = InvocationRecord.__table__  # type: ignore[assignment]
-
-
-def _runs_of_same_columns(
-    writes: Sequence[tuple[str, dict[str, Any]]],
-) -> Iterator[tuple[tuple[str, ...], list[dict[str, Any]]]]:
-    """Group consecutive writes by the columns they set, keeping their order."""
-    columns: tuple[str, ...] | None = None
-    rows: list[dict[str, Any]] = []
-    for job_id, values in writes:
-        keys = tuple(sorted(values))
-        if keys != columns and rows:
-            yield columns or (), rows
-            rows = []
-        columns = keys
-        rows.append({**values, "_job_id": job_id, "_as_of": values["updated_at"]})
-    if rows:
-        yield columns or (), rows
-
-
-def _execute(connection: sa.Connection, statement: DriverStatement | None, fallback: sa.Executable,
-             rows: list[dict[str, Any]]) -> None:
-    if statement is not None and len(rows) == 1:
-        statement.execute(connection, rows[0])
-    else:
-        connection.execute(fallback, rows)
-
-
-@lru_cache(maxsize=64)
-def _insert_of(columns: tuple[str, ...]) -> sa.Insert:
-    return INVOCATIONS.insert().values({name: sa.bindparam(name) for name in columns})
-
-
-@lru_cache(maxsize=64)
-def _conditional_update(columns: tuple[str, ...]) -> sa.Update:
-    table = INVOCATIONS
-    return (
-        sa.update(table)
-        .where(table.c.id == sa.bindparam("_job_id"), table.c.updated_at <= sa.bindparam("_as_of"))
-        .values({name: sa.bindparam(name) for name in columns})
-    )
 
 
 def encode_cursor(record: InvocationRecord) -> str:

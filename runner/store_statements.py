@@ -1,0 +1,57 @@
+"""The statements of the store's hot path: a new row, and runs of conditional row updates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from typing import Any
+
+import sqlalchemy as sa
+
+from runner.driver_statements import DriverStatement
+from runner.models import InvocationRecord
+
+INVOCATIONS: sa.Table = InvocationRecord.__table__  # type: ignore[assignment]
+
+
+def runs_of_same_columns(
+    writes: Sequence[tuple[str, dict[str, Any]]],
+) -> Iterator[tuple[tuple[str, ...], list[dict[str, Any]]]]:
+    """Group consecutive writes by the columns they set, keeping their order."""
+    columns: tuple[str, ...] | None = None
+    rows: list[dict[str, Any]] = []
+    for job_id, values in writes:
+        keys = tuple(sorted(values))
+        if keys != columns and rows:
+            yield columns or (), rows
+            rows = []
+        columns = keys
+        rows.append({**values, "_job_id": job_id, "_as_of": values["updated_at"]})
+    if rows:
+        yield columns or (), rows
+
+
+def execute_rows(connection: sa.Connection, statement: DriverStatement | None, fallback: sa.Executable,
+             rows: list[dict[str, Any]]) -> None:
+    """Run a statement for `rows`: one through the driver when it could be compiled for it, many through SQLAlchemy."""
+    if statement is not None and len(rows) == 1:
+        statement.execute(connection, rows[0])
+    else:
+        connection.execute(fallback, rows)
+
+
+@lru_cache(maxsize=64)
+def insert_of(columns: tuple[str, ...]) -> sa.Insert:
+    """An insert of a row that sets `columns` (one statement per column set)."""
+    return INVOCATIONS.insert().values({name: sa.bindparam(name) for name in columns})
+
+
+@lru_cache(maxsize=64)
+def conditional_update(columns: tuple[str, ...]) -> sa.Update:
+    """An update of `columns` of row `_job_id`, unless the row was updated after `_as_of`."""
+    table = INVOCATIONS
+    return (
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("_job_id"), table.c.updated_at <= sa.bindparam("_as_of"))
+        .values({name: sa.bindparam(name) for name in columns})
+    )
