@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import fakeredis
 import pytest
@@ -110,51 +111,51 @@ def test_a_job_canceled_after_a_batch_claim_never_starts(
     assert connection.zcard(f"rq:wip:{spec.queue}") == 0
 
 
-def test_a_waiting_worker_claims_in_the_same_round_trip_as_its_wait(
-    connection: fakeredis.FakeRedis, backends: Backends, registry: Registry
-) -> None:
-    spec = registry.get("simple_calculation")
-    worker = build_worker([spec.queue], backends, registry, RunnerSimpleWorker)
+@pytest.fixture
+def calculation_worker(backends: Backends, registry: Registry) -> Iterator[RunnerSimpleWorker]:
+    """A registered worker of simple_calculation's queue, torn down after the test."""
+    worker = build_worker([registry.get("simple_calculation").queue], backends, registry, RunnerSimpleWorker)
+    assert isinstance(worker, RunnerSimpleWorker)
     worker.register_birth()
-    try:
-        started = time.monotonic()
-        worker.wait_for_work(0.2)  # nothing waits: the wait runs out, the claim after it finds nothing
-        assert time.monotonic() - started >= 0.15
-        assert not worker._claimed_ahead
+    yield worker
+    worker.teardown()
+    install_environment(None)
 
-        pusher = threading.Timer(0.1, lambda: enqueue_invocation(spec, {"expression": "6*7"}, backends))
-        pusher.start()
-        worker.wait_for_work(5)
-        pusher.join()
-        [(job_id, fields)] = list(worker._claimed_ahead)
-        assert fields[b"status"] == b"queued"
-        assert connection.lrange(claim_key(worker.name), 0, -1) == [job_id.encode()]  # claimed, not in limbo
-        assert connection.llen(f"rq:queue:{spec.queue}") == 0
 
-        job, queue = worker.dequeue_job_and_maintain_ttl(None) or (None, None)  # taken from the claim, no call
-        assert job is not None and queue is not None and job.id == job_id
-        worker.execute_job(job, queue)
-    finally:
-        worker.teardown()
-        install_environment(None)
+def test_a_waiting_worker_claims_in_the_same_round_trip_as_its_wait(
+    connection: fakeredis.FakeRedis, backends: Backends, registry: Registry, calculation_worker: RunnerSimpleWorker
+) -> None:
+    spec, worker = registry.get("simple_calculation"), calculation_worker
+    started = time.monotonic()
+    worker.wait_for_work(0.2)  # nothing waits: the wait runs out, the claim after it finds nothing
+    assert time.monotonic() - started >= 0.15
+    assert not worker._claimed_ahead
+
+    pusher = threading.Timer(0.1, lambda: enqueue_invocation(spec, {"expression": "6*7"}, backends))
+    pusher.start()
+    worker.wait_for_work(5)
+    pusher.join()
+    [(job_id, fields)] = list(worker._claimed_ahead)
+    assert fields[b"status"] == b"queued"
+    assert connection.lrange(claim_key(worker.name), 0, -1) == [job_id.encode()]  # claimed, not in limbo
+    assert connection.llen(f"rq:queue:{spec.queue}") == 0
+
+    job, queue = worker.dequeue_job_and_maintain_ttl(None) or (None, None)  # taken from the claim, no call
+    assert job is not None and queue is not None and job.id == job_id
+    worker.execute_job(job, queue)
+    worker.send_held()  # a job's end goes out with the worker's next move: make that move now
     assert get_job_view(job_id, backends).status == "finished"
 
 
 def test_a_claim_lost_with_the_script_is_made_again(
-    connection: fakeredis.FakeRedis, backends: Backends, registry: Registry
+    connection: fakeredis.FakeRedis, backends: Backends, registry: Registry, calculation_worker: RunnerSimpleWorker
 ) -> None:
-    spec = registry.get("simple_calculation")
-    worker = build_worker([spec.queue], backends, registry, RunnerSimpleWorker)
-    worker.register_birth()
-    try:
-        claim_and_read(connection, [queue_for(spec.queue, connection)], worker.name)  # the script is loaded
-        job_id = enqueue_invocation(spec, {"expression": "1+1"}, backends).id
-        connection.script_flush()  # Redis restarted, say: the pipelined claim answers NOSCRIPT
-        worker.wait_for_work(1)
-        assert not worker._claimed_ahead
-        assert connection.llen(f"rq:queue:{spec.queue}") == 1  # still waits on its queue
-        job, _queue = worker.dequeue_job_and_maintain_ttl(None) or (None, None)  # claims (and loads the script)
-        assert job is not None and job.id == job_id
-    finally:
-        worker.teardown()
-        install_environment(None)
+    spec, worker = registry.get("simple_calculation"), calculation_worker
+    claim_and_read(connection, [queue_for(spec.queue, connection)], worker.name)  # the script is loaded
+    job_id = enqueue_invocation(spec, {"expression": "1+1"}, backends).id
+    connection.script_flush()  # Redis restarted, say: the pipelined claim answers NOSCRIPT
+    worker.wait_for_work(1)
+    assert not worker._claimed_ahead
+    assert connection.llen(f"rq:queue:{spec.queue}") == 1  # still waits on its queue
+    job, _queue = worker.dequeue_job_and_maintain_ttl(None) or (None, None)  # claims (and loads the script)
+    assert job is not None and job.id == job_id
