@@ -87,7 +87,7 @@ def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backe
     # with the event's writes in one script call (RQ's enqueue_job: two dozen calls, nine replies).
     template = _template(queue, spec, settings.result_ttl, settings.failure_ttl)
     with backends.connection.pipeline() as pipe:
-        queue_job(pipe, template, spec.queue, job_id, job_fields(template, spec, arguments, meta))
+        queue_job(pipe, queue, job_id, job_fields(template, spec, arguments, meta))
         if event is not None:
             emit_into(pipe, event)
         execute_as_script(backends.connection, pipe)

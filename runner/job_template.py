@@ -21,13 +21,11 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
-from runner.claims import wake_key
 from runner.execution import ENTRY_POINT
 from runner.registry import FunctionSpec
 
 # Filled in per invocation; everything else in the hash comes from the template.
 PER_INVOCATION_FIELDS = ("created_at", "enqueued_at", "data", "meta")
-QUEUES_KEY = "rq:queues"
 FieldValue = bytes | str | int | float
 
 
@@ -35,7 +33,6 @@ FieldValue = bytes | str | int | float
 class JobTemplate:
     """What every job of one function has in common in Redis."""
 
-    queue_key: str
     fields: dict[str, FieldValue]
 
 
@@ -63,7 +60,7 @@ def template_for(queue: Queue, spec: FunctionSpec, *, result_ttl: int, failure_t
     fields = job.to_dict()
     for name in PER_INVOCATION_FIELDS:
         fields.pop(name, None)
-    return JobTemplate(queue_key=f"rq:queue:{spec.queue}", fields=fields)
+    return JobTemplate(fields=fields)
 
 
 def job_fields(template: JobTemplate, spec: FunctionSpec, arguments: dict[str, Any],
@@ -75,11 +72,8 @@ def job_fields(template: JobTemplate, spec: FunctionSpec, arguments: dict[str, A
             "meta": JSONSerializer.dumps(meta)}
 
 
-def queue_job(pipeline: Pipeline, template: JobTemplate, queue_name: str, job_id: str,
-              fields: dict[str, FieldValue]) -> None:
-    """Queue the commands RQ's enqueue_job sends for a job, and the wake-up token of our queue class."""
-    pipeline.sadd(QUEUES_KEY, template.queue_key)
+def queue_job(pipeline: Pipeline, queue: Queue, job_id: str, fields: dict[str, FieldValue]) -> None:
+    """Queue the commands RQ's enqueue_job sends for a job (our queue class adds its wake-up token)."""
+    pipeline.sadd(queue.redis_queues_keys, queue.key)
     pipeline.hset(Job.key_for(job_id), mapping=cast(Mapping[Any, FieldValue], fields))
-    pipeline.rpush(template.queue_key, job_id)
-    pipeline.lpush(wake_key(queue_name), "1")
-    pipeline.ltrim(wake_key(queue_name), 0, 0)
+    queue.push_job_id(job_id, pipeline=pipeline)

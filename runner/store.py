@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from runner.driver_statements import DriverStatement, compile_for_driver
 from runner.errors import BackendUnavailable, MalformedRequest
 from runner.models import InvocationRecord, utcnow
-from runner.store_statements import INVOCATIONS, conditional_update, execute_rows, insert_of, runs_of_same_columns
+from runner.store_statements import INVOCATIONS, conditional_update, insert_of, runs_of_same_columns
 
 log = logging.getLogger(__name__)
 
@@ -174,24 +174,27 @@ class Store:
     def insert(self, values: dict[str, Any]) -> None:
         """Insert a new invocation row from column values (no ORM unit of work on the hot path)."""
         insert = insert_of(tuple(values))
-        statement = self._driver_statement(insert)
         if self.engine.dialect.name == "sqlite":  # no server: its connections never go stale, keep one
             with self._kept_transaction() as connection:
-                execute_rows(connection, statement, insert, [values])
+                self._execute(connection, insert, [values])
             return
         try:
             with self.engine.begin() as connection:  # from the pool, pinged: survives a server restart
-                execute_rows(connection, statement, insert, [values])
+                self._execute(connection, insert, [values])
         except UNAVAILABLE_ERRORS as exc:
             raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
 
-    def _driver_statement(self, statement: sa.Insert | sa.Update) -> DriverStatement | None:
-        # Keyed by the statement object: its builders are cached, one per column set.
+    def _execute(self, connection: sa.Connection, statement: sa.Insert | sa.Update,
+                 rows: list[dict[str, Any]]) -> None:
+        """Run `statement` for `rows`: one row through the driver, several through SQLAlchemy (it batches)."""
         try:
-            return self._compiled[statement]
+            compiled = self._compiled[statement]
         except KeyError:
             compiled = self._compiled[statement] = compile_for_driver(statement, self.engine.dialect)
-            return compiled
+        if compiled is not None and len(rows) == 1:
+            compiled.execute(connection, rows[0])
+        else:
+            connection.execute(statement, rows)
 
     def apply_writes(self, writes: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Apply row updates in order, in one transaction, each only where the row is not newer.
@@ -204,8 +207,7 @@ class Store:
         # and reset per batch. A stale one (the server restarted) costs one deferred batch.
         with self._kept_transaction() as connection:
             for columns, rows in runs_of_same_columns(writes):
-                update = conditional_update(columns)
-                execute_rows(connection, self._driver_statement(update), update, rows)
+                self._execute(connection, conditional_update(columns), rows)
 
     @contextmanager
     def _kept_transaction(self) -> Iterator[sa.Connection]:

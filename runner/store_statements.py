@@ -8,7 +8,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from runner.driver_statements import DriverStatement
 from runner.models import InvocationRecord
 
 INVOCATIONS: sa.Table = InvocationRecord.__table__  # type: ignore[assignment]
@@ -29,15 +28,6 @@ def runs_of_same_columns(
         rows.append({**values, "_job_id": job_id, "_as_of": values["updated_at"]})
     if rows:
         yield columns or (), rows
-
-
-def execute_rows(connection: sa.Connection, statement: DriverStatement | None, fallback: sa.Executable,
-             rows: list[dict[str, Any]]) -> None:
-    """Run a statement for `rows`: one through the driver when it could be compiled for it, many through SQLAlchemy."""
-    if statement is not None and len(rows) == 1:
-        statement.execute(connection, rows[0])
-    else:
-        connection.execute(fallback, rows)
 
 
 @lru_cache(maxsize=64)

@@ -122,9 +122,7 @@ class WriteBehind:
         with self._lock:
             if not self._pending or self._in_flight or time.monotonic() < self._database_down_until:
                 return None
-            batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
-            self._hold_until = time.monotonic() if self._pending else None
-            self._in_flight = len(batch)
+            batch = self._take_batch()
         settled, sent = False, None
         try:
             settled, sent = self._write(batch, then)
@@ -181,10 +179,7 @@ class WriteBehind:
                     if due is None and self._stopping and not self._in_flight:
                         return
                     self._lock.wait(due)
-                batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
-                # More than a batch waits: go on at once.
-                self._hold_until = time.monotonic() if self._pending else None
-                self._in_flight = len(batch)
+                batch = self._take_batch()
             try:
                 settled, _ = self._write(batch)
             except Exception:  # a bug here must not stop history for good: keep the writes for replay
@@ -197,6 +192,13 @@ class WriteBehind:
                 self._lock.notify_all()
                 if not settled:
                     self._lock.wait(DATABASE_BACKOFF_SECONDS)
+
+    def _take_batch(self) -> list[RowWrite]:
+        """The next batch, now in flight (with the lock held)."""
+        batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
+        self._hold_until = time.monotonic() if self._pending else None  # more than a batch waits: at once
+        self._in_flight = len(batch)
+        return batch
 
     def _write(self, batch: list[RowWrite],
                then: Callable[[Pipeline], None] | None = None) -> tuple[bool, list[Any] | None]:

@@ -24,7 +24,12 @@ def test_timestamps_parse_as_rq_parses_them(text: str) -> None:
     assert (ours, ours.tzinfo) == (theirs, theirs.tzinfo)
 
 
-@pytest.mark.parametrize("text", ["2026-11-28", "2026-11-28T20:29:12.713348+01:00", "not a date at all, 27 chars"])
+@pytest.mark.parametrize("text", [
+    "2026-11-28",
+    "2026-11-28T20:29:12.713348+01:00",
+    "2026-13-28T20:29:12.713348Z",  # RQ's shape, so it tries the fast path first: month 13
+    "not a date at all, 27 chars",
+])
 def test_what_rq_refuses_is_still_refused(text: str) -> None:
     with pytest.raises(ValueError):
         rq_fast_paths._original_utcparse(text)
