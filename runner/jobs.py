@@ -161,12 +161,18 @@ def view_from_record(record: InvocationRecord) -> JobView:
     )
 
 
-def fetch_with_latest_result(job_id: str, connection: redis.Redis) -> Job:
-    """The RQ job and its latest result in one round trip (Job.fetch, then return_value, take two)."""
+def fetch_with_latest_result(job_id: str, connection: redis.Redis, *, after_end_wait: float = 0.0) -> Job:
+    """The RQ job and its latest result in one round trip (Job.fetch, then return_value, take two);
+    with `after_end_wait`, read once the job's end is announced or those seconds have passed."""
     with connection.pipeline(transaction=False) as pipeline:
+        if after_end_wait:
+            # A rotation of the one-token list, not a pop: the token stays for anyone else waiting.
+            # (Redis takes fractional seconds, whatever the stub says.)
+            key = ended_key(job_id)
+            pipeline.blmove(key, key, after_end_wait, "RIGHT", "LEFT")  # type: ignore[arg-type]
         pipeline.hgetall(Job.key_for(job_id))
         pipeline.xrevrange(Result.get_key(job_id), "+", "-", count=1)
-        raw, latest = pipeline.execute()
+        *_, raw, latest = pipeline.execute()
     if not raw:
         raise NoSuchJobError(f"No such job: {job_id}")
     job = Job(job_id, connection=connection, serializer=JSONSerializer)
@@ -178,16 +184,22 @@ def fetch_with_latest_result(job_id: str, connection: redis.Redis) -> Job:
     return job
 
 
-def get_job_view(job_id: str, backends: Backends) -> JobView:
-    """The freshest view of a job: Redis first, then the store; JobNotFound if neither knows it."""
+def get_job_view(job_id: str, backends: Backends, *, after_end_wait: float = 0.0) -> JobView:
+    """The freshest view of a job: Redis first, then the store; JobNotFound if neither knows it.
+
+    `after_end_wait`: first block until the job's end is announced or these seconds pass, in the
+    same round trip as the read (Redis runs the read the moment the wait ends).
+    """
     if not JOB_ID_PATTERN.match(job_id):
         raise JobNotFound(f"No job has the id {job_id!r}.")
     redis_error: Exception | None = None
     try:
-        return view_from_job(fetch_with_latest_result(job_id, backends.connection))
+        return view_from_job(fetch_with_latest_result(job_id, backends.connection, after_end_wait=after_end_wait))
     except (NoSuchJobError, DeserializationError):
         pass  # not in Redis (or not a runner job): the store decides
     except REDIS_ERRORS as exc:
+        if after_end_wait:  # a waiter must not spin on the row while Redis is away
+            raise redis_unavailable() from exc
         redis_error = exc
     try:
         record = backends.store.get(job_id)
@@ -224,21 +236,14 @@ def wait_for_job(job_id: str, backends: Backends, timeout: float, *, fresh: bool
     """
     deadline = time.monotonic() + timeout
     if fresh:
-        wait_for_end_token(backends, job_id, min(timeout, WAIT_SLICE_SECONDS))
-    while True:
+        view = view_after_end(backends, job_id, min(timeout, WAIT_SLICE_SECONDS))
+    else:
         view = get_job_view(job_id, backends)
-        remaining = deadline - time.monotonic()
-        if view.is_terminal or remaining <= 0:
-            return view
-        wait_for_end_token(backends, job_id, min(remaining, WAIT_SLICE_SECONDS))
+    while not view.is_terminal and (remaining := deadline - time.monotonic()) > 0:
+        view = view_after_end(backends, job_id, min(remaining, WAIT_SLICE_SECONDS))
+    return view
 
 
-def wait_for_end_token(backends: Backends, job_id: str, seconds: float) -> None:
-    """Block until the job's end is announced, or `seconds` pass."""
-    try:
-        # A rotation of the one-token list, not a pop: the token stays for anyone else waiting.
-        # (Redis takes fractional seconds, whatever the stub says.)
-        key = ended_key(job_id)
-        backends.connection.blmove(key, key, seconds, "RIGHT", "LEFT")  # type: ignore[arg-type]
-    except REDIS_ERRORS as exc:
-        raise redis_unavailable() from exc
+def view_after_end(backends: Backends, job_id: str, seconds: float) -> JobView:
+    """The job's view once its end is announced, or once `seconds` pass."""
+    return get_job_view(job_id, backends, after_end_wait=seconds)

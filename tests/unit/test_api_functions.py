@@ -13,6 +13,7 @@ from werkzeug.test import TestResponse
 import runner.jobs
 from runner.backends import Backends, queue_for
 from runner.config import Settings
+from runner.jobs import JobView
 from runner.registry import Registry, make_spec
 from runner.store import Store
 
@@ -252,13 +253,13 @@ def test_wait_without_a_worker_returns_202_queued(invoke: Invoke, query: str) ->
 @pytest.fixture
 def worker_during_wait(monkeypatch: pytest.MonkeyPatch, run_jobs: Callable[..., bool]) -> None:
     """While ?wait waits, run the queued jobs in-process each time it blocks (no worker thread)."""
-    real_wait = runner.jobs.wait_for_end_token
+    real_wait = runner.jobs.view_after_end
 
-    def wait(backends: Backends, job_id: str, seconds: float) -> None:
+    def wait(backends: Backends, job_id: str, seconds: float) -> JobView:
         run_jobs()
-        real_wait(backends, job_id, min(seconds, 0.05))
+        return real_wait(backends, job_id, min(seconds, 0.05))
 
-    monkeypatch.setattr(runner.jobs, "wait_for_end_token", wait)
+    monkeypatch.setattr(runner.jobs, "view_after_end", wait)
 
 
 @pytest.mark.usefixtures("worker_during_wait")
