@@ -19,6 +19,9 @@ from rq import Queue, Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL_SECONDS = 0.001
+# Every engine logs at one level, Celery's default: a log line per job is a deployment's choice
+# (RUNNER_LOG_LEVEL=INFO, rq's default), not overhead of the engine being measured.
+LOG_LEVEL = "WARNING"
 
 
 def rss_kib(pid: int) -> int:
@@ -148,6 +151,7 @@ class RunnerEngine(Engine):
             "DATABASE_URL": f"sqlite:///{self.workdir / 'runner.db'}",
             "RUNNER_DATA_DIR": str(self.workdir / "data"),
             "RUNNER_FUNCTIONS_PACKAGE": "functions,bench.noop_functions",
+            "RUNNER_LOG_LEVEL": LOG_LEVEL,
         }
 
     def start(self, workers: int) -> None:
@@ -215,7 +219,8 @@ class RawRQEngine(Engine):
     def start(self, workers: int) -> None:
         rq_cli = str(Path(sys.executable).parent / "rq")
         for _ in range(workers):
-            self.spawn([rq_cli, "worker", "--url", self.redis_url, "-w", self.worker_class, "-q", "bench_rq"])
+            self.spawn([rq_cli, "worker", "--url", self.redis_url, "-w", self.worker_class, "-q", "bench_rq",
+                        "--logging_level", LOG_LEVEL])
         wait_until(lambda: Worker.count(connection=self.connection) >= workers, 30, f"{self.name} workers")
 
     def run_batch(self, count: int, kind: str = "noop") -> float:
@@ -250,7 +255,7 @@ class CeleryEngine(Engine):
     def start(self, workers: int) -> None:
         self.spawn([sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "prefork",
                     "-c", str(workers), "-Q", "bench_celery", "--without-gossip", "--without-mingle",
-                    "--without-heartbeat", "-l", "WARNING"])
+                    "--without-heartbeat", "-l", LOG_LEVEL])
         wait_until(lambda: bool(self.app.control.ping(timeout=0.5)), 60, "celery worker")
 
     def run_batch(self, count: int, kind: str = "noop") -> float:

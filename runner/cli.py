@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import click
 
 from runner.cli_client import register_client_commands
-from runner.config import Settings, SettingsError
+from runner.config import Settings, SettingsError, read_log_level
 from runner.errors import BackendUnavailable
 
 
@@ -22,7 +23,11 @@ def _settings() -> Settings:
 @click.group()
 def main() -> None:
     """Async Task Runner: serverless-style functions on RQ."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # only this variable: commands that talk to the API need no other setting to be valid
+        level = read_log_level(os.environ.get("RUNNER_LOG_LEVEL", "") or "INFO")
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 @main.command()

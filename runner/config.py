@@ -30,6 +30,7 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 # Fields for which zero makes no sense (a stream that ends at once, a poll that never sleeps).
 POSITIVE_FIELDS = frozenset({"sse_max_seconds", "sse_heartbeat_seconds", "sse_poll_seconds", "sse_max_streams"})
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class SettingsError(ValueError):
@@ -63,6 +64,8 @@ class Settings:
     sse_heartbeat_seconds: float = DEFAULT_SSE_HEARTBEAT_SECONDS
     sse_poll_seconds: float = DEFAULT_SSE_POLL_SECONDS
     sse_max_streams: int = DEFAULT_SSE_MAX_STREAMS
+    # INFO: a line per job event (runner.events) and RQ's own; WARNING keeps only what needs a look.
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -91,6 +94,7 @@ class Settings:
             "sse_heartbeat_seconds": "RUNNER_SSE_HEARTBEAT_SECONDS",
             "sse_poll_seconds": "RUNNER_SSE_POLL_SECONDS",
             "sse_max_streams": "RUNNER_SSE_MAX_STREAMS",
+            "log_level": "RUNNER_LOG_LEVEL",
         }
         values: dict[str, object] = {}
         for item in fields(cls):
@@ -98,6 +102,8 @@ class Settings:
             if not raw:
                 continue
             values[item.name] = _convert(names[item.name], raw, item.type, positive=item.name in POSITIVE_FIELDS)
+        if "log_level" in values:
+            values["log_level"] = read_log_level(str(values["log_level"]))
         return cls(**values)  # type: ignore[arg-type]
 
     @property
@@ -121,6 +127,14 @@ class Settings:
     def effective_artifact_dir(self) -> Path:
         """RUNNER_ARTIFACT_DIR, or `artifacts` in the data folder (shared storage on a fleet)."""
         return Path(self.artifact_dir or Path(self.data_dir) / "artifacts").resolve()
+
+
+def read_log_level(raw: str) -> str:
+    """The logging level named by RUNNER_LOG_LEVEL (any case), or SettingsError."""
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"RUNNER_LOG_LEVEL={raw!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def _convert(name: str, raw: str, kind: object, *, positive: bool = False) -> object:

@@ -282,7 +282,7 @@ def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = 
         worker.deadline_slot = slot
         worker.pid = os.getppid()  # registered as the worker command's pid: the one to signal
         tie_children_to_this_process()
-        worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
         # RQ's loop also ends on an unexpected error: then a fresh work process takes over.
         return 0 if burst or worker._stop_requested else 1
 

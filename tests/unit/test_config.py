@@ -99,3 +99,16 @@ def test_explicit_sqlite_url_gets_its_folder(tmp_path: Path) -> None:
     target = tmp_path / "db" / "history.db"
     assert Settings(database_url=f"sqlite:///{target}").effective_database_url == f"sqlite:///{target}"
     assert target.parent.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("raw", "level"), [("", "INFO"), ("warning", "WARNING"), (" Debug ", "DEBUG"), ("ERROR", "ERROR")]
+)
+def test_log_level_is_read_in_any_case(raw: str, level: str) -> None:
+    assert Settings.from_env({"RUNNER_LOG_LEVEL": raw}).log_level == level
+
+
+@pytest.mark.parametrize("raw", ["loud", "20", "WARN "])
+def test_unknown_log_levels_are_refused(raw: str) -> None:
+    with pytest.raises(SettingsError, match="RUNNER_LOG_LEVEL=.* is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"):
+        Settings.from_env({"RUNNER_LOG_LEVEL": raw})
