@@ -160,18 +160,29 @@ def _ms(text: str) -> float:
     return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 3)
 
 
-def http_invoke(runner: RunnerEngine, seconds: int, latency_count: int) -> dict[str, Any]:
-    """Our POST /functions/noop/invocations against a bare enqueue route, same gunicorn settings."""
+def http_invoke(runner: RunnerEngine, seconds: int, latency_count: int, rounds: int) -> dict[str, Any]:
+    """Our POST /functions/noop/invocations against a bare enqueue route, same gunicorn settings.
+
+    `rounds` turns of `seconds` each, the two apps alternating (who goes first swaps every turn,
+    so a drift of the machine's speed falls on both); each app's median turn is its figure.
+    """
     figures: dict[str, Any] = {}
     ours_port, bare_port = free_port(), free_port()
     runner.connection.flushall()
     runner.backends.store.migrate()
     ours = gunicorn("api:create_app()", runner.env(), ours_port, runner.workdir)
     bare = gunicorn("bench.bare_app:create_app()", runner.env(), bare_port, runner.workdir)
+    urls = {"runner": f"http://127.0.0.1:{ours_port}/functions/noop/invocations",
+            "bare-enqueue": f"http://127.0.0.1:{bare_port}/enqueue"}
     try:
         if shutil.which("wrk"):
-            figures["runner"] = wrk(f"http://127.0.0.1:{ours_port}/functions/noop/invocations", seconds)
-            figures["bare-enqueue"] = wrk(f"http://127.0.0.1:{bare_port}/enqueue", seconds)
+            turns: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+            for index in range(rounds):
+                for name in (list(urls) if index % 2 == 0 else list(reversed(urls))):
+                    turns[name].append(wrk(urls[name], seconds))
+            for name, measured in turns.items():
+                figures[name] = sorted(measured, key=lambda turn: turn["rps"])[len(measured) // 2]
+            figures["rps_rounds"] = {name: [turn["rps"] for turn in measured] for name, measured in turns.items()}
         runner.connection.flushall()
         runner.start(2)
         session = requests.Session()
@@ -231,7 +242,7 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=300)
     parser.add_argument("--http-seconds", type=int, default=10)
     parser.add_argument("--memory-jobs", type=int, default=10000)
-    parser.add_argument("--rounds", type=int, default=3, help="throughput and latency turns per engine")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput, latency and HTTP turns per engine")
     parser.add_argument("--quick", action="store_true", help="small counts, to check the harness")
     args = parser.parse_args()
     if args.quick:
@@ -255,7 +266,7 @@ def main() -> None:
         print(f"latency ({args.latency} sequential jobs, in {args.rounds} turns)", flush=True)
         results["latency"] = latency(engines, args.latency, args.rounds)
         print("http invoke (concurrency 16)", flush=True)
-        results["http"] = http_invoke(runner, args.http_seconds, args.latency)
+        results["http"] = http_invoke(runner, args.http_seconds, args.latency, args.rounds)
         results["memory"] = memory(runner, args.memory_jobs)
         results["scaling"] = scaling(runner, args.jobs)
     results["ratios"] = ratios(results)
