@@ -204,6 +204,9 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
         _queue, claimed = read_claimed(reply, self._ordered_queues)
         self._claimed_ahead.extend(claimed)
 
+    def before_claiming_with(self, held: Pipeline) -> None:
+        """Called when a finished job's held pipeline is about to go out with a claim: add to it."""
+
     def _claim_job(self) -> tuple[Job, Queue] | None:
         pending = pending_claim(self.connection, self.name) if self._check_own_claims else None
         self._check_own_claims = pending is not None
@@ -211,6 +214,8 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
         if pending is None:
             if not self._claimed_ahead:
                 held = self.take_held()  # the last job's end goes out with this claim
+                if held:
+                    self.before_claiming_with(held[0])
                 _queue, claimed = claim_and_read(self.connection, self._ordered_queues, self.name, self.claim_batch,
                                                  before=held[0] if held else None)
                 if held:

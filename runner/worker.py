@@ -39,6 +39,7 @@ from runner.reconcile import (
     PENDING_WRITES_KEY,
     install_write_behind,
     replay_pending_writes,
+    row_write,
     stage_write,
     write_or_defer,
 )
@@ -67,6 +68,8 @@ class StoreSyncMixin(BaseWorker):
     # Row updates go through a write-behind journal (runner.write_behind) instead of one commit each.
     uses_write_behind = False
     _write_behind: WriteBehind | None = None
+    # The held pipeline of the last job's success, with the row write journaled in it (see before_claiming_with).
+    _ending: tuple[Pipeline, RowWrite] | None = None
 
     def register_birth(self) -> None:
         super().register_birth()  # type: ignore[no-untyped-call]
@@ -108,7 +111,7 @@ class StoreSyncMixin(BaseWorker):
         if not _is_invocation(job):
             return super().end_successful_attempt(job, pipeline)  # type: ignore[misc, no-any-return]
         last = job.meta.get("progress") or {}
-        commit = self._stage_record(
+        commit = self._stage_ending(
             job,
             pipeline,
             status=JobStatus.FINISHED.value,
@@ -182,6 +185,24 @@ class StoreSyncMixin(BaseWorker):
         if self.store is None:
             return lambda: None
         return stage_write(self.store, self.connection, pipeline, job.id, as_of=utcnow(), **values)
+
+    def _stage_ending(self, job: Job, pipeline: Pipeline, **values: Any) -> AfterExecute:
+        # As _stage_record, keeping the write for before_claiming_with.
+        writer = self._write_behind
+        if writer is None:
+            return self._stage_record(job, pipeline, **values)
+        write = row_write(job.id, utcnow(), values)
+        writer.journal_into(pipeline, write)
+        self._ending = (pipeline, write)
+        return lambda: writer.enqueue(write)
+
+    def before_claiming_with(self, held: Pipeline) -> None:
+        # No job is claimed ahead, so the worker may be about to go idle: commit the last job's row
+        # (and what else is pending) first, so the claim that sends its end also wakes its waiters.
+        # A busy worker does this once per claimed batch; its writer thread batches the rest.
+        ending, self._ending = self._ending, None
+        if self._write_behind is not None and ending is not None and ending[0] is held:
+            self._write_behind.settle_before(held, ending[1])
 
     def _record(self, job: Job, as_of: datetime, **values: Any) -> None:
         # As of before Redis moved the job on: a retry that another worker already started wins.

@@ -10,6 +10,12 @@ database is away, the batch moves to the shared list of deferred writes (runner.
 and is replayed once it is back. When the worker dies, its peers move its journal there too
 (`adopt_journal`). Writes are conditional on the
 row's `updated_at`, so applying one twice, or late, never rolls a row back.
+
+A worker with no job claimed ahead commits instead of journaling (`settle_before`): the last
+job's row, and whatever is pending, before the call that records the job's end in Redis and
+claims the next, so that one call also wakes whoever waits for the job. A worker dying
+between the two leaves a row that says finished for a job Redis has as started: like any job
+of a dead worker it is recovered and retried, and its row follows the retry.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ class WriteBehind:
         self._in_flight = 0
         self._stopping = False
         self._database_down_until = 0.0
+        self._settled_ahead: RowWrite | None = None  # committed by settle_before: enqueue skips it
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -104,8 +111,11 @@ class WriteBehind:
         pipeline.rpush(self.journal, write.raw)
 
     def enqueue(self, write: RowWrite) -> None:
-        """Hand a journaled write to the writer thread."""
+        """Hand a journaled write to the writer thread (unless settle_before has committed it)."""
         with self._lock:
+            if write is self._settled_ahead:
+                self._settled_ahead = None
+                return
             self._pending.append(write)
             hold = URGENT_HOLD_SECONDS if self.is_urgent(write) else HOLD_SECONDS
             if self._hold_until is None or time.monotonic() + hold < self._hold_until:
@@ -136,6 +146,45 @@ class WriteBehind:
                 self._in_flight = 0
                 self._lock.notify_all()
         return sent
+
+    def settle_before(self, pipeline: Pipeline, write: RowWrite) -> bool:
+        """Commit the pending writes and `write` now, `write` being journaled in `pipeline`, which has
+        not executed yet; queue their journal cleanup (and `on_committed`'s commands) at its end.
+
+        For a worker about to send a job's end and look for the next job: its row is committed
+        before Redis hears of the end, and whoever waits for the job is woken by that same call,
+        not by a round trip after the commit. False, with nothing done, when the writer thread
+        is at a batch or the database is away: `write` then goes the usual way.
+        """
+        with self._lock:
+            if self._in_flight or time.monotonic() < self._database_down_until:
+                return False
+            batch = self._take_batch()
+            self._in_flight += 1  # `write`: the writer thread waits for this commit too
+        settled = False
+        try:
+            self.store.apply_writes(_one_write_per_job([*batch, write]))
+            settled = True
+        except BackendUnavailable:
+            self._database_down_until = time.monotonic() + DATABASE_BACKOFF_SECONDS
+            log.warning("write-behind: database unavailable; row updates wait for the writer thread")
+        except Exception:  # a bug here must not stop the worker: the writer thread takes the batch again
+            log.exception("write-behind: %d row updates could not be written here; the writer retries", len(batch))
+        finally:
+            with self._lock:
+                if settled:
+                    self._settled_ahead = write
+                else:
+                    self._pending.extendleft(reversed(batch))
+                    self._hold_until = time.monotonic()
+                self._in_flight = 0
+                self._lock.notify_all()
+        if settled:
+            # After the pipeline's own commands, so the RPUSH of `write` comes before its removal.
+            self._unjournal(pipeline, [*batch, write])
+            if self.on_committed is not None:
+                self.on_committed([*batch, write], pipeline)
+        return settled
 
     def flush(self, timeout: float) -> bool:
         """Wait until every submitted write is committed or deferred; False on timeout."""

@@ -5,20 +5,24 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import fakeredis
 import pytest
+from redis.client import Pipeline
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+import runner.supervision
 from runner.backends import Backends, queue_for
 from runner.claims import claim_and_read, claim_key, wait_for_wake_up, wake_key
 from runner.control import cancel_job
 from runner.execution import install_environment
 from runner.invocation import enqueue_invocation
-from runner.jobs import get_job_view
+from runner.jobs import ended_key, get_job_view
 from runner.registry import Registry
 from runner.worker import RunnerSimpleWorker, build_worker
+from runner.write_behind import journal_key
 
 WORKER = "w1"
 
@@ -159,3 +163,41 @@ def test_a_claim_lost_with_the_script_is_made_again(
     assert connection.llen(f"rq:queue:{spec.queue}") == 1  # still waits on its queue
     job, _queue = worker.dequeue_job_and_maintain_ttl(None) or (None, None)  # claims (and loads the script)
     assert job is not None and job.id == job_id
+
+
+class WriteBehindWorker(RunnerSimpleWorker):
+    uses_write_behind = True  # as `python -m runner worker`'s, whose in-process jobs need signals and a thread
+
+
+def test_a_worker_out_of_claimed_jobs_commits_the_row_before_the_claim_that_sends_the_end(
+    connection: fakeredis.FakeRedis, backends: Backends, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = registry.get("simple_calculation")
+    worker = build_worker([spec.queue], backends, registry, WriteBehindWorker)
+    assert isinstance(worker, WriteBehindWorker)
+    worker.register_birth()
+    seen: list[tuple[str, bool]] = []
+    real_claim = runner.supervision.claim_and_read
+
+    def claim(*args: Any, before: Pipeline | None = None, **kwargs: Any) -> Any:
+        row = backends.store.get(job_id)
+        commands = [tuple(str(part) for part in command[:2]) for command, _ in before.command_stack] if before else []
+        seen.append((row.status if row else "", ("LPUSH", ended_key(job_id)) in commands))
+        # The end is journaled (RPUSH), then the journal cleaned (LREM), in this same call.
+        assert {"RPUSH", "LREM"} <= {name for name, _key in commands}
+        return real_claim(*args, before=before, **kwargs)
+
+    try:
+        job_id = enqueue_invocation(spec, {"expression": "6*7"}, backends).id
+        job, queue = worker.dequeue_job_and_maintain_ttl(None) or (None, None)
+        assert job is not None and queue is not None
+        worker.execute_job(job, queue)
+        monkeypatch.setattr(runner.supervision, "claim_and_read", claim)
+        assert worker.dequeue_job_and_maintain_ttl(None) is None  # nothing else waits
+    finally:
+        worker.teardown()
+        install_environment(None)
+    assert seen == [("finished", True)]  # the row said finished when the claim carried the end and the wake-up
+    assert get_job_view(job_id, backends).status == "finished"
+    assert connection.llen(ended_key(job_id)) == 1
+    assert connection.llen(journal_key(worker.name)) == 0

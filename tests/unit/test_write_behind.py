@@ -192,3 +192,54 @@ def test_settling_with_the_database_away_defers_and_leaves_the_wait_to_the_calle
     assert not behind.settle_here(lambda pipeline: pipeline.set("waited", "1"))
     assert connection.get("waited") is None
     assert connection.llen(PENDING_WRITES_KEY) == 1 and connection.llen(journal_key(WORKER)) == 0
+
+
+def test_settle_before_commits_ahead_of_the_pipeline_that_records_the_end(
+    store: Store, connection: fakeredis.FakeRedis
+) -> None:
+    add_row(store, "j1")
+    add_row(store, "j2")
+    committed: list[str] = []
+    # Not started: only the calling thread can commit.
+    behind = WriteBehind(store, connection, WORKER, deferred_key=PENDING_WRITES_KEY,
+                         on_committed=lambda batch, pipeline: committed.extend(write.job_id for write in batch))
+    assert behind.submit(_write("j1", status="finished"))  # an earlier job's end, journaled and pending
+    ending = _write("j2", status="finished", result={"n": 2})
+    with connection.pipeline() as pipeline:
+        pipeline.set("job-ended-in-redis", "1")
+        behind.journal_into(pipeline, ending)
+        assert behind.settle_before(pipeline, ending)
+        # Both rows are committed before the pipeline runs; the cleanup and the announcement ride on it.
+        assert (status_of(store, "j1"), status_of(store, "j2")) == ("finished", "finished")
+        assert stored_row(store, "j2").result == {"n": 2}
+        assert committed == ["j1", "j2"]
+        assert connection.get("job-ended-in-redis") is None
+        pipeline.execute()
+    assert connection.get("job-ended-in-redis") == b"1"
+    assert connection.llen(journal_key(WORKER)) == 0  # j2's entry was pushed, then removed, in that order
+    behind.enqueue(ending)  # what the job's after-hook does: already committed, so not queued again
+    assert behind.flush(0.1)
+
+
+def test_settle_before_with_the_database_away_leaves_every_write_to_the_writer(
+    store: Store, connection: fakeredis.FakeRedis
+) -> None:
+    add_row(store, "j1")
+    add_row(store, "j2")
+    behind = WriteBehind(DownStore(store.url), connection, WORKER, deferred_key=PENDING_WRITES_KEY)
+    assert behind.submit(_write("j1", status="finished"))
+    ending = _write("j2", status="finished")
+    with connection.pipeline() as pipeline:
+        behind.journal_into(pipeline, ending)
+        assert not behind.settle_before(pipeline, ending)
+        assert len(pipeline.command_stack) == 1  # nothing added: the end goes out as it was
+        pipeline.execute()
+    behind.enqueue(ending)
+    assert [write.job_id for write in behind._pending] == ["j1", "j2"]  # both wait for the writer thread
+    assert connection.llen(journal_key(WORKER)) == 2
+    behind.start()
+    try:
+        assert behind.flush(5)  # the database is still away: both move to the deferred list
+    finally:
+        behind.stop(5)
+    assert connection.llen(PENDING_WRITES_KEY) == 2 and connection.llen(journal_key(WORKER)) == 0
