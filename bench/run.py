@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 
@@ -38,6 +38,12 @@ from bench.engines import (
 from runner.embedded_redis import EmbeddedRedis, free_port
 
 RESULTS_DIR = ROOT / "bench" / "results"
+T = TypeVar("T")
+
+
+def median_round(rounds: list[T], rate: Callable[[T], float]) -> T:
+    """The round whose `rate` is the median (the upper one of an even count): an engine's figure."""
+    return sorted(rounds, key=rate)[len(rounds) // 2]
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -90,7 +96,7 @@ def throughput(engines: list[Engine], jobs: int, kind: str, redis_pid: int, roun
                   f"  CPU per job (ms): {used}", flush=True)
     figures = {}
     for name, measured in runs.items():
-        rate, used = sorted(measured, key=lambda run: run[0])[len(measured) // 2]
+        rate, used = median_round(measured, lambda run: run[0])
         figures[name] = round(rate, 1)
         if cpu is not None:
             cpu[name] = used
@@ -181,7 +187,7 @@ def http_invoke(runner: RunnerEngine, seconds: int, latency_count: int, rounds: 
                 for name in (list(urls) if index % 2 == 0 else list(reversed(urls))):
                     turns[name].append(wrk(urls[name], seconds))
             for name, measured in turns.items():
-                figures[name] = sorted(measured, key=lambda turn: turn["rps"])[len(measured) // 2]
+                figures[name] = median_round(measured, lambda turn: turn["rps"])
             figures["rps_rounds"] = {name: [turn["rps"] for turn in measured] for name, measured in turns.items()}
         runner.connection.flushall()
         runner.start(2)

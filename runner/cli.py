@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from runner.cli_client import register_client_commands
-from runner.config import Settings, SettingsError, read_log_level
+from runner.config import LOG_LEVEL_VARIABLE, Settings, SettingsError, read_log_level
 from runner.errors import BackendUnavailable
 
 
@@ -24,7 +24,7 @@ def _settings() -> Settings:
 def main() -> None:
     """Async Task Runner: serverless-style functions on RQ."""
     try:  # only this variable: commands that talk to the API need no other setting to be valid
-        level = read_log_level(os.environ.get("RUNNER_LOG_LEVEL", "") or "INFO")
+        level = read_log_level(os.environ.get(LOG_LEVEL_VARIABLE, "") or Settings.log_level)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

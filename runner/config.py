@@ -31,6 +31,7 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 # Fields for which zero makes no sense (a stream that ends at once, a poll that never sleeps).
 POSITIVE_FIELDS = frozenset({"sse_max_seconds", "sse_heartbeat_seconds", "sse_poll_seconds", "sse_max_streams"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVEL_VARIABLE = "RUNNER_LOG_LEVEL"
 
 
 class SettingsError(ValueError):
@@ -94,7 +95,7 @@ class Settings:
             "sse_heartbeat_seconds": "RUNNER_SSE_HEARTBEAT_SECONDS",
             "sse_poll_seconds": "RUNNER_SSE_POLL_SECONDS",
             "sse_max_streams": "RUNNER_SSE_MAX_STREAMS",
-            "log_level": "RUNNER_LOG_LEVEL",
+            "log_level": LOG_LEVEL_VARIABLE,
         }
         values: dict[str, object] = {}
         for item in fields(cls):
@@ -130,10 +131,10 @@ class Settings:
 
 
 def read_log_level(raw: str) -> str:
-    """The logging level named by RUNNER_LOG_LEVEL (any case), or SettingsError."""
+    """The logging level named by LOG_LEVEL_VARIABLE's value `raw` (any case), or SettingsError."""
     level = raw.strip().upper()
     if level not in LOG_LEVELS:
-        raise SettingsError(f"RUNNER_LOG_LEVEL={raw!r} is not one of {', '.join(LOG_LEVELS)}")
+        raise SettingsError(f"{LOG_LEVEL_VARIABLE}={raw!r} is not one of {', '.join(LOG_LEVELS)}")
     return level
 
 

@@ -237,7 +237,8 @@ def _stage_store_write(environment: WorkerEnvironment, job: Job, connection: red
                        **values: Any) -> Callable[[], None]:
     if environment.store is None:
         return lambda: None
-    return stage_write(environment.store, connection, pipeline, job.id, **values)
+    after, _journaled = stage_write(environment.store, connection, pipeline, job.id, **values)
+    return after
 
 
 def _store_write(environment: WorkerEnvironment, job: Job, **values: Any) -> None:

@@ -59,7 +59,7 @@ def write_or_defer(
     since (a later attempt's start, say): whoever moves a job on in Redis and then writes its row
     races the next worker, and the older news must not win. Replays are always conditional.
     """
-    write = row_write(job_id, as_of, values)
+    write = _row_write(job_id, as_of, values)
     values, item = write.values, write.raw
     # Behind a writer every write is conditional: its `updated_at` is when it was made.
     if _write_behind is not None and _write_behind.submit(write):
@@ -87,22 +87,22 @@ def flush_write_behind(timeout: float) -> bool:
 def stage_write(
     store: Store, connection: redis.Redis, pipeline: Pipeline, job_id: str, *, as_of: datetime | None = None,
     **values: Any,
-) -> Callable[[], None]:
-    """Journal a row update in `pipeline`, with the Redis change it records; call the result after it executed.
+) -> tuple[Callable[[], None], RowWrite | None]:
+    """Journal a row update in `pipeline`, with the Redis change it records: what to call after
+    the pipeline executed, and the write as journaled.
 
-    Without a write-behind writer (outside workers) nothing is queued, and the returned call
-    writes the row as `write_or_defer` does.
+    Without a write-behind writer (outside workers) nothing is journaled (None), and the
+    returned call writes the row as `write_or_defer` does.
     """
     writer = _write_behind
     if writer is None:
-        return lambda: write_or_defer(store, connection, job_id, as_of=as_of, **values)
-    write = row_write(job_id, as_of, values)
+        return lambda: write_or_defer(store, connection, job_id, as_of=as_of, **values), None
+    write = _row_write(job_id, as_of, values)
     writer.journal_into(pipeline, write)
-    return lambda: writer.enqueue(write)
+    return lambda: writer.enqueue(write), write
 
 
-def row_write(job_id: str, as_of: datetime | None, values: dict[str, Any]) -> RowWrite:
-    """The update of `job_id`'s row to `values`, as of `as_of` (its `updated_at`; now when None)."""
+def _row_write(job_id: str, as_of: datetime | None, values: dict[str, Any]) -> RowWrite:
     if as_of is not None:
         values["updated_at"] = as_of
     values.setdefault("updated_at", utcnow())

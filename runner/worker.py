@@ -39,7 +39,6 @@ from runner.reconcile import (
     PENDING_WRITES_KEY,
     install_write_behind,
     replay_pending_writes,
-    row_write,
     stage_write,
     write_or_defer,
 )
@@ -180,21 +179,14 @@ class StoreSyncMixin(BaseWorker):
             callback_url=job.meta.get("callback_url"),
         )
 
-    def _stage_record(self, job: Job, pipeline: Pipeline, **values: Any) -> AfterExecute:
+    def _stage_ending(self, job: Job, pipeline: Pipeline, **values: Any) -> AfterExecute:
         # As of before the pipeline moves the job on: a retry that another worker already started wins.
         if self.store is None:
             return lambda: None
-        return stage_write(self.store, self.connection, pipeline, job.id, as_of=utcnow(), **values)
-
-    def _stage_ending(self, job: Job, pipeline: Pipeline, **values: Any) -> AfterExecute:
-        # As _stage_record, keeping the write for before_claiming_with.
-        writer = self._write_behind
-        if writer is None:
-            return self._stage_record(job, pipeline, **values)
-        write = row_write(job.id, utcnow(), values)
-        writer.journal_into(pipeline, write)
-        self._ending = (pipeline, write)
-        return lambda: writer.enqueue(write)
+        after, journaled = stage_write(self.store, self.connection, pipeline, job.id, as_of=utcnow(), **values)
+        if journaled is not None:  # kept: before_claiming_with may commit it before the pipeline goes
+            self._ending = (pipeline, journaled)
+        return after
 
     def before_claiming_with(self, held: Pipeline) -> None:
         # No job is claimed ahead, so the worker may be about to go idle: commit the last job's row

@@ -129,22 +129,16 @@ class WriteBehind:
         The replies of that round trip (`then`'s last; errors as values), or None, with nothing
         sent, when there was nothing to settle or the writer thread is at it.
         """
-        with self._lock:
-            if not self._pending or self._in_flight or time.monotonic() < self._database_down_until:
-                return None
-            batch = self._take_batch()
+        batch = self._take_here(needs_pending=True)
+        if batch is None:
+            return None
         settled, sent = False, None
         try:
             settled, sent = self._write(batch, then)
         except Exception:  # a bug here must not stop the worker: the writer thread takes the batch again
             log.exception("write-behind: %d row updates could not be written here; the writer retries", len(batch))
         finally:
-            with self._lock:
-                if not settled:  # Redis and the database are both away: the writer thread keeps trying
-                    self._pending.extendleft(reversed(batch))
-                    self._hold_until = time.monotonic()
-                self._in_flight = 0
-                self._lock.notify_all()
+            self._end_here(batch, settled)
         return sent
 
     def settle_before(self, pipeline: Pipeline, write: RowWrite) -> bool:
@@ -156,11 +150,9 @@ class WriteBehind:
         not by a round trip after the commit. False, with nothing done, when the writer thread
         is at a batch or the database is away: `write` then goes the usual way.
         """
-        with self._lock:
-            if self._in_flight or time.monotonic() < self._database_down_until:
-                return False
-            batch = self._take_batch()
-            self._in_flight += 1  # `write`: the writer thread waits for this commit too
+        batch = self._take_here(needs_pending=False)
+        if batch is None:
+            return False
         settled = False
         try:
             self.store.apply_writes(_one_write_per_job([*batch, write]))
@@ -171,20 +163,32 @@ class WriteBehind:
         except Exception:  # a bug here must not stop the worker: the writer thread takes the batch again
             log.exception("write-behind: %d row updates could not be written here; the writer retries", len(batch))
         finally:
-            with self._lock:
-                if settled:
-                    self._settled_ahead = write
-                else:
-                    self._pending.extendleft(reversed(batch))
-                    self._hold_until = time.monotonic()
-                self._in_flight = 0
-                self._lock.notify_all()
+            self._end_here(batch, settled, settled_ahead=write if settled else None)
         if settled:
             # After the pipeline's own commands, so the RPUSH of `write` comes before its removal.
-            self._unjournal(pipeline, [*batch, write])
-            if self.on_committed is not None:
-                self.on_committed([*batch, write], pipeline)
+            self._queue_cleanup(pipeline, [*batch, write])
         return settled
+
+    def _take_here(self, *, needs_pending: bool) -> list[RowWrite] | None:
+        """The pending writes, for the calling thread to commit (the writer thread waits meanwhile);
+        None when the writer thread is at a batch, the database is away, or nothing is pending
+        and `needs_pending`."""
+        with self._lock:
+            if self._in_flight or time.monotonic() < self._database_down_until or (needs_pending and not self._pending):
+                return None
+            batch = self._take_batch()
+            self._in_flight += 1  # the caller's own writes, if any, are in flight too
+            return batch
+
+    def _end_here(self, batch: list[RowWrite], settled: bool, *, settled_ahead: RowWrite | None = None) -> None:
+        """The calling thread is done with `batch`: unsettled, it goes back to the writer thread."""
+        with self._lock:
+            if not settled:  # the writer thread keeps trying (and defers while the database is away)
+                self._pending.extendleft(reversed(batch))
+                self._hold_until = time.monotonic()
+            self._settled_ahead = settled_ahead
+            self._in_flight = 0
+            self._lock.notify_all()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every submitted write is committed or deferred; False on timeout."""
@@ -263,9 +267,7 @@ class WriteBehind:
             return self._defer(batch), None
         try:
             with self.connection.pipeline(transaction=False) as pipeline:
-                self._unjournal(pipeline, batch)
-                if self.on_committed is not None:
-                    self.on_committed(batch, pipeline)
+                self._queue_cleanup(pipeline, batch)
                 if then is not None:
                     then(pipeline)
                 replies = pipeline.execute(raise_on_error=then is None)
@@ -287,6 +289,12 @@ class WriteBehind:
                       len(batch), exc)
             return False
 
+
+    def _queue_cleanup(self, pipeline: Pipeline, committed: list[RowWrite]) -> None:
+        """Queue what follows a commit: the journal entries go, and `on_committed` adds its own."""
+        self._unjournal(pipeline, committed)
+        if self.on_committed is not None:
+            self.on_committed(committed, pipeline)
 
     def _unjournal(self, pipeline: Pipeline, batch: list[RowWrite]) -> None:
         # By value, not by position: writes are journaled from several threads and pipelines.

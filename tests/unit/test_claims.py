@@ -14,6 +14,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 import runner.supervision
+import runner.write_behind
 from runner.backends import Backends, queue_for
 from runner.claims import claim_and_read, claim_key, wait_for_wake_up, wake_key
 from runner.control import cancel_job
@@ -173,6 +174,9 @@ def test_a_worker_out_of_claimed_jobs_commits_the_row_before_the_claim_that_send
     connection: fakeredis.FakeRedis, backends: Backends, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = registry.get("simple_calculation")
+    # The job's start waits this long for its end before the writer thread takes it: however slow
+    # the machine, the writer thread is not at a batch when the worker commits the end itself.
+    monkeypatch.setattr(runner.write_behind, "HOLD_SECONDS", 60.0)
     worker = build_worker([spec.queue], backends, registry, WriteBehindWorker)
     assert isinstance(worker, WriteBehindWorker)
     worker.register_birth()

@@ -73,7 +73,8 @@ def test_a_staged_write_is_journaled_with_the_pipeline_and_committed_after_it(
     add_row(store, "j1")
     with connection.pipeline() as pipeline:
         pipeline.set("marker", "1")
-        after = stage_write(store, connection, pipeline, "j1", status="finished")
+        after, journaled = stage_write(store, connection, pipeline, "j1", status="finished")
+        assert journaled is not None and journaled.values["status"] == "finished"
         assert connection.llen(journal_key(WORKER)) == 0  # nothing sent before the pipeline runs
         pipeline.execute()
     assert connection.llen(journal_key(WORKER)) == 1
