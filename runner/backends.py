@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 from weakref import WeakKeyDictionary
@@ -16,6 +17,8 @@ from runner.claims import wake_key
 from runner.config import Settings
 from runner.errors import BackendUnavailable
 from runner.files import ArtifactStore, UploadStore
+from runner.group_commit import GroupCommit
+from runner.scripted_pipeline import EncodedCommands, run_encoded
 from runner.store import Store
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -40,6 +43,11 @@ class Backends:
     def artifacts(self) -> ArtifactStore:
         """Where the files jobs write are kept."""
         return ArtifactStore(self.settings.effective_artifact_dir)
+
+    @cached_property
+    def job_sends(self) -> GroupCommit[EncodedCommands]:
+        """New jobs' commands (`encode_commands`) on their way to Redis: threads sending at once share a call."""
+        return GroupCommit(functools.partial(run_encoded, self.connection), all_or_nothing=False)
 
     def validation_context(self) -> dict[str, object]:
         """What input validation may consult (stored uploads)."""

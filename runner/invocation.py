@@ -20,7 +20,7 @@ from runner.lifecycle import JobEvent, emit, emit_into
 from runner.limits import release_waiting_place, reserve_waiting_place
 from runner.models import InvocationRecord, utcnow
 from runner.registry import FunctionSpec
-from runner.scripted_pipeline import execute_as_script
+from runner.scripted_pipeline import encode_commands
 
 # How far ahead `?delay=` / `?at=` may schedule a job.
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
@@ -90,7 +90,8 @@ def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backe
         queue_job(pipe, queue, job_id, job_fields(template, spec, arguments, meta))
         if event is not None:
             emit_into(pipe, event)
-        execute_as_script(backends.connection, pipe)
+        # Other threads' new jobs may travel in the same call (see group_commit).
+        backends.job_sends.submit(encode_commands(pipe))
     if event is not None:
         emit(backends.connection, event, after_emit_into=True)
 

@@ -47,9 +47,12 @@ def skip_rest_if(pipeline: Pipeline, key: str, field: str, value: str) -> None:
     pipeline.command_stack.append(((SKIP_REST_IF, key, field, value), {}))
 
 
-def encode_commands(pipeline: Pipeline | None) -> list[bytes | str | int | float]:
+EncodedCommands = list[bytes | str | int | float]
+
+
+def encode_commands(pipeline: Pipeline | None) -> EncodedCommands:
     """The commands queued in `pipeline` as script arguments: for each, its argument count, then it."""
-    arguments: list[bytes | str | int | float] = []
+    arguments: EncodedCommands = []
     for args, _options in pipeline.command_stack if pipeline is not None else ():
         arguments.append(len(args))
         arguments.extend(args)
@@ -66,10 +69,21 @@ def execute_as_script(connection: redis.Redis, pipeline: Pipeline) -> bool:
     try:
         if not pipeline.command_stack:
             return True
-        arguments = encode_commands(pipeline)
-        script = _scripts.get(connection)
-        if script is None:
-            script = _scripts[connection] = connection.register_script(_RUN_COMMANDS)
-        return bool(script(args=arguments))
+        return bool(_script(connection)(args=encode_commands(pipeline)))
     finally:
         pipeline.reset()
+
+
+def run_encoded(connection: redis.Redis, batches: list[EncodedCommands]) -> None:
+    """Run the commands of several `encode_commands` results, one after the other, as one script call
+    (none may hold a `skip_rest_if`: it would skip the commands of the results after its own)."""
+    arguments = [argument for batch in batches for argument in batch]
+    if arguments:
+        _script(connection)(args=arguments)
+
+
+def _script(connection: redis.Redis) -> Script:
+    script = _scripts.get(connection)
+    if script is None:
+        script = _scripts[connection] = connection.register_script(_RUN_COMMANDS)
+    return script

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from runner.driver_statements import DriverStatement, compile_for_driver
 from runner.errors import BackendUnavailable, MalformedRequest
+from runner.group_commit import GroupCommit
 from runner.models import InvocationRecord, utcnow
 from runner.store_statements import INVOCATIONS, conditional_update, insert_of, runs_of_same_columns
 
@@ -80,6 +81,7 @@ class Store:
         self._lock_file: TextIO | None = None
         self._kept = threading.local()  # per thread: the connection apply_writes keeps
         self._compiled: dict[sa.Insert | sa.Update, DriverStatement | None] = {}  # hot-path statements
+        self._inserts = GroupCommit(self._insert_rows, all_or_nothing=True)
         # The database file when this is SQLite on disk (its lock files go next to it), else None.
         database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
         self._sqlite_file = database if database and database != ":memory:" else None
@@ -172,15 +174,23 @@ class Store:
             session.execute(sa.update(InvocationRecord).where(InvocationRecord.id == job_id).values(**values))
 
     def insert(self, values: dict[str, Any]) -> None:
-        """Insert a new invocation row from column values (no ORM unit of work on the hot path)."""
-        insert = insert_of(tuple(values))
+        """Insert a new invocation row from column values (no ORM unit of work on the hot path).
+
+        Returns once the row is committed; threads inserting at the same moment share a commit.
+        """
+        self._inserts.submit(values)
+
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Insert `rows` in one transaction."""
         if self.engine.dialect.name == "sqlite":  # no server: its connections never go stale, keep one
             with self._kept_transaction() as connection:
-                self._execute(connection, insert, [values])
+                for values in rows:
+                    self._execute(connection, insert_of(tuple(values)), [values])
             return
         try:
             with self.engine.begin() as connection:  # from the pool, pinged: survives a server restart
-                self._execute(connection, insert, [values])
+                for values in rows:
+                    self._execute(connection, insert_of(tuple(values)), [values])
         except UNAVAILABLE_ERRORS as exc:
             raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,34 @@ def test_invocation_is_accepted_then_finishes(stack: Stack) -> None:
     assert created <= started <= ended
     assert_row_matches(stack, view)
 
+
+
+def test_a_burst_of_concurrent_invocations_is_each_recorded_and_run_once(stack: Stack) -> None:
+    # Requests that arrive together share the API's SQL commits and Redis calls (group_commit):
+    # every accepted one must still have its own row, with its own input, and run exactly once.
+    callers, each = 24, 6
+
+    def invoke_several(caller: int) -> list[tuple[str, int]]:
+        accepted = []
+        with requests.Session() as session:
+            for n in range(each):
+                number = caller * each + n
+                response = session.post(f"{stack.url}/functions/simple_calculation/invocations",
+                                        json={"expression": f"{number}+1"}, timeout=30)
+                accepted.append((accepted_job_id(response), number))
+        return accepted
+
+    with ThreadPoolExecutor(callers) as pool:
+        accepted = [found for batch in pool.map(invoke_several, range(callers)) for found in batch]
+    assert len({job_id for job_id, _ in accepted}) == callers * each
+    for job_id, number in accepted:  # the row is in before the 202
+        row = stack.store.get(job_id)
+        assert row is not None and row.input == {"expression": f"{number}+1"}, (job_id, row)
+    for job_id, number in accepted:
+        view = stack.wait_until_terminal(job_id, timeout=60)
+        assert view["status"] == "finished" and view["attempts"] == 1, view
+        assert view["result"]["result"] == number + 1, view
+        assert_row_matches(stack, view)
 
 def test_wait_returns_the_finished_view(stack: Stack) -> None:
     response = stack.invoke("simple_calculation", {"expression": "2*(3+4)"}, wait=10)
