@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, request, url_for
 
+from api.jobs import job_location
 from api.payload import read_json_object, read_number
 from api.schedule import read_schedule
 from api.state import runner_state
@@ -54,7 +55,7 @@ def invoke(name: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     )
     accepted = accept_invocation(spec, read_json_object(request), state.backends, options)
     record = accepted.record
-    headers = {"Location": url_for("jobs.get_job", job_id=record.id)}
+    headers = {"Location": job_location(record.id)}
     if accepted.replayed:
         headers[REPLAYED_HEADER] = "true"
     if wait:

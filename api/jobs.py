@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, request, send_file, url_for
+from flask import Blueprint, Response, request, send_file
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -18,6 +18,11 @@ from runner.errors import MalformedRequest
 from runner.jobs import JOB_ID_PATTERN, STATUS_WORDS, get_job_view, view_from_record
 
 blueprint = Blueprint("jobs", __name__)
+
+
+def job_location(job_id: str) -> str:
+    """The path of GET /jobs/<id> (a job id needs no quoting; url_for costs a URL adapter per call)."""
+    return f"{request.script_root}/jobs/{job_id}"
 
 
 @blueprint.get("/jobs/<job_id>")
@@ -34,7 +39,7 @@ def cancel(job_id: str) -> dict[str, Any]:
 def retry(job_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     state = runner_state()
     view = retry_job(job_id, state.backends, state.registry)
-    return view.to_dict(), 202, {"Location": url_for("jobs.get_job", job_id=view.id)}
+    return view.to_dict(), 202, {"Location": job_location(view.id)}
 
 
 def _listed_artifacts(job_id: str, backends: Backends) -> list[Any]:

@@ -140,22 +140,24 @@ def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, An
     status = "scheduled" if options.run_at is not None else "queued"
     # The row is written first so a worker never finishes a job the store has not heard of.
     now = utcnow()
-    record = InvocationRecord(
-        id=job_id,
-        function=spec.name,
-        queue=spec.queue,
-        status=status,
-        input=arguments,
-        progress_percent=0,
-        progress_message=status,
-        attempts=0,
-        idempotency_key=options.idempotency_key,
-        callback_url=callback_url,
-        created_at=now,
-        updated_at=now,
-    )
+    values: dict[str, Any] = {
+        "id": job_id,
+        "function": spec.name,
+        "queue": spec.queue,
+        "status": status,
+        "input": arguments,
+        "progress_percent": 0,
+        "progress_message": status,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    if options.idempotency_key is not None:
+        values["idempotency_key"] = options.idempotency_key
+    if callback_url is not None:
+        values["callback_url"] = callback_url
     try:
-        backends.store.add(record)
+        backends.store.insert(values)
         meta = job_meta(spec, callback_url=callback_url, scheduled=options.run_at is not None)
         accepted = JobEvent("accepted", job_id, spec.name, spec.queue, status=status)
         submit_job(spec, job_id, arguments, backends, meta=meta, run_at=options.run_at, event=accepted)
@@ -165,7 +167,7 @@ def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, An
     except BackendUnavailable:  # the database is away: no row, no job
         _forget(backends, spec, job_id, row_written=False)
         raise
-    return record
+    return InvocationRecord(**values)
 
 
 def _forget(backends: Backends, spec: FunctionSpec, job_id: str, *, row_written: bool = True) -> None:
