@@ -47,7 +47,8 @@ class Backends:
     @cached_property
     def job_sends(self) -> GroupCommit[EncodedCommands]:
         """New jobs' commands (`encode_commands`) on their way to Redis: threads sending at once share a call."""
-        return GroupCommit(functools.partial(run_encoded, self.connection), all_or_nothing=False)
+        # A failed call may have run in part: sending its jobs again could queue some twice.
+        return GroupCommit(functools.partial(run_encoded, self.connection), retry_alone=lambda error: False)
 
     def validation_context(self) -> dict[str, object]:
         """What input validation may consult (stored uploads)."""

@@ -7,11 +7,12 @@ one job's share. So whoever finds no write under way writes everything that is w
 then, and the others return once theirs is in: each caller's order "row first, then the job"
 holds, for fewer commits and calls. With one caller at a time, nothing changes.
 
-When a shared write fails, what the callers get depends on the write:
-- all or nothing (a transaction): each caller writes alone again, so an error reaches only
-  the callers it concerns;
-- possibly in part (a script that stopped half way): every caller gets the error, as it
-  would have for a write of its own that failed; writing again could write twice.
+When a shared write fails, `retry_alone(error)` says what its callers get:
+- True (a transaction failed on one row: nothing was written): each caller writes alone
+  again, so the error reaches only the callers it concerns;
+- False (the database or Redis is away, or a script may have stopped half way): every caller
+  gets the error, as it would have for a write of its own; writing again would only wait for
+  the same timeout once per caller, or could write twice.
 """
 
 from __future__ import annotations
@@ -32,16 +33,17 @@ Item = TypeVar("Item")
 class _Entry(Generic[Item]):
     item: Item
     done: bool = False
-    alone: bool = False  # its shared write failed, and writing it again by itself is safe
-    error: BaseException | None = None  # its shared write failed with this
+    alone: bool = False  # its shared write failed, and it is to be written again by itself
+    error: BaseException | None = None  # its shared write failed with this, for good
 
 
 class GroupCommit(Generic[Item]):
     """Runs `write(items)` for what concurrent callers of `submit` hand in, several at a time."""
 
-    def __init__(self, write: Callable[[list[Item]], None], *, all_or_nothing: bool) -> None:
+    def __init__(self, write: Callable[[list[Item]], None], *,
+                 retry_alone: Callable[[BaseException], bool]) -> None:
         self._write = write
-        self._all_or_nothing = all_or_nothing
+        self._retry_alone = retry_alone
         self._start_afresh()
         # A forked child has none of its parent's threads: a lock one of them held stays held.
         os.register_at_fork(after_in_child=functools.partial(_start_afresh_in_child, weakref.ref(self)))
@@ -73,9 +75,10 @@ class GroupCommit(Generic[Item]):
         except BaseException as exc:
             if len(batch) == 1:
                 raise
+            alone = self._retry_alone(exc)
             for entry in batch:
                 entry.done = True
-                if self._all_or_nothing:
+                if alone:
                     entry.alone = True
                 else:
                     entry.error = exc

@@ -81,7 +81,10 @@ class Store:
         self._lock_file: TextIO | None = None
         self._kept = threading.local()  # per thread: the connection apply_writes keeps
         self._compiled: dict[sa.Insert | sa.Update, DriverStatement | None] = {}  # hot-path statements
-        self._inserts = GroupCommit(self._insert_rows, all_or_nothing=True)
+        # A shared insert that failed wrote nothing: its rows go in one by one, unless the
+        # database is away, which every one of them would only wait to find out again.
+        self._inserts = GroupCommit(self._insert_rows,
+                                    retry_alone=lambda error: not isinstance(error, BackendUnavailable))
         # The database file when this is SQLite on disk (its lock files go next to it), else None.
         database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
         self._sqlite_file = database if database and database != ":memory:" else None

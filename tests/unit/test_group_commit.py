@@ -75,7 +75,7 @@ def hold_first_then_queue(writes: Writes, group: GroupCommit[str], others: list[
 def test_a_lone_caller_writes_its_item_by_itself() -> None:
     writes = Writes()
     writes.hold_first.set()
-    group = GroupCommit(writes, all_or_nothing=True)
+    group = GroupCommit(writes, retry_alone=lambda error: True)
     group.submit("a")
     group.submit("b")
     assert writes.batches == [["a"], ["b"]]
@@ -83,7 +83,7 @@ def test_a_lone_caller_writes_its_item_by_itself() -> None:
 
 def test_callers_that_arrive_during_a_write_share_the_next_one() -> None:
     writes = Writes()
-    group = GroupCommit(writes, all_or_nothing=True)
+    group = GroupCommit(writes, retry_alone=lambda error: True)
     others = [f"item-{n}" for n in range(6)]
     _, outcomes = hold_first_then_queue(writes, group, others)
     assert writes.batches[0] == ["first"]
@@ -94,7 +94,7 @@ def test_callers_that_arrive_during_a_write_share_the_next_one() -> None:
 def test_an_error_of_a_lone_write_reaches_its_caller() -> None:
     writes = Writes(fail_when=lambda batch: True)
     writes.hold_first.set()
-    group = GroupCommit(writes, all_or_nothing=True)
+    group = GroupCommit(writes, retry_alone=lambda error: True)
     with pytest.raises(ConnectionError, match="refused"):
         group.submit("a")
     writes.fail_when = lambda batch: False
@@ -102,10 +102,10 @@ def test_an_error_of_a_lone_write_reaches_its_caller() -> None:
     assert writes.written == {"b"}
 
 
-def test_after_a_shared_transaction_fails_each_caller_writes_alone_and_only_the_culprit_fails() -> None:
-    # One bad row spoils the transaction it shares; written alone, the others go in.
+def test_after_a_shared_write_fails_on_one_item_each_caller_writes_alone_and_only_the_culprit_fails() -> None:
+    # One bad row spoils the transaction it shares (nothing was written); alone, the others go in.
     writes = Writes(fail_when=lambda batch: "bad" in batch)
-    group = GroupCommit(writes, all_or_nothing=True)
+    group = GroupCommit(writes, retry_alone=lambda error: True)
     _, outcomes = hold_first_then_queue(writes, group, ["good-1", "bad", "good-2"])
     assert writes.written == {"first", "good-1", "good-2"}
     assert isinstance(outcomes["bad"], ConnectionError)
@@ -115,10 +115,12 @@ def test_after_a_shared_transaction_fails_each_caller_writes_alone_and_only_the_
     assert sorted(map(tuple, writes.batches[2:])) == [("bad",), ("good-1",), ("good-2",)]  # then alone
 
 
-def test_after_a_shared_write_that_may_have_run_in_part_fails_every_caller_gets_the_error_and_nothing_is_written_again(
-) -> None:
+@pytest.mark.parametrize("retry_alone", [lambda error: False, lambda error: "refused" not in str(error)],
+                         ids=["never (a write that may have run in part)", "not for this error (the backend is away)"])
+def test_when_a_shared_write_is_not_retried_alone_every_caller_gets_the_error_and_nothing_is_written_again(
+        retry_alone: Callable[[BaseException], bool]) -> None:
     writes = Writes(fail_when=lambda batch: "bad" in batch)
-    group = GroupCommit(writes, all_or_nothing=False)
+    group = GroupCommit(writes, retry_alone=retry_alone)
     _, outcomes = hold_first_then_queue(writes, group, ["good-1", "bad", "good-2"])
     assert len(writes.batches) == 2  # no second try: it could write the good ones twice
     assert outcomes["first"] == "returned"
@@ -129,7 +131,7 @@ def test_after_a_shared_write_that_may_have_run_in_part_fails_every_caller_gets_
 
 def test_a_forked_child_can_write_while_its_parent_is_mid_write() -> None:
     writes = Writes()
-    group = GroupCommit(writes, all_or_nothing=True)
+    group = GroupCommit(writes, retry_alone=lambda error: True)
     threads, _ = submit_in_threads(group, ["first"])
     assert writes.first_started.wait(WAIT_SECONDS)  # a thread of the parent holds the turn
     child = os.fork()

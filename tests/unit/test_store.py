@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -54,6 +55,32 @@ def test_adding_an_existing_id_fails(store: Store) -> None:
         store.add(make_record())
     assert store.list()[0][0].input == {"expression": "1+1"}
 
+
+def test_inserts_from_many_threads_at_once_all_land_and_a_duplicate_fails_only_its_caller(store: Store) -> None:
+    # Concurrent inserts share commits (group_commit); a duplicate id spoils the commit it shares,
+    # and must fail for its caller alone while the others' rows go in.
+    store.add(make_record("taken"))
+    outcomes: dict[str, object] = {}
+
+    def insert(job_id: str) -> None:
+        record = make_record(job_id, input={"id": job_id})
+        try:
+            store.add(record)
+            outcomes[job_id] = "inserted"
+        except IntegrityError:
+            outcomes[job_id] = "refused"
+
+    ids = [f"job{n}" for n in range(60)]
+    ids.insert(30, "taken")
+    threads = [threading.Thread(target=insert, args=(job_id,)) for job_id in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert outcomes == {**{job_id: "inserted" for job_id in ids if job_id != "taken"}, "taken": "refused"}
+    rows, _ = store.list(limit=100)
+    assert {row.id: row.input for row in rows} == {**{job_id: {"id": job_id} for job_id in ids if job_id != "taken"},
+                                                  "taken": {"expression": "1+1"}}
 
 def test_update_sets_columns_and_updated_at(store: Store) -> None:
     store.add(make_record())
