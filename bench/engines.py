@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,19 @@ class Engine:
                 process.wait()
         self.processes.clear()
 
+    # The Redis list this engine's workers take jobs from.
+    queue_key = ""
+
+    def fill(self, count: int, kind: str = "noop") -> Callable[[], bool]:
+        """Enqueue `count` jobs; return a check that says whether all of them have their results."""
+        raise NotImplementedError
+
     def run_batch(self, count: int, kind: str = "noop") -> float:
         """Seconds from the first enqueue until all `count` jobs have results."""
-        raise NotImplementedError
+        started = time.perf_counter()
+        done = self.fill(count, kind)
+        wait_until(done, 600, f"{count} {self.name} jobs")
+        return time.perf_counter() - started
 
     def one(self) -> float:
         """Seconds from enqueue to result for one job."""
@@ -134,6 +145,7 @@ class RunnerEngine(Engine):
     """Our runner: validation, SQL row, RQ job with retry policy, store updates from the worker."""
 
     name = "runner"
+    queue_key = "rq:queue:bench"
 
     def __init__(self, redis_url: str, workdir: Path) -> None:
         super().__init__(redis_url, workdir)
@@ -163,7 +175,7 @@ class RunnerEngine(Engine):
     def _payload(self, kind: str) -> tuple[str, dict[str, Any]]:
         return ("noop", {}) if kind == "noop" else ("simple_calculation", {"expression": "(2+3)*4-5/2"})
 
-    def run_batch(self, count: int, kind: str = "noop") -> float:
+    def fill(self, count: int, kind: str = "noop") -> Callable[[], bool]:
         from runner.invocation import enqueue_invocation
         from runner.models import InvocationRecord
 
@@ -171,7 +183,6 @@ class RunnerEngine(Engine):
         spec = self.registry.get(name)
         with self.backends.store.session() as session:
             session.query(InvocationRecord).delete()
-        started = time.perf_counter()
         for _ in range(count):
             enqueue_invocation(spec, payload, self.backends)
 
@@ -181,8 +192,7 @@ class RunnerEngine(Engine):
                 finished = session.query(InvocationRecord).filter(InvocationRecord.status == "finished").count()
             return bool(finished >= count)
 
-        wait_until(done, 600, f"{count} runner jobs")
-        return time.perf_counter() - started
+        return done
 
     def worker_pids(self) -> list[int]:
         # `python -m runner worker` runs its jobs in a work process, its direct child: that one's memory counts.
@@ -210,6 +220,8 @@ class RunnerEngine(Engine):
 class RawRQEngine(Engine):
     """RQ as it comes: `rq worker` with the forking Worker or the SimpleWorker."""
 
+    queue_key = "rq:queue:bench_rq"
+
     def __init__(self, redis_url: str, workdir: Path, worker_class: str) -> None:
         super().__init__(redis_url, workdir)
         self.worker_class = worker_class
@@ -223,14 +235,12 @@ class RawRQEngine(Engine):
                         "--logging_level", LOG_LEVEL])
         wait_until(lambda: Worker.count(connection=self.connection) >= workers, 30, f"{self.name} workers")
 
-    def run_batch(self, count: int, kind: str = "noop") -> float:
+    def fill(self, count: int, kind: str = "noop") -> Callable[[], bool]:
         registry = self.queue.finished_job_registry
         before = registry.count
-        started = time.perf_counter()
         for _ in range(count):
             self.queue.enqueue("bench.rq_tasks.noop")
-        wait_until(lambda: registry.count - before >= count, 600, f"{count} {self.name} jobs")
-        return time.perf_counter() - started
+        return lambda: bool(registry.count - before >= count)
 
     def one(self) -> float:
         started = time.perf_counter()
@@ -244,6 +254,7 @@ class CeleryEngine(Engine):
     """Celery with the prefork pool, `-c` = worker count, broker and results on Redis."""
 
     name = "celery-prefork"
+    queue_key = "bench_celery"
 
     def __init__(self, redis_url: str, workdir: Path) -> None:
         super().__init__(redis_url, workdir)
@@ -258,12 +269,17 @@ class CeleryEngine(Engine):
                     "--without-heartbeat", "-l", LOG_LEVEL])
         wait_until(lambda: bool(self.app.control.ping(timeout=0.5)), 60, "celery worker")
 
-    def run_batch(self, count: int, kind: str = "noop") -> float:
-        started = time.perf_counter()
+    def fill(self, count: int, kind: str = "noop") -> Callable[[], bool]:
         results = [self.task.delay() for _ in range(count)]
-        for result in results:
-            result.get(timeout=600)
-        return time.perf_counter() - started
+        ready = 0
+
+        def done() -> bool:
+            nonlocal ready  # results are checked in order, each once it is ready
+            while ready < count and results[ready].ready():
+                ready += 1
+            return ready >= count
+
+        return done
 
     def one(self) -> float:
         started = time.perf_counter()

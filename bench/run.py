@@ -2,7 +2,8 @@
 
 Starts its own Redis on a free loopback port; prints a table of figures and ratios and writes
 bench/results/<date>.json. Loads are bounded in count and time and stay on 127.0.0.1.
-Usage: python -m bench.run [--jobs N] [--latency N] [--http-seconds S] [--memory-jobs N] [--rounds N] [--quick]
+Usage: python -m bench.run [--jobs N] [--drain-jobs N] [--latency N] [--http-seconds S] [--memory-jobs N]
+                           [--rounds N] [--quick]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -110,6 +112,54 @@ def _cpu_now(engine: Engine, redis_pid: int) -> tuple[float, float, float]:
     """CPU seconds so far of the engine's workers, of this process (enqueue, waiting) and of Redis."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return engine.cpu_seconds(), usage.ru_utime + usage.ru_stime, cpu_seconds(redis_pid)
+
+
+def drain_rate(engine: Engine, workers: int, jobs: int) -> float:
+    """jobs/s of `workers` of `engine` alone: the queue is filled while no worker runs, and the
+    clock runs from the first job taken to the last result, so the producer's cost is left out."""
+    engine.connection.flushall()
+    done = engine.fill(jobs)
+    waiting = engine.connection.llen(engine.queue_key)
+    first_taken: list[float] = []
+
+    def watch() -> None:
+        while engine.connection.llen(engine.queue_key) >= waiting:
+            time.sleep(0.0005)
+        first_taken.append(time.perf_counter())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        engine.start(workers)  # they may take jobs before it returns: the watcher saw the first
+        wait_until(done, 600, f"{jobs} {engine.name} jobs")
+        finished = time.perf_counter()
+        watcher.join(5)
+    finally:
+        engine.stop()
+    return jobs / (finished - first_taken[0])
+
+
+def drain(engines: list[Engine], jobs: int, rounds: int,
+          every_round: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """What each engine's 2 workers get through alone (see drain_rate), the median of `rounds`.
+
+    With one producer enqueueing as the workers run (`throughput`), a fast engine waits for the
+    producer; this is the workers' own rate, the figure a scaling curve is about.
+    """
+    runs: dict[str, list[float]] = {}
+    for round_number in range(1, rounds + 1):
+        for engine in engines:
+            rate = drain_rate(engine, 2, jobs)
+            runs.setdefault(engine.name, []).append(rate)
+            print(f"  drain {engine.name:<16} round {round_number}: {rate:>8.1f} jobs/s", flush=True)
+    figures: dict[str, float] = {}
+    for name, measured in runs.items():
+        middle: float = median_round(measured, float)
+        figures[name] = round(middle, 1)
+    if every_round is not None:
+        every_round.update({name: [round(rate, 1) for rate in measured] for name, measured in runs.items()})
+    print(f"  drain median of {rounds}: {figures}", flush=True)
+    return figures
 
 
 def latency(engines: list[Engine], count: int, rounds: int) -> dict[str, dict[str, float]]:
@@ -227,10 +277,10 @@ def memory(runner: RunnerEngine, jobs: int) -> dict[str, int]:
 
 
 def scaling(runner: RunnerEngine, jobs: int) -> dict[str, float]:
-    """Runner jobs/s with 1, 2 and 4 worker processes."""
+    """Runner jobs/s with 1, 2 and 4 worker processes, draining a filled queue (see drain_rate)."""
     curve = {}
     for workers in (1, 2, 4):
-        rate = with_engine(runner, workers, lambda e: jobs / e.run_batch(jobs, "noop"))
+        rate = drain_rate(runner, workers, jobs)
         curve[str(workers)] = round(rate, 1)
         print(f"  scaling {workers} workers {curve[str(workers)]:.1f} jobs/s", flush=True)
     return curve
@@ -245,6 +295,7 @@ def main() -> None:
     """Run every measurement and print the table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--drain-jobs", type=int, default=5000, help="jobs queued before the workers start")
     parser.add_argument("--latency", type=int, default=300)
     parser.add_argument("--http-seconds", type=int, default=10)
     parser.add_argument("--memory-jobs", type=int, default=10000)
@@ -253,6 +304,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.latency, args.http_seconds, args.memory_jobs, args.rounds = 200, 30, 2, 300, 1
+        args.drain_jobs = 500
     workdir = Path(tempfile.mkdtemp(prefix="runner-bench-"))
     with EmbeddedRedis(workdir / "redis", appendonly=False) as server:
         url = server.url
@@ -269,12 +321,15 @@ def main() -> None:
         results["throughput_noop"] = throughput(engines, args.jobs, "noop", server.pid or 0, args.rounds,
                                                 results["cpu_per_job"], results["throughput_noop_rounds"])
         results["throughput_calc"] = throughput(engines, args.jobs, "calc", server.pid or 0, args.rounds)
+        print(f"drain ({args.drain_jobs} jobs queued first, then 2 worker processes)", flush=True)
+        results["drain_rounds"] = {}
+        results["drain"] = drain(engines, args.drain_jobs, args.rounds, results["drain_rounds"])
         print(f"latency ({args.latency} sequential jobs, in {args.rounds} turns)", flush=True)
         results["latency"] = latency(engines, args.latency, args.rounds)
         print("http invoke (concurrency 16)", flush=True)
         results["http"] = http_invoke(runner, args.http_seconds, args.latency, args.rounds)
         results["memory"] = memory(runner, args.memory_jobs)
-        results["scaling"] = scaling(runner, args.jobs)
+        results["scaling"] = scaling(runner, args.drain_jobs)
     results["ratios"] = ratios(results)
     results["targets"] = targets(results["ratios"])
     print_table(results)
@@ -292,6 +347,8 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         "throughput_vs_celery": ratio(tp["runner"], tp["celery-prefork"]),
         "throughput_vs_rq_simpleworker": ratio(tp["runner"], tp["rq-simpleworker"]),
         "throughput_vs_rq_worker": ratio(tp["runner"], tp["rq-worker"]),
+        "drain_vs_celery": ratio(results["drain"]["runner"], results["drain"]["celery-prefork"]),
+        "drain_vs_rq_simpleworker": ratio(results["drain"]["runner"], results["drain"]["rq-simpleworker"]),
         "latency_p50_vs_celery": ratio(lat["runner"]["p50_ms"], lat["celery-prefork"]["p50_ms"], False),
         "memory_growth": round(results["memory"]["after_kib"] / max(1, results["memory"]["idle_kib"]) - 1, 3),
     }
@@ -305,6 +362,8 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
 TARGETS = {
     "throughput_vs_celery": (">=", 1.2),
     "throughput_vs_rq_simpleworker": (">=", 2.0),
+    "drain_vs_celery": (">=", 1.2),
+    "drain_vs_rq_simpleworker": (">=", 2.0),
     "latency_p50_vs_celery": (">=", 1.0),
     "http_rps_vs_bare": (">=", 0.7),
     "http_p99_over_p50": ("<=", 3.0),
@@ -320,18 +379,20 @@ def targets(figures: dict[str, float]) -> dict[str, str]:
             continue
         value = figures[name]
         met = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[comparison]
-        verdicts[name] = f"{value} (target {comparison} {bound}): {'met' if met else 'NOT met'}"
+        verdicts[name] = f"{name} {value} (target {comparison} {bound}): {'met' if met else 'NOT met'}"
     return verdicts
 
 
 def print_table(results: dict[str, Any]) -> None:
     """A plain-text table of the run."""
-    print("\n| engine (2 processes) | no-op jobs/s | calc jobs/s | latency p50 / p90 / p99 ms |")
-    print("|---|---|---|---|")
+    print("\n| engine (2 processes) | no-op jobs/s | drain jobs/s | calc jobs/s | latency p50 / p90 / p99 ms |")
+    print("|---|---|---|---|---|")
     for name, rate in results["throughput_noop"].items():
         lat = results["latency"].get(name, {})
         calc = results["throughput_calc"].get(name, "")
-        print(f"| {name} | {rate} | {calc} | {lat.get('p50_ms')} / {lat.get('p90_ms')} / {lat.get('p99_ms')} |")
+        drained = results["drain"].get(name, "")
+        latencies = f"{lat.get('p50_ms')} / {lat.get('p90_ms')} / {lat.get('p99_ms')}"
+        print(f"| {name} | {rate} | {drained} | {calc} | {latencies} |")
     http = results["http"]
     for name in ("runner", "bare-enqueue"):
         if name in http:
