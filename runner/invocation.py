@@ -18,7 +18,7 @@ from runner.idempotency import Claim, claim_or_find, fingerprint, release
 from runner.job_template import JobTemplate, job_fields, new_job, queue_job, template_for
 from runner.lifecycle import JobEvent, emit, emit_into
 from runner.limits import release_waiting_place, reserve_waiting_place
-from runner.models import InvocationRecord, utcnow
+from runner.models import InvocationRecord, InvocationRow, NewInvocation, utcnow
 from runner.registry import FunctionSpec
 from runner.scripted_pipeline import encode_commands
 
@@ -45,7 +45,7 @@ class InvocationOptions:
 class Accepted:
     """The row of an accepted invocation; `replayed` when an idempotency key named an earlier one."""
 
-    record: InvocationRecord
+    record: InvocationRow
     replayed: bool = False
 
 
@@ -132,32 +132,17 @@ def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
 
 
 def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backends: Backends,
-                        options: InvocationOptions, callback_url: str | None) -> InvocationRecord:
+                        options: InvocationOptions, callback_url: str | None) -> NewInvocation:
     try:
         reserve_waiting_place(backends.connection, spec, job_id)
     except REDIS_ERRORS as exc:
         raise redis_unavailable(NOT_ACCEPTED) from exc
     status = "scheduled" if options.run_at is not None else "queued"
     # The row is written first so a worker never finishes a job the store has not heard of.
-    now = utcnow()
-    values: dict[str, Any] = {
-        "id": job_id,
-        "function": spec.name,
-        "queue": spec.queue,
-        "status": status,
-        "input": arguments,
-        "progress_percent": 0,
-        "progress_message": status,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
-    if options.idempotency_key is not None:
-        values["idempotency_key"] = options.idempotency_key
-    if callback_url is not None:
-        values["callback_url"] = callback_url
+    row = NewInvocation(id=job_id, function=spec.name, queue=spec.queue, status=status, input=arguments,
+                        created_at=utcnow(), idempotency_key=options.idempotency_key, callback_url=callback_url)
     try:
-        backends.store.insert(values)
+        backends.store.insert(row.column_values())
         meta = job_meta(spec, callback_url=callback_url, scheduled=options.run_at is not None)
         accepted = JobEvent("accepted", job_id, spec.name, spec.queue, status=status)
         submit_job(spec, job_id, arguments, backends, meta=meta, run_at=options.run_at, event=accepted)
@@ -167,7 +152,7 @@ def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, An
     except BackendUnavailable:  # the database is away: no row, no job
         _forget(backends, spec, job_id, row_written=False)
         raise
-    return InvocationRecord(**values)
+    return row
 
 
 def _forget(backends: Backends, spec: FunctionSpec, job_id: str, *, row_written: bool = True) -> None:
@@ -180,6 +165,6 @@ def _forget(backends: Backends, spec: FunctionSpec, job_id: str, *, row_written:
         pass  # the waiting entry of a job that never existed is pruned when the function is full
 
 
-def enqueue_invocation(spec: FunctionSpec, payload: Any, backends: Backends) -> InvocationRecord:
+def enqueue_invocation(spec: FunctionSpec, payload: Any, backends: Backends) -> InvocationRow:
     """Validate `payload`, record it, enqueue it; return its row. Nothing invalid is enqueued."""
     return accept_invocation(spec, payload, backends).record

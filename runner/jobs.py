@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 
 from runner.backends import REDIS_ERRORS, Backends, redis_unavailable
 from runner.errors import BackendUnavailable, JobNotFound
-from runner.models import InvocationRecord
+from runner.models import InvocationRow
 from runner.store import as_utc
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -142,7 +142,7 @@ def error_from_text(text: str) -> dict[str, str]:
     return {"type": kind.rsplit(".", 1)[-1], "message": message}
 
 
-def view_from_record(record: InvocationRecord) -> JobView:
+def view_from_record(record: InvocationRow) -> JobView:
     """The view of a job from its SQL row (Redis forgot it, or Redis is away)."""
     return JobView(
         id=record.id,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -47,3 +48,77 @@ class InvocationRecord(Base):
         Index("ix_invocations_status_created", "status", "created_at"),
         Index("ix_invocations_idempotency_key", "idempotency_key"),
     )
+
+
+class InvocationRow(Protocol):
+    """What a job view reads of an invocation's row: an InvocationRecord, or a NewInvocation."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def function(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def input(self) -> Any: ...
+    @property
+    def result(self) -> Any | None: ...
+    @property
+    def error(self) -> Any | None: ...
+    @property
+    def progress_percent(self) -> int: ...
+    @property
+    def progress_message(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def artifacts(self) -> Any | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def ended_at(self) -> datetime | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NewInvocation:
+    """The row of an invocation as it is first written, without an ORM object: every invocation
+    makes one, and an InvocationRecord's instrumented attributes cost more than the rest of it."""
+
+    id: str
+    function: str
+    queue: str
+    status: str
+    input: Any
+    created_at: datetime
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    progress_percent: int = 0
+    attempts: int = 0
+    result: Any | None = None
+    error: Any | None = None
+    artifacts: Any | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def progress_message(self) -> str:
+        """A new job's progress says what it is waiting for: "queued" or "scheduled"."""
+        return self.status
+
+    def column_values(self) -> dict[str, Any]:
+        """The columns to insert (those left out are NULL)."""
+        values = {
+            "id": self.id, "function": self.function, "queue": self.queue, "status": self.status,
+            "input": self.input, "progress_percent": self.progress_percent,
+            "progress_message": self.progress_message, "attempts": self.attempts,
+            "created_at": self.created_at, "updated_at": self.created_at,
+        }  # fmt: skip
+        if self.idempotency_key is not None:
+            values["idempotency_key"] = self.idempotency_key
+        if self.callback_url is not None:
+            values["callback_url"] = self.callback_url
+        return values

@@ -89,6 +89,18 @@ def test_invocation_is_accepted_and_enqueued(
     )
 
 
+def test_the_202_shows_the_job_exactly_as_its_stored_row_does(invoke: Invoke, store: Store) -> None:
+    # The 202's view is made from the row as written (no ORM object); it must be the view the
+    # stored row gives, and the row must carry every column that was written.
+    response = invoke("simple_calculation", {"expression": "1+1"})
+    body = response.get_json()
+    record = store.get(body["id"])
+    assert record is not None
+    assert runner.jobs.view_from_record(record).to_dict() == body
+    assert (record.progress_percent, record.progress_message, record.attempts) == (0, "queued", 0)
+    assert record.updated_at == record.created_at
+    assert (record.idempotency_key, record.callback_url, record.result, record.error) == (None, None, None, None)
+
 def test_invocation_runs_to_a_result(
     invoke: Invoke, client: FlaskClient, run_jobs: Callable[..., bool], store: Store
 ) -> None:
