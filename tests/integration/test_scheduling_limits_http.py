@@ -9,8 +9,10 @@ from typing import Any
 
 from tests.integration.conftest import Stack
 
-# RQ's scheduler looks for due jobs every second; a job must start within this much of its time.
-ON_TIME_SECONDS = 2.0
+# A job must start within this much of its time ("within about 2 s" in the README): its time is
+# rounded up to a whole second (< 1 s), RQ's scheduler looks for due jobs every second (<= 1 s),
+# and a loaded machine adds a little to both (2.06 s seen on CI-like load).
+ON_TIME_SECONDS = 2.5
 OBSERVE_SECONDS = 2.0
 
 
