@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -59,6 +60,15 @@ REPLAY_INTERVAL_SECONDS = 3.0
 WRITE_BEHIND_STOP_SECONDS = 5.0
 
 
+@dataclass
+class _Ending:
+    """A job's success waiting to go out with the next claim: the row write journaled in its pipeline."""
+
+    pipeline: Pipeline
+    write: RowWrite
+    settled: bool = False  # committed ahead of the pipeline (settle_before): not for the writer thread
+
+
 class StoreSyncMixin(BaseWorker):
     """Writes the SQL row when a job succeeds, fails or is retried (on top of any RQ worker)."""
 
@@ -67,8 +77,8 @@ class StoreSyncMixin(BaseWorker):
     # Row updates go through a write-behind journal (runner.write_behind) instead of one commit each.
     uses_write_behind = False
     _write_behind: WriteBehind | None = None
-    # The held pipeline of the last job's success, with the row write journaled in it (see before_claiming_with).
-    _ending: tuple[Pipeline, RowWrite] | None = None
+    # The last job's success, until its held pipeline goes out with a claim (see before_claiming_with).
+    _ending: _Ending | None = None
 
     def register_birth(self) -> None:
         super().register_birth()  # type: ignore[no-untyped-call]
@@ -184,17 +194,18 @@ class StoreSyncMixin(BaseWorker):
         if self.store is None:
             return lambda: None
         after, journaled = stage_write(self.store, self.connection, pipeline, job.id, as_of=utcnow(), **values)
-        if journaled is not None:  # kept: before_claiming_with may commit it before the pipeline goes
-            self._ending = (pipeline, journaled)
-        return after
+        if journaled is None:
+            return after
+        ending = self._ending = _Ending(pipeline, journaled)  # before_claiming_with may commit it first
+        return lambda: None if ending.settled else after()
 
     def before_claiming_with(self, held: Pipeline) -> None:
         # No job is claimed ahead, so the worker may be about to go idle: commit the last job's row
         # (and what else is pending) first, so the claim that sends its end also wakes its waiters.
         # A busy worker does this once per claimed batch; its writer thread batches the rest.
         ending, self._ending = self._ending, None
-        if self._write_behind is not None and ending is not None and ending[0] is held:
-            self._write_behind.settle_before(held, ending[1])
+        if self._write_behind is not None and ending is not None and ending.pipeline is held:
+            ending.settled = self._write_behind.settle_before(held, ending.write)
 
     def _record(self, job: Job, as_of: datetime, **values: Any) -> None:
         # As of before Redis moved the job on: a retry that another worker already started wins.

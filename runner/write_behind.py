@@ -89,7 +89,6 @@ class WriteBehind:
         self._in_flight = 0
         self._stopping = False
         self._database_down_until = 0.0
-        self._settled_ahead: RowWrite | None = None  # committed by settle_before: enqueue skips it
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -111,11 +110,8 @@ class WriteBehind:
         pipeline.rpush(self.journal, write.raw)
 
     def enqueue(self, write: RowWrite) -> None:
-        """Hand a journaled write to the writer thread (unless settle_before has committed it)."""
+        """Hand a journaled write to the writer thread."""
         with self._lock:
-            if write is self._settled_ahead:
-                self._settled_ahead = None
-                return
             self._pending.append(write)
             hold = URGENT_HOLD_SECONDS if self.is_urgent(write) else HOLD_SECONDS
             if self._hold_until is None or time.monotonic() + hold < self._hold_until:
@@ -147,8 +143,9 @@ class WriteBehind:
 
         For a worker about to send a job's end and look for the next job: its row is committed
         before Redis hears of the end, and whoever waits for the job is woken by that same call,
-        not by a round trip after the commit. False, with nothing done, when the writer thread
-        is at a batch or the database is away: `write` then goes the usual way.
+        not by a round trip after the commit. True: `write` is committed, not for `enqueue`.
+        False, with nothing done, when the writer thread is at a batch or the database is away:
+        `write` then goes the usual way.
         """
         batch = self._take_here(needs_pending=False)
         if batch is None:
@@ -163,7 +160,7 @@ class WriteBehind:
         except Exception:  # a bug here must not stop the worker: the writer thread takes the batch again
             log.exception("write-behind: %d row updates could not be written here; the writer retries", len(batch))
         finally:
-            self._end_here(batch, settled, settled_ahead=write if settled else None)
+            self._end_here(batch, settled)
         if settled:
             # After the pipeline's own commands, so the RPUSH of `write` comes before its removal.
             self._queue_cleanup(pipeline, [*batch, write])
@@ -180,13 +177,12 @@ class WriteBehind:
             self._in_flight += 1  # the caller's own writes, if any, are in flight too
             return batch
 
-    def _end_here(self, batch: list[RowWrite], settled: bool, *, settled_ahead: RowWrite | None = None) -> None:
+    def _end_here(self, batch: list[RowWrite], settled: bool) -> None:
         """The calling thread is done with `batch`: unsettled, it goes back to the writer thread."""
         with self._lock:
             if not settled:  # the writer thread keeps trying (and defers while the database is away)
                 self._pending.extendleft(reversed(batch))
                 self._hold_until = time.monotonic()
-            self._settled_ahead = settled_ahead
             self._in_flight = 0
             self._lock.notify_all()
 

@@ -198,6 +198,8 @@ def test_a_worker_out_of_claimed_jobs_commits_the_row_before_the_claim_that_send
         worker.execute_job(job, queue)
         monkeypatch.setattr(runner.supervision, "claim_and_read", claim)
         assert worker.dequeue_job_and_maintain_ttl(None) is None  # nothing else waits
+        # Committed ahead, the end is not handed to the writer thread to commit a second time.
+        assert worker._write_behind is not None and not worker._write_behind._pending
     finally:
         worker.teardown()
         install_environment(None)

@@ -8,9 +8,13 @@ import threading
 import time
 from collections.abc import Callable
 
+import fakeredis
 import pytest
+from redis.commands.core import Script
 
+from runner import scripted_pipeline
 from runner.group_commit import GroupCommit
+from runner.scripted_pipeline import encode_commands, run_encoded
 
 WAIT_SECONDS = 10
 
@@ -149,3 +153,26 @@ def test_a_forked_child_can_write_while_its_parent_is_mid_write() -> None:
         thread.join(WAIT_SECONDS)
     assert os.waitstatus_to_exitcode(status) == 0
     assert writes.written == {"first"}
+
+
+def test_a_shared_send_runs_every_callers_commands_in_their_order(
+        connection: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What Backends.job_sends writes for a batch: each caller's pipeline, one after the other, in one call.
+    encoded = []
+    for job_id in ("a", "b"):
+        with connection.pipeline() as pipeline:
+            pipeline.hset(f"job:{job_id}", mapping={"id": job_id})
+            pipeline.rpush("queue", job_id)
+            encoded.append(encode_commands(pipeline))
+    calls: list[object] = []
+    real_script = scripted_pipeline._script
+
+    def counting_script(redis_connection: fakeredis.FakeRedis) -> Script:
+        calls.append(redis_connection)
+        return real_script(redis_connection)
+
+    monkeypatch.setattr(scripted_pipeline, "_script", counting_script)
+    run_encoded(connection, encoded)
+    assert len(calls) == 1
+    assert connection.lrange("queue", 0, -1) == [b"a", b"b"]
+    assert connection.hgetall("job:b") == {b"id": b"b"}
