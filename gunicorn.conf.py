@@ -18,8 +18,14 @@ accesslog = "-"
 # gunicorn reads this file before it puts the app's folder on sys.path, so put it there.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import api.gunicorn_errors  # noqa: E402
+import api.gunicorn_listen  # noqa: E402
 
 api.gunicorn_errors.install()
+
+# A listening socket per worker, so the kernel spreads keep-alive connections over the workers
+# instead of letting one worker take them all (api.gunicorn_listen); RUNNER_WEB_REUSE_PORT=0: off.
+reuse_port = api.gunicorn_listen.reuse_port_wanted()
+on_starting = api.gunicorn_listen.check_binds
 
 # One control socket per user by default: several gunicorns on one machine (tests, dev next to
 # a local deployment) would fight over it, and nothing here uses it.

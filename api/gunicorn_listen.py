@@ -1,0 +1,60 @@
+"""One listening socket per gunicorn worker (SO_REUSEPORT), so the kernel spreads connections.
+
+With one socket shared by every worker, whichever worker wakes first accepts. A few long-lived
+keep-alive connections (a proxy's upstream pool, a load test) can then all land on one worker
+while the others idle: on 2 cores, half the capacity, seen in 1 load-test run in 8. With a
+socket per worker (gunicorn's `reuse_port`), the kernel spreads connections over them.
+
+Two things `reuse_port` alone would get wrong, which `check_binds` (the `on_starting` hook)
+handles before any worker binds:
+- A second server on the same port would share it silently, instead of failing: the port is
+  probed without SO_REUSEPORT first, and a port in use stops gunicorn with a clear message.
+- Unix sockets, inherited descriptors and port 0 cannot be shared that way (each worker would
+  replace the socket file, or get a port of its own): for those, one shared socket as usual.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any
+
+# The setting's environment switch: "0" turns per-worker sockets off.
+REUSE_PORT_ENV = "RUNNER_WEB_REUSE_PORT"
+
+
+def reuse_port_wanted() -> bool:
+    """Per-worker sockets where the kernel supports them, unless RUNNER_WEB_REUSE_PORT=0."""
+    return hasattr(socket, "SO_REUSEPORT") and os.environ.get(REUSE_PORT_ENV, "1") != "0"
+
+
+def _shareable(address: Any) -> bool:
+    # A (host, port) pair with a fixed port; unix socket paths are str, inherited descriptors int.
+    return isinstance(address, tuple) and int(address[1]) != 0
+
+
+def _probe(address: tuple[Any, ...]) -> None:
+    """Bind `address` as a lone listener would (SO_REUSEADDR, no SO_REUSEPORT): OSError when taken."""
+    family = socket.AF_INET6 if ":" in str(address[0]) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address[:2])
+
+
+def check_binds(server: Any) -> None:
+    """gunicorn's on_starting hook: keep `reuse_port` only where it is safe, and never share a port."""
+    if not server.cfg.reuse_port:
+        return
+    inherited = "GUNICORN_FD" in os.environ or "LISTEN_FDS" in os.environ
+    if inherited or not all(_shareable(address) for address in server.cfg.address):
+        server.cfg.set("reuse_port", False)
+        return
+    for address in server.cfg.address:
+        try:
+            _probe(address)
+        except OSError as exc:
+            taken = exc.errno == errno.EADDRINUSE
+            reason = "is in use by another server" if taken else f"cannot be bound ({exc.strerror})"
+            server.log.error("Listening at %s:%s failed: the address %s.", address[0], address[1], reason)
+            raise SystemExit(1) from None
