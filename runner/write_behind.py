@@ -184,7 +184,11 @@ class WriteBehind:
                 self._pending.extendleft(reversed(batch))
                 self._hold_until = time.monotonic()
             self._in_flight = 0
-            self._lock.notify_all()
+            # Wake only who has something to do: the writer thread when writes are pending or it
+            # is stopping, `flush` callers. Not an idle writer: on a worker whose queue runs dry
+            # that would be a thread switch per job.
+            if self._pending or self._flushing or self._stopping:
+                self._lock.notify_all()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every submitted write is committed or deferred; False on timeout."""

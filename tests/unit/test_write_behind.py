@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -243,3 +244,71 @@ def test_settle_before_with_the_database_away_leaves_every_write_to_the_writer(
     finally:
         behind.stop(5)
     assert connection.llen(PENDING_WRITES_KEY) == 2 and connection.llen(journal_key(WORKER)) == 0
+
+
+class CountingCondition(threading.Condition):
+    """A Condition that counts its notify_all calls (each one wakes the writer thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakeups = 0
+
+    def notify_all(self) -> None:
+        self.wakeups += 1
+        super().notify_all()
+
+
+def test_a_settled_job_end_with_nothing_pending_does_not_wake_the_writer(
+    store: Store, connection: fakeredis.FakeRedis
+) -> None:
+    # A worker whose queue runs dry settles every job's end itself: waking the idle writer thread
+    # each time would be a thread switch per job for nothing.
+    add_row(store, "j1")
+    behind = WriteBehind(store, connection, WORKER, deferred_key=PENDING_WRITES_KEY)
+    behind._lock = condition = CountingCondition()
+    ending = _write("j1", status="finished")
+    with connection.pipeline() as pipeline:
+        behind.journal_into(pipeline, ending)
+        assert behind.settle_before(pipeline, ending)
+        pipeline.execute()
+    assert condition.wakeups == 0 and status_of(store, "j1") == "finished"
+
+
+def test_a_flush_waiting_on_a_settle_in_the_worker_thread_returns_once_it_is_done(
+    store: Store, connection: fakeredis.FakeRedis
+) -> None:
+    add_row(store, "j1")
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowStore(Store):
+        def apply_writes(self, writes: Any) -> None:
+            entered.set()
+            release.wait(5)
+            super().apply_writes(writes)
+
+    behind = WriteBehind(SlowStore(store.url), connection, WORKER, deferred_key=PENDING_WRITES_KEY)
+    behind.start()
+    ending = _write("j1", status="finished")
+    settled: list[bool] = []
+
+    def settle() -> None:
+        with connection.pipeline() as pipeline:
+            behind.journal_into(pipeline, ending)
+            settled.append(behind.settle_before(pipeline, ending))
+            pipeline.execute()
+
+    worker_thread = threading.Thread(target=settle)
+    worker_thread.start()
+    try:
+        assert entered.wait(5)
+        flushed: list[bool] = []
+        flusher = threading.Thread(target=lambda: flushed.append(behind.flush(30)))
+        flusher.start()
+        release.set()
+        flusher.join(5)
+        assert flushed == [True] and settled == [True]  # woken when the settle ended, not at its timeout
+    finally:
+        release.set()
+        worker_thread.join(5)
+        behind.stop(5)
+    assert status_of(store, "j1") == "finished"
