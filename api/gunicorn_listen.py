@@ -11,6 +11,12 @@ handles before any worker binds:
   probed without SO_REUSEPORT first, and a port in use stops gunicorn with a clear message.
 - Unix sockets, inherited descriptors and port 0 cannot be shared that way (each worker would
   replace the socket file, or get a port of its own): for those, one shared socket as usual.
+
+The price: a connection waits in the accept queue of one worker, not of all. When that worker
+stops (a restart, a graceful reload) before accepting it, the client sees the connection reset
+and no answer, so nothing was accepted and a retry is safe (with an Idempotency-Key, even
+after an answer was lost). Linux 5.14+ can hand such connections to a sibling instead
+(`sysctl net.ipv4.tcp_migrate_req=1`). RUNNER_WEB_REUSE_PORT=0 goes back to one shared socket.
 """
 
 from __future__ import annotations
