@@ -199,6 +199,10 @@ def _answers(url: str) -> bool:
         return False
 
 
+# A short load on each app before the HTTP turns that count.
+WARM_UP_SECONDS = 2
+
+
 def wrk(url: str, seconds: int) -> dict[str, float]:
     """Requests/s and latency percentiles from wrk at concurrency 16."""
     script = str(ROOT / "bench" / "post.lua")
@@ -220,7 +224,8 @@ def http_invoke(runner: RunnerEngine, seconds: int, latency_count: int, rounds: 
     """Our POST /functions/noop/invocations against a bare enqueue route, same gunicorn settings.
 
     `rounds` turns of `seconds` each, the two apps alternating (who goes first swaps every turn,
-    so a drift of the machine's speed falls on both); each app's median turn is its figure.
+    so a drift of the machine's speed falls on both), after a warm-up turn each that does not
+    count; each app's median turn is its figure.
     """
     figures: dict[str, Any] = {}
     ours_port, bare_port = free_port(), free_port()
@@ -233,6 +238,8 @@ def http_invoke(runner: RunnerEngine, seconds: int, latency_count: int, rounds: 
     try:
         if shutil.which("wrk"):
             turns: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
+            for url in urls.values():  # not measured: each app's first requests (imports, connections, caches)
+                wrk(url, WARM_UP_SECONDS)
             for index in range(rounds):
                 for name in (list(urls) if index % 2 == 0 else list(reversed(urls))):
                     turns[name].append(wrk(urls[name], seconds))
