@@ -110,3 +110,20 @@ def test_the_environment_switch(monkeypatch: pytest.MonkeyPatch, value: str | No
     else:
         monkeypatch.setenv(gunicorn_listen.REUSE_PORT_ENV, value)
     assert gunicorn_listen.reuse_port_wanted() is wanted
+
+
+def test_an_ipv6_address_is_probed_as_ipv6() -> None:
+    try:
+        other = socket.socket(socket.AF_INET6)
+        other.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = other.getsockname()[1]
+    with other:
+        other.listen()
+        taken = FakeServer([("::1", port)])
+        with pytest.raises(SystemExit):
+            gunicorn_listen.check_binds(taken)
+    free = FakeServer([("::1", port)])
+    gunicorn_listen.check_binds(free)  # closed now: bindable again, as IPv6
+    assert free.cfg.reuse_port is True and free.errors == []
