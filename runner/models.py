@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, TypeAlias
 
 from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -50,39 +50,6 @@ class InvocationRecord(Base):
     )
 
 
-class InvocationRow(Protocol):
-    """What a job view reads of an invocation's row: an InvocationRecord, or a NewInvocation."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def function(self) -> str: ...
-    @property
-    def queue(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def input(self) -> Any: ...
-    @property
-    def result(self) -> Any | None: ...
-    @property
-    def error(self) -> Any | None: ...
-    @property
-    def progress_percent(self) -> int: ...
-    @property
-    def progress_message(self) -> str: ...
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def artifacts(self) -> Any | None: ...
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def started_at(self) -> datetime | None: ...
-    @property
-    def ended_at(self) -> datetime | None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class NewInvocation:
     """The row of an invocation as it is first written, without an ORM object: every invocation
@@ -122,3 +89,7 @@ class NewInvocation:
         if self.callback_url is not None:
             values["callback_url"] = self.callback_url
         return values
+
+
+# What a job view reads an invocation's row from: the stored record, or the row as first written.
+InvocationRow: TypeAlias = "InvocationRecord | NewInvocation"

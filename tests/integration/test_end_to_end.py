@@ -80,7 +80,6 @@ def test_invocation_is_accepted_then_finishes(stack: Stack) -> None:
     assert_row_matches(stack, view)
 
 
-
 def test_a_burst_of_concurrent_invocations_is_each_recorded_and_run_once(stack: Stack) -> None:
     # Requests that arrive together share the API's SQL commits and Redis calls (group_commit):
     # every accepted one must still have its own row, with its own input, and run exactly once.
@@ -107,6 +106,7 @@ def test_a_burst_of_concurrent_invocations_is_each_recorded_and_run_once(stack: 
         assert view["status"] == "finished" and view["attempts"] == 1, view
         assert view["result"]["result"] == number + 1, view
         assert_row_matches(stack, view)
+
 
 def test_wait_returns_the_finished_view(stack: Stack) -> None:
     response = stack.invoke("simple_calculation", {"expression": "2*(3+4)"}, wait=10)

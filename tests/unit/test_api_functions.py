@@ -101,6 +101,7 @@ def test_the_202_shows_the_job_exactly_as_its_stored_row_does(invoke: Invoke, st
     assert record.updated_at == record.created_at
     assert (record.idempotency_key, record.callback_url, record.result, record.error) == (None, None, None, None)
 
+
 def test_invocation_runs_to_a_result(
     invoke: Invoke, client: FlaskClient, run_jobs: Callable[..., bool], store: Store
 ) -> None:

@@ -82,6 +82,7 @@ def test_inserts_from_many_threads_at_once_all_land_and_a_duplicate_fails_only_i
     assert {row.id: row.input for row in rows} == {**{job_id: {"id": job_id} for job_id in ids if job_id != "taken"},
                                                   "taken": {"expression": "1+1"}}
 
+
 def test_update_sets_columns_and_updated_at(store: Store) -> None:
     store.add(make_record())
     before = as_utc(store.get("job1").updated_at)  # type: ignore[union-attr]
