@@ -35,9 +35,9 @@ $(VENV)/.bench-installed: requirements.txt requirements-bench.txt | $(BIN)/pytho
 	$(BIN)/pip install --quiet -r requirements-bench.txt
 	touch $@
 
-## Benchmarks against raw RQ and Celery (not part of `make test`); needs wrk for the HTTP part
+## Benchmarks against raw RQ and Celery (not part of `make test`); installs wrk (HTTP load) when it can
 bench: $(VENV)/.bench-installed
-	@command -v wrk >/dev/null || echo "wrk not found (apt-get install wrk): the HTTP load part is skipped"
+	@bench/ensure-wrk
 	$(BIN)/python -m bench.run $(ARGS)
 
 unit: $(VENV)/.dev-installed
