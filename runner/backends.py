@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 import redis
@@ -21,6 +22,9 @@ from runner.group_commit import GroupCommit
 from runner.scripted_pipeline import EncodedCommands, run_encoded
 from runner.store import Store
 
+if TYPE_CHECKING:
+    from runner.new_rows import NewRows
+
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # Short enough that the API answers 503 within two seconds when Redis is away.
 API_SOCKET_TIMEOUT = 2.0
@@ -33,6 +37,12 @@ class Backends:
     connection: redis.Redis
     store: Store
     settings: Settings
+
+    def __post_init__(self) -> None:
+        from runner.new_rows import JournaledRows  # it needs this module's REDIS_ERRORS
+
+        # Rows written behind (runner.new_rows) wait in this Redis: the store's reads and updates see them.
+        self.store.pending_rows = JournaledRows(self.connection)
 
     @cached_property
     def uploads(self) -> UploadStore:
@@ -49,6 +59,13 @@ class Backends:
         """New jobs' commands (`encode_commands`) on their way to Redis: threads sending at once share a call."""
         # A failed call may have run in part: sending its jobs again could queue some twice.
         return GroupCommit(functools.partial(run_encoded, self.connection), retry_alone=lambda error: False)
+
+    @cached_property
+    def new_rows(self) -> NewRows:
+        """This process's new rows, written behind while invocations stream in (runner.new_rows)."""
+        from runner.new_rows import NewRows  # it needs this module's REDIS_ERRORS
+
+        return NewRows(self.store, self.connection)
 
     def validation_context(self) -> dict[str, object]:
         """What input validation may consult (stored uploads)."""

@@ -35,11 +35,12 @@ class DriverStatement:
                      for process, value in zip(self.processors, (values[name] for name in self.names), strict=True)]
         return converted if self.positional else dict(zip(self.names, converted, strict=True))
 
-    def execute(self, connection: sa.Connection, values: dict[str, Any]) -> None:
-        """Run the statement for one row, in `connection`'s current transaction."""
+    def execute(self, connection: sa.Connection, values: dict[str, Any]) -> int:
+        """Run the statement for one row, in `connection`'s current transaction; the rows it touched."""
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, self.parameters(values))
+            return int(cursor.rowcount)
         finally:
             cursor.close()
 

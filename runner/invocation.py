@@ -69,10 +69,12 @@ def job_meta(spec: FunctionSpec, *, attempts: int = 0, callback_url: str | None 
 
 
 def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backends: Backends, *,
-               meta: dict[str, Any], run_at: datetime | None = None, event: JobEvent | None = None) -> None:
+               meta: dict[str, Any], run_at: datetime | None = None, event: JobEvent | None = None,
+               new_row: dict[str, Any] | None = None) -> None:
     """Put the RQ job on its queue now, or in the scheduled registry until `run_at`; raises Redis errors.
 
     `event`, if given, is emitted once the job is in Redis (its metrics travel with the job).
+    `new_row`, the job's row written behind (runner.new_rows), is journaled with the job (not with `run_at`).
     """
     queue = queue_for(spec.queue, backends.connection)
     settings = backends.settings
@@ -88,6 +90,8 @@ def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backe
     template = _template(queue, spec, settings.result_ttl, settings.failure_ttl)
     with backends.connection.pipeline() as pipe:
         queue_job(pipe, queue, job_id, job_fields(template, spec, arguments, meta))
+        if new_row is not None:
+            backends.new_rows.journal_into(pipe, new_row)
         if event is not None:
             emit_into(pipe, event)
         # Other threads' new jobs may travel in the same call (see group_commit).
@@ -138,13 +142,24 @@ def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, An
     except REDIS_ERRORS as exc:
         raise redis_unavailable(NOT_ACCEPTED) from exc
     status = "scheduled" if options.run_at is not None else "queued"
-    # The row is written first so a worker never finishes a job the store has not heard of.
     row = NewInvocation(id=job_id, function=spec.name, queue=spec.queue, status=status, input=arguments,
                         created_at=utcnow(), idempotency_key=options.idempotency_key, callback_url=callback_url)
+    meta = job_meta(spec, callback_url=callback_url, scheduled=options.run_at is not None)
+    accepted = JobEvent("accepted", job_id, spec.name, spec.queue, status=status)
+    if options.run_at is None and backends.new_rows.writes_behind():
+        # One of a stream: the row is journaled with the job and committed behind (runner.new_rows).
+        values = row.column_values()
+        try:
+            submit_job(spec, job_id, arguments, backends, meta=meta, event=accepted, new_row=values)
+        except REDIS_ERRORS as exc:  # neither the job nor its row is in
+            _forget(backends, spec, job_id, row_written=False)
+            raise redis_unavailable(NOT_ACCEPTED) from exc
+        backends.new_rows.hand(values)
+        return row
+    # The row is written first so a worker never finishes a job the store has not heard of.
     try:
         backends.store.insert(row.column_values())
-        meta = job_meta(spec, callback_url=callback_url, scheduled=options.run_at is not None)
-        accepted = JobEvent("accepted", job_id, spec.name, spec.queue, status=status)
+        backends.new_rows.database_answered()
         submit_job(spec, job_id, arguments, backends, meta=meta, run_at=options.run_at, event=accepted)
     except REDIS_ERRORS as exc:
         _forget(backends, spec, job_id)

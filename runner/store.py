@@ -8,11 +8,11 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import sqlalchemy as sa
 from alembic import command
@@ -25,7 +25,13 @@ from runner.driver_statements import DriverStatement, compile_for_driver
 from runner.errors import BackendUnavailable, MalformedRequest
 from runner.group_commit import GroupCommit
 from runner.models import InvocationRecord, utcnow
-from runner.store_statements import INVOCATIONS, conditional_update, insert_of, runs_of_same_columns
+from runner.store_statements import (
+    INVOCATIONS,
+    conditional_update,
+    insert_of,
+    insert_unless_present,
+    runs_of_same_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +76,21 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+class PendingRows(Protocol):
+    """New rows accepted ahead of their commit (runner.new_rows): kept in Redis until they are in SQL."""
+
+    def rows_for(self, job_ids: Collection[str]) -> list[dict[str, Any]]:
+        """The column values of those of `job_ids` whose rows wait; BackendUnavailable when Redis is away."""
+
+    def settle(self, store: Store) -> None:
+        """Commit every waiting row (before reading history); BackendUnavailable when Redis is away."""
+
+
 class Store:
     """Reads and writes invocation rows; turns lost connections into BackendUnavailable."""
+
+    # Set where new rows may be written behind (runner.backends): reads and updates see them first.
+    pending_rows: PendingRows | None = None
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -162,6 +181,9 @@ class Store:
 
     def get(self, job_id: str) -> InvocationRecord | None:
         """The row of `job_id`, or None."""
+        with suppress(BackendUnavailable):  # Redis away: read what SQL has
+            if waiting := self._waiting_rows([job_id]):
+                self.insert_unless_present(waiting)
         with self.session() as session:
             return session.get(InvocationRecord, job_id)
 
@@ -173,7 +195,9 @@ class Store:
     def update(self, job_id: str, **values: Any) -> None:
         """Set columns of one row."""
         values.setdefault("updated_at", utcnow())
+        waiting = self._waiting_rows([job_id])
         with self.session() as session:
+            self._insert_waiting(session.connection(), waiting)
             session.execute(sa.update(InvocationRecord).where(InvocationRecord.id == job_id).values(**values))
 
     def insert(self, values: dict[str, Any]) -> None:
@@ -183,31 +207,56 @@ class Store:
         """
         self._inserts.submit(values)
 
-    def _insert_rows(self, rows: list[dict[str, Any]]) -> None:
+    def insert_unless_present(self, rows: list[dict[str, Any]]) -> None:
+        """Insert those of `rows` whose id has no row yet, in one transaction (rows written behind)."""
+        self._insert_rows(rows, unless_present=True)
+
+    def _insert_rows(self, rows: list[dict[str, Any]], *, unless_present: bool = False) -> None:
         """Insert `rows` in one transaction."""
         if self.engine.dialect.name == "sqlite":  # no server: its connections never go stale, keep one
             with self._kept_transaction() as connection:
-                for values in rows:
-                    self._execute(connection, insert_of(tuple(values)), [values])
+                self._insert_within(connection, rows, unless_present)
             return
         try:
             with self.engine.begin() as connection:  # from the pool, pinged: survives a server restart
-                for values in rows:
-                    self._execute(connection, insert_of(tuple(values)), [values])
+                self._insert_within(connection, rows, unless_present)
         except UNAVAILABLE_ERRORS as exc:
             raise BackendUnavailable("The database is unavailable.", details={"dependency": "database"}) from exc
 
+    def _insert_within(self, connection: sa.Connection, rows: list[dict[str, Any]], unless_present: bool) -> None:
+        dialect = self.engine.dialect.name
+        for values in rows:
+            columns = tuple(values)
+            statement = insert_unless_present(columns, dialect) if unless_present else insert_of(columns)
+            self._execute(connection, statement, [values])
+
+    def _waiting_rows(self, job_ids: Collection[str]) -> list[dict[str, Any]]:
+        """The rows of `job_ids` accepted but not committed yet (none without `pending_rows`)."""
+        return self.pending_rows.rows_for(job_ids) if self.pending_rows is not None and job_ids else []
+
+    def _insert_waiting(self, connection: sa.Connection, waiting: list[dict[str, Any]]) -> None:
+        # Before an update of a row written behind: the update must find it (runner.new_rows).
+        if waiting:
+            self._insert_within(connection, waiting, unless_present=True)
+
+    def settle_pending_rows(self) -> None:
+        """Commit the rows accepted ahead of their commit, so a read of history sees them; skipped
+        (SQL is read as it is) when Redis is away."""
+        if self.pending_rows is not None:
+            with suppress(BackendUnavailable):
+                self.pending_rows.settle(self)
+
     def _execute(self, connection: sa.Connection, statement: sa.Insert | sa.Update,
-                 rows: list[dict[str, Any]]) -> None:
-        """Run `statement` for `rows`: one row through the driver, several through SQLAlchemy (it batches)."""
+                 rows: list[dict[str, Any]]) -> int:
+        """Run `statement` for `rows`: one row through the driver, several through SQLAlchemy (it
+        batches). How many rows it touched, as the driver tells (-1 when it cannot)."""
         try:
             compiled = self._compiled[statement]
         except KeyError:
             compiled = self._compiled[statement] = compile_for_driver(statement, self.engine.dialect)
         if compiled is not None and len(rows) == 1:
-            compiled.execute(connection, rows[0])
-        else:
-            connection.execute(statement, rows)
+            return compiled.execute(connection, rows[0])
+        return connection.execute(statement, rows).rowcount
 
     def apply_writes(self, writes: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Apply row updates in order, in one transaction, each only where the row is not newer.
@@ -219,8 +268,21 @@ class Store:
         # A writer thread commits many small batches: on a kept connection, with no pool checkout
         # and reset per batch. A stale one (the server restarted) costs one deferred batch.
         with self._kept_transaction() as connection:
-            for columns, rows in runs_of_same_columns(writes):
-                self._execute(connection, conditional_update(columns), rows)
+            if self._update_each(connection, writes) < len(writes) and self.pending_rows is not None:
+                # Some row is newer than its write, or was not committed yet (runner.new_rows):
+                # commit those that wait in Redis and apply the writes again, also when none waits
+                # any more (its own writer may have committed it since). A write applied twice is
+                # applied once. Rare: rows written behind are committed within a few ms.
+                self._insert_waiting(connection, self._waiting_rows({job_id for job_id, _ in writes}))
+                self._update_each(connection, writes)
+
+    def _update_each(self, connection: sa.Connection, writes: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """Apply `writes` (one per row); how many rows they updated (fewer when the driver cannot say)."""
+        updated = 0
+        for columns, rows in runs_of_same_columns(writes):
+            touched = self._execute(connection, conditional_update(columns), rows)
+            updated += touched if touched >= 0 else 0
+        return updated
 
     @contextmanager
     def _kept_transaction(self) -> Iterator[sa.Connection]:
@@ -241,7 +303,9 @@ class Store:
     def update_unless_newer(self, job_id: str, **values: Any) -> None:
         """Set columns unless the row was updated after `values["updated_at"]` (replayed writes)."""
         stamp = values["updated_at"]
+        waiting = self._waiting_rows([job_id])
         with self.session() as session:
+            self._insert_waiting(session.connection(), waiting)
             session.execute(
                 sa.update(InvocationRecord)
                 .where(InvocationRecord.id == job_id, InvocationRecord.updated_at <= stamp)
@@ -257,6 +321,7 @@ class Store:
         cursor: str | None = None,
     ) -> tuple[list[InvocationRecord], str | None]:
         """A page of rows, newest first, and the cursor of the next page (None on the last)."""
+        self.settle_pending_rows()
         query = sa.select(InvocationRecord)
         if function:
             query = query.where(InvocationRecord.function == function)
@@ -283,6 +348,7 @@ class Store:
         self, *, since: datetime | None = None, until: datetime | None = None, function: str | None = None
     ) -> Iterator[InvocationRecord]:
         """Every row created in [since, until), oldest first, streamed in batches."""
+        self.settle_pending_rows()
         query = sa.select(InvocationRecord).order_by(InvocationRecord.created_at, InvocationRecord.id)
         if since is not None:
             query = query.where(InvocationRecord.created_at >= since.astimezone(UTC))

@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from runner.models import InvocationRecord
 
@@ -34,6 +35,16 @@ def runs_of_same_columns(
 def insert_of(columns: tuple[str, ...]) -> sa.Insert:
     """An insert of a row that sets `columns` (one statement per column set)."""
     return INVOCATIONS.insert().values({name: sa.bindparam(name) for name in columns})
+
+
+@lru_cache(maxsize=64)
+def insert_unless_present(columns: tuple[str, ...], dialect_name: str) -> sa.Insert:
+    """An insert of a row that sets `columns`, which does nothing when a row with its id exists
+    (a row written behind may arrive twice, or after a worker ensured it)."""
+    dialect_insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    return (dialect_insert(INVOCATIONS)
+            .values({name: sa.bindparam(name) for name in columns})
+            .on_conflict_do_nothing(index_elements=["id"]))
 
 
 @lru_cache(maxsize=64)

@@ -47,6 +47,7 @@ from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS, DEFAULT_WORKER_GRAC
 from runner.errors import BackendUnavailable
 from runner.job_bookkeeping import CanceledBeforeStart, PipelinedBookkeepingMixin
 from runner.liveness import DEAD_AFTER_FIELD, Liveness
+from runner.new_rows import settle_journaled_rows
 from runner.reconcile import has_pending_writes, replay_pending_writes
 from runner.recovery import WORKER_STOPPED_REASON, StartedEntry, recover_abandoned_jobs, recover_entry
 from runner.scheduler_guard import keep_scheduler_running
@@ -327,6 +328,8 @@ class SupervisedWorkerMixin(PipelinedBookkeepingMixin):
                 replay_pending_writes(self.store, self.connection)
                 if not has_pending_writes(self.connection):
                     repair_stale_rows(self.store, self.connection, self.dead_after)
+                # Rows an API process journaled and died before committing (runner.new_rows).
+                settle_journaled_rows(self.store, self.connection)
         except REDIS_ERRORS as exc:
             log.warning("worker %s: recovery pass skipped, Redis is unavailable (%s)", self.name, exc)
         except BackendUnavailable as exc:

@@ -1,0 +1,198 @@
+"""New invocation rows written behind the API's answer while invocations come in a stream.
+
+Accepting an invocation writes its SQL row, then its RQ job. Alone, it does exactly that (the
+answer waits for the commit). When invocations follow each other closely, the commit on each
+one's path is what limits a client that sends them one after the other: there, the row is
+instead journaled in Redis, in the very script call that enqueues the job (so the two are
+atomic), and a writer thread of the process commits the journaled rows in batches.
+
+One rule makes this safe: a row leaves the journal (the hash NEW_ROWS_KEY) only once it is
+committed. So whoever needs a row that may not be committed yet finds it in one of the two
+places, and commits it first (an insert that does nothing when the row is there):
+- a worker about to update the row of a job it ran (Store.apply_writes), and every other update;
+- a read of history (`GET /jobs`, a job Redis has forgotten, an idempotent replay);
+- a worker's periodic recovery pass, for the rows of an API process that died before its commit.
+
+A row written behind is never older news than a worker's update: it is inserted only where
+no row with its id exists. While the database does not answer, invocations go the direct way
+again, and so are refused with a 503 as before; the journaled rows wait for it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any, cast
+
+import redis
+from redis.client import Pipeline
+
+from runner.backends import REDIS_ERRORS, redis_unavailable
+from runner.errors import BackendUnavailable
+from runner.store import Store
+
+log = logging.getLogger(__name__)
+
+NEW_ROWS_KEY = "runner:store:new-rows"
+# An invocation this soon after the previous one of the process is part of a stream.
+STREAM_GAP_SECONDS = 0.05
+# Rows are written behind only while the database answered this recently.
+ANSWERED_WITHIN_SECONDS = 1.0
+MAX_BATCH = 500
+# After the database failed, the writer thread tries its rows again this often.
+RETRY_SECONDS = 1.0
+# At the exit of a process, how long its last rows may take to commit (the journal keeps the rest).
+EXIT_FLUSH_SECONDS = 2.0
+_TIME_COLUMNS = ("created_at", "updated_at")
+
+
+def encode_row(values: dict[str, Any]) -> str:
+    """A row's column values as journaled (times as ISO 8601)."""
+    return json.dumps({key: value.isoformat() if key in _TIME_COLUMNS else value for key, value in values.items()})
+
+
+def decode_row(raw: bytes | str) -> dict[str, Any]:
+    """A journaled row's column values."""
+    values: dict[str, Any] = json.loads(raw)
+    for key in _TIME_COLUMNS:
+        if key in values:
+            values[key] = datetime.fromisoformat(values[key])
+    return values
+
+
+class JournaledRows:
+    """The journal in Redis, as the store consults it (runner.store.PendingRows)."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self.connection = connection
+
+    def rows_for(self, job_ids: Collection[str]) -> list[dict[str, Any]]:
+        ids = list(job_ids)
+        try:
+            found = self.connection.hmget(NEW_ROWS_KEY, ids)
+        except REDIS_ERRORS as exc:
+            raise redis_unavailable() from exc
+        return [decode_row(raw) for raw in found if raw is not None]
+
+    def settle(self, store: Store) -> None:
+        settle_journaled_rows(store, self.connection)
+
+
+def settle_journaled_rows(store: Store, connection: redis.Redis, limit: int = 10 * MAX_BATCH) -> int:
+    """Commit journaled rows (up to `limit`), then drop them from the journal; how many there were."""
+    settled = 0
+    try:
+        while settled < limit:
+            if not connection.hlen(NEW_ROWS_KEY):
+                break
+            # From the start each time: what the last pass committed is gone from the hash.
+            _cursor, found = connection.hscan(NEW_ROWS_KEY, count=MAX_BATCH)
+            batch = cast(dict[bytes, bytes], found)
+            if not batch:
+                break
+            store.insert_unless_present([decode_row(raw) for raw in batch.values()])
+            connection.hdel(NEW_ROWS_KEY, *batch)
+            settled += len(batch)
+    except REDIS_ERRORS as exc:
+        raise redis_unavailable() from exc
+    return settled
+
+
+class NewRows:
+    """This process's rows written behind: journaled with their jobs, committed by one writer thread."""
+
+    def __init__(self, store: Store, connection: redis.Redis) -> None:
+        self.store = store
+        self.connection = connection
+        self._lock = threading.Condition()
+        self._pending: deque[dict[str, Any]] = deque()
+        self._in_flight = 0
+        self._last_accepted = float("-inf")
+        self._answered_at = float("-inf")  # when the database last took a row from this process
+        self._thread: threading.Thread | None = None
+        self._thread_pid = 0
+
+    def writes_behind(self) -> bool:
+        """Whether the invocation being accepted now may have its row written behind."""
+        now = time.monotonic()
+        with self._lock:
+            in_stream = now - self._last_accepted < STREAM_GAP_SECONDS
+            self._last_accepted = now
+            return in_stream and now - self._answered_at < ANSWERED_WITHIN_SECONDS
+
+    def database_answered(self) -> None:
+        """The database just took a row (written directly): it answers."""
+        with self._lock:
+            self._answered_at = time.monotonic()
+
+    def journal_into(self, pipeline: Pipeline, values: dict[str, Any]) -> None:
+        """Journal the row `values` in `pipeline`, with its job; `hand` it over once that ran."""
+        pipeline.hset(NEW_ROWS_KEY, values["id"], encode_row(values))
+
+    def hand(self, values: dict[str, Any]) -> None:
+        """Give a journaled row to the writer thread."""
+        with self._lock:
+            self._pending.append(values)
+            self._ensure_thread()
+            self._lock.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every row handed over is committed; False on timeout (the journal keeps them)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending or self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._lock.wait(left)
+        return True
+
+    def _ensure_thread(self) -> None:
+        # Started on first use, in the process that uses it (a forked child has no threads).
+        if self._thread is None or self._thread_pid != os.getpid() or not self._thread.is_alive():
+            if self._thread is None:
+                atexit.register(self.flush, EXIT_FLUSH_SECONDS)
+            self._thread_pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="runner-new-rows", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending:
+                    self._lock.wait()
+                batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
+                self._in_flight = len(batch)
+            committed = self._commit(batch)
+            with self._lock:
+                if not committed:
+                    self._pending.extendleft(reversed(batch))
+                self._in_flight = 0
+                self._lock.notify_all()
+                if not committed:
+                    self._lock.wait(RETRY_SECONDS)
+
+    def _commit(self, batch: list[dict[str, Any]]) -> bool:
+        try:
+            self.store.insert_unless_present(batch)
+        except BackendUnavailable:
+            with self._lock:
+                self._answered_at = float("-inf")  # invocations go the direct way (and get a 503) again
+            log.warning("new rows: database unavailable; %d rows wait in Redis", len(batch))
+            return False
+        except Exception:  # a bug here must not lose rows: they stay journaled, for a recovery pass
+            log.exception("new rows: %d rows could not be written; left in the journal", len(batch))
+            return True
+        self.database_answered()
+        try:
+            self.connection.hdel(NEW_ROWS_KEY, *[values["id"] for values in batch])
+        except REDIS_ERRORS as exc:  # committed: a recovery pass drops them from the journal later
+            log.warning("new rows: journal not trimmed, Redis is unavailable (%s)", exc)
+        return True
