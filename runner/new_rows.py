@@ -46,6 +46,10 @@ STREAM_GAP_SECONDS = 0.05
 # Rows are written behind only while the database answered this recently.
 ANSWERED_WITHIN_SECONDS = 1.0
 MAX_BATCH = 500
+# How long the writer thread gathers a stream's rows before it commits them: one commit, one
+# journal trim and one wake-up per batch instead of per row (a row's share of them is most of
+# what writing it costs). Readers and updates never wait for it (see above).
+HOLD_SECONDS = 0.02
 # After the database failed, the writer thread tries its rows again this often.
 RETRY_SECONDS = 1.0
 # At the exit of a process, how long its last rows may take to commit (the journal keeps the rest).
@@ -114,6 +118,8 @@ class NewRows:
         self._lock = threading.Condition()
         self._pending: deque[dict[str, Any]] = deque()
         self._in_flight = 0
+        self._idle = False  # the writer thread waits for a first row (only then does `hand` wake it)
+        self._flushing = 0
         self._last_accepted = float("-inf")
         self._answered_at = float("-inf")  # when the database last took a row from this process
         self._thread: threading.Thread | None = None
@@ -141,17 +147,23 @@ class NewRows:
         with self._lock:
             self._pending.append(values)
             self._ensure_thread()
-            self._lock.notify_all()
+            if self._idle or len(self._pending) >= MAX_BATCH:
+                self._lock.notify_all()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every row handed over is committed; False on timeout (the journal keeps them)."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._pending or self._in_flight:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._thread is None or not self._thread.is_alive():
-                    return False
-                self._lock.wait(left)
+            self._flushing += 1
+            self._lock.notify_all()  # no gathering: commit what is there
+            try:
+                while self._pending or self._in_flight:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._thread is None or not self._thread.is_alive():
+                        return False
+                    self._lock.wait(left)
+            finally:
+                self._flushing -= 1
         return True
 
     def _ensure_thread(self) -> None:
@@ -167,7 +179,12 @@ class NewRows:
         while True:
             with self._lock:
                 while not self._pending:
+                    self._idle = True
                     self._lock.wait()
+                self._idle = False
+                until = time.monotonic() + HOLD_SECONDS
+                while (left := until - time.monotonic()) > 0 and len(self._pending) < MAX_BATCH and not self._flushing:
+                    self._lock.wait(left)
                 batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
                 self._in_flight = len(batch)
             committed = self._commit(batch)
