@@ -21,11 +21,13 @@ again, and so are refused with a 503 as before; the journaled rows wait for it.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Collection
 from datetime import datetime
@@ -115,15 +117,20 @@ class NewRows:
     def __init__(self, store: Store, connection: redis.Redis) -> None:
         self.store = store
         self.connection = connection
+        self._start_afresh()
+        self._last_accepted = float("-inf")
+        self._answered_at = float("-inf")  # when the database last took a row from this process
+        # A forked child has none of its parent's threads: a lock one of them held stays held.
+        os.register_at_fork(after_in_child=functools.partial(_start_afresh_in_child, weakref.ref(self)))
+
+    def _start_afresh(self) -> None:
+        # The rows a parent handed over are its own to commit (or the journal's).
         self._lock = threading.Condition()
         self._pending: deque[dict[str, Any]] = deque()
         self._in_flight = 0
         self._idle = False  # the writer thread waits for a first row (only then does `hand` wake it)
         self._flushing = 0
-        self._last_accepted = float("-inf")
-        self._answered_at = float("-inf")  # when the database last took a row from this process
         self._thread: threading.Thread | None = None
-        self._thread_pid = 0
 
     def writes_behind(self) -> bool:
         """Whether the invocation being accepted now may have its row written behind."""
@@ -167,11 +174,10 @@ class NewRows:
         return True
 
     def _ensure_thread(self) -> None:
-        # Started on first use, in the process that uses it (a forked child has no threads).
-        if self._thread is None or self._thread_pid != os.getpid() or not self._thread.is_alive():
+        # Started on first use, in the process that uses it.
+        if self._thread is None or not self._thread.is_alive():
             if self._thread is None:
                 atexit.register(self.flush, EXIT_FLUSH_SECONDS)
-            self._thread_pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="runner-new-rows", daemon=True)
             self._thread.start()
 
@@ -213,3 +219,9 @@ class NewRows:
         except REDIS_ERRORS as exc:  # committed: a recovery pass drops them from the journal later
             log.warning("new rows: journal not trimmed, Redis is unavailable (%s)", exc)
         return True
+
+
+def _start_afresh_in_child(alive: weakref.ref[NewRows]) -> None:
+    rows = alive()
+    if rows is not None:
+        rows._start_afresh()

@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, cast
 
 import sqlalchemy as sa
 from alembic import command
@@ -195,10 +195,17 @@ class Store:
     def update(self, job_id: str, **values: Any) -> None:
         """Set columns of one row."""
         values.setdefault("updated_at", utcnow())
-        waiting = self._waiting_rows([job_id])
+        self._update_one(job_id, sa.update(InvocationRecord).where(InvocationRecord.id == job_id).values(**values))
+
+    def _update_one(self, job_id: str, statement: sa.Update) -> None:
+        """Run the update of row `job_id`; when it touched nothing, commit the row if it waits in
+        Redis (runner.new_rows) and run it again (also when none waits any more: its writer may
+        have committed it since; when Redis is away, the update goes to the rows SQL has)."""
         with self.session() as session:
-            self._insert_waiting(session.connection(), waiting)
-            session.execute(sa.update(InvocationRecord).where(InvocationRecord.id == job_id).values(**values))
+            if cast(sa.CursorResult[Any], session.execute(statement)).rowcount == 0 and self.pending_rows is not None:
+                with suppress(BackendUnavailable):
+                    self._insert_waiting(session.connection(), self._waiting_rows([job_id]))
+                session.execute(statement)
 
     def insert(self, values: dict[str, Any]) -> None:
         """Insert a new invocation row from column values (no ORM unit of work on the hot path).
@@ -303,14 +310,9 @@ class Store:
     def update_unless_newer(self, job_id: str, **values: Any) -> None:
         """Set columns unless the row was updated after `values["updated_at"]` (replayed writes)."""
         stamp = values["updated_at"]
-        waiting = self._waiting_rows([job_id])
-        with self.session() as session:
-            self._insert_waiting(session.connection(), waiting)
-            session.execute(
-                sa.update(InvocationRecord)
-                .where(InvocationRecord.id == job_id, InvocationRecord.updated_at <= stamp)
-                .values(**values)
-            )
+        self._update_one(job_id, sa.update(InvocationRecord)
+                         .where(InvocationRecord.id == job_id, InvocationRecord.updated_at <= stamp)
+                         .values(**values))
 
     def list(
         self,

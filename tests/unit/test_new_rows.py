@@ -197,6 +197,20 @@ def test_reads_go_on_from_sql_when_redis_is_away(store: Store, closed_port: int,
     assert store.list()[0][0].id == "j1"
 
 
+@pytest.mark.parametrize("conditional", [False, True])
+def test_a_direct_update_of_a_committed_row_goes_on_while_redis_is_away(store: Store, closed_port: int,
+                                                                         settings: Settings,
+                                                                         conditional: bool) -> None:
+    Backends(connect_redis(f"redis://127.0.0.1:{closed_port}/0"), store, settings)
+    store.insert(NewInvocation(id="j1", function="f", queue="q", status="queued", input={},
+                               created_at=utcnow() - timedelta(seconds=1)).column_values())
+    if conditional:
+        store.update_unless_newer("j1", status="failed", updated_at=utcnow())
+    else:
+        store.update("j1", status="failed")
+    assert stored_row(store, "j1").status == "failed"
+
+
 def test_an_update_waits_while_redis_is_away(store: Store, closed_port: int, settings: Settings) -> None:
     # It cannot know whether the row waits in Redis: it must not update nothing and move on.
     Backends(connect_redis(f"redis://127.0.0.1:{closed_port}/0"), store, settings)
