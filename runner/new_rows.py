@@ -39,6 +39,7 @@ from redis.client import Pipeline
 from runner.backends import REDIS_ERRORS, redis_unavailable
 from runner.errors import BackendUnavailable
 from runner.store import Store
+from runner.write_behind import FlushableWriter
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,11 @@ def settle_journaled_rows(store: Store, connection: redis.Redis, limit: int = 10
     return settled
 
 
-class NewRows:
-    """This process's rows written behind: journaled with their jobs, committed by one writer thread."""
+class NewRows(FlushableWriter):
+    """This process's rows written behind: journaled with their jobs, committed by one writer thread.
+
+    `flush(timeout)` waits until every row handed over is committed (False on timeout: the journal
+    keeps them); it also ends the writer's gathering at once."""
 
     def __init__(self, store: Store, connection: redis.Redis) -> None:
         self.store = store
@@ -156,22 +160,6 @@ class NewRows:
             self._ensure_thread()
             if self._idle or len(self._pending) >= MAX_BATCH:
                 self._lock.notify_all()
-
-    def flush(self, timeout: float) -> bool:
-        """Wait until every row handed over is committed; False on timeout (the journal keeps them)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            self._flushing += 1
-            self._lock.notify_all()  # no gathering: commit what is there
-            try:
-                while self._pending or self._in_flight:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or self._thread is None or not self._thread.is_alive():
-                        return False
-                    self._lock.wait(left)
-            finally:
-                self._flushing -= 1
-        return True
 
     def _ensure_thread(self) -> None:
         # Started on first use, in the process that uses it.

@@ -66,7 +66,33 @@ class RowWrite:
 Committed = Callable[[Sequence[RowWrite], Pipeline], None]
 
 
-class WriteBehind:
+class FlushableWriter:
+    """What a writer thread shares with those who wait for it: the items pending and in flight, under one lock."""
+
+    _lock: threading.Condition
+    _pending: deque[Any]
+    _in_flight: int
+    _flushing: int  # callers of `flush` waiting: the thread writes at once
+    _thread: threading.Thread | None
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every item submitted is written (or deferred); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._flushing += 1
+            self._lock.notify_all()
+            try:
+                while self._pending or self._in_flight:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._thread is None or not self._thread.is_alive():
+                        return False
+                    self._lock.wait(left)
+            finally:
+                self._flushing -= 1
+        return True
+
+
+class WriteBehind(FlushableWriter):
     """Journals row updates in Redis and commits them to SQL from one background thread."""
 
     def __init__(self, store: Store, connection: redis.Redis, worker_name: str, *,
@@ -189,22 +215,6 @@ class WriteBehind:
             # that would be a thread switch per job.
             if self._pending or self._flushing or self._stopping:
                 self._lock.notify_all()
-
-    def flush(self, timeout: float) -> bool:
-        """Wait until every submitted write is committed or deferred; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            self._flushing += 1
-            self._lock.notify_all()
-            try:
-                while self._pending or self._in_flight:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or self._thread is None or not self._thread.is_alive():
-                        return False
-                    self._lock.wait(left)
-            finally:
-                self._flushing -= 1
-        return True
 
     def stop(self, timeout: float) -> bool:
         """Commit what is pending (up to `timeout` seconds), then end the thread."""
