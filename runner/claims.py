@@ -10,7 +10,7 @@ at the front of their queues (`return_claims`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 CLAIM_KEY_PREFIX = "runner:claims:"
 # Names of the workers that may hold claims: recovery looks here for the claims of dead workers.
 CLAIMANTS_KEY = "runner:claimants"
+# The journal of rows written behind (runner.new_rows). A claim reads it for the jobs it takes,
+# so that a worker commits a row still waiting there before its first update, without asking.
+NEW_ROWS_KEY = "runner:store:new-rows"
+# Where a claim's reply carries a job's journaled row, next to its hash fields (no RQ field starts so).
+_JOURNALED_ROW_FIELD = b"runner:journaled-row"
+# Rows claims found journaled, until the worker's first write of their job takes them (per process).
+_journaled_rows: dict[str, bytes] = {}
+# A hint, not a record (the journal keeps every row): past this many, older hints are dropped.
+_MOST_JOURNALED_ROWS = 10_000
 
 
 def claim_key(worker_name: str) -> str:
@@ -75,7 +84,13 @@ for i = 1, n do
     for _ = 1, take do
       local id = redis.call('LMOVE', KEYS[1 + i], KEYS[1], 'LEFT', 'RIGHT')
       table.insert(found, id)
-      table.insert(found, redis.call('HGETALL', ARGV[1] .. id))
+      local fields = redis.call('HGETALL', ARGV[1] .. id)
+      local row = redis.call('HGET', '""" + NEW_ROWS_KEY + """', id)
+      if row then
+        table.insert(fields, '""" + _JOURNALED_ROW_FIELD.decode() + """')
+        table.insert(fields, row)
+      end
+      table.insert(found, fields)
     end
     if waiting > take then
       redis.call('LPUSH', KEYS[1 + n + i], '1')
@@ -128,13 +143,24 @@ def queue_claim_and_read(pipeline: Pipeline, connection: redis.Redis, queues: Se
 
 
 def read_claimed(found: Any, queues: Sequence[Queue]) -> tuple[Queue, list[tuple[str, dict[bytes, bytes]]]]:
-    """The queue and the (id, hash) pairs a claim script returned."""
+    """The queue and the (id, hash) pairs a claim script returned; the journaled rows it found
+    are kept for `take_journaled_rows`."""
     if not found:
         return queues[0], []
     position, *flat = found
     claimed = [(_text(raw_id), dict(zip(fields[::2], fields[1::2], strict=True)))
                for raw_id, fields in zip(flat[::2], flat[1::2], strict=True)]
+    for job_id, fields in claimed:
+        if (row := fields.pop(_JOURNALED_ROW_FIELD, None)) is not None:
+            if len(_journaled_rows) >= _MOST_JOURNALED_ROWS:
+                _journaled_rows.clear()
+            _journaled_rows[job_id] = row
     return queues[int(position)], claimed
+
+
+def take_journaled_rows(job_ids: Iterable[str]) -> list[bytes]:
+    """The journaled rows this process's claims found for `job_ids` (each taken once)."""
+    return [row for job_id in job_ids if (row := _journaled_rows.pop(job_id, None)) is not None]
 
 
 def _claim_script(connection: redis.Redis) -> Script:

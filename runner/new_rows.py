@@ -37,13 +37,13 @@ import redis
 from redis.client import Pipeline
 
 from runner.backends import REDIS_ERRORS, redis_unavailable
+from runner.claims import NEW_ROWS_KEY, take_journaled_rows
 from runner.errors import BackendUnavailable
 from runner.store import Store
 from runner.write_behind import FlushableWriter
 
 log = logging.getLogger(__name__)
 
-NEW_ROWS_KEY = "runner:store:new-rows"
 # An invocation this soon after the previous one of the process is part of a stream.
 STREAM_GAP_SECONDS = 0.05
 # Rows are written behind only while the database answered this recently.
@@ -87,6 +87,9 @@ class JournaledRows:
         except REDIS_ERRORS as exc:
             raise redis_unavailable() from exc
         return [decode_row(raw) for raw in found if raw is not None]
+
+    def claimed_rows(self, job_ids: Collection[str]) -> list[dict[str, Any]]:
+        return [decode_row(raw) for raw in take_journaled_rows(job_ids)]
 
     def settle(self, store: Store) -> None:
         settle_journaled_rows(store, self.connection)

@@ -82,6 +82,9 @@ class PendingRows(Protocol):
     def rows_for(self, job_ids: Collection[str]) -> list[dict[str, Any]]:
         """The column values of those of `job_ids` whose rows wait; BackendUnavailable when Redis is away."""
 
+    def claimed_rows(self, job_ids: Collection[str]) -> list[dict[str, Any]]:
+        """Those of them this process's claims found waiting (runner.claims), each once; no round trip."""
+
     def settle(self, store: Store) -> None:
         """Commit every waiting row (before reading history); BackendUnavailable when Redis is away."""
 
@@ -274,7 +277,9 @@ class Store:
         """
         # A writer thread commits many small batches: on a kept connection, with no pool checkout
         # and reset per batch. A stale one (the server restarted) costs one deferred batch.
+        claimed = self.pending_rows.claimed_rows([job_id for job_id, _ in writes]) if self.pending_rows else []
         with self._kept_transaction() as connection:
+            self._insert_waiting(connection, claimed)  # rows the claims of these jobs found journaled
             if self._update_each(connection, writes) < len(writes) and self.pending_rows is not None:
                 # Some row is newer than its write, or was not committed yet (runner.new_rows):
                 # commit those that wait in Redis and apply the writes again, also when none waits

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 
 from runner import new_rows
 from runner.backends import Backends, connect_redis, queue_for
+from runner.claims import claim_and_read, take_journaled_rows
 from runner.config import Settings
 from runner.errors import BackendUnavailable
 from runner.invocation import InvocationOptions, accept_invocation
@@ -153,6 +154,26 @@ def test_a_direct_update_finds_a_row_still_journaled(connection: fakeredis.FakeR
     else:
         store.update("j1", status="canceled")
     assert stored_row(store, "j1").status == "canceled"
+
+
+def test_a_claim_brings_the_journaled_row_of_its_job_and_the_worker_commits_it_without_asking(
+    connection: fakeredis.FakeRedis, store: Store, backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = queue_for("demo_tasks", connection)
+    job = queue.enqueue("runner.execution.run_invocation", "simple_calculation", CALCULATION)
+    journal_row(connection, job.id)
+    _queue, [(claimed_id, fields)] = claim_and_read(connection, [queue], "w1")
+    assert claimed_id == job.id
+    assert not any(field.startswith(b"runner:") for field in fields)  # only RQ's fields reach the job
+
+    looked: list[Any] = []
+    monkeypatch.setattr(store.pending_rows, "rows_for", lambda job_ids: looked.append(job_ids) or [])
+    store.apply_writes([(job.id, {"status": "finished", "attempts": 1, "updated_at": utcnow()})])
+    assert looked == []  # no round trip to the journal: the claim brought the row
+    monkeypatch.undo()
+    row = stored_row(store, job.id)
+    assert (row.status, row.input) == ("finished", CALCULATION)
+    assert take_journaled_rows([job.id]) == []  # taken once
 
 
 def test_a_journaled_row_arriving_late_never_rolls_a_row_back(connection: fakeredis.FakeRedis, store: Store,
