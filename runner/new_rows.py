@@ -9,7 +9,9 @@ atomic), and a writer thread of the process commits the journaled rows in batche
 One rule makes this safe: a row leaves the journal (the hash NEW_ROWS_KEY) only once it is
 committed. So whoever needs a row that may not be committed yet finds it in one of the two
 places, and commits it first (an insert that does nothing when the row is there):
-- a worker about to update the row of a job it ran (Store.apply_writes), and every other update;
+- a worker about to update the row of a job it ran: its claim brought the row along when it
+  was still journaled (runner.claims), so this costs no round trip (Store.apply_writes);
+- every other update, when it finds no row (it looks into the journal, then runs again);
 - a read of history (`GET /jobs`, a job Redis has forgotten, an idempotent replay);
 - a worker's periodic recovery pass, for the rows of an API process that died before its commit.
 
