@@ -36,11 +36,19 @@ class DriverStatement:
         return converted if self.positional else dict(zip(self.names, converted, strict=True))
 
     def execute(self, connection: sa.Connection, values: dict[str, Any]) -> int:
-        """Run the statement for one row, in `connection`'s current transaction; the rows it touched."""
+        """Run the statement for one row, in `connection`'s current transaction; the rows it touched.
+
+        The driver's errors come wrapped as SQLAlchemy wraps them (OperationalError, IntegrityError...),
+        so callers tell a lost database from a bad row as they do for any statement."""
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        parameters = self.parameters(values)
+        dbapi_error: type[Exception] = connection.dialect.loaded_dbapi.Error
         try:
-            cursor.execute(self.sql, self.parameters(values))
+            cursor.execute(self.sql, parameters)
             return int(cursor.rowcount)
+        except dbapi_error as exc:
+            raise sa.exc.DBAPIError.instance(self.sql, parameters, exc, dbapi_error,
+                                             dialect=connection.dialect) from exc
         finally:
             cursor.close()
 

@@ -235,6 +235,10 @@ class Store:
 
     def _insert_within(self, connection: sa.Connection, rows: list[dict[str, Any]], unless_present: bool) -> None:
         dialect = self.engine.dialect.name
+        if unless_present:
+            # Several may commit the same journaled rows at once (an API's writer, a read of history,
+            # a worker): in one order, or PostgreSQL finds them waiting for each other (a deadlock).
+            rows = sorted(rows, key=lambda values: str(values["id"]))
         for values in rows:
             columns = tuple(values)
             statement = insert_unless_present(columns, dialect) if unless_present else insert_of(columns)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from runner.driver_statements import compile_for_driver
@@ -60,3 +61,13 @@ def test_statements_with_python_side_defaults_are_left_to_sqlalchemy(store: Stor
     store.insert(values)
     row = store.get("defaults")
     assert row is not None and (row.progress_percent, row.attempts) == (0, 0)
+
+
+def test_a_drivers_error_comes_wrapped_as_sqlalchemy_wraps_it(store: Store) -> None:
+    # Callers tell a lost database (OperationalError) from a bad row as for any statement.
+    statement = compile_for_driver(INVOCATIONS.insert().values({name: sa.bindparam(name) for name in row_values("x")}),
+                                   store.engine.dialect)
+    assert statement is not None
+    store.insert(row_values("twice"))
+    with store.engine.begin() as connection, pytest.raises(sa.exc.IntegrityError):
+        statement.execute(connection, row_values("twice"))

@@ -176,6 +176,22 @@ def test_a_claim_brings_the_journaled_row_of_its_job_and_the_worker_commits_it_w
     assert take_journaled_rows([job.id]) == []  # taken once
 
 
+def test_rows_written_behind_are_inserted_in_one_order(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Several commit the same journaled rows at once: in different orders, PostgreSQL deadlocks them.
+    inserted: list[str] = []
+    real_execute = Store._execute
+
+    def spied(self: Store, connection: Any, statement: Any, rows: list[dict[str, Any]]) -> int:
+        inserted.extend(values["id"] for values in rows)
+        return real_execute(self, connection, statement, rows)
+
+    monkeypatch.setattr(Store, "_execute", spied)
+    rows = [NewInvocation(id=job_id, function="f", queue="q", status="queued", input={},
+                          created_at=utcnow()).column_values() for job_id in ("j3", "j1", "j2")]
+    store.insert_unless_present(rows)
+    assert inserted == ["j1", "j2", "j3"]
+
+
 def test_a_journaled_row_arriving_late_never_rolls_a_row_back(connection: fakeredis.FakeRedis, store: Store,
                                                                backends: Backends) -> None:
     values = journal_row(connection, "j1")
