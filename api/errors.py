@@ -9,6 +9,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from runner.backends import REDIS_ERRORS
+from runner.database import UNAVAILABLE_ERRORS
 from runner.errors import (
     ArtifactNotFound,
     BackendUnavailable,
@@ -24,7 +25,6 @@ from runner.errors import (
     UnsupportedMediaType,
     UploadNotFound,
 )
-from runner.store import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from redis.client import Pipeline
 from rq import get_current_job
 from rq.job import Job
 
+from runner.database import as_utc
 from runner.errors import FunctionNotFound, InvalidInput, PermanentError, UploadNotFound
 from runner.files import ArtifactStore, UploadStore
 from runner.lifecycle import JobEvent, emit, emit_into
@@ -26,7 +27,7 @@ from runner.limits import WAITING_FOR_SLOT, SlotDecision, deferral, release_slot
 from runner.models import utcnow
 from runner.reconcile import flush_write_behind, stage_write, write_or_defer
 from runner.registry import Registry
-from runner.store import Store, as_utc
+from runner.store import Store
 
 log = logging.getLogger(__name__)
 

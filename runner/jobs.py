@@ -18,9 +18,9 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from runner.backends import REDIS_ERRORS, Backends, redis_unavailable
+from runner.database import as_utc
 from runner.errors import BackendUnavailable, JobNotFound
 from runner.models import InvocationRow
-from runner.store import as_utc
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ENDED_KEY_PREFIX = "runner:ended:"

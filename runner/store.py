@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import fcntl
 import logging
 import os
@@ -17,12 +15,12 @@ from typing import Any, Protocol, TextIO, cast
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from runner.cursors import decode_cursor, encode_cursor
+from runner.database import UNAVAILABLE_ERRORS, create_db_engine
 from runner.driver_statements import DriverStatement, compile_for_driver
-from runner.errors import BackendUnavailable, MalformedRequest
+from runner.errors import BackendUnavailable
 from runner.group_commit import GroupCommit
 from runner.models import InvocationRecord, utcnow
 from runner.store_statements import (
@@ -38,42 +36,6 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any id will do, as long as every process that migrates uses the same one.
 MIGRATION_LOCK_ID = 727_411_905
-UNAVAILABLE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
-
-
-def with_driver(url: str) -> str:
-    """Pin PostgreSQL URLs to psycopg2, the driver we ship (SQLAlchemy 2.1 defaults to psycopg 3)."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url.removeprefix(prefix)
-    return url
-
-
-def create_db_engine(url: str) -> Engine:
-    """An engine that fails fast when the database is away, and shares SQLite between processes."""
-    url = with_driver(url)
-    if url.startswith("sqlite"):
-        # sqlite3's `timeout` is SQLite's busy timeout: writers queue for the lock instead of failing.
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    connect_args = {"connect_timeout": 3} if url.startswith("postgresql") else {}
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=connect_args)
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the API read while a worker writes.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite forgets time zones; every stored time is UTC, so say so again."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 class PendingRows(Protocol):
@@ -369,23 +331,3 @@ class Store:
             query = query.where(InvocationRecord.function == function)
         with self.session() as session:
             yield from session.scalars(query.execution_options(yield_per=500))
-
-
-def encode_cursor(record: InvocationRecord) -> str:
-    """An opaque cursor pointing after `record`."""
-    created_at = as_utc(record.created_at)
-    assert created_at is not None
-    raw = f"{created_at.isoformat()}|{record.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The position a cursor points after; MalformedRequest when it was not made by us."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created_text, last_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
-        # Compare in the stored form: naive UTC on SQLite, aware elsewhere; both order the same.
-        created_at = datetime.fromisoformat(created_text).astimezone(UTC)
-    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
-        raise MalformedRequest("The cursor is not one this API returned.", details={"cursor": cursor}) from None
-    return created_at, last_id
