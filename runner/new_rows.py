@@ -32,7 +32,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Collection
-from datetime import datetime
 from typing import Any, cast
 
 import redis
@@ -42,6 +41,7 @@ from runner.backends import REDIS_ERRORS, redis_unavailable
 from runner.claims import NEW_ROWS_KEY, take_journaled_rows
 from runner.errors import BackendUnavailable
 from runner.store import Store
+from runner.store_statements import values_from_json, values_to_json
 from runner.write_behind import FlushableWriter
 
 log = logging.getLogger(__name__)
@@ -59,21 +59,16 @@ HOLD_SECONDS = 0.02
 RETRY_SECONDS = 1.0
 # At the exit of a process, how long its last rows may take to commit (the journal keeps the rest).
 EXIT_FLUSH_SECONDS = 2.0
-_TIME_COLUMNS = ("created_at", "updated_at")
 
 
 def encode_row(values: dict[str, Any]) -> str:
-    """A row's column values as journaled (times as ISO 8601)."""
-    return json.dumps({key: value.isoformat() if key in _TIME_COLUMNS else value for key, value in values.items()})
+    """A row's column values as journaled."""
+    return json.dumps(values_to_json(values))
 
 
 def decode_row(raw: bytes | str) -> dict[str, Any]:
     """A journaled row's column values."""
-    values: dict[str, Any] = json.loads(raw)
-    for key in _TIME_COLUMNS:
-        if key in values:
-            values[key] = datetime.fromisoformat(values[key])
-    return values
+    return values_from_json(json.loads(raw))
 
 
 class JournaledRows:
@@ -102,8 +97,6 @@ def settle_journaled_rows(store: Store, connection: redis.Redis, limit: int = 10
     settled = 0
     try:
         while settled < limit:
-            if not connection.hlen(NEW_ROWS_KEY):
-                break
             # From the start each time: what the last pass committed is gone from the hash.
             _cursor, found = connection.hscan(NEW_ROWS_KEY, count=MAX_BATCH)
             batch = cast(dict[bytes, bytes], found)

@@ -21,6 +21,7 @@ from runner.backends import REDIS_ERRORS
 from runner.errors import BackendUnavailable
 from runner.models import utcnow
 from runner.store import Store
+from runner.store_statements import values_from_json, values_to_json
 from runner.write_behind import RowWrite, WriteBehind
 
 log = logging.getLogger(__name__)
@@ -36,18 +37,6 @@ def install_write_behind(writer: WriteBehind | None) -> None:
     """Send this process's row updates through `writer` (None: write them synchronously again)."""
     global _write_behind
     _write_behind = writer
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return {"$datetime": value.isoformat()}
-    return value
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict) and set(value) == {"$datetime"}:
-        return datetime.fromisoformat(value["$datetime"])
-    return value
 
 
 def write_or_defer(
@@ -106,7 +95,7 @@ def _row_write(job_id: str, as_of: datetime | None, values: dict[str, Any]) -> R
     if as_of is not None:
         values["updated_at"] = as_of
     values.setdefault("updated_at", utcnow())
-    item = json.dumps({"job_id": job_id, "values": {key: _encode(v) for key, v in values.items()}})
+    item = json.dumps({"job_id": job_id, "values": values_to_json(values)})
     return RowWrite(job_id, values, item)
 
 
@@ -118,7 +107,7 @@ def replay_pending_writes(store: Store, connection: redis.Redis, limit: int = RE
         if not isinstance(raw, bytes | str):
             break
         item = json.loads(raw)
-        values = {key: _decode(value) for key, value in item["values"].items()}
+        values = values_from_json(item["values"])
         try:
             store.update_unless_newer(item["job_id"], **values)
         except BackendUnavailable:

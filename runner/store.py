@@ -145,10 +145,18 @@ class Store:
         self.insert({key: value for key, value in values.items() if value is not None})
 
     def get(self, job_id: str) -> InvocationRecord | None:
-        """The row of `job_id`, or None."""
-        with suppress(BackendUnavailable):  # Redis away: read what SQL has
-            if waiting := self._waiting_rows([job_id]):
-                self.insert_unless_present(waiting)
+        """The row of `job_id`, or None; a row still journaled (runner.new_rows) is committed first."""
+        with self.session() as session:
+            record = session.get(InvocationRecord, job_id)
+        if record is not None or self.pending_rows is None:
+            return record
+        try:
+            waiting = self._waiting_rows([job_id])
+        except BackendUnavailable:  # Redis away: what SQL has is the answer
+            return None
+        if waiting:
+            self.insert_unless_present(waiting)  # its own transaction, taking its turn to write
+        # Read again also when none waited: its own writer may have committed it meanwhile.
         with self.session() as session:
             return session.get(InvocationRecord, job_id)
 
@@ -200,7 +208,7 @@ class Store:
         if unless_present:
             # Several may commit the same journaled rows at once (an API's writer, a read of history,
             # a worker): in one order, or PostgreSQL finds them waiting for each other (a deadlock).
-            rows = sorted(rows, key=lambda values: str(values["id"]))
+            rows = sorted(rows, key=lambda values: values["id"])
         for values in rows:
             columns = tuple(values)
             statement = insert_unless_present(columns, dialect) if unless_present else insert_of(columns)

@@ -1,8 +1,10 @@
-"""The statements of the store's hot path: a new row, and runs of conditional row updates."""
+"""The statements of the store's hot path (a new row, runs of conditional row updates), and a
+row's values as they travel through Redis."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -12,6 +14,26 @@ from sqlalchemy.dialects import postgresql, sqlite
 from runner.models import InvocationRecord
 
 INVOCATIONS: sa.Table = InvocationRecord.__table__  # type: ignore[assignment]
+# Row values wait in Redis as JSON (runner.reconcile's deferred writes, runner.new_rows' journal).
+# Times go as ISO 8601 text and are read back by column name, so that no JSON value (an input, a
+# result) is ever taken for a time, whatever it looks like.
+TIME_COLUMNS = frozenset(column.key for column in INVOCATIONS.columns if isinstance(column.type, sa.DateTime))
+
+
+def values_to_json(values: dict[str, Any]) -> dict[str, Any]:
+    """Column values, JSON-ready."""
+    return {key: value.isoformat() if key in TIME_COLUMNS and value is not None else value
+            for key, value in values.items()}
+
+
+def values_from_json(values: dict[str, Any]) -> dict[str, Any]:
+    """Column values from `values_to_json` (or from the {"$datetime": ...} form journals had before)."""
+    for key in TIME_COLUMNS.intersection(values):
+        text = values[key]
+        if isinstance(text, dict):
+            text = text.get("$datetime")
+        values[key] = None if text is None else datetime.fromisoformat(text)
+    return values
 
 
 def runs_of_same_columns(

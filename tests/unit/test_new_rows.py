@@ -200,6 +200,17 @@ def test_a_journaled_row_arriving_late_never_rolls_a_row_back(connection: fakere
     assert stored_row(store, "j1").status == "finished"
 
 
+def test_reading_a_committed_row_does_not_look_into_the_journal(store: Store, backends: Backends,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store.insert(NewInvocation(id="j1", function="f", queue="q", status="queued", input={},
+                               created_at=utcnow()).column_values())
+    looked: list[Any] = []
+    monkeypatch.setattr(store.pending_rows, "rows_for", lambda job_ids: looked.append(job_ids) or [])
+    assert stored_row(store, "j1").status == "queued"
+    assert store.get("missing") is None
+    assert looked == [["missing"]]  # a round trip to Redis only for the row SQL does not have
+
+
 def test_reading_one_job_commits_its_journaled_row(connection: fakeredis.FakeRedis, store: Store,
                                                    backends: Backends) -> None:
     journal_row(connection, "j1")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import fakeredis
 
+from runner.database import as_utc
 from runner.models import InvocationRecord, utcnow
 from runner.reconcile import PENDING_WRITES_KEY, has_pending_writes, replay_pending_writes, write_or_defer
 from runner.store import Store
@@ -51,3 +53,28 @@ def test_replay_never_overwrites_a_newer_write(
     replay_pending_writes(store, connection)
     record = store.get("c")
     assert record is not None and (record.status, record.progress_percent) == ("finished", 100)
+
+
+def test_a_deferred_result_that_looks_like_a_time_stays_what_it_was(
+    store: Store, connection: fakeredis.FakeRedis, closed_port: int
+) -> None:
+    # Times are read back by column name: a function's JSON result is never taken for one.
+    _row(store, "d")
+    down = Store(f"postgresql://postgres@127.0.0.1:{closed_port}/none")
+    result = {"$datetime": "2026-11-29T07:00:00+00:00"}
+    write_or_defer(down, connection, "d", status="finished", result=result)
+    assert replay_pending_writes(store, connection) == 1
+    record = store.get("d")
+    assert record is not None and record.result == result
+
+
+def test_a_write_deferred_before_an_upgrade_still_replays(store: Store, connection: fakeredis.FakeRedis) -> None:
+    # Journals written before times were journaled by column name tagged them {"$datetime": ...}.
+    _row(store, "e")
+    ended = utcnow()
+    connection.rpush(PENDING_WRITES_KEY, json.dumps({"job_id": "e", "values": {
+        "status": "finished", "ended_at": {"$datetime": ended.isoformat()},
+        "updated_at": {"$datetime": ended.isoformat()}}}))
+    assert replay_pending_writes(store, connection) == 1
+    record = store.get("e")
+    assert record is not None and record.status == "finished" and as_utc(record.ended_at) == ended

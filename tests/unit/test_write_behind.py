@@ -22,6 +22,7 @@ from runner.reconcile import (
     write_or_defer,
 )
 from runner.store import Store
+from runner.store_statements import values_to_json
 from runner.write_behind import RowWrite, WriteBehind, adopt_journal, journal_key
 from tests.unit.conftest import stored_row
 
@@ -160,9 +161,7 @@ def test_flush_reports_a_writer_that_never_started(store: Store, connection: fak
 
 def _write(job_id: str, **values: Any) -> RowWrite:
     values.setdefault("updated_at", utcnow())
-    encoded = {key: ({"$datetime": value.isoformat()} if key == "updated_at" else value)
-               for key, value in values.items()}
-    return RowWrite(job_id, values, json.dumps({"job_id": job_id, "values": encoded}))
+    return RowWrite(job_id, values, json.dumps({"job_id": job_id, "values": values_to_json(values)}))
 
 
 def test_a_worker_out_of_jobs_settles_the_pending_writes_itself_with_its_wait(
