@@ -13,9 +13,9 @@ from flask import Flask
 from api.auth import install_auth
 from api.errors import register_error_handlers
 from api.state import RunnerState
-from runner.backends import open_backends
+from runner.authoring.registry import Registry
 from runner.config import Settings
-from runner.registry import Registry
+from runner.services.backends import open_backends
 
 __all__ = ["create_app"]
 

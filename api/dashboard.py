@@ -37,10 +37,10 @@ from werkzeug.exceptions import Forbidden, MethodNotAllowed, NotFound
 from werkzeug.wrappers import Response as BaseResponse
 
 from api.state import runner_state
-from runner.backends import Backends
-from runner.control import retry_job
 from runner.errors import JobNotFound
-from runner.fleet import requeue_failed
+from runner.services.backends import Backends
+from runner.services.control import retry_job
+from runner.services.fleet import requeue_failed
 
 DASHBOARD_PREFIX = "/dashboard"
 BLUEPRINT_NAME: str = rq_dashboard.blueprint.name

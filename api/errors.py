@@ -8,8 +8,6 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from runner.backends import REDIS_ERRORS
-from runner.database import UNAVAILABLE_ERRORS
 from runner.errors import (
     ArtifactNotFound,
     BackendUnavailable,
@@ -25,6 +23,8 @@ from runner.errors import (
     UnsupportedMediaType,
     UploadNotFound,
 )
+from runner.services.backends import REDIS_ERRORS
+from runner.store.database import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 

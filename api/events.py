@@ -26,10 +26,10 @@ from rq.job import Job
 
 from api.errors import error_body
 from api.state import runner_state
-from runner.backends import REDIS_ERRORS, Backends
 from runner.config import Settings
 from runner.errors import BackendUnavailable, JobNotFound, TooManyStreams
-from runner.jobs import JobView, get_job_view
+from runner.services.backends import REDIS_ERRORS, Backends
+from runner.services.job_views import JobView, get_job_view
 
 blueprint = Blueprint("events", __name__)
 

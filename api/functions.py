@@ -10,12 +10,12 @@ from api.jobs import job_location
 from api.payload import read_json_object, read_number
 from api.schedule import read_schedule
 from api.state import runner_state
-from runner.callbacks import HEADER as CALLBACK_HEADER
-from runner.idempotency import HEADER as IDEMPOTENCY_HEADER
-from runner.idempotency import check_key
-from runner.invocation import InvocationOptions, accept_invocation
-from runner.jobs import get_job_view, view_from_record, wait_for_job
-from runner.registry import FunctionSpec
+from runner.authoring.registry import FunctionSpec
+from runner.services.callbacks import HEADER as CALLBACK_HEADER
+from runner.services.idempotency import HEADER as IDEMPOTENCY_HEADER
+from runner.services.idempotency import check_key
+from runner.services.invocation import InvocationOptions, accept_invocation
+from runner.services.job_views import get_job_view, view_from_record, wait_for_job
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 

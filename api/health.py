@@ -8,8 +8,8 @@ from typing import Any
 from flask import Blueprint
 
 from api.state import runner_state
-from runner.backends import check_redis
 from runner.errors import BackendUnavailable
+from runner.services.backends import check_redis
 
 blueprint = Blueprint("health", __name__)
 

@@ -11,11 +11,11 @@ from rq.serializers import JSONSerializer
 
 from api.payload import read_int
 from api.state import runner_state
-from runner.backends import REDIS_ERRORS, Backends
 from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from runner.control import cancel_job, retry_job
 from runner.errors import MalformedRequest
-from runner.jobs import JOB_ID_PATTERN, STATUS_WORDS, get_job_view, view_from_record
+from runner.services.backends import REDIS_ERRORS, Backends
+from runner.services.control import cancel_job, retry_job
+from runner.services.job_views import JOB_ID_PATTERN, STATUS_WORDS, get_job_view, view_from_record
 
 blueprint = Blueprint("jobs", __name__)
 

@@ -19,8 +19,8 @@ from werkzeug.routing import Rule
 from api.openapi_operations import known_operation, require_api_key
 from api.openapi_schemas import COMPONENT_REF, DEFAULT_RESPONSE, component_schemas, json_response, ref
 from api.state import runner_state
+from runner.authoring.registry import FunctionSpec, Registry
 from runner.config import Settings
-from runner.registry import FunctionSpec, Registry
 
 blueprint = Blueprint("openapi", __name__)
 

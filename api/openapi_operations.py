@@ -18,7 +18,8 @@ from api.openapi_schemas import (
     json_response,
     ref,
 )
-from runner.callbacks import (
+from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Settings
+from runner.services.callbacks import (
     CALLBACK_EVENTS,
     DELIVERY_BACKOFF,
     EVENT_HEADER,
@@ -26,11 +27,10 @@ from runner.callbacks import (
     MAX_URL_LENGTH,
     SIGNATURE_HEADER,
 )
-from runner.callbacks import HEADER as CALLBACK_HEADER
-from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Settings
-from runner.idempotency import HEADER as IDEMPOTENCY_HEADER
-from runner.invocation import MAX_SCHEDULE_AHEAD
-from runner.jobs import STATUS_WORDS
+from runner.services.callbacks import HEADER as CALLBACK_HEADER
+from runner.services.idempotency import HEADER as IDEMPOTENCY_HEADER
+from runner.services.invocation import MAX_SCHEDULE_AHEAD
+from runner.services.job_views import STATUS_WORDS
 
 # RFC 3339 with a zone, as `?at=` takes it (Python's `datetime.fromisoformat`).
 AT_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"

@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 import pydantic
 
 from api.ops import RequeueFilter
-from runner.files import UploadInfo
-from runner.fleet import QueueDepths, RequeueOutcome, WorkerInfo
-from runner.jobs import JOB_ID_PATTERN, STATUS_WORDS, JobView
+from runner.services.fleet import QueueDepths, RequeueOutcome, WorkerInfo
+from runner.services.job_views import JOB_ID_PATTERN, STATUS_WORDS, JobView
+from runner.store.files import UploadInfo
 
 COMPONENT_REF = "#/components/schemas/{model}"
 ERROR_DESCRIPTIONS = {

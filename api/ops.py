@@ -9,9 +9,9 @@ from flask import Blueprint, request
 
 from api.payload import read_json_object
 from api.state import runner_state
+from runner.authoring.registry import field_errors
 from runner.errors import InvalidInput
-from runner.fleet import list_workers, queue_depths, requeue_failed
-from runner.registry import field_errors
+from runner.services.fleet import list_workers, queue_depths, requeue_failed
 
 blueprint = Blueprint("ops", __name__)
 

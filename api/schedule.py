@@ -9,8 +9,8 @@ from flask import Request
 
 from api.payload import parse_number, refuse_parameter
 from runner.errors import MalformedRequest
-from runner.invocation import MAX_SCHEDULE_AHEAD
-from runner.models import utcnow
+from runner.services.invocation import MAX_SCHEDULE_AHEAD
+from runner.store.models import utcnow
 
 # A `+hh:mm` offset sent unencoded in a query string arrives as ` hh:mm`: give it its plus back.
 DECODED_PLUS_OFFSET = re.compile(r" (\d{2}(:?\d{2})?)$")

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from flask import current_app
 from flask.sansio.app import App
 
-from runner.backends import Backends
-from runner.registry import Registry
+from runner.authoring.registry import Registry
+from runner.services.backends import Backends
 
 
 @dataclass(frozen=True)

@@ -149,9 +149,9 @@ class RunnerEngine(Engine):
 
     def __init__(self, redis_url: str, workdir: Path) -> None:
         super().__init__(redis_url, workdir)
-        from runner.backends import open_backends
+        from runner.authoring.registry import Registry
         from runner.config import Settings
-        from runner.registry import Registry
+        from runner.services.backends import open_backends
 
         self.settings = Settings.from_env(self.env())
         self.registry = Registry.discover(self.settings.functions_package)
@@ -176,8 +176,8 @@ class RunnerEngine(Engine):
         return ("noop", {}) if kind == "noop" else ("simple_calculation", {"expression": "(2+3)*4-5/2"})
 
     def fill(self, count: int, kind: str = "noop") -> Callable[[], bool]:
-        from runner.invocation import enqueue_invocation
-        from runner.models import InvocationRecord
+        from runner.services.invocation import enqueue_invocation
+        from runner.store.models import InvocationRecord
 
         name, payload = self._payload(kind)
         spec = self.registry.get(name)
@@ -199,8 +199,8 @@ class RunnerEngine(Engine):
         return [pid for process in self.processes for pid in process_tree(process.pid, depth=1)[1:]]
 
     def one(self) -> float:
-        from runner.invocation import enqueue_invocation
-        from runner.jobs import wait_for_job
+        from runner.services.invocation import enqueue_invocation
+        from runner.services.job_views import wait_for_job
 
         started = time.perf_counter()
         record = enqueue_invocation(self.registry.get("noop"), {}, self.backends)

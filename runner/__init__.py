@@ -5,10 +5,10 @@ Functions in `functions/` use only these names::
     from runner import PermanentError, UploadId, function, progress, save_artifact, upload_path, ...
 """
 
+from runner.authoring.inputs import UploadId
+from runner.authoring.registry import function
 from runner.errors import PermanentError
-from runner.execution import current_attempt, invocation_history, progress, save_artifact, upload_path
-from runner.inputs import UploadId
-from runner.registry import function
+from runner.worker.execution import current_attempt, invocation_history, progress, save_artifact, upload_path
 
 __all__ = [
     "PermanentError",

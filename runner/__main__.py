@@ -1,5 +1,5 @@
 """`python -m runner ...`"""
 
-from runner.cli import main
+from runner.cli.main import main
 
 main()

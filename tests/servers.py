@@ -1,6 +1,6 @@
 """Throwaway real redis-server and PostgreSQL servers for integration tests.
 
-Redis is the project's own ``runner.embedded_redis.EmbeddedRedis`` (what ``runner dev``
+Redis is the project's own ``runner.dev.embedded_redis.EmbeddedRedis`` (what ``runner dev``
 runs), restricted to a redis-server on PATH. As root, PostgreSQL runs as the ``postgres``
 system user (its binaries refuse to run as root); otherwise everything runs as the
 current user.
@@ -22,8 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from runner import embedded_redis
-from runner.embedded_redis import EmbeddedRedis, free_port
+from runner.dev import embedded_redis
+from runner.dev.embedded_redis import EmbeddedRedis, free_port
 
 __all__ = [
     "PostgresServer",

@@ -25,8 +25,8 @@ import requests
 import sqlalchemy as sa
 from rq import Worker
 
-from runner.models import InvocationRecord
-from runner.store import Store
+from runner.store.models import InvocationRecord
+from runner.store.sql_store import Store
 from tests.servers import PostgresServer, RedisServer, find_postgres_bin, find_redis_server, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from rq.registry import FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from runner.backends import queue_for
-from runner.callbacks import CALLBACK_QUEUE
+from runner.services.backends import queue_for
+from runner.services.callbacks import CALLBACK_QUEUE
 from tests.integration.conftest import Stack, wait_until
 from tests.receiver import CallbackReceiver
 
 SECRET = "integration-callback-secret"
-# The first delivery retry comes 5 s after a failed attempt (runner.callbacks.DELIVERY_BACKOFF).
+# The first delivery retry comes 5 s after a failed attempt (runner.services.callbacks.DELIVERY_BACKOFF).
 FIRST_RETRY_SECONDS = 5
 
 

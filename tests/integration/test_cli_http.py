@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from runner.cli import main
+from runner.cli.main import main
 from tests.integration.conftest import PYTHON, REPO_ROOT, Stack, base_environment, wait_until
 
 CLI_TIMEOUT = 60

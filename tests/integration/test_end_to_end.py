@@ -12,10 +12,10 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 import requests
 
-from runner.backends import Backends
 from runner.config import Settings
-from runner.models import InvocationRecord
-from runner.store import Store
+from runner.services.backends import Backends
+from runner.store.models import InvocationRecord
+from runner.store.sql_store import Store
 from tests.integration.conftest import TERMINAL_STATUSES, Stack
 
 RETRY_TIMEOUT = 30.0
@@ -102,7 +102,7 @@ def test_a_burst_of_concurrent_invocations_is_each_recorded_and_run_once(stack: 
         accepted = [found for batch in pool.map(invoke_several, range(callers)) for found in batch]
     assert len({job_id for job_id, _ in accepted}) == callers * each
     # The row is in before the 202: committed, or (one of a stream) journaled in Redis with its job,
-    # where a reader of history commits it first (runner.new_rows). Read as the API reads.
+    # where a reader of history commits it first (runner.journal.new_rows). Read as the API reads.
     reader = Backends(stack.redis, Store(stack.database_url), Settings()).store
     for job_id, number in accepted:
         row = reader.get(job_id)

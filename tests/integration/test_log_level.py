@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from runner.backends import open_backends
+from runner.authoring.registry import Registry
 from runner.config import Settings
-from runner.invocation import enqueue_invocation
-from runner.registry import Registry
+from runner.services.backends import open_backends
+from runner.services.invocation import enqueue_invocation
 from tests.integration.conftest import (
     ProcessSet,
     run_migrate,

@@ -10,7 +10,7 @@ import pytest
 import redis
 import requests
 
-from runner.store import Store
+from runner.store.sql_store import Store
 from tests.integration.conftest import (
     ProcessSet,
     http_ready,

@@ -13,7 +13,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from runner.models import InvocationRecord
+from runner.store.models import InvocationRecord
 from tests.integration.conftest import READY_TIMEOUT, ProcessSet, Stack, http_ready, wait_until
 from tests.servers import free_port
 

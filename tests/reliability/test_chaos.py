@@ -18,7 +18,7 @@ from rq import Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from runner.models import InvocationRecord
+from runner.store.models import InvocationRecord
 from tests.integration.conftest import Stack, wait_until
 from tests.reliability.conftest import kill_worker, start_stack
 from tests.reliability.probe_functions.reliability import sha256_chain
@@ -87,7 +87,7 @@ def test_every_accepted_job_finishes_while_workers_are_killed(stack: Stack, tmp_
     def unsettled() -> list[tuple[str, str, int, str, object]]:
         # Settled: every row says finished, on the attempt Redis has. A row can say finished before
         # its retry's writes land: committed by a worker killed before Redis heard of the end (see
-        # runner.write_behind), while the retry's row writes wait in the journal of a worker killed
+        # runner.journal.write_behind), while the retry's row writes wait in the journal of a worker killed
         # in turn, until a peer adopts and replays it. The test waits for that, not for the first
         # moment every row says finished; a write that never lands still fails it.
         with stack.store.session() as session:

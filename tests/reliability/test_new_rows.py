@@ -1,4 +1,4 @@
-"""Rows written behind (runner.new_rows) on real Redis, SQLite and PostgreSQL, gunicorn and workers:
+"""Rows written behind (runner.journal.new_rows) on real Redis, SQLite and PostgreSQL, gunicorn and workers:
 a stream of invocations is listed at once, and a row whose API process died before its commit
 still lands."""
 
@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from runner.backends import Backends
+from runner.authoring.registry import Registry
 from runner.config import Settings
-from runner.invocation import accept_invocation
-from runner.models import NewInvocation, utcnow
-from runner.new_rows import NEW_ROWS_KEY, encode_row
-from runner.registry import Registry
-from runner.store import Store
+from runner.journal.new_rows import NEW_ROWS_KEY, encode_row
+from runner.services.backends import Backends
+from runner.services.invocation import accept_invocation
+from runner.store.models import NewInvocation, utcnow
+from runner.store.sql_store import Store
 from tests.integration.conftest import Stack, wait_until
 from tests.reliability.conftest import PROBE_PACKAGES, start_stack
 from tests.servers import RedisServer

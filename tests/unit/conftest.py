@@ -19,14 +19,14 @@ from rq.serializers import JSONSerializer
 from werkzeug.test import TestResponse
 
 import api
-from runner.backends import Backends
+from runner.authoring.registry import Registry
 from runner.config import Settings
-from runner.embedded_redis import free_port
-from runner.execution import install_environment
-from runner.models import InvocationRecord
-from runner.registry import Registry
-from runner.store import Store
-from runner.worker import RunnerSimpleWorker, build_worker
+from runner.dev.embedded_redis import free_port
+from runner.services.backends import Backends
+from runner.store.models import InvocationRecord
+from runner.store.sql_store import Store
+from runner.worker.execution import install_environment
+from runner.worker.main import RunnerSimpleWorker, build_worker
 
 # The queues `run_jobs` serves: the demo functions' queue, then `default` (throwaway functions use it).
 WORKER_QUEUES = ("demo_tasks", "default")

@@ -10,12 +10,12 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-import runner.jobs
-from runner.backends import Backends, queue_for
+import runner.services.job_views
+from runner.authoring.registry import Registry, make_spec
 from runner.config import Settings
-from runner.jobs import JobView
-from runner.registry import Registry, make_spec
-from runner.store import Store
+from runner.services.backends import Backends, queue_for
+from runner.services.job_views import JobView
+from runner.store.sql_store import Store
 
 JSON = "application/json"
 DESCRIPTION_KEYS = {"name", "queue", "timeout", "retries", "backoff", "input_schema"}
@@ -96,7 +96,7 @@ def test_the_202_shows_the_job_exactly_as_its_stored_row_does(invoke: Invoke, st
     body = response.get_json()
     record = store.get(body["id"])
     assert record is not None
-    assert runner.jobs.view_from_record(record).to_dict() == body
+    assert runner.services.job_views.view_from_record(record).to_dict() == body
     assert (record.progress_percent, record.progress_message, record.attempts) == (0, "queued", 0)
     assert record.updated_at == record.created_at
     assert (record.idempotency_key, record.callback_url, record.result, record.error) == (None, None, None, None)
@@ -266,13 +266,13 @@ def test_wait_without_a_worker_returns_202_queued(invoke: Invoke, query: str) ->
 @pytest.fixture
 def worker_during_wait(monkeypatch: pytest.MonkeyPatch, run_jobs: Callable[..., bool]) -> None:
     """While ?wait waits, run the queued jobs in-process each time it blocks (no worker thread)."""
-    real_wait = runner.jobs.view_after_end
+    real_wait = runner.services.job_views.view_after_end
 
     def wait(backends: Backends, job_id: str, seconds: float) -> JobView:
         run_jobs()
         return real_wait(backends, job_id, min(seconds, 0.05))
 
-    monkeypatch.setattr(runner.jobs, "view_after_end", wait)
+    monkeypatch.setattr(runner.services.job_views, "view_after_end", wait)
 
 
 @pytest.mark.usefixtures("worker_during_wait")

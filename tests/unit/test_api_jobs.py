@@ -14,9 +14,9 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 from werkzeug.test import TestResponse
 
-from runner.backends import queue_for
-from runner.models import InvocationRecord
-from runner.store import Store
+from runner.services.backends import queue_for
+from runner.store.models import InvocationRecord
+from runner.store.sql_store import Store
 
 Invoke = Callable[..., TestResponse]
 ApiError = Callable[..., dict[str, Any]]

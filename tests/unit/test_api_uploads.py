@@ -13,10 +13,10 @@ import pytest
 from flask.testing import FlaskClient
 from rq.job import Job
 
-from runner.backends import Backends
+from runner.authoring.registry import Registry, function
 from runner.errors import InvalidInput
-from runner.files import ArtifactStore, check_artifact_name
-from runner.registry import Registry, function
+from runner.services.backends import Backends
+from runner.store.files import ArtifactStore, check_artifact_name
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -17,12 +17,12 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-import runner.callbacks as callbacks
-from runner.backends import queue_for
-from runner.callbacks import CALLBACK_QUEUE, DELIVERY_BACKOFF, deliver_callback, resolve_target, signature
+import runner.services.callbacks as callbacks
 from runner.config import Settings, SettingsError
 from runner.errors import CallbackDeliveryError
-from runner.store import Store
+from runner.services.backends import queue_for
+from runner.services.callbacks import CALLBACK_QUEUE, DELIVERY_BACKOFF, deliver_callback, resolve_target, signature
+from runner.store.sql_store import Store
 from tests.receiver import CallbackReceiver
 
 ApiError = Callable[..., dict[str, Any]]

@@ -13,24 +13,24 @@ from redis.client import Pipeline
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-import runner.supervision
-import runner.write_behind
-from runner.backends import Backends, queue_for
-from runner.claims import claim_and_read, claim_key, wait_for_wake_up, wake_key
-from runner.control import cancel_job
-from runner.execution import install_environment
-from runner.invocation import enqueue_invocation
-from runner.jobs import ended_key, get_job_view
-from runner.registry import Registry
-from runner.worker import RunnerSimpleWorker, build_worker
-from runner.write_behind import journal_key
+import runner.journal.write_behind
+import runner.worker.supervision
+from runner.authoring.registry import Registry
+from runner.journal.write_behind import journal_key
+from runner.services.backends import Backends, queue_for
+from runner.services.control import cancel_job
+from runner.services.invocation import enqueue_invocation
+from runner.services.job_views import ended_key, get_job_view
+from runner.worker.claims import claim_and_read, claim_key, wait_for_wake_up, wake_key
+from runner.worker.execution import ENTRY_POINT, install_environment
+from runner.worker.main import RunnerSimpleWorker, build_worker
 
 WORKER = "w1"
 
 
 def fill(connection: fakeredis.FakeRedis, name: str, count: int) -> tuple[Queue, list[str]]:
     queue = queue_for(name, connection)
-    ids = [queue.enqueue("runner.execution.run_invocation", "noop", {}).id for _ in range(count)]
+    ids = [queue.enqueue("runner.worker.execution.run_invocation", "noop", {}).id for _ in range(count)]
     return queue, ids
 
 
@@ -52,7 +52,7 @@ def test_each_claim_comes_with_its_job(connection: fakeredis.FakeRedis) -> None:
     for job_id, data in claimed:
         job = queue.job_class(job_id, connection=connection, serializer=JSONSerializer)
         job.restore(data)
-        assert (job.id, job.func_name, list(job.args)) == (job_id, "runner.execution.run_invocation", ["noop", {}])
+        assert (job.id, job.func_name, list(job.args)) == (job_id, ENTRY_POINT, ["noop", {}])
 
 
 def test_the_first_non_empty_queue_wins(connection: fakeredis.FakeRedis) -> None:
@@ -81,7 +81,7 @@ def test_a_claim_that_leaves_jobs_behind_wakes_another_worker(connection: fakere
 
 def test_an_idle_worker_wakes_when_a_job_is_pushed(connection: fakeredis.FakeRedis) -> None:
     queue = queue_for("q", connection)
-    pusher = threading.Timer(0.2, lambda: queue.enqueue("runner.execution.run_invocation", "noop", {}))
+    pusher = threading.Timer(0.2, lambda: queue.enqueue("runner.worker.execution.run_invocation", "noop", {}))
     started = time.monotonic()
     pusher.start()
     wait_for_wake_up(connection, [queue_for("other", connection), queue], 5)
@@ -176,12 +176,12 @@ def test_a_worker_out_of_claimed_jobs_commits_the_row_before_the_claim_that_send
     spec = registry.get("simple_calculation")
     # The job's start waits this long for its end before the writer thread takes it: however slow
     # the machine, the writer thread is not at a batch when the worker commits the end itself.
-    monkeypatch.setattr(runner.write_behind, "HOLD_SECONDS", 60.0)
+    monkeypatch.setattr(runner.journal.write_behind, "HOLD_SECONDS", 60.0)
     worker = build_worker([spec.queue], backends, registry, WriteBehindWorker)
     assert isinstance(worker, WriteBehindWorker)
     worker.register_birth()
     seen: list[tuple[str, bool]] = []
-    real_claim = runner.supervision.claim_and_read
+    real_claim = runner.worker.supervision.claim_and_read
 
     def claim(*args: Any, before: Pipeline | None = None, **kwargs: Any) -> Any:
         row = backends.store.get(job_id)
@@ -196,7 +196,7 @@ def test_a_worker_out_of_claimed_jobs_commits_the_row_before_the_claim_that_send
         job, queue = worker.dequeue_job_and_maintain_ttl(None) or (None, None)
         assert job is not None and queue is not None
         worker.execute_job(job, queue)
-        monkeypatch.setattr(runner.supervision, "claim_and_read", claim)
+        monkeypatch.setattr(runner.worker.supervision, "claim_and_read", claim)
         assert worker.dequeue_job_and_maintain_ttl(None) is None  # nothing else waits
         # Committed ahead, the end is not handed to the writer thread to commit a second time.
         assert worker._write_behind is not None and not worker._write_behind._pending

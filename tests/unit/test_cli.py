@@ -15,14 +15,14 @@ from werkzeug.test import TestResponse
 
 import api
 from api.events import format_event
-from runner import cli_client
-from runner.backends import Backends
-from runner.cli import main
-from runner.cli_client import DEFAULT_URL
-from runner.client import RunnerClient
+from runner.authoring.registry import Registry
+from runner.cli import client_commands as cli_client
+from runner.cli.client_commands import DEFAULT_URL
+from runner.cli.main import main
+from runner.client.http_client import RunnerClient
 from runner.errors import ApiError, ApiUnreachable
-from runner.registry import Registry
-from runner.worker import RunnerSimpleWorker, build_worker
+from runner.services.backends import Backends
+from runner.worker.main import RunnerSimpleWorker, build_worker
 
 RunJobs = Callable[..., bool]
 
@@ -416,7 +416,7 @@ class FlakyStream(CannedStream):
 def test_follow_reconnects_a_few_times_when_the_connection_breaks(
     monkeypatch: pytest.MonkeyPatch, breaks: int, recovers: bool
 ) -> None:
-    monkeypatch.setattr("runner.client.RECONNECT_DELAY_SECONDS", 0)
+    monkeypatch.setattr("runner.client.http_client.RECONNECT_DELAY_SECONDS", 0)
     queued = {"id": "j1", "function": "f", "status": "queued", "progress": {"percent": 0, "message": ""}}
     finished = {**queued, "status": "finished", "result": 1}
     transport = FlakyStream(queued, format_event("finished", finished), breaks)

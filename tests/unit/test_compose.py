@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
+from runner.authoring.registry import Registry
 from runner.config import Settings
-from runner.registry import Registry
-from runner.worker import default_queues
+from runner.worker.main import default_queues
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER_SERVICES = ("migrate", "web", "worker", "dashboard")

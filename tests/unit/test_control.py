@@ -11,11 +11,11 @@ import redis
 from flask.testing import FlaskClient
 from rq.registry import CanceledJobRegistry, ScheduledJobRegistry
 
-import runner.control as control
-from runner.backends import queue_for
-from runner.control import LOCK_KEY
-from runner.models import InvocationRecord, utcnow
-from runner.store import Store
+import runner.services.control as control
+from runner.services.backends import queue_for
+from runner.services.control import LOCK_KEY
+from runner.store.models import InvocationRecord, utcnow
+from runner.store.sql_store import Store
 from tests.unit.conftest import rq_job, stored_row
 
 ApiError = Callable[..., dict[str, Any]]

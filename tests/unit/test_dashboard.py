@@ -19,9 +19,9 @@ from werkzeug.test import TestResponse
 
 from api.dashboard import create_dashboard_app
 from runner import function, progress
-from runner.backends import connect_redis, queue_for
+from runner.authoring.registry import Registry
 from runner.config import Settings
-from runner.registry import Registry
+from runner.services.backends import connect_redis, queue_for
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 

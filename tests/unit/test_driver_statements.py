@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from runner.database import as_utc
-from runner.driver_statements import compile_for_driver
-from runner.store import INVOCATIONS, Store
+from runner.store.database import as_utc
+from runner.store.driver_statements import compile_for_driver
+from runner.store.sql_store import INVOCATIONS, Store
 
 NOW = datetime(2026, 11, 28, 12, 30, 15, 123456, tzinfo=UTC)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.jobs import error_from_text
+from runner.services.job_views import error_from_text
 
 TRACEBACK = """Traceback (most recent call last):
   File "x.py", line 1, in <module>

@@ -16,11 +16,11 @@ from werkzeug.test import TestResponse
 
 import api
 from api.events import StreamLimits, format_event, job_events
-from runner.backends import Backends
-from runner.client import ServerEvent, parse_events
+from runner.authoring.registry import Registry
+from runner.client.http_client import ServerEvent, parse_events
 from runner.config import Settings, SettingsError
-from runner.jobs import get_job_view
-from runner.registry import Registry
+from runner.services.backends import Backends
+from runner.services.job_views import get_job_view
 
 Invoke = Callable[..., TestResponse]
 ApiError = Callable[..., dict[str, Any]]

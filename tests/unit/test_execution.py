@@ -13,13 +13,13 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from runner import PermanentError, current_attempt, progress
-from runner.backends import Backends, queue_for
-from runner.execution import ENTRY_POINT, STORE_PROGRESS_STEP, WorkerEnvironment, install_environment
-from runner.invocation import enqueue_invocation
-from runner.jobs import get_job_view
-from runner.models import InvocationRecord, utcnow
-from runner.registry import Registry, make_spec
-from runner.store import Store
+from runner.authoring.registry import Registry, make_spec
+from runner.services.backends import Backends, queue_for
+from runner.services.invocation import enqueue_invocation
+from runner.services.job_views import get_job_view
+from runner.store.models import InvocationRecord, utcnow
+from runner.store.sql_store import Store
+from runner.worker.execution import ENTRY_POINT, STORE_PROGRESS_STEP, WorkerEnvironment, install_environment
 
 QUEUE = "default"
 RunJobs = Callable[..., bool]

@@ -6,9 +6,9 @@ import time
 
 import fakeredis
 
-from runner.backends import Backends
-from runner.fleet import queue_depths
-from runner.registry import Registry
+from runner.authoring.registry import Registry
+from runner.services.backends import Backends
+from runner.services.fleet import queue_depths
 
 
 def test_queue_depths_leave_expired_registry_entries_to_recovery(

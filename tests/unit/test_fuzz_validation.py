@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from runner.backends import Backends
-from runner.registry import FunctionSpec, Registry
+from runner.authoring.registry import FunctionSpec, Registry
+from runner.services.backends import Backends
 
 FUNCTIONS = Registry.discover("functions")
 EXAMPLES_PER_FUNCTION = 200

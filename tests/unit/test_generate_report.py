@@ -17,11 +17,11 @@ from PIL import Image
 import functions.generate_report as module
 from functions._report_render import KNOWN_STATUSES, STATUS_COLOURS
 from functions.generate_report import generate_report, percentile
+from runner.authoring.registry import Registry
 from runner.errors import InvalidInput
-from runner.execution import WorkerEnvironment, install_environment
-from runner.models import InvocationRecord
-from runner.registry import Registry
-from runner.store import Store
+from runner.store.models import InvocationRecord
+from runner.store.sql_store import Store
+from runner.worker.execution import WorkerEnvironment, install_environment
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A bar segment covers hundreds of pixels of its status colour; anti-aliased text hits a few greys by chance.

@@ -12,9 +12,9 @@ import fakeredis
 import pytest
 from redis.commands.core import Script
 
-from runner import scripted_pipeline
-from runner.group_commit import GroupCommit
-from runner.scripted_pipeline import encode_commands, run_encoded
+from runner.rq_seam import scripts as scripted_pipeline
+from runner.rq_seam.scripts import encode_commands, run_encoded
+from runner.services.group_commit import GroupCommit
 
 WAIT_SECONDS = 10
 

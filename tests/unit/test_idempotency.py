@@ -14,11 +14,11 @@ import redis
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-import runner.idempotency as idempotency
-import runner.invocation as invocation
+import runner.services.idempotency as idempotency
+import runner.services.invocation as invocation
 from runner.config import Settings
-from runner.idempotency import Claim, claim_key, fingerprint
-from runner.store import Store
+from runner.services.idempotency import Claim, claim_key, fingerprint
+from runner.store.sql_store import Store
 
 ApiError = Callable[..., dict[str, Any]]
 KEY = "order-4711-attempt"

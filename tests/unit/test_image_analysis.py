@@ -17,7 +17,7 @@ import functions.image_analysis as module
 from functions.image_analysis import MAX_BASE64_CHARS, THUMBNAIL_EDGE, image_analysis
 from runner import PermanentError
 from runner.errors import InvalidInput
-from runner.files import UploadStore
+from runner.store.files import UploadStore
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 Analyse = Callable[..., dict[str, Any]]

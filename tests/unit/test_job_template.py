@@ -8,11 +8,11 @@ import fakeredis
 import pytest
 from rq.job import JobStatus
 
-from runner.backends import Backends, queue_for
-from runner.execution import ENTRY_POINT
-from runner.invocation import job_meta, submit_job
-from runner.job_template import new_job
-from runner.registry import FunctionSpec, Registry
+from runner.authoring.registry import FunctionSpec, Registry
+from runner.rq_seam.job_hash import new_job
+from runner.services.backends import Backends, queue_for
+from runner.services.invocation import job_meta, submit_job
+from runner.worker.execution import ENTRY_POINT
 from tests.unit.conftest import rq_job
 
 # Differ between two jobs of the same function by nature: when each was made.

@@ -13,10 +13,11 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner.backends import queue_for
+from runner.authoring.registry import FunctionSpec, Registry, make_spec
 from runner.errors import FunctionDefinitionError
-from runner.lifecycle import JobEvent
-from runner.limits import (
+from runner.services.backends import queue_for
+from runner.services.lifecycle import JobEvent
+from runner.services.limits import (
     TRACKED_KEY,
     WAITING_FOR_SLOT,
     acquire_slot,
@@ -25,8 +26,7 @@ from runner.limits import (
     track_limits,
     waiting_key,
 )
-from runner.registry import FunctionSpec, Registry, make_spec
-from runner.store import Store
+from runner.store.sql_store import Store
 
 ApiError = Callable[..., dict[str, Any]]
 RunJobs = Callable[..., bool]

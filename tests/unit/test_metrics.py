@@ -16,10 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from rq import Worker
 from werkzeug.test import TestResponse
 
-from runner.backends import connect_redis, queue_for
 from runner.config import Settings
-from runner.lifecycle import JobEvent
-from runner.metrics import (
+from runner.services.backends import connect_redis, queue_for
+from runner.services.lifecycle import JobEvent
+from runner.services.metrics import (
     DURATION_BUCKETS,
     DURATION_BUCKETS_KEY,
     INVOCATIONS_KEY,

@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from runner.models import Base
-from runner.store import Store
+from runner.store.models import Base
+from runner.store.sql_store import Store
 
 
 def test_migrations_match_models(tmp_path: Path) -> None:

@@ -13,16 +13,16 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from runner import new_rows
-from runner.backends import Backends, connect_redis, queue_for
-from runner.claims import claim_and_read, take_journaled_rows
+from runner.authoring.registry import Registry
 from runner.config import Settings
 from runner.errors import BackendUnavailable
-from runner.invocation import InvocationOptions, accept_invocation
-from runner.models import InvocationRecord, NewInvocation, utcnow
-from runner.new_rows import NEW_ROWS_KEY, NewRows, decode_row, encode_row, settle_journaled_rows
-from runner.registry import Registry
-from runner.store import Store
+from runner.journal import new_rows
+from runner.journal.new_rows import NEW_ROWS_KEY, NewRows, decode_row, encode_row, settle_journaled_rows
+from runner.services.backends import Backends, connect_redis, queue_for
+from runner.services.invocation import InvocationOptions, accept_invocation
+from runner.store.models import InvocationRecord, NewInvocation, utcnow
+from runner.store.sql_store import Store
+from runner.worker.claims import claim_and_read, take_journaled_rows
 from tests.unit.conftest import stored_row
 
 CALCULATION = {"expression": "6*7"}
@@ -160,7 +160,7 @@ def test_a_claim_brings_the_journaled_row_of_its_job_and_the_worker_commits_it_w
     connection: fakeredis.FakeRedis, store: Store, backends: Backends, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue = queue_for("demo_tasks", connection)
-    job = queue.enqueue("runner.execution.run_invocation", "simple_calculation", CALCULATION)
+    job = queue.enqueue("runner.worker.execution.run_invocation", "simple_calculation", CALCULATION)
     journal_row(connection, job.id)
     _queue, [(claimed_id, fields)] = claim_and_read(connection, [queue], "w1")
     assert claimed_id == job.id

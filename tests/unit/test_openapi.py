@@ -18,11 +18,11 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 import api
 from api.openapi import openapi_path
 from api.schedule import read_at
-from runner.backends import Backends
+from runner.authoring.registry import Registry, make_spec
 from runner.errors import MalformedRequest
-from runner.idempotency import check_key
-from runner.jobs import JobView
-from runner.registry import Registry, make_spec
+from runner.services.backends import Backends
+from runner.services.idempotency import check_key
+from runner.services.job_views import JobView
 
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
 

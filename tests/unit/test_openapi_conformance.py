@@ -19,10 +19,10 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from runner import PermanentError, save_artifact
-from runner.backends import queue_for
-from runner.callbacks import CALLBACK_QUEUE, signature
+from runner.authoring.registry import FunctionSpec, Registry, make_spec
 from runner.config import Settings
-from runner.registry import FunctionSpec, Registry, make_spec
+from runner.services.backends import queue_for
+from runner.services.callbacks import CALLBACK_QUEUE, signature
 
 RunJobs = Callable[..., bool]
 OUR_HEADERS = ("Location", "Retry-After", "Idempotent-Replayed", "WWW-Authenticate")

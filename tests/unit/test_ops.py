@@ -12,9 +12,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from runner import PermanentError
-from runner.backends import Backends, connect_redis
-from runner.registry import Registry, make_spec
-from runner.worker import RunnerSimpleWorker, build_worker
+from runner.authoring.registry import Registry, make_spec
+from runner.services.backends import Backends, connect_redis
+from runner.worker.main import RunnerSimpleWorker, build_worker
 
 ApiError = Callable[..., dict[str, Any]]
 RunJobs = Callable[..., bool]

@@ -9,12 +9,12 @@ import fakeredis
 import pytest
 from flask.testing import FlaskClient
 
-from runner.backends import connect_redis, queue_for
 from runner.config import Settings
 from runner.errors import BackendUnavailable
-from runner.execution import ENTRY_POINT
-from runner.models import InvocationRecord, utcnow
-from runner.store import Store
+from runner.services.backends import connect_redis, queue_for
+from runner.store.models import InvocationRecord, utcnow
+from runner.store.sql_store import Store
+from runner.worker.execution import ENTRY_POINT
 
 ApiError = Callable[..., dict[str, Any]]
 INVOCATION = "/functions/simple_calculation/invocations"

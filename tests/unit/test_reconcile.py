@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import fakeredis
 
-from runner.database import as_utc
-from runner.models import InvocationRecord, utcnow
-from runner.reconcile import PENDING_WRITES_KEY, has_pending_writes, replay_pending_writes, write_or_defer
-from runner.store import Store
+from runner.journal.reconcile import PENDING_WRITES_KEY, has_pending_writes, replay_pending_writes, write_or_defer
+from runner.store.database import as_utc
+from runner.store.models import InvocationRecord, utcnow
+from runner.store.sql_store import Store
 
 
 def _row(store: Store, job_id: str) -> None:

@@ -22,16 +22,20 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.worker import WorkerStatus
 
 from runner import current_attempt
-from runner.backends import Backends, queue_for
-from runner.claims import CLAIMANTS_KEY, claim_and_read, claim_key, claimants, return_claims
+from runner.authoring.registry import Registry, make_spec
 from runner.config import Settings
 from runner.errors import BackendUnavailable
-from runner.execution import install_environment
-from runner.invocation import enqueue_invocation
-from runner.liveness import DEAD_AFTER_FIELD, Liveness, execution_key
-from runner.models import InvocationRecord, utcnow
-from runner.reconcile import PENDING_WRITES_KEY, replay_pending_writes, write_or_defer
-from runner.recovery import (
+from runner.journal.reconcile import PENDING_WRITES_KEY, replay_pending_writes, write_or_defer
+from runner.journal.store_repair import JOB_LOST, repair_stale_rows
+from runner.services.backends import Backends, queue_for
+from runner.services.invocation import enqueue_invocation
+from runner.store.models import InvocationRecord, utcnow
+from runner.store.sql_store import Store
+from runner.worker.claims import CLAIMANTS_KEY, claim_and_read, claim_key, claimants, return_claims
+from runner.worker.execution import install_environment
+from runner.worker.liveness import DEAD_AFTER_FIELD, Liveness, execution_key
+from runner.worker.main import RunnerSimpleWorker, build_worker
+from runner.worker.recovery import (
     WORKER_DIED,
     StartedEntry,
     find_abandoned,
@@ -39,12 +43,8 @@ from runner.recovery import (
     recover_entry,
     settle_dead_workers,
 )
-from runner.registry import Registry, make_spec
-from runner.scheduler_guard import break_lock, scheduler_is_silent
-from runner.store import Store
-from runner.store_repair import JOB_LOST, repair_stale_rows
-from runner.supervision import RECOVERY_PASS_KEY, REPAIR_PASS_KEY
-from runner.worker import RunnerSimpleWorker, build_worker
+from runner.worker.scheduler_guard import break_lock, scheduler_is_silent
+from runner.worker.supervision import RECOVERY_PASS_KEY, REPAIR_PASS_KEY
 from tests.unit.conftest import rq_job, stored_row
 
 QUEUE = "default"

@@ -11,9 +11,9 @@ import pydantic
 import pytest
 
 from runner import function
+from runner.authoring.registry import DEFAULT_QUEUE, DEFAULT_TIMEOUT, SPEC_ATTRIBUTE, FunctionSpec, Registry, make_spec
 from runner.errors import FunctionDefinitionError, FunctionNotFound, InvalidInput
-from runner.registry import DEFAULT_QUEUE, DEFAULT_TIMEOUT, SPEC_ATTRIBUTE, FunctionSpec, Registry, make_spec
-from runner.worker import default_queues
+from runner.worker.main import default_queues
 
 
 def spec_of(func: Callable[..., Any]) -> FunctionSpec:
@@ -311,7 +311,7 @@ def test_discovery_of_a_missing_package_fails_loudly() -> None:
 )
 def test_default_queues_order(queues: list[str], expected: list[str]) -> None:
     registry = Registry([declare(typed, name=f"f{index}", queue=queue) for index, queue in enumerate(queues)])
-    # Completion callbacks (runner.callbacks) are delivered from their own queue, served last.
+    # Completion callbacks (runner.services.callbacks) are delivered from their own queue, served last.
     assert default_queues(registry) == [*expected, "callbacks"]
 
 

@@ -6,7 +6,7 @@ import pytest
 from rq import serializers, utils
 from rq.serializers import JSONSerializer, PickleSerializer
 
-from runner import rq_fast_paths
+from runner.rq_seam import fast_paths as rq_fast_paths
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ import pytest
 from flask.testing import FlaskClient
 from rq.registry import ScheduledJobRegistry
 
-from runner.backends import queue_for
-from runner.invocation import schedule_time
-from runner.store import Store
+from runner.services.backends import queue_for
+from runner.services.invocation import schedule_time
+from runner.store.sql_store import Store
 
 ApiError = Callable[..., dict[str, Any]]
 PATH = "/functions/simple_calculation/invocations"

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from runner.cursors import decode_cursor, encode_cursor
-from runner.database import as_utc
 from runner.errors import MalformedRequest
-from runner.models import InvocationRecord
-from runner.store import Store
+from runner.store.cursors import decode_cursor, encode_cursor
+from runner.store.database import as_utc
+from runner.store.models import InvocationRecord
+from runner.store.sql_store import Store
 
 CREATED = datetime(2024, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
 

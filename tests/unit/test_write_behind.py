@@ -13,17 +13,17 @@ import pytest
 import redis
 
 from runner.errors import BackendUnavailable
-from runner.models import InvocationRecord, utcnow
-from runner.reconcile import (
+from runner.journal.reconcile import (
     PENDING_WRITES_KEY,
     install_write_behind,
     replay_pending_writes,
     stage_write,
     write_or_defer,
 )
-from runner.store import Store
-from runner.store_statements import values_to_json
-from runner.write_behind import RowWrite, WriteBehind, adopt_journal, journal_key
+from runner.journal.write_behind import RowWrite, WriteBehind, adopt_journal, journal_key
+from runner.store.models import InvocationRecord, utcnow
+from runner.store.sql_store import Store
+from runner.store.statements import values_to_json
 from tests.unit.conftest import stored_row
 
 WORKER = "w1"

@@ -1,0 +1,1 @@
+"""The command line: `python -m runner ...` (server commands and HTTP client commands)."""

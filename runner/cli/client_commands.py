@@ -1,0 +1,279 @@
+"""Client commands of `python -m runner`: talk to a running API over HTTP (local or remote).
+
+`--url` (env RUNNER_URL) says where the API is; RUNNER_API_KEY, when set, is sent as a bearer
+token. Exit codes: 0 done, 1 the API refused or the job did not finish, 2 the API could not be
+reached (or bad usage), 3 `invoke --wait` gave up before the job ended.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from runner.client.http_client import RunnerClient, Transport
+from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from runner.errors import ApiError, ApiUnreachable
+from runner.services.job_views import TERMINAL_STATUSES
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+URL_KEY = "runner.client.url"
+EXIT_API_ERROR = 1
+EXIT_UNREACHABLE = 2
+EXIT_STILL_RUNNING = 3
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _remember_url(ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    # click has already fallen back to RUNNER_URL (when set and not empty), then to DEFAULT_URL.
+    if not value:
+        raise click.BadParameter(f"give the API's base URL, e.g. {DEFAULT_URL}")
+    ctx.meta[URL_KEY] = value
+    return value
+
+
+def register_client_commands(group: click.Group) -> None:
+    """Add `--url` to `group` and the client commands under it."""
+    group.params.append(
+        click.Option(
+            ["--url"], envvar="RUNNER_URL", default=DEFAULT_URL, show_default=True, expose_value=False,
+            callback=_remember_url, help="The API the client commands talk to [env: RUNNER_URL].",
+        )
+    )
+    for command in (functions, invoke, jobs, job, workers, queues, requeue_failed):
+        group.add_command(command)
+
+
+def _client() -> RunnerClient:
+    ctx = click.get_current_context()
+    url = str(ctx.meta[URL_KEY])
+    # Tests hand in a transport (e.g. a Flask test client) as the context object.
+    transport: Transport | None = ctx.obj if callable(ctx.obj) else None
+    return RunnerClient(url, api_key=os.environ.get("RUNNER_API_KEY") or None, transport=transport)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def handles_client_errors(command: F) -> F:
+    """Turn API errors into one clear line and an exit code."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ApiError as error:
+            _fail(f"{error.message} ({error.status} {error.code})", EXIT_API_ERROR)
+        except ApiUnreachable as error:
+            _fail(f"{error} Is it running? Point --url or RUNNER_URL at it.", EXIT_UNREACHABLE)
+
+    return run  # type: ignore[return-value]
+
+
+# Piped output is not cut to 80 columns: tables keep one row per line for grep and friends.
+PIPED_WIDTH = 240
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=max(console.width, PIPED_WIDTH))
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]], wrap: tuple[str, ...] = ()) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        # Ids and names stay whole (copy-pasteable); only free text wraps on a narrow terminal.
+        table.add_column(column, no_wrap=column not in wrap, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if value is None else str(value) for value in row))
+    _console().print(table)
+
+
+def _when(value: str | None) -> str:
+    """An ISO timestamp to the second, as `YYYY-MM-DD HH:MM:SS` (UTC, as the API gives it)."""
+    return value[:19].replace("T", " ") if value else ""
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+as_json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
+
+
+@click.command()
+@as_json_option
+@handles_client_errors
+def functions(as_json: bool) -> None:
+    """List the functions the API serves."""
+    listed = _client().functions()
+    if as_json:
+        _print_json(listed)
+        return
+    rows = [
+        [spec["name"], spec["queue"], f"{spec['timeout']} s", _retries(spec), spec.get("description", "")]
+        for spec in listed
+    ]
+    _table("Functions", ["name", "queue", "timeout", "retries", "description"], rows, wrap=("description",))
+
+
+def _retries(spec: dict[str, Any]) -> str:
+    backoff = spec.get("backoff") or []
+    return f"{spec['retries']} (after {', '.join(map(str, backoff))} s)" if spec["retries"] and backoff else str(
+        spec["retries"]
+    )
+
+
+def _read_payload(data: str | None, data_file: str | None) -> Any:
+    if data is not None and data_file is not None:
+        raise click.UsageError("Give --data or --data-file, not both.")
+    if data_file is not None:
+        try:
+            data = sys.stdin.read() if data_file == "-" else Path(data_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {data_file}: {exc.strerror}", param_hint="--data-file") from None
+    if data is None:
+        return {}
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data/--data-file") from None
+
+
+@click.command()
+@click.argument("name")
+@click.option("--data", help="The input, as a JSON object.")
+@click.option("--data-file", help="Read the input JSON from this file ('-' for stdin).")
+@click.option("--wait", is_flag=True, help="Follow the job (live progress) and print its result.")
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="With --wait: seconds to follow the job before giving up.")
+@handles_client_errors
+def invoke(name: str, data: str | None, data_file: str | None, wait: bool, timeout: float) -> None:
+    """Invoke function NAME; with --wait, show its progress and print its result."""
+    client = _client()
+    accepted = client.invoke(name, _read_payload(data, data_file))
+    if not wait:
+        _print_json(accepted)
+        return
+    view = _follow_with_progress_bar(client, accepted, timeout)
+    status = view.get("status")
+    if status == "finished":
+        _print_json(view.get("result"))
+        return
+    if status in TERMINAL_STATUSES:
+        error = view.get("error") or {}
+        detail = f": {error.get('type', 'Error')}: {error.get('message', '')}" if error else ""
+        _fail(f"job {view['id']} {status}{detail}", EXIT_API_ERROR)
+    _fail(f"job {view['id']} is still {status} after {timeout:g} s; see `python -m runner job {view['id']}`.",
+          EXIT_STILL_RUNNING)
+
+
+def _follow_with_progress_bar(client: RunnerClient, accepted: dict[str, Any], timeout: float) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[message]}"))
+    with Progress(*columns, console=_console(stderr=True), transient=False) as bar:
+        task = bar.add_task(f"{accepted['function']} {accepted['status']}", total=100, message="")
+
+        def show(view: dict[str, Any]) -> None:
+            progress = view.get("progress") or {}
+            bar.update(task, completed=progress.get("percent", 0), message=progress.get("message", ""),
+                       description=f"{view.get('function', accepted['function'])} {view.get('status')}")
+
+        return client.follow(str(accepted["id"]), timeout, on_update=show)
+
+
+@click.command()
+@click.option("--function", "function_name", help="Only jobs of this function.")
+@click.option("--status", help="Only jobs in this status (queued, started, finished, failed, ...).")
+@click.option("--limit", default=DEFAULT_PAGE_SIZE, show_default=True, type=click.IntRange(1, MAX_PAGE_SIZE))
+@click.option("--cursor", help="`next` cursor printed by the previous page.")
+@as_json_option
+@handles_client_errors
+def jobs(function_name: str | None, status: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+    """List recent jobs from the history, newest first."""
+    page = _client().jobs(function=function_name, status=status, limit=limit, cursor=cursor)
+    if as_json:
+        _print_json(page)
+        return
+    rows = [
+        [view["id"], view["function"], view["status"], view["attempts"], _when(view.get("created_at")), _duration(view)]
+        for view in page["jobs"]
+    ]
+    _table("Jobs", ["id", "function", "status", "attempts", "created (UTC)", "seconds"], rows)
+    if page.get("next"):
+        click.echo(f"More: python -m runner jobs --cursor {page['next']}")
+
+
+def _duration(view: dict[str, Any]) -> str:
+    from datetime import datetime
+
+    if not view.get("started_at") or not view.get("ended_at"):
+        return ""
+    seconds = (datetime.fromisoformat(view["ended_at"]) - datetime.fromisoformat(view["started_at"])).total_seconds()
+    return f"{seconds:.3f}"
+
+
+@click.command()
+@click.argument("job_id")
+@handles_client_errors
+def job(job_id: str) -> None:
+    """Show one job: status, progress, result or error."""
+    _print_json(_client().job(job_id))
+
+
+@click.command()
+@as_json_option
+@handles_client_errors
+def workers(as_json: bool) -> None:
+    """List the workers registered in Redis."""
+    listed = _client().workers()
+    if as_json:
+        _print_json(listed)
+        return
+    rows = [
+        [w["name"], w["state"], ", ".join(w["queues"]), w.get("current_job"), w["successful_jobs"], w["failed_jobs"],
+         _when(w.get("last_heartbeat"))]
+        for w in listed
+    ]
+    _table("Workers", ["name", "state", "queues", "current job", "ok", "failed", "last heartbeat (UTC)"], rows,
+           wrap=("queues",))
+
+
+@click.command()
+@as_json_option
+@handles_client_errors
+def queues(as_json: bool) -> None:
+    """Show each queue's depth: queued, started, scheduled, deferred, failed, finished, canceled."""
+    listed = _client().queues()
+    if as_json:
+        _print_json(listed)
+        return
+    states = ["queued", "started", "scheduled", "deferred", "failed", "finished", "canceled"]
+    _table("Queues", ["queue", *states], [[q["name"], *(q[state] for state in states)] for q in listed])
+
+
+@click.command("requeue-failed")
+@click.option("--queue", help="Only failed jobs of this queue.")
+@click.option("--function", "function_name", help="Only failed jobs of this function.")
+@handles_client_errors
+def requeue_failed(queue: str | None, function_name: str | None) -> None:
+    """Put failed jobs back on their queue (each with its retry policy again)."""
+    outcome = _client().requeue_failed(queue=queue, function=function_name)
+    count = int(outcome["requeued"])
+    click.echo(f"Requeued {count} failed job{'s' if count != 1 else ''}.")
+    for job_id in outcome.get("job_ids", []):
+        click.echo(job_id)

@@ -1,0 +1,1 @@
+"""An HTTP client of the runner's API; imports no engine code."""

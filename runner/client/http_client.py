@@ -1,0 +1,298 @@
+"""An HTTP client of the runner's API (what the `python -m runner` client commands use).
+
+HTTP goes through the standard library's urllib: no HTTP package beyond the runner's own
+requirements. The transport is pluggable: tests wire a Flask test client in its place.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from runner.errors import ApiError, ApiUnreachable
+from runner.services.job_views import TERMINAL_STATUSES
+
+DEFAULT_TIMEOUT = 30.0
+# Longer than the server's heartbeat interval (15 s), so an idle but healthy stream never times out.
+STREAM_READ_TIMEOUT = 60.0
+POLL_SECONDS = 0.5
+RECONNECT_ATTEMPTS = 3
+RECONNECT_DELAY_SECONDS = 1.0
+UNREACHABLE_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+class TransportResponse(Protocol):
+    """What a transport hands back: a status, headers, and a body read whole or line by line."""
+
+    status: int
+
+    def header(self, name: str) -> str | None:
+        """One response header, or None."""
+
+    def read(self) -> bytes:
+        """The whole body."""
+
+    def iter_lines(self) -> Iterator[str]:
+        """The body line by line, as it arrives (without line endings)."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+class Transport(Protocol):
+    """Sends one request; raises ApiUnreachable when no HTTP answer comes back."""
+
+    def __call__(
+        self, method: str, path: str, *, params: Mapping[str, str], body: bytes | None, headers: Mapping[str, str],
+        timeout: float,
+    ) -> TransportResponse: ...
+
+
+class UrllibResponse:
+    """A urllib response (or HTTPError, which is one too) as a TransportResponse."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.status = int(raw.status if hasattr(raw, "status") else raw.code)
+
+    def header(self, name: str) -> str | None:
+        value = self.raw.headers.get(name)
+        return None if value is None else str(value)
+
+    def read(self) -> bytes:
+        try:
+            return bytes(self.raw.read())
+        except UNREACHABLE_ERRORS as exc:
+            raise ApiUnreachable(f"The connection broke while reading the answer ({exc}).") from exc
+
+    def iter_lines(self) -> Iterator[str]:
+        try:
+            while line := self.raw.readline():
+                yield line.decode("utf-8", errors="replace").rstrip("\r\n")
+        except UNREACHABLE_ERRORS as exc:
+            raise ApiUnreachable(f"The event stream broke ({exc}).") from exc
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class UrllibTransport:
+    """Talks HTTP to a base URL with urllib."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+
+    def __call__(
+        self, method: str, path: str, *, params: Mapping[str, str], body: bytes | None, headers: Mapping[str, str],
+        timeout: float,
+    ) -> TransportResponse:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        request = urllib.request.Request(
+            f"{self.base_url}{path}{query}", data=body, headers=dict(headers), method=method
+        )
+        try:
+            return UrllibResponse(urllib.request.urlopen(request, timeout=timeout))
+        except urllib.error.HTTPError as error:
+            return UrllibResponse(error)  # an HTTP answer: the client reads its error body
+        except urllib.error.URLError as exc:
+            raise ApiUnreachable(f"Cannot reach the API at {self.base_url} ({exc.reason}).") from exc
+        except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+            raise ApiUnreachable(f"Cannot reach the API at {self.base_url} ({exc or type(exc).__name__}).") from exc
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    """One Server-Sent Event."""
+
+    event: str
+    data: str
+    retry_ms: int | None = None
+
+    def json(self) -> Any:
+        """The data, parsed as JSON."""
+        return json.loads(self.data)
+
+
+def parse_events(lines: Iterator[str]) -> Iterator[ServerEvent]:
+    """Server-Sent Events from a stream's lines (comments skipped, multi-line data joined)."""
+    event, retry = "message", None
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield ServerEvent(event, "\n".join(data), retry)
+            event, data, retry = "message", [], None
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+        elif field == "retry" and value.isdigit():
+            retry = int(value)
+
+
+class RunnerClient:
+    """The API's operations as methods returning its JSON; errors raise ApiError or ApiUnreachable."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, transport: Transport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.transport: Transport = transport or UrllibTransport(self.base_url)
+
+    def _send(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None, payload: Any = None,
+        timeout: float = DEFAULT_TIMEOUT, accept: str = "application/json",
+    ) -> TransportResponse:
+        headers = {"Accept": accept}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        body = None
+        if payload is not None:
+            body = json.dumps(payload).encode()
+            headers["Content-Type"] = "application/json"
+        query = {name: str(value) for name, value in (params or {}).items() if value is not None}
+        response = self.transport(method, path, params=query, body=body, headers=headers, timeout=timeout)
+        if response.status >= 400:
+            try:
+                raise _api_error(response.status, response.read())
+            finally:
+                response.close()
+        return response
+
+    def _json(self, method: str, path: str, **options: Any) -> Any:
+        response = self._send(method, path, **options)
+        try:
+            raw = response.read()
+        finally:
+            response.close()
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            message = f"The API answered with something that is not JSON: {raw[:200]!r}"
+            raise ApiError(response.status, "invalid_response", message) from None
+
+    def functions(self) -> list[dict[str, Any]]:
+        """Every registered function."""
+        return list(self._json("GET", "/functions")["functions"])
+
+    def invoke(self, name: str, payload: Any) -> dict[str, Any]:
+        """Invoke a function; the accepted job's view (follow it with `follow`)."""
+        path = f"/functions/{urllib.parse.quote(name, safe='')}/invocations"
+        return dict(self._json("POST", path, payload=payload))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """One job's view."""
+        return dict(self._json("GET", f"/jobs/{urllib.parse.quote(job_id, safe='')}"))
+
+    def jobs(
+        self, *, function: str | None = None, status: str | None = None, limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of history: {"jobs": [...], "next": cursor or None}."""
+        params = {"function": function, "status": status, "limit": limit, "cursor": cursor}
+        return dict(self._json("GET", "/jobs", params=params))
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Every registered worker."""
+        return list(self._json("GET", "/workers")["workers"])
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every known queue with its depths."""
+        return list(self._json("GET", "/queues")["queues"])
+
+    def requeue_failed(self, *, queue: str | None = None, function: str | None = None) -> dict[str, Any]:
+        """Requeue failed jobs; {"requeued": n, "job_ids": [...]}."""
+        selection = {key: value for key, value in (("queue", queue), ("function", function)) if value is not None}
+        return dict(self._json("POST", "/queues/failed/requeue", payload=selection))
+
+    def events(self, job_id: str, timeout: float = STREAM_READ_TIMEOUT) -> Iterator[ServerEvent]:
+        """The job's event stream, until the server closes it."""
+        response = self._send(
+            "GET", f"/jobs/{urllib.parse.quote(job_id, safe='')}/events", timeout=timeout, accept="text/event-stream"
+        )
+        try:
+            yield from parse_events(response.iter_lines())
+        finally:
+            response.close()
+
+    def follow(
+        self, job_id: str, timeout: float, on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Follow a job until it ends or `timeout` passes; return its last view.
+
+        Uses the event stream (reconnecting when the server closes it, or a few times when the
+        connection breaks, as in a web process restart), and polls GET /jobs/<id> when the server
+        offers no stream (an older API, or all its stream slots taken).
+        """
+        deadline = time.monotonic() + timeout
+        broken = 0
+        view = self.job(job_id)
+        notify = on_update or (lambda _update: None)
+        notify(view)
+        while view.get("status") not in TERMINAL_STATUSES and time.monotonic() < deadline:
+            remaining = deadline - time.monotonic()
+            try:
+                view = self._follow_stream(job_id, view, min(STREAM_READ_TIMEOUT, remaining + 1), notify)
+            except ApiError as error:
+                if error.status not in (404, 503) or error.code == "job_not_found":
+                    raise
+                view = self._poll(job_id, deadline, notify)
+            except ApiUnreachable:
+                if time.monotonic() >= deadline:
+                    break  # the read timed out at our own deadline
+                broken += 1
+                if broken > RECONNECT_ATTEMPTS:
+                    raise
+                time.sleep(RECONNECT_DELAY_SECONDS)
+        return view
+
+    def _follow_stream(
+        self, job_id: str, view: dict[str, Any], read_timeout: float, notify: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        for event in self.events(job_id, timeout=read_timeout):
+            if event.event in ("state", *TERMINAL_STATUSES):
+                view = event.json()
+            elif event.event in ("progress", "status"):
+                update = event.json()
+                view = dict(view)
+                # The terminal view (with its result) comes in the final event, right after this one.
+                if update.get("status") not in TERMINAL_STATUSES:
+                    view["status"] = update.get("status", view.get("status"))
+                if event.event == "progress":
+                    view["progress"] = {"percent": update.get("percent", 0), "message": update.get("message", "")}
+            elif event.event == "stream-error":
+                time.sleep((event.retry_ms or 1000) / 1000)
+            notify(view)
+            if view.get("status") in TERMINAL_STATUSES or event.event in ("timeout", "stream-error"):
+                break
+        return view
+
+    def _poll(self, job_id: str, deadline: float, notify: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        while True:
+            view = self.job(job_id)
+            notify(view)
+            if view.get("status") in TERMINAL_STATUSES or time.monotonic() >= deadline:
+                return view
+            time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
+def _api_error(status: int, raw: bytes) -> ApiError:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str) and isinstance(body.get("message"), str):
+        return ApiError(status, body["error"], body["message"], body.get("details"))
+    text = raw.decode("utf-8", errors="replace").strip()[:200] or "no body"
+    return ApiError(status, "http_error", f"The API answered {status}: {text}")

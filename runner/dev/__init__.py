@@ -1,0 +1,1 @@
+"""`python -m runner dev`: the whole stack on one machine, with an embedded Redis."""

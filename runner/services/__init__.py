@@ -1,0 +1,1 @@
+"""The operations behind the API: invoke, control, job views, fleet, metrics, callbacks, limits."""

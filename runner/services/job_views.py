@@ -1,0 +1,249 @@
+"""Job views: live from Redis, falling back to the SQL row once Redis has forgotten the job."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from datetime import datetime
+from enum import Enum, StrEnum
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.job import Job
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from runner.errors import BackendUnavailable, JobNotFound
+from runner.services.backends import REDIS_ERRORS, Backends, redis_unavailable
+from runner.store.database import as_utc
+from runner.store.models import InvocationRow
+
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ENDED_KEY_PREFIX = "runner:ended:"
+ENDED_TOKEN_TTL_SECONDS = 60
+# Longest a waiter blocks before it reads the job again (API connections time out after 2 s).
+WAIT_SLICE_SECONDS = 0.5
+
+
+class JobStatus(StrEnum):
+    """RQ's status words, which are ours too."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    DEFERRED = "deferred"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    STOPPED = "stopped"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED})
+STATUS_WORDS = frozenset(status.value for status in JobStatus)
+
+
+@dataclass
+class JobView:
+    """What a user sees of a job."""
+
+    id: str
+    function: str
+    queue: str
+    status: str
+    progress: dict[str, Any]
+    result: Any
+    error: dict[str, str] | None
+    attempts: int
+    input: Any
+    artifacts: list[dict[str, Any]]
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job will not change by itself any more."""
+        return self.status in STATUS_WORDS and JobStatus(self.status) in TERMINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body of the job view."""
+        # Not dataclasses.asdict: its deep copy of input and result costs more than the rest of a view.
+        return {name: getattr(self, name) for name in _VIEW_FIELDS}
+
+
+_VIEW_FIELDS = tuple(field.name for field in fields(JobView))
+
+
+def iso_time(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC (SQLite hands back times without a zone), or None."""
+    aware = as_utc(value)
+    return aware.isoformat() if aware else None
+
+
+def _progress(status: str, stored: Any) -> dict[str, Any]:
+    progress = stored if isinstance(stored, dict) else {}
+    percent = int(progress.get("percent", 0))
+    message = str(progress.get("message", ""))
+    if status == JobStatus.FINISHED:
+        return {"percent": 100, "message": message if percent == 100 and message else "finished"}
+    return {"percent": percent, "message": message}
+
+
+def _artifact_listing(job_id: str, stored: Any) -> list[dict[str, Any]]:
+    entries = stored if isinstance(stored, list) else []
+    return [{**entry, "url": f"/jobs/{job_id}/artifacts/{entry['name']}"} for entry in entries if "name" in entry]
+
+
+def view_from_job(job: Job) -> JobView:
+    """The view of a job that Redis still holds."""
+    meta = job.get_meta(refresh=False)
+    status = job.get_status(refresh=False) or JobStatus.QUEUED
+    status_word = status.value if isinstance(status, Enum) else str(status)
+    error = meta.get("error") if status_word in (JobStatus.FAILED, JobStatus.STOPPED) else None
+    if status_word == JobStatus.FAILED and not error:
+        error = error_from_traceback(job)
+    args = job.args or ()
+    return JobView(
+        id=job.id,
+        function=str(meta.get("function") or job.func_name),
+        queue=job.origin,
+        status=status_word,
+        progress=_progress(status_word, meta.get("progress")),
+        result=job.return_value() if status_word == JobStatus.FINISHED else None,
+        error=error,
+        attempts=int(meta.get("attempts", 0)),
+        input=args[1] if len(args) > 1 else job.kwargs,
+        artifacts=_artifact_listing(job.id, meta.get("artifacts")),
+        created_at=iso_time(job.created_at),
+        started_at=iso_time(job.started_at),
+        ended_at=iso_time(job.ended_at),
+    )
+
+
+def error_from_traceback(job: Job) -> dict[str, str]:
+    """Type and message from RQ's stored traceback of the job's latest attempt."""
+    result = job.latest_result()
+    return error_from_text((result.exc_string if result else None) or "")
+
+
+def error_from_text(text: str) -> dict[str, str]:
+    """Type and message from the last line of a traceback, or of RQ's note on a dead work horse."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "The job failed without an error message."
+    if last.startswith("Work-horse terminated unexpectedly"):
+        return {"type": "WorkerDied", "message": f"The worker running this job died: {last}"}
+    kind, _, message = last.partition(": ")
+    if not message or " " in kind:
+        return {"type": "JobFailed", "message": last}
+    return {"type": kind.rsplit(".", 1)[-1], "message": message}
+
+
+def view_from_record(record: InvocationRow) -> JobView:
+    """The view of a job from its SQL row (Redis forgot it, or Redis is away)."""
+    return JobView(
+        id=record.id,
+        function=record.function,
+        queue=record.queue,
+        status=record.status,
+        progress=_progress(record.status, {"percent": record.progress_percent, "message": record.progress_message}),
+        result=record.result,
+        error=record.error if record.status in (JobStatus.FAILED, JobStatus.STOPPED) else None,
+        attempts=record.attempts,
+        input=record.input,
+        artifacts=_artifact_listing(record.id, record.artifacts),
+        created_at=iso_time(record.created_at),
+        started_at=iso_time(record.started_at),
+        ended_at=iso_time(record.ended_at),
+    )
+
+
+def fetch_with_latest_result(job_id: str, connection: redis.Redis, *, after_end_wait: float = 0.0) -> Job:
+    """The RQ job and its latest result in one round trip (Job.fetch, then return_value, take two);
+    with `after_end_wait`, read once the job's end is announced or those seconds have passed."""
+    with connection.pipeline(transaction=False) as pipeline:
+        if after_end_wait:
+            # A rotation of the one-token list, not a pop: the token stays for anyone else waiting.
+            # (Redis takes fractional seconds, whatever the stub says.)
+            key = ended_key(job_id)
+            pipeline.blmove(key, key, after_end_wait, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        pipeline.hgetall(Job.key_for(job_id))
+        pipeline.xrevrange(Result.get_key(job_id), "+", "-", count=1)
+        *_, raw, latest = pipeline.execute()
+    if not raw:
+        raise NoSuchJobError(f"No such job: {job_id}")
+    job = Job(job_id, connection=connection, serializer=JSONSerializer)
+    job.restore(raw)
+    if latest:
+        result_id, payload = latest[0]
+        job._cached_result = Result.restore(job_id, result_id.decode(), payload, connection=connection,
+                                            serializer=JSONSerializer)
+    return job
+
+
+def get_job_view(job_id: str, backends: Backends, *, after_end_wait: float = 0.0) -> JobView:
+    """The freshest view of a job: Redis first, then the store; JobNotFound if neither knows it.
+
+    `after_end_wait`: first block until the job's end is announced or these seconds pass, in the
+    same round trip as the read (Redis runs the read the moment the wait ends).
+    """
+    if not JOB_ID_PATTERN.match(job_id):
+        raise JobNotFound(f"No job has the id {job_id!r}.")
+    redis_error: Exception | None = None
+    try:
+        return view_from_job(fetch_with_latest_result(job_id, backends.connection, after_end_wait=after_end_wait))
+    except (NoSuchJobError, DeserializationError):
+        pass  # not in Redis (or not a runner job): the store decides
+    except REDIS_ERRORS as exc:
+        if after_end_wait:  # a waiter must not spin on the row while Redis is away
+            raise redis_unavailable() from exc
+        redis_error = exc
+    try:
+        record = backends.store.get(job_id)
+    except BackendUnavailable:
+        if redis_error is not None:
+            raise BackendUnavailable("Redis and the database are unavailable.",
+                                     details={"dependency": ["redis", "database"]}) from redis_error
+        raise
+    if record is None:
+        if redis_error is not None:
+            raise redis_unavailable() from redis_error
+        raise JobNotFound(f"No job has the id {job_id!r}.")
+    return view_from_record(record)
+
+
+def ended_key(job_id: str) -> str:
+    """The list that receives a token when the job's end has reached its SQL row (see `announce_ends`)."""
+    return f"{ENDED_KEY_PREFIX}{job_id}"
+
+
+def announce_ends(pipeline: Pipeline, ended: Iterable[str]) -> None:
+    """Wake whoever waits for these jobs (their terminal state is in Redis and in their rows), in `pipeline`."""
+    for job_id in ended:
+        pipeline.lpush(ended_key(job_id), "1")
+        pipeline.expire(ended_key(job_id), ENDED_TOKEN_TTL_SECONDS)
+
+
+def wait_for_job(job_id: str, backends: Backends, timeout: float, *, fresh: bool = False) -> JobView:
+    """Wait until the job ends or `timeout` passes; return its latest view either way.
+
+    Workers announce each end once its row is written; ends nobody announces (a cancel, a job
+    settled by a worker's supervisor) are seen within WAIT_SLICE_SECONDS. `fresh`: the caller
+    has just enqueued the job, so it waits for the announcement before its first look.
+    """
+    deadline = time.monotonic() + timeout
+    if fresh:
+        view = view_after_end(backends, job_id, min(timeout, WAIT_SLICE_SECONDS))
+    else:
+        view = get_job_view(job_id, backends)
+    while not view.is_terminal and (remaining := deadline - time.monotonic()) > 0:
+        view = view_after_end(backends, job_id, min(remaining, WAIT_SLICE_SECONDS))
+    return view
+
+
+def view_after_end(backends: Backends, job_id: str, seconds: float) -> JobView:
+    """The job's view once its end is announced, or once `seconds` pass."""
+    return get_job_view(job_id, backends, after_end_wait=seconds)

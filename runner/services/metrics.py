@@ -1,0 +1,230 @@
+"""Job metrics kept in Redis, so every web process, worker and machine adds to the same numbers.
+
+The lifecycle listener `record_job_event` counts each outcome and observes each attempt's
+duration with two or three hash increments sent in one round trip. At scrape time
+`read_job_metrics` and `read_queue_metrics` read them back together with RQ's own queue,
+registry and worker keys; the API turns both into Prometheus text (`api/metrics.py`).
+
+Keys (fields are ``<function>|<outcome>``, ``<function>|<bucket upper bound>`` or ``<function>``)::
+
+    runner:metrics:invocations        accepted/finished/failed/stopped/retried counts
+    runner:metrics:duration:buckets   observations per bucket (not cumulative: one write each)
+    runner:metrics:duration:sum       seconds observed in total
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import redis
+from redis.client import Pipeline
+from rq.job import Job
+from rq.queue import Queue
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+from rq.utils import utcparse
+from rq.worker_registration import REDIS_WORKER_KEYS
+
+from runner.services.lifecycle import JobEvent
+from runner.store.models import utcnow
+
+INVOCATIONS_KEY = "runner:metrics:invocations"
+DURATION_BUCKETS_KEY = "runner:metrics:duration:buckets"
+DURATION_SUM_KEY = "runner:metrics:duration:sum"
+FIELD_SEPARATOR = "|"
+
+OUTCOMES = ("accepted", "finished", "failed", "stopped", "retried")
+# An attempt that ended (well or not) has a duration; `accepted` has none.
+TIMED_OUTCOMES = frozenset({"finished", "failed", "stopped", "retried"})
+# Upper bounds in seconds: from quick demo jobs to the longest timeouts functions declare.
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, math.inf)
+# Registries reported per queue, by the status word of the jobs they hold.
+REGISTRY_KEY_TEMPLATES = {
+    "started": StartedJobRegistry.key_template,
+    "scheduled": ScheduledJobRegistry.key_template,
+    "deferred": DeferredJobRegistry.key_template,
+    "finished": FinishedJobRegistry.key_template,
+    "failed": FailedJobRegistry.key_template,
+    "canceled": CanceledJobRegistry.key_template,
+}
+
+
+def record_job_event(connection: redis.Redis, event: JobEvent) -> None:
+    """Lifecycle listener: count the outcome and observe the attempt's duration, in one round trip (or none,
+    given a pipeline)."""
+    if event.event not in OUTCOMES:
+        return
+    pipe = connection if isinstance(connection, Pipeline) else connection.pipeline(transaction=False)
+    pipe.hincrby(INVOCATIONS_KEY, _field(event.function, event.event), 1)
+    if event.event in TIMED_OUTCOMES and event.duration_seconds is not None:
+        seconds = max(0.0, event.duration_seconds)
+        bound = next(bound for bound in DURATION_BUCKETS if seconds <= bound)
+        pipe.hincrby(DURATION_BUCKETS_KEY, _field(event.function, repr(bound)), 1)
+        pipe.hincrbyfloat(DURATION_SUM_KEY, event.function, seconds)
+    if pipe is not connection:
+        pipe.execute()
+
+
+def _field(function: str, part: str) -> str:
+    return f"{function}{FIELD_SEPARATOR}{part}"
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _split(raw: bytes) -> tuple[str, str]:
+    # Function names are identifiers; split at the last separator all the same.
+    function, _, part = raw.decode().rpartition(FIELD_SEPARATOR)
+    return function, part
+
+
+@dataclass(frozen=True)
+class DurationHistogram:
+    """Cumulative counts per upper bound (the last one infinite) and the seconds observed."""
+
+    buckets: tuple[tuple[float, int], ...]
+    total_seconds: float
+
+    @property
+    def count(self) -> int:
+        """How many durations were observed."""
+        return self.buckets[-1][1]
+
+
+@dataclass(frozen=True)
+class JobMetrics:
+    """Outcome counts per (function, outcome) and a duration histogram per function."""
+
+    invocations: dict[tuple[str, str], int]
+    durations: dict[str, DurationHistogram]
+
+    def functions(self) -> set[str]:
+        """Every function with a count or a duration."""
+        return {function for function, _ in self.invocations} | set(self.durations)
+
+
+def read_job_metrics(connection: redis.Redis) -> JobMetrics:
+    """The counters and histograms every process has written so far."""
+    pipe = connection.pipeline(transaction=False)
+    pipe.hgetall(INVOCATIONS_KEY)
+    pipe.hgetall(DURATION_BUCKETS_KEY)
+    pipe.hgetall(DURATION_SUM_KEY)
+    counts, buckets, sums = pipe.execute()
+    invocations = {_split(raw): int(value) for raw, value in counts.items()}
+    observed: dict[str, Counter[float]] = {}
+    for raw, value in buckets.items():
+        function, bound = _split(raw)
+        observed.setdefault(function, Counter())[float(bound)] += int(value)
+    totals = {raw.decode(): float(value) for raw, value in sums.items()}
+    durations = {
+        function: _histogram(observed.get(function, Counter()), totals.get(function, 0.0))
+        for function in set(observed) | set(totals)
+    }
+    return JobMetrics(invocations=invocations, durations=durations)
+
+
+def empty_histogram() -> DurationHistogram:
+    """A histogram with no observations (for functions that have not run yet)."""
+    return _histogram(Counter(), 0.0)
+
+
+def _histogram(observed: Counter[float], total_seconds: float) -> DurationHistogram:
+    # Bounds stored by an older bucket layout still land in the first current bucket that holds them.
+    cumulative = tuple(
+        (bound, sum(count for stored, count in observed.items() if stored <= bound)) for bound in DURATION_BUCKETS
+    )
+    return DurationHistogram(buckets=cumulative, total_seconds=total_seconds)
+
+
+@dataclass(frozen=True)
+class QueueMetrics:
+    """One queue: waiting jobs, the age of the oldest, jobs per registry, workers serving it."""
+
+    name: str
+    depth: int
+    oldest_job_age_seconds: float
+    registries: dict[str, int]
+    workers: int
+
+
+@dataclass(frozen=True)
+class FleetMetrics:
+    """Every queue's numbers and the workers alive."""
+
+    queues: list[QueueMetrics]
+    workers_alive: int
+
+
+def read_queue_metrics(
+    connection: redis.Redis, queue_names: Iterable[str], now: datetime | None = None
+) -> FleetMetrics:
+    """Depth, oldest-job age and registry sizes of these queues and of every queue RQ knows."""
+    now = now or utcnow()
+    workers_by_queue, alive = _workers(connection)
+    known = {_text(raw).removeprefix(Queue.redis_queue_namespace_prefix)
+             for raw in connection.smembers(Queue.redis_queues_keys)}
+    names = sorted(set(queue_names) | known | set(workers_by_queue))
+    pipe = connection.pipeline(transaction=False)
+    for name in names:
+        key = Queue.redis_queue_namespace_prefix + name
+        pipe.llen(key)
+        pipe.lindex(key, 0)
+        for template in REGISTRY_KEY_TEMPLATES.values():
+            pipe.zcard(template.format(name))
+    replies = pipe.execute()
+    width = 2 + len(REGISTRY_KEY_TEMPLATES)
+    rows = [replies[index * width:(index + 1) * width] for index in range(len(names))]
+    heads = [row[1].decode() if row[1] is not None else None for row in rows]
+    enqueued = _enqueued_at(connection, [head for head in heads if head])
+    queues = []
+    for name, row, head in zip(names, rows, heads, strict=True):
+        since = enqueued.get(head) if head else None
+        queues.append(
+            QueueMetrics(
+                name=name,
+                depth=int(row[0]),
+                oldest_job_age_seconds=max(0.0, (now - since).total_seconds()) if since else 0.0,
+                registries={status: int(count) for status, count in zip(REGISTRY_KEY_TEMPLATES, row[2:], strict=True)},
+                workers=workers_by_queue.get(name, 0),
+            )
+        )
+    return FleetMetrics(queues=queues, workers_alive=alive)
+
+
+def _enqueued_at(connection: redis.Redis, job_ids: list[str]) -> dict[str, datetime]:
+    pipe = connection.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hget(Job.key_for(job_id), "enqueued_at")
+    stamps: dict[str, datetime] = {}
+    for job_id, raw in zip(job_ids, pipe.execute(), strict=True):
+        if raw:  # a job deleted while its id still waits in the queue has no age
+            stamps[job_id] = utcparse(raw.decode())
+    return stamps
+
+
+def _workers(connection: redis.Redis) -> tuple[dict[str, int], int]:
+    # RQ's set of worker keys keeps dead workers until a cleanup; a worker is alive while its
+    # hash exists (it expires when heartbeats stop), so read the hashes themselves.
+    keys = sorted(_text(raw) for raw in connection.smembers(REDIS_WORKER_KEYS))
+    pipe = connection.pipeline(transaction=False)
+    for key in keys:
+        pipe.hget(key, "queues")
+    by_queue: Counter[str] = Counter()
+    alive = 0
+    for raw in pipe.execute():
+        if raw is None:
+            continue
+        alive += 1
+        by_queue.update(name for name in raw.decode().split(",") if name)
+    return dict(by_queue), alive

@@ -1,0 +1,1 @@
+"""The worker process: claims, attempts, supervision, recovery of dead workers' jobs."""
