@@ -15,7 +15,8 @@ from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from runner.errors import MalformedRequest
 from runner.services.backends import REDIS_ERRORS, Backends
 from runner.services.control import cancel_job, retry_job
-from runner.services.job_views import JOB_ID_PATTERN, STATUS_WORDS, get_job_view, view_from_record
+from runner.services.job_views import JOB_ID_PATTERN, get_job_view, view_from_record
+from runner.status import STATUS_WORDS
 
 blueprint = Blueprint("jobs", __name__)
 

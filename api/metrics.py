@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from api.state import runner_state
+from runner.services.fleet import default_queues
 from runner.services.metrics import (
     OUTCOMES,
     REGISTRY_KEY_TEMPLATES,
@@ -24,7 +25,6 @@ from runner.services.metrics import (
     read_job_metrics,
     read_queue_metrics,
 )
-from runner.worker.main import default_queues
 
 blueprint = Blueprint("metrics", __name__)
 

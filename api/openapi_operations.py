@@ -30,7 +30,7 @@ from runner.services.callbacks import (
 from runner.services.callbacks import HEADER as CALLBACK_HEADER
 from runner.services.idempotency import HEADER as IDEMPOTENCY_HEADER
 from runner.services.invocation import MAX_SCHEDULE_AHEAD
-from runner.services.job_views import STATUS_WORDS
+from runner.status import STATUS_WORDS
 
 # RFC 3339 with a zone, as `?at=` takes it (Python's `datetime.fromisoformat`).
 AT_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"

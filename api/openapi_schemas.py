@@ -14,7 +14,8 @@ import pydantic
 
 from api.ops import RequeueFilter
 from runner.services.fleet import QueueDepths, RequeueOutcome, WorkerInfo
-from runner.services.job_views import JOB_ID_PATTERN, STATUS_WORDS, JobView
+from runner.services.job_views import JOB_ID_PATTERN, JobView
+from runner.status import STATUS_WORDS
 from runner.store.files import UploadInfo
 
 COMPONENT_REF = "#/components/schemas/{model}"

@@ -3,12 +3,33 @@
 Functions in `functions/` use only these names::
 
     from runner import PermanentError, UploadId, function, progress, save_artifact, upload_path, ...
+
+They are loaded when first asked for, and load neither RQ, Redis nor SQLAlchemy; importing a
+subpackage (the HTTP client, say) does not load them at all.
 """
 
-from runner.authoring.inputs import UploadId
-from runner.authoring.registry import function
-from runner.errors import PermanentError
-from runner.worker.execution import current_attempt, invocation_history, progress, save_artifact, upload_path
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.authoring.context import current_attempt, invocation_history, progress, save_artifact, upload_path
+    from runner.authoring.inputs import UploadId
+    from runner.authoring.registry import function
+    from runner.errors import PermanentError
+
+# Each public name and the module that defines it.
+_PUBLIC = {
+    "PermanentError": "runner.errors",
+    "UploadId": "runner.authoring.inputs",
+    "current_attempt": "runner.authoring.context",
+    "function": "runner.authoring.registry",
+    "invocation_history": "runner.authoring.context",
+    "progress": "runner.authoring.context",
+    "save_artifact": "runner.authoring.context",
+    "upload_path": "runner.authoring.context",
+}
 
 __all__ = [
     "PermanentError",
@@ -20,3 +41,11 @@ __all__ = [
     "save_artifact",
     "upload_path",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'runner' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # looked up once
+    return value

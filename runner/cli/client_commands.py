@@ -20,7 +20,7 @@ import click
 from runner.client.http_client import RunnerClient, Transport
 from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from runner.errors import ApiError, ApiUnreachable
-from runner.services.job_views import TERMINAL_STATUSES
+from runner.status import TERMINAL_STATUSES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_KEY = "runner.client.url"

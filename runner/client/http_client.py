@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runner.errors import ApiError, ApiUnreachable
-from runner.services.job_views import TERMINAL_STATUSES
+from runner.status import TERMINAL_STATUSES
 
 DEFAULT_TIMEOUT = 30.0
 # Longer than the server's heartbeat interval (15 s), so an idle but healthy stream never times out.

@@ -20,8 +20,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from runner.journal.reconcile import write_or_defer
-from runner.services.job_views import TERMINAL_STATUSES, JobStatus, view_from_job
+from runner.services.job_views import view_from_job
 from runner.services.lifecycle import EVENTS, JobEvent, emit
+from runner.status import TERMINAL_STATUSES, JobStatus
 from runner.store.models import InvocationRecord, utcnow
 from runner.store.sql_store import Store
 

@@ -22,8 +22,10 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
 from runner.authoring.registry import FunctionSpec
-from runner.worker.execution import ENTRY_POINT
 
+# What RQ calls for every runner job (runner.worker.execution.run_invocation), with the function's
+# name and input as arguments: never a path taken from a request.
+ENTRY_POINT = "runner.worker.execution.run_invocation"
 # Filled in per invocation; everything else in the hash comes from the template.
 PER_INVOCATION_FIELDS = ("created_at", "enqueued_at", "data", "meta")
 FieldValue = bytes | str | int | float

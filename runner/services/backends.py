@@ -6,12 +6,8 @@ import functools
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
-from weakref import WeakKeyDictionary
 
 import redis
-from redis.client import Pipeline
-from rq import Queue
-from rq.serializers import JSONSerializer
 
 from runner.config import Settings
 from runner.errors import BackendUnavailable
@@ -20,7 +16,6 @@ from runner.rq_seam.scripts import EncodedCommands, run_encoded
 from runner.services.group_commit import GroupCommit
 from runner.store.files import ArtifactStore, UploadStore
 from runner.store.sql_store import Store
-from runner.worker.claims import wake_key
 
 if TYPE_CHECKING:
     from runner.journal.new_rows import NewRows
@@ -92,32 +87,6 @@ def open_backends(settings: Settings, *, socket_timeout: float | None = API_SOCK
         store=Store(settings.effective_database_url),
         settings=settings,
     )
-
-
-class RunnerQueue(Queue):
-    """An RQ queue that wakes an idle runner worker for every job it pushes."""
-
-    def push_job_id(self, job_id: str, pipeline: Pipeline | None = None, at_front: bool = False) -> None:
-        super().push_job_id(job_id, pipeline=pipeline, at_front=at_front)
-        connection = pipeline if pipeline is not None else self.connection
-        # One token is enough: a worker that finds more jobs behind its own leaves another.
-        connection.lpush(wake_key(self.name), "1")
-        connection.ltrim(wake_key(self.name), 0, 0)
-
-
-def queue_for(name: str, connection: redis.Redis) -> Queue:
-    """The RQ queue `name`, with the JSON serializer (nothing from the network is unpickled)."""
-    # Kept per connection: building an RQ Queue costs more than enqueueing a job's commands.
-    queues = _queues.get(connection)
-    if queues is None:
-        queues = _queues[connection] = {}
-    queue = queues.get(name)
-    if queue is None:
-        queue = queues[name] = RunnerQueue(name, connection=connection, serializer=JSONSerializer)
-    return queue
-
-
-_queues: WeakKeyDictionary[redis.Redis, dict[str, Queue]] = WeakKeyDictionary()
 
 
 def redis_unavailable(message: str = "Redis is unavailable.") -> BackendUnavailable:

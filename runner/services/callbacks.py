@@ -31,7 +31,7 @@ from rq.serializers import JSONSerializer
 
 from runner.config import Settings
 from runner.errors import CallbackDeliveryError, InvalidInput
-from runner.services.backends import queue_for
+from runner.rq_seam.queues import queue_for
 from runner.services.job_views import view_from_job
 from runner.services.lifecycle import JobEvent
 

@@ -23,10 +23,12 @@ from rq.serializers import JSONSerializer
 from runner.authoring.registry import Registry
 from runner.errors import JobNotFound, StateConflict
 from runner.journal.reconcile import write_or_defer
-from runner.services.backends import REDIS_ERRORS, Backends, queue_for, redis_unavailable
+from runner.rq_seam.queues import queue_for
+from runner.services.backends import REDIS_ERRORS, Backends, redis_unavailable
 from runner.services.invocation import job_meta, submit_job
-from runner.services.job_views import JOB_ID_PATTERN, TERMINAL_STATUSES, JobStatus, JobView, get_job_view, wait_for_job
+from runner.services.job_views import JOB_ID_PATTERN, JobView, get_job_view, wait_for_job
 from runner.services.limits import release_waiting_place, reserve_waiting_place
+from runner.status import TERMINAL_STATUSES, JobStatus
 from runner.store.models import utcnow
 
 LOCK_KEY = "runner:control:{job_id}"

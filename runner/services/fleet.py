@@ -16,13 +16,18 @@ from rq.serializers import JSONSerializer
 from runner.authoring.registry import Registry
 from runner.errors import FunctionNotFound, QueueNotFound
 from runner.journal.reconcile import write_or_defer
-from runner.services.backends import REDIS_ERRORS, Backends, queue_for, redis_unavailable
+from runner.rq_seam.queues import queue_for
+from runner.services.backends import REDIS_ERRORS, Backends, redis_unavailable
+from runner.services.callbacks import CALLBACK_QUEUE
 from runner.services.job_views import iso_time
 from runner.services.metrics import read_queue_metrics
 from runner.store.models import utcnow
 
 # Failed jobs are fetched from Redis this many at a time.
 REQUEUE_BATCH = 200
+# Queues a worker with no arguments serves, highest priority first; any other queue a
+# function declares comes after these, and `default` last.
+QUEUE_PRIORITY = ("ai_processing", "demo_tasks")
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,14 @@ class RequeueOutcome:
     def to_dict(self) -> dict[str, Any]:
         """The JSON body of a requeue."""
         return asdict(self)
+
+
+def default_queues(registry: Registry) -> list[str]:
+    """Every queue the functions use, in priority order, then `default`, then completion `callbacks`."""
+    declared = set(registry.queues())
+    ordered = [name for name in QUEUE_PRIORITY if name in declared]
+    ordered += sorted(declared - set(QUEUE_PRIORITY) - {"default", CALLBACK_QUEUE})
+    return ordered + ["default", CALLBACK_QUEUE]
 
 
 def list_workers(backends: Backends) -> list[WorkerInfo]:

@@ -14,8 +14,9 @@ from rq.queue import Queue
 from runner.authoring.registry import FunctionSpec
 from runner.errors import BackendUnavailable
 from runner.rq_seam.job_hash import JobTemplate, job_fields, new_job, queue_job, template_for
+from runner.rq_seam.queues import queue_for
 from runner.rq_seam.scripts import encode_commands
-from runner.services.backends import NOT_ACCEPTED, REDIS_ERRORS, Backends, queue_for, redis_unavailable
+from runner.services.backends import NOT_ACCEPTED, REDIS_ERRORS, Backends, redis_unavailable
 from runner.services.callbacks import check_callback_url
 from runner.services.idempotency import Claim, claim_or_find, fingerprint, release
 from runner.services.lifecycle import JobEvent, emit, emit_into

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
-from enum import Enum, StrEnum
+from enum import Enum
 from typing import Any
 
 import redis
@@ -19,6 +19,7 @@ from rq.serializers import JSONSerializer
 
 from runner.errors import BackendUnavailable, JobNotFound
 from runner.services.backends import REDIS_ERRORS, Backends, redis_unavailable
+from runner.status import STATUS_WORDS, TERMINAL_STATUSES, JobStatus
 from runner.store.database import as_utc
 from runner.store.models import InvocationRow
 
@@ -29,21 +30,6 @@ ENDED_TOKEN_TTL_SECONDS = 60
 WAIT_SLICE_SECONDS = 0.5
 
 
-class JobStatus(StrEnum):
-    """RQ's status words, which are ours too."""
-
-    QUEUED = "queued"
-    SCHEDULED = "scheduled"
-    DEFERRED = "deferred"
-    STARTED = "started"
-    FINISHED = "finished"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    STOPPED = "stopped"
-
-
-TERMINAL_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED})
-STATUS_WORDS = frozenset(status.value for status in JobStatus)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from redis.commands.core import Script
 from rq.job import Job
 from rq.queue import Queue
 
+from runner.rq_seam.queues import wake_key
 from runner.rq_seam.scripts import RUN_COMMANDS_LUA, encode_commands
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,6 @@ def pending_claim(connection: redis.Redis, worker_name: str) -> str | None:
     return None if raw is None else _text(raw)
 
 
-WAKE_KEY_PREFIX = "runner:wake:"
 
 # Takes up to ARGV[2] ids from the head of the first non-empty queue into the claim list, but
 # never more than half of what waits there (at least one), so idle peers get their share; and
@@ -104,11 +104,6 @@ return false
 
 
 _claim_scripts: WeakKeyDictionary[redis.Redis, Script] = WeakKeyDictionary()
-
-
-def wake_key(queue_name: str) -> str:
-    """The list an idle worker of `queue_name` waits on: a token is pushed with every job (runner.services.backends)."""
-    return f"{WAKE_KEY_PREFIX}{queue_name}"
 
 
 def claim_and_read(

@@ -1,4 +1,4 @@
-"""What runs inside a worker: the job entry point, progress reporting and the attempt count.
+"""What runs inside a worker: the job entry point, the job context functions see, and the attempt count.
 
 Every job is enqueued as `runner.worker.execution.run_invocation(function_name, payload)`, so the
 code a worker imports is never named by a request: the name is looked up in the registry.
@@ -19,6 +19,7 @@ from redis.client import Pipeline
 from rq import get_current_job
 from rq.job import Job
 
+from runner.authoring import context
 from runner.authoring.registry import Registry
 from runner.errors import FunctionNotFound, InvalidInput, PermanentError, UploadNotFound
 from runner.journal.reconcile import flush_write_behind, stage_write, write_or_defer
@@ -31,10 +32,8 @@ from runner.store.sql_store import Store
 
 log = logging.getLogger(__name__)
 
-ENTRY_POINT = "runner.worker.execution.run_invocation"
 # Progress is written to Redis on every call, to SQL only when it crosses one of these steps.
 STORE_PROGRESS_STEP = 25
-MAX_MESSAGE_LENGTH = 500
 HISTORY_FLUSH_SECONDS = 5.0
 
 
@@ -47,6 +46,32 @@ class WorkerEnvironment:
     uploads: UploadStore = field(default_factory=lambda: UploadStore(Path(".runner/uploads")))
     artifacts: ArtifactStore = field(default_factory=lambda: ArtifactStore(Path(".runner/artifacts")))
 
+    def upload_path(self, upload_id: str) -> Path:
+        """The file behind an upload id; PermanentError when it is gone."""
+        try:
+            return self.uploads.path(upload_id)
+        except UploadNotFound as exc:
+            raise PermanentError(exc.message) from None
+
+    def history(self, since: datetime | None, until: datetime | None,
+                function: str | None) -> Iterator[dict[str, Any]]:
+        """The invocation rows created in [since, until), oldest first."""
+        if self.store is None:
+            raise PermanentError("This worker has no store to read the history from.")
+        # This worker's own row updates (the running job's start, say) may still wait to be committed.
+        flush_write_behind(HISTORY_FLUSH_SECONDS)
+        for record in self.store.history(since=since, until=until, function=function):
+            yield {
+                "id": record.id,
+                "function": record.function,
+                "queue": record.queue,
+                "status": record.status,
+                "attempts": record.attempts,
+                "created_at": as_utc(record.created_at),
+                "started_at": as_utc(record.started_at),
+                "ended_at": as_utc(record.ended_at),
+            }
+
 
 _environment: WorkerEnvironment | None = None
 
@@ -55,6 +80,7 @@ def install_environment(environment: WorkerEnvironment | None) -> None:
     """Make the worker's registry and store known to the jobs it runs (None to forget them)."""
     global _environment
     _environment = environment
+    context.install_environment(environment)
 
 
 def _current_environment() -> WorkerEnvironment:
@@ -64,12 +90,13 @@ def _current_environment() -> WorkerEnvironment:
         from runner.config import Settings
 
         settings = Settings.from_env()
-        _environment = WorkerEnvironment(
+        install_environment(WorkerEnvironment(
             Registry.discover(settings.functions_package),
             None,
             UploadStore(settings.effective_upload_dir),
             ArtifactStore(settings.effective_artifact_dir),
-        )
+        ))
+    assert _environment is not None
     return _environment
 
 
@@ -120,7 +147,8 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
         holds_slot = slot.holds_slot
     try:
         spec = environment.registry.get(function_name)
-        result = spec.call(payload, {"uploads": environment.uploads})
+        with context.running(RunningJob(job, environment)):
+            result = spec.call(payload, {"uploads": environment.uploads})
         _ensure_json(result)
     except (PermanentError, InvalidInput, FunctionNotFound) as exc:
         job.retries_left = 0  # never retry input that can never succeed
@@ -168,70 +196,33 @@ def _ensure_json(result: Any) -> None:
         raise PermanentError(f"The function returned a value that is not JSON: {exc}") from None
 
 
-def progress(percent: float, message: str = "") -> None:
-    """Report progress of the running job (0-100); does nothing outside a worker."""
-    job = get_current_job()
-    if job is None:
-        return
-    bounded = max(0, min(100, int(percent)))
-    text = str(message)[:MAX_MESSAGE_LENGTH]
-    previous = job.meta.get("progress") or {}
-    job.meta["progress"] = {"percent": bounded, "message": text}
-    job.save_meta()
-    before = int(previous.get("percent", 0)) // STORE_PROGRESS_STEP
-    if bounded // STORE_PROGRESS_STEP != before:
-        _store_write(_current_environment(), job, progress_percent=bounded, progress_message=text)
+@dataclass
+class RunningJob:
+    """The job context (runner.authoring.context) of an RQ job run by this worker."""
 
+    job: Job
+    environment: WorkerEnvironment
 
-def upload_path(upload_id: str) -> Path:
-    """The file behind an upload id (a function's `UploadId` input); PermanentError if it is gone."""
-    try:
-        return _current_environment().uploads.path(upload_id)
-    except UploadNotFound as exc:
-        raise PermanentError(exc.message) from None
+    @property
+    def attempt(self) -> int:
+        return int(self.job.meta.get("attempts", 1))
 
+    def report_progress(self, percent: int, message: str) -> None:
+        job = self.job
+        previous = job.meta.get("progress") or {}
+        job.meta["progress"] = {"percent": percent, "message": message}
+        job.save_meta()
+        before = int(previous.get("percent", 0)) // STORE_PROGRESS_STEP
+        if percent // STORE_PROGRESS_STEP != before:
+            _store_write(self.environment, job, progress_percent=percent, progress_message=message)
 
-def save_artifact(name: str, data: bytes | str, media_type: str | None = None) -> dict[str, Any]:
-    """Keep a file the job produced; it is listed in the job view and served by the API."""
-    job = get_current_job()
-    if job is None:
-        raise RuntimeError("save_artifact is only called inside a job")
-    content = data.encode() if isinstance(data, str) else bytes(data)
-    entry = _current_environment().artifacts.write(job.id, name, content, media_type)
-    artifacts = [item for item in job.meta.get("artifacts", []) if item.get("name") != name]
-    job.meta["artifacts"] = [*artifacts, entry]
-    job.save_meta()
-    return entry
-
-
-def invocation_history(
-    since: datetime | None = None, until: datetime | None = None, function: str | None = None
-) -> Iterator[dict[str, Any]]:
-    """The runner's own invocation rows, oldest first (for report functions)."""
-    store = _current_environment().store
-    if store is None:
-        raise PermanentError("This worker has no store to read the history from.")
-    # This worker's own row updates (the running job's start, say) may still wait to be committed.
-    flush_write_behind(HISTORY_FLUSH_SECONDS)
-    for record in store.history(since=since, until=until, function=function):
-        yield {
-            "id": record.id,
-            "function": record.function,
-            "queue": record.queue,
-            "status": record.status,
-            "attempts": record.attempts,
-            "created_at": as_utc(record.created_at),
-            "started_at": as_utc(record.started_at),
-            "ended_at": as_utc(record.ended_at),
-        }
-
-
-def current_attempt() -> int:
-    """Which attempt of the current job this is (1 for the first; 1 outside a worker)."""
-    job = get_current_job()
-    if job is None:
-        return 1
-    return int(job.meta.get("attempts", 1))
+    def save_artifact(self, name: str, content: bytes, media_type: str | None) -> dict[str, Any]:
+        job = self.job
+        entry = self.environment.artifacts.write(job.id, name, content, media_type)
+        artifacts = [item for item in job.meta.get("artifacts", []) if item.get("name") != name]
+        job.meta["artifacts"] = [*artifacts, entry]
+        job.save_meta()
+        return entry
 
 
 def _stage_store_write(environment: WorkerEnvironment, job: Job, connection: redis.Redis, pipeline: Pipeline,

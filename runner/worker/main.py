@@ -36,13 +36,16 @@ from runner.journal.reconcile import (
 )
 from runner.journal.write_behind import RowWrite, WriteBehind, adopt_journal
 from runner.rq_seam.bookkeeping import AfterExecute
-from runner.services.backends import REDIS_ERRORS, Backends, open_backends, queue_for
-from runner.services.callbacks import CALLBACK_QUEUE
-from runner.services.job_views import TERMINAL_STATUSES, announce_ends, error_from_text
+from runner.rq_seam.job_hash import ENTRY_POINT
+from runner.rq_seam.queues import queue_for
+from runner.services.backends import REDIS_ERRORS, Backends, open_backends
+from runner.services.fleet import default_queues
+from runner.services.job_views import announce_ends, error_from_text
 from runner.services.lifecycle import JobEvent, emit, emit_into, load_listeners
+from runner.status import TERMINAL_STATUSES
 from runner.store.models import utcnow
 from runner.store.sql_store import Store
-from runner.worker.execution import ENTRY_POINT, WorkerEnvironment, begin_attempt, install_environment
+from runner.worker.execution import WorkerEnvironment, begin_attempt, install_environment
 from runner.worker.in_process import DeadlineSlot, InProcessWorkerMixin
 from runner.worker.process_supervisor import ProcessSupervisor
 from runner.worker.process_ties import tie_children_to_this_process
@@ -50,9 +53,6 @@ from runner.worker.supervision import MONITOR_TICK_SECONDS, SupervisedWorkerMixi
 
 log = logging.getLogger(__name__)
 
-# Queues a worker with no arguments serves, highest priority first; any other queue a
-# function declares comes after these, and `default` last.
-QUEUE_PRIORITY = ("ai_processing", "demo_tasks")
 # How long an idle worker blocks on Redis before it looks at its maintenance chores.
 IDLE_WAKEUP_SECONDS = 2
 REPLAY_INTERVAL_SECONDS = 3.0
@@ -255,14 +255,6 @@ def _ends_job(write: RowWrite) -> bool:
 def _is_invocation(job: Job) -> bool:
     # Callback deliveries and other jobs on our queues have no row and are no function's event.
     return job.func_name == ENTRY_POINT
-
-
-def default_queues(registry: Registry) -> list[str]:
-    """Every queue the functions use, in priority order, then `default`, then completion `callbacks`."""
-    declared = set(registry.queues())
-    ordered = [name for name in QUEUE_PRIORITY if name in declared]
-    ordered += sorted(declared - set(QUEUE_PRIORITY) - {"default", CALLBACK_QUEUE})
-    return ordered + ["default", CALLBACK_QUEUE]
 
 
 def build_worker(

@@ -28,7 +28,7 @@ from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from runner.journal.reconcile import PENDING_WRITES_KEY, write_or_defer
 from runner.journal.write_behind import adopt_journal
-from runner.services.backends import queue_for
+from runner.rq_seam.queues import queue_for
 from runner.services.lifecycle import JobEvent, emit
 from runner.store.models import utcnow
 from runner.store.sql_store import Store

@@ -37,7 +37,8 @@ from runner.journal.new_rows import settle_journaled_rows
 from runner.journal.reconcile import has_pending_writes, replay_pending_writes
 from runner.journal.store_repair import repair_stale_rows
 from runner.rq_seam.bookkeeping import CanceledBeforeStart, PipelinedBookkeepingMixin
-from runner.services.backends import REDIS_ERRORS, queue_for
+from runner.rq_seam.queues import queue_for
+from runner.services.backends import REDIS_ERRORS
 from runner.store.sql_store import Store
 from runner.worker.claims import (
     claim_and_read,

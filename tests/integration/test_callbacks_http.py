@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rq.registry import FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from runner.services.backends import queue_for
+from runner.rq_seam.queues import queue_for
 from runner.services.callbacks import CALLBACK_QUEUE
 from tests.integration.conftest import Stack, wait_until
 from tests.receiver import CallbackReceiver

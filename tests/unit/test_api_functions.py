@@ -13,7 +13,8 @@ from werkzeug.test import TestResponse
 import runner.services.job_views
 from runner.authoring.registry import Registry, make_spec
 from runner.config import Settings
-from runner.services.backends import Backends, queue_for
+from runner.rq_seam.queues import queue_for
+from runner.services.backends import Backends
 from runner.services.job_views import JobView
 from runner.store.sql_store import Store
 

@@ -14,7 +14,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 from werkzeug.test import TestResponse
 
-from runner.services.backends import queue_for
+from runner.rq_seam.queues import queue_for
 from runner.store.models import InvocationRecord
 from runner.store.sql_store import Store
 

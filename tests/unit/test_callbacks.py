@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 import runner.services.callbacks as callbacks
 from runner.config import Settings, SettingsError
 from runner.errors import CallbackDeliveryError
-from runner.services.backends import queue_for
+from runner.rq_seam.queues import queue_for
 from runner.services.callbacks import CALLBACK_QUEUE, DELIVERY_BACKOFF, deliver_callback, resolve_target, signature
 from runner.store.sql_store import Store
 from tests.receiver import CallbackReceiver

@@ -17,12 +17,14 @@ import runner.journal.write_behind
 import runner.worker.supervision
 from runner.authoring.registry import Registry
 from runner.journal.write_behind import journal_key
-from runner.services.backends import Backends, queue_for
+from runner.rq_seam.job_hash import ENTRY_POINT
+from runner.rq_seam.queues import queue_for, wake_key
+from runner.services.backends import Backends
 from runner.services.control import cancel_job
 from runner.services.invocation import enqueue_invocation
 from runner.services.job_views import ended_key, get_job_view
-from runner.worker.claims import claim_and_read, claim_key, wait_for_wake_up, wake_key
-from runner.worker.execution import ENTRY_POINT, install_environment
+from runner.worker.claims import claim_and_read, claim_key, wait_for_wake_up
+from runner.worker.execution import install_environment
 from runner.worker.main import RunnerSimpleWorker, build_worker
 
 WORKER = "w1"

@@ -20,7 +20,7 @@ import yaml
 
 from runner.authoring.registry import Registry
 from runner.config import Settings
-from runner.worker.main import default_queues
+from runner.services.fleet import default_queues
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER_SERVICES = ("migrate", "web", "worker", "dashboard")

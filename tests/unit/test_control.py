@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from rq.registry import CanceledJobRegistry, ScheduledJobRegistry
 
 import runner.services.control as control
-from runner.services.backends import queue_for
+from runner.rq_seam.queues import queue_for
 from runner.services.control import LOCK_KEY
 from runner.store.models import InvocationRecord, utcnow
 from runner.store.sql_store import Store

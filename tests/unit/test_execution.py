@@ -14,12 +14,14 @@ from rq.serializers import JSONSerializer
 
 from runner import PermanentError, current_attempt, progress
 from runner.authoring.registry import Registry, make_spec
-from runner.services.backends import Backends, queue_for
+from runner.rq_seam.job_hash import ENTRY_POINT
+from runner.rq_seam.queues import queue_for
+from runner.services.backends import Backends
 from runner.services.invocation import enqueue_invocation
 from runner.services.job_views import get_job_view
 from runner.store.models import InvocationRecord, utcnow
 from runner.store.sql_store import Store
-from runner.worker.execution import ENTRY_POINT, STORE_PROGRESS_STEP, WorkerEnvironment, install_environment
+from runner.worker.execution import STORE_PROGRESS_STEP, WorkerEnvironment, install_environment
 
 QUEUE = "default"
 RunJobs = Callable[..., bool]

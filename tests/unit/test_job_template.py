@@ -9,10 +9,10 @@ import pytest
 from rq.job import JobStatus
 
 from runner.authoring.registry import FunctionSpec, Registry
-from runner.rq_seam.job_hash import new_job
-from runner.services.backends import Backends, queue_for
+from runner.rq_seam.job_hash import ENTRY_POINT, new_job
+from runner.rq_seam.queues import queue_for
+from runner.services.backends import Backends
 from runner.services.invocation import job_meta, submit_job
-from runner.worker.execution import ENTRY_POINT
 from tests.unit.conftest import rq_job
 
 # Differ between two jobs of the same function by nature: when each was made.

@@ -15,7 +15,7 @@ from rq.serializers import JSONSerializer
 
 from runner.authoring.registry import FunctionSpec, Registry, make_spec
 from runner.errors import FunctionDefinitionError
-from runner.services.backends import queue_for
+from runner.rq_seam.queues import queue_for
 from runner.services.lifecycle import JobEvent
 from runner.services.limits import (
     TRACKED_KEY,

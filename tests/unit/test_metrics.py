@@ -17,7 +17,8 @@ from rq import Worker
 from werkzeug.test import TestResponse
 
 from runner.config import Settings
-from runner.services.backends import connect_redis, queue_for
+from runner.rq_seam.queues import queue_for
+from runner.services.backends import connect_redis
 from runner.services.lifecycle import JobEvent
 from runner.services.metrics import (
     DURATION_BUCKETS,

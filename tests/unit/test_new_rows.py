@@ -18,7 +18,8 @@ from runner.config import Settings
 from runner.errors import BackendUnavailable
 from runner.journal import new_rows
 from runner.journal.new_rows import NEW_ROWS_KEY, NewRows, decode_row, encode_row, settle_journaled_rows
-from runner.services.backends import Backends, connect_redis, queue_for
+from runner.rq_seam.queues import queue_for
+from runner.services.backends import Backends, connect_redis
 from runner.services.invocation import InvocationOptions, accept_invocation
 from runner.store.models import InvocationRecord, NewInvocation, utcnow
 from runner.store.sql_store import Store

@@ -21,7 +21,7 @@ from werkzeug.test import TestResponse
 from runner import PermanentError, save_artifact
 from runner.authoring.registry import FunctionSpec, Registry, make_spec
 from runner.config import Settings
-from runner.services.backends import queue_for
+from runner.rq_seam.queues import queue_for
 from runner.services.callbacks import CALLBACK_QUEUE, signature
 
 RunJobs = Callable[..., bool]

@@ -11,10 +11,11 @@ from flask.testing import FlaskClient
 
 from runner.config import Settings
 from runner.errors import BackendUnavailable
-from runner.services.backends import connect_redis, queue_for
+from runner.rq_seam.job_hash import ENTRY_POINT
+from runner.rq_seam.queues import queue_for
+from runner.services.backends import connect_redis
 from runner.store.models import InvocationRecord, utcnow
 from runner.store.sql_store import Store
-from runner.worker.execution import ENTRY_POINT
 
 ApiError = Callable[..., dict[str, Any]]
 INVOCATION = "/functions/simple_calculation/invocations"

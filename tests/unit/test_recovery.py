@@ -27,7 +27,8 @@ from runner.config import Settings
 from runner.errors import BackendUnavailable
 from runner.journal.reconcile import PENDING_WRITES_KEY, replay_pending_writes, write_or_defer
 from runner.journal.store_repair import JOB_LOST, repair_stale_rows
-from runner.services.backends import Backends, queue_for
+from runner.rq_seam.queues import queue_for
+from runner.services.backends import Backends
 from runner.services.invocation import enqueue_invocation
 from runner.store.models import InvocationRecord, utcnow
 from runner.store.sql_store import Store

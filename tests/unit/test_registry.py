@@ -13,7 +13,7 @@ import pytest
 from runner import function
 from runner.authoring.registry import DEFAULT_QUEUE, DEFAULT_TIMEOUT, SPEC_ATTRIBUTE, FunctionSpec, Registry, make_spec
 from runner.errors import FunctionDefinitionError, FunctionNotFound, InvalidInput
-from runner.worker.main import default_queues
+from runner.services.fleet import default_queues
 
 
 def spec_of(func: Callable[..., Any]) -> FunctionSpec:

@@ -12,7 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 from rq.registry import ScheduledJobRegistry
 
-from runner.services.backends import queue_for
+from runner.rq_seam.queues import queue_for
 from runner.services.invocation import schedule_time
 from runner.store.sql_store import Store
 

@@ -1,0 +1,102 @@
+"""What a function may ask of the worker that runs it: progress, its attempt, files, the history.
+
+A worker installs its environment once (its uploads, artifacts and store) and opens a job
+context around each job it runs (runner.worker.execution). These functions only look them up,
+so importing them loads neither RQ, Redis nor SQLAlchemy; outside a job, `progress` does
+nothing and `current_attempt` says 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+MAX_MESSAGE_LENGTH = 500
+
+
+class JobContext(Protocol):
+    """The job being run, as its function sees it."""
+
+    @property
+    def attempt(self) -> int:
+        """Which attempt this is (1 for the first)."""
+
+    def report_progress(self, percent: int, message: str) -> None:
+        """Publish the job's progress (already bounded to 0-100 and MAX_MESSAGE_LENGTH)."""
+
+    def save_artifact(self, name: str, content: bytes, media_type: str | None) -> dict[str, Any]:
+        """Keep a file the job produced; its listing entry."""
+
+
+class Environment(Protocol):
+    """What every job of a worker process shares: the stored uploads and the history."""
+
+    def upload_path(self, upload_id: str) -> Path:
+        """The file behind an upload id; PermanentError when it is gone."""
+
+    def history(self, since: datetime | None, until: datetime | None,
+                function: str | None) -> Iterator[dict[str, Any]]:
+        """The invocation rows created in [since, until), oldest first."""
+
+
+_job: ContextVar[JobContext | None] = ContextVar("runner_job", default=None)
+_environment: Environment | None = None
+
+
+def install_environment(environment: Environment | None) -> None:
+    """Make a worker's environment known to the functions it runs (None to forget it)."""
+    global _environment
+    _environment = environment
+
+
+@contextmanager
+def running(job: JobContext) -> Iterator[None]:
+    """Within this block, the functions below speak of `job`."""
+    token = _job.set(job)
+    try:
+        yield
+    finally:
+        _job.reset(token)
+
+
+def progress(percent: float, message: str = "") -> None:
+    """Report progress of the running job (0-100); does nothing outside a worker."""
+    job = _job.get()
+    if job is not None:
+        job.report_progress(max(0, min(100, int(percent))), str(message)[:MAX_MESSAGE_LENGTH])
+
+
+def current_attempt() -> int:
+    """Which attempt of the current job this is (1 for the first; 1 outside a worker)."""
+    job = _job.get()
+    return 1 if job is None else job.attempt
+
+
+def save_artifact(name: str, data: bytes | str, media_type: str | None = None) -> dict[str, Any]:
+    """Keep a file the job produced; it is listed in the job view and served by the API."""
+    job = _job.get()
+    if job is None:
+        raise RuntimeError("save_artifact is only called inside a job")
+    return job.save_artifact(name, data.encode() if isinstance(data, str) else bytes(data), media_type)
+
+
+def upload_path(upload_id: str) -> Path:
+    """The file behind an upload id (a function's `UploadId` input); PermanentError if it is gone."""
+    return _installed().upload_path(upload_id)
+
+
+def invocation_history(
+    since: datetime | None = None, until: datetime | None = None, function: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """The runner's own invocation rows, oldest first (for report functions)."""
+    return _installed().history(since, until, function)
+
+
+def _installed() -> Environment:
+    if _environment is None:
+        raise RuntimeError("no worker environment is installed: this runs inside a runner worker")
+    return _environment
