@@ -23,7 +23,7 @@ from runner.errors import (
     UnsupportedMediaType,
     UploadNotFound,
 )
-from runner.services.backends import REDIS_ERRORS
+from runner.redis_connection import REDIS_ERRORS
 from runner.store.database import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)

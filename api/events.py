@@ -28,7 +28,8 @@ from api.errors import error_body
 from api.state import runner_state
 from runner.config import Settings
 from runner.errors import BackendUnavailable, JobNotFound, TooManyStreams
-from runner.services.backends import REDIS_ERRORS, Backends
+from runner.redis_connection import REDIS_ERRORS
+from runner.services.backends import Backends
 from runner.services.job_views import JobView, get_job_view
 
 blueprint = Blueprint("events", __name__)

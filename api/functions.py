@@ -54,13 +54,12 @@ def invoke(name: str) -> tuple[dict[str, Any], int, dict[str, str]]:
         run_at=read_schedule(request),
     )
     accepted = accept_invocation(spec, read_json_object(request), state.backends, options)
-    record = accepted.record
-    headers = {"Location": job_location(record.id)}
-    if accepted.replayed:
+    headers = {"Location": job_location(accepted.job_id)}
+    if accepted.row is None:
         headers[REPLAYED_HEADER] = "true"
     if wait:
-        view = wait_for_job(record.id, state.backends, wait, fresh=not accepted.replayed)
+        view = wait_for_job(accepted.job_id, state.backends, wait, fresh=not accepted.replayed)
         return view.to_dict(), 200 if view.is_terminal else 202, headers
     # A replay shows the first job as it is now; a new job is exactly what was just recorded.
-    view = get_job_view(record.id, state.backends) if accepted.replayed else view_from_record(record)
+    view = get_job_view(accepted.job_id, state.backends) if accepted.row is None else view_from_record(accepted.row)
     return view.to_dict(), 202, headers

@@ -9,7 +9,7 @@ from flask import Blueprint
 
 from api.state import runner_state
 from runner.errors import BackendUnavailable
-from runner.services.backends import check_redis
+from runner.redis_connection import check_redis
 
 blueprint = Blueprint("health", __name__)
 

@@ -13,7 +13,9 @@ from api.payload import read_int
 from api.state import runner_state
 from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from runner.errors import MalformedRequest
-from runner.services.backends import REDIS_ERRORS, Backends
+from runner.journal.reads import read_history
+from runner.redis_connection import REDIS_ERRORS
+from runner.services.backends import Backends
 from runner.services.control import cancel_job, retry_job
 from runner.services.job_views import JOB_ID_PATTERN, get_job_view, view_from_record
 from runner.status import STATUS_WORDS
@@ -72,7 +74,8 @@ def list_jobs() -> dict[str, Any]:
         raise MalformedRequest(
             f"Unknown status {status!r}.", details={"status": status, "allowed": sorted(STATUS_WORDS)}
         )
-    records, next_cursor = runner_state().backends.store.list(
+    backends = runner_state().backends
+    records, next_cursor = read_history(backends.connection, backends.store).list(
         function=request.args.get("function") or None,
         status=status,
         limit=read_int(request, "limit", default=DEFAULT_PAGE_SIZE, minimum=1, maximum=MAX_PAGE_SIZE),

@@ -1,200 +1,170 @@
-"""RQ's per-job bookkeeping in one Redis round trip to start a job, and none of its own to finish it.
+"""RQ's bookkeeping of a job at each moment of its life, as commands queued in one pipeline.
 
-RQ's own worker sends the start in two round trips (its parent's, then its horse's), and
-the success in a WATCH transaction kept for job dependencies, which runner jobs never use.
-Here each is one pipeline, and whoever adds to a job's start or end (the attempt count, the
-SQL row's journal entry, metrics) queues its writes into that pipeline through two hooks,
-`begin_attempt` and `end_successful_attempt`, instead of paying a round trip of its own.
-A success is held and sent with the worker's next move: the next job's start when that job is
-already claimed (jobs are claimed a few at a time), else the claim that looks for it.
+Each function queues what RQ's own code would write when a job starts, succeeds, fails, is
+retried, stopped, deferred or put back on its queue, without sending it: the caller adds its own
+writes (the journal entry, metrics) and sends all of it as one script call
+(runner.rq_seam.scripts), so a job's change and its history are written together or not at all.
+A start or end costs one round trip, where RQ's worker spends several.
+
+Fencing: a job's hash counts the executions started (`runner_fence`). Everything an execution
+writes later is guarded by that count, so an attempt that its worker kept running after it was
+presumed dead and retried elsewhere (a paused or cut-off worker) changes nothing in Redis, and
+no event or callback follows it.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import datetime, timedelta
 from typing import Any
 
-import redis
 from redis.client import Pipeline
 from rq.executions import Execution
-from rq.job import Job, JobStatus, _job_stack
+from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.utils import now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
-from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS
-from runner.rq_seam.scripts import execute_as_script, skip_rest_if
-from runner.worker.claims import release_claim
-from runner.worker.liveness import DEAD_AFTER_FIELD
+from runner.rq_seam.keys import DEAD_AFTER_FIELD, FENCE_FIELD, META_FIELD, STATUS_FIELD
+from runner.rq_seam.scripts import DIFFERS, EQUALS, guard
 
-AfterExecute = Callable[[], None]
+_running: ContextVar[Job | None] = ContextVar("runner_rq_job", default=None)
 
 
-def _nothing() -> None:
-    return None
-
-
-def _send(connection: redis.Redis, pipeline: Pipeline, after: AfterExecute) -> None:
-    execute_as_script(connection, pipeline)
-    after()
-
-
-class CanceledBeforeStart(Exception):  # noqa: N818 (a state, not a failure)
-    """The job was canceled after this worker claimed it and before it started: it must not run."""
+def current_job() -> Job | None:
+    """The RQ job this worker thread is running, or None."""
+    return _running.get()
 
 
 class RunnerJob(Job):
-    """An RQ job whose key is made persistent in the pipeline that starts it (RQ's `perform` spends a round trip)."""
+    """An RQ job performed as RQ does, minus two things: the PERSIST of its key (sent with the start)
+    and RQ's job stack (`current_job` stands in). `outcome` keeps what it returned."""
 
-    persisted_at_start = False
+    outcome: Any = None
 
-    def perform(self) -> Any:  # noqa: D102 (RQ's, minus the PERSIST sent with prepare_execution)
-        if not self.persisted_at_start:
-            return super().perform()
-        _job_stack.push(self)
+    def perform(self) -> Any:  # noqa: D102
+        token = _running.set(self)
         try:
-            self._result = self._execute()
+            self.outcome = self.func(*self.args, **self.kwargs)
         finally:
-            assert self is _job_stack.pop()
-        return self._result
+            _running.reset(token)
+        return self.outcome
 
-    def _handle_success(self, result_ttl: int, pipeline: Pipeline, worker_name: str = "",
-                        execution_id: str | None = None, execution_started_at: datetime | None = None,
-                        execution_ended_at: datetime | None = None) -> None:
+
+def fence_of(fields: dict[bytes, bytes]) -> int:
+    """How many executions of a job have started, from its hash (0 when none)."""
+    raw = fields.get(FENCE_FIELD.encode())
+    return int(raw) if raw else 0
+
+
+def is_latest(job: Job, fence: int) -> tuple[str, str, str, str]:
+    """The guard condition: `job` has started no execution since the `fence`th."""
+    return (job.key, FENCE_FIELD, EQUALS, str(fence))
+
+
+@contextmanager
+def guarded_by_fence(pipeline: Pipeline, job: Job, fence: int) -> Iterator[None]:
+    """Commands queued inside run only if the `fence`th execution is still the job's latest."""
+    with guard(pipeline, is_latest(job, fence)):
+        yield
+
+
+@contextmanager
+def start_guard(pipeline: Pipeline, job: Job, fence: int) -> Iterator[None]:
+    """The guard of a start: the job is not canceled, and its latest execution is the one before."""
+    with guard(pipeline, (job.key, STATUS_FIELD, DIFFERS, JobStatus.CANCELED.value), is_latest(job, fence - 1)):
+        yield
+
+
+def queue_start(pipeline: Pipeline, worker: BaseWorker, job: Job, *, fence: int, heartbeat_ttl: int,
+                dead_after: float) -> Execution:
+    """Queue the start of `job` as its `fence`th execution (call inside `start_guard`); its execution."""
+    execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=worker.name)
+    pipeline.hset(job.key, FENCE_FIELD, fence)
+    pipeline.hset(execution.key, DEAD_AFTER_FIELD, dead_after)
+    # What RQ's set_state, set_current_job_id, set_current_job_working_time and heartbeat write.
+    worker.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+    worker.current_job_working_time = 0
+    worker.last_heartbeat = now()
+    pipeline.hset(worker.key, mapping={"current_job": job.id, "current_job_working_time": 0,
+                                       "last_heartbeat": utcformat(worker.last_heartbeat)})
+    pipeline.expire(worker.key, heartbeat_ttl)
+    job.prepare_for_execution(worker.name, pipeline=pipeline)
+    pipeline.persist(job.key)  # what Job.perform would do on its own (RunnerJob does not)
+    return execution
+
+
+def queue_finish(pipeline: Pipeline, worker: BaseWorker, job: Job, *, result_ttl: int) -> None:
+    """Queue what RQ writes when a job succeeded (call inside `guarded_by_fence`)."""
+    assert job.started_at is not None and job.ended_at is not None and job.last_heartbeat is not None
+    worker.increment_successful_job_count(pipeline=pipeline)
+    worker.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+    execution = worker.execution
+    if result_ttl != 0:
         # RQ saves every field of the job here, its payload compressed anew; since the start
         # saved them, only these three changed (RQ's rule kept: the user's meta is not touched).
-        self._status = JobStatus.FINISHED
-        assert self.ended_at is not None and self.last_heartbeat is not None
-        pipeline.hset(self.key, mapping={"status": JobStatus.FINISHED.value, "ended_at": utcformat(self.ended_at),
-                                         "last_heartbeat": utcformat(self.last_heartbeat)})
-        Result.create(self, Result.Type.SUCCESSFUL, return_value=self._result, ttl=result_ttl,
-                      worker_name=worker_name, pipeline=pipeline, execution_id=execution_id,
-                      execution_started_at=execution_started_at, execution_ended_at=execution_ended_at)
-        if result_ttl != 0:
-            self.finished_job_registry.add(self, result_ttl, pipeline)
+        job.set_status(JobStatus.FINISHED, pipeline=pipeline)
+        pipeline.hset(job.key, mapping={"ended_at": utcformat(job.ended_at),
+                                        "last_heartbeat": utcformat(job.last_heartbeat)})
+        Result.create(job, Result.Type.SUCCESSFUL, return_value=getattr(job, "outcome", None), ttl=result_ttl,
+                      worker_name=worker.name, pipeline=pipeline, execution_id=execution.id if execution else None,
+                      execution_started_at=execution.created_at if execution else None,
+                      execution_ended_at=job.ended_at)
+        job.finished_job_registry.add(job, result_ttl, pipeline)
+    if result_ttl > 0:  # RQ's job.cleanup also expires dependency keys, which runner jobs never have
+        pipeline.expire(job.key, result_ttl)
+    else:
+        job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+    worker.cleanup_execution(job, pipeline=pipeline)
+    worker.set_state(WorkerStatus.IDLE, pipeline=pipeline)
 
 
-class PipelinedBookkeepingMixin(BaseWorker):
-    """Starts and finishes each job in one round trip apiece."""
+def queue_meta(pipeline: Pipeline, job: Job) -> None:
+    """Queue the save of the job's meta (progress, attempts, error, artifacts)."""
+    pipeline.hset(job.key, META_FIELD, job.serializer.dumps(job.meta))
 
-    job_class = RunnerJob
-    # Our `finished` lifecycle event logs each job's end; RQ's extra line per job is not needed.
-    log_result_lifespan = False
 
-    dead_after: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS
-    _next_heartbeat: float = 0.0
-    # A finished job's pipeline, held to go out with the next job's start (see handle_job_success).
-    _held: tuple[Pipeline, AfterExecute] | None = None
+def queue_requeue(pipeline: Pipeline, job: Job, queue: Queue, *, at_front: bool = False) -> None:
+    """Queue `job` on `queue` again, its whole hash saved (from a registry, or after an attempt)."""
+    job.started_at = job.ended_at = None
+    queue.enqueue_job(job, pipeline=pipeline, at_front=at_front)
 
-    @property
-    def heartbeat_seconds(self) -> float:
-        """How often a busy worker proves it is alive."""
-        return max(1.0, self.dead_after / 3)
 
-    def begin_attempt(self, job: Job, pipeline: Pipeline) -> AfterExecute:
-        """Queue what else starts with `job`; return what to do once the pipeline has executed."""
-        return _nothing
+def queue_schedule(pipeline: Pipeline, job: Job, queue: Queue, when: datetime) -> None:
+    """Queue `job` in `queue`'s scheduled registry until `when`, its whole hash saved."""
+    queue.schedule_job(job, when, pipeline=pipeline)
 
-    def end_successful_attempt(self, job: Job, pipeline: Pipeline) -> AfterExecute:
-        """Queue what else ends with `job`'s success; return what to do once the pipeline has executed."""
-        return _nothing
 
-    def send_held(self) -> None:
-        """Send a finished job's held pipeline now (before waiting, stopping or failing)."""
-        held, self._held = self._held, None
-        if held is not None:
-            _send(self.connection, *held)
+def queue_retry(pipeline: Pipeline, job: Job, queue: Queue) -> str:
+    """Queue RQ's retry of a failed attempt (one retry spent; at once, or after the backoff); the status it gets.
 
-    def take_held(self) -> tuple[Pipeline, AfterExecute] | None:
-        """The held end of the last job, for the caller to send with its own commands (then call its after)."""
-        held, self._held = self._held, None
-        return held
+    RQ's own `Job.retry` writes a scheduled retry's status outside the pipeline: here all goes in it."""
+    interval = job.get_retry_interval()
+    job.retries_left = int(job.retries_left or 0) - 1
+    if interval:
+        queue_schedule(pipeline, job, queue, now() + timedelta(seconds=interval))
+        return JobStatus.SCHEDULED.value
+    queue_requeue(pipeline, job, queue, at_front=job.enqueue_at_front_on_retry)
+    return JobStatus.QUEUED.value
 
-    def prepare_execution(self, job: Job) -> Execution:
-        # One transaction moves the job from this worker's claim list to the started registry,
-        # and does what RQ's prepare_job_execution would do in a round trip of its own.
-        ttl = self.get_heartbeat_ttl(job)
-        held, self._held = self._held, None
-        with held[0] if held else self.connection.pipeline() as pipeline:
-            # Canceled since it was claimed (claimed ahead with another job): the last job's end
-            # still goes, this job's start does not.
-            skip_rest_if(pipeline, job.key, "status", JobStatus.CANCELED.value)
-            execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
-            pipeline.hset(execution.key, DEAD_AFTER_FIELD, self.dead_after)
-            release_claim(pipeline, self.name, job.id)
-            # What RQ's set_state, set_current_job_id, set_current_job_working_time and heartbeat
-            # write, as one command; job.prepare_for_execution sets the job's heartbeat too.
-            self._state = WorkerStatus.BUSY
-            self.current_job_working_time = 0
-            self.last_heartbeat = now()
-            pipeline.hset(self.key, mapping={"state": WorkerStatus.BUSY.value, "current_job": job.id,
-                                             "current_job_working_time": 0,
-                                             "last_heartbeat": utcformat(self.last_heartbeat)})
-            pipeline.expire(self.key, ttl)
-            job.prepare_for_execution(self.name, pipeline=pipeline)
-            if isinstance(job, RunnerJob):
-                pipeline.persist(job.key)  # what Job.perform would do on its own
-                job.persisted_at_start = True
-            after = self.begin_attempt(job, pipeline)
-            started = execute_as_script(self.connection, pipeline)
-        if held:
-            held[1]()
-        if not started:
-            raise CanceledBeforeStart(job.id)
-        self.execution = execution
-        after()
-        self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
-        return self.execution
 
-    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        # Sent with prepare_execution; runner workers never use RQ's intermediate queue.
-        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
+def queue_failure(pipeline: Pipeline, job: Job, exc_string: str, *, status: str = JobStatus.FAILED.value,
+                  worker_name: str = "", execution: Execution | None = None) -> None:
+    """Queue what RQ writes when an attempt ends the job for good (failed, or stopped)."""
+    job.ended_at = job.ended_at or now()
+    job.set_status(JobStatus(status), pipeline=pipeline)
+    pipeline.hset(job.key, "ended_at", utcformat(job.ended_at))
+    queue_meta(pipeline, job)
+    job.failed_job_registry.add(job, ttl=job.failure_ttl, exc_string=exc_string, pipeline=pipeline)
+    Result.create_failure(job, job.failure_ttl, exc_string=exc_string, worker_name=worker_name, pipeline=pipeline,
+                          execution_id=execution.id if execution else None,
+                          execution_started_at=execution.created_at if execution else None,
+                          execution_ended_at=job.ended_at)
 
-    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        # RQ heartbeats the job here in a round trip of its own; the pipeline that records the
-        # end (success or failure) saves the job with this heartbeat anyway.
-        job.ended_at = job.last_heartbeat = now()
 
-    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
-        assert job.started_at is not None and job.ended_at is not None
-        result_ttl = job.get_result_ttl(self.default_result_ttl)
-        self.send_held()
-        pipeline = self.connection.pipeline()
-        try:
-            self.increment_successful_job_count(pipeline=pipeline)
-            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
-            if result_ttl != 0:
-                execution = self.execution
-                job._handle_success(
-                    result_ttl,
-                    pipeline=pipeline,
-                    worker_name=self.name,
-                    execution_id=execution.id if execution else None,
-                    execution_started_at=execution.created_at if execution else None,
-                    execution_ended_at=job.ended_at,
-                )
-            if result_ttl > 0:  # RQ's job.cleanup also expires dependency keys, which runner jobs never have
-                pipeline.expire(job.key, result_ttl)
-            else:
-                job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
-            self.cleanup_execution(job, pipeline=pipeline)
-            self.set_state(WorkerStatus.IDLE, pipeline=pipeline)
-            after = self.end_successful_attempt(job, pipeline)
-        except BaseException:
-            pipeline.reset()
-            raise
-        # Held for the worker's next move, moments away: the next job's start when it is already
-        # claimed, else the claim of the next job (runner.worker.supervision). One round trip for both.
-        self._held = (pipeline, after)
-        self.log.debug("Successfully completed job %s in %ss on worker %s", job.id, job.ended_at - job.started_at,
-                       self.name)
-
-    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
-        # A state the worker is known to have is not written again (RQ writes `idle` after every job).
-        if pipeline is None and state == self._state == WorkerStatus.IDLE:
-            return
-        super().set_state(state, pipeline)
+def queue_forget_execution(pipeline: Pipeline, job: Job, execution_id: str) -> None:
+    """Queue the removal of an execution of `job` (its record, its place in the started registry)."""
+    Execution(execution_id, job.id, connection=job.connection).delete(job=job, pipeline=pipeline)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 from redis.client import Pipeline
@@ -58,24 +59,29 @@ def template_for(queue: Queue, spec: FunctionSpec, *, result_ttl: int, failure_t
     """The hash fields every job of `spec` shares, taken from a job RQ builds."""
     job = new_job(queue, spec, "template", {}, meta={}, result_ttl=result_ttl, failure_ttl=failure_ttl)
     # What Queue.enqueue_job sets before it saves (enqueued_at is replaced per invocation).
-    job.origin, job.enqueued_at, job._status = queue.name, now(), JobStatus.QUEUED
-    fields = job.to_dict()
+    job.origin, job.enqueued_at = queue.name, now()
+    fields = {**job.to_dict(), "status": JobStatus.QUEUED.value}
     for name in PER_INVOCATION_FIELDS:
         fields.pop(name, None)
     return JobTemplate(fields=fields)
 
 
 def job_fields(template: JobTemplate, spec: FunctionSpec, arguments: dict[str, Any],
-               meta: dict[str, Any]) -> dict[str, FieldValue]:
-    """The hash of one invocation's job."""
-    stamp = utcformat(now())
+               meta: dict[str, Any], created_at: datetime) -> dict[str, FieldValue]:
+    """The hash of one invocation's job, created at `created_at` (the time its row says too)."""
+    stamp = utcformat(created_at)
     data = JSONSerializer.dumps((ENTRY_POINT, None, (spec.name, arguments), {}))
     return {**template.fields, "created_at": stamp, "enqueued_at": stamp, "data": zlib.compress(data),
             "meta": JSONSerializer.dumps(meta)}
 
 
+def job_key(job_id: str) -> str:
+    """The Redis key of a job's hash."""
+    return str(Job.key_for(job_id))
+
+
 def queue_job(pipeline: Pipeline, queue: Queue, job_id: str, fields: dict[str, FieldValue]) -> None:
     """Queue the commands RQ's enqueue_job sends for a job (our queue class adds its wake-up token)."""
     pipeline.sadd(queue.redis_queues_keys, queue.key)
-    pipeline.hset(Job.key_for(job_id), mapping=cast(Mapping[Any, FieldValue], fields))
+    pipeline.hset(job_key(job_id), mapping=cast(Mapping[Any, FieldValue], fields))
     queue.push_job_id(job_id, pipeline=pipeline)

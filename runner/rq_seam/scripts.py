@@ -1,85 +1,171 @@
 """Send a pipeline's queued commands as one Lua script call: one command to pack, one reply to parse.
 
-A job's start or end is some forty Redis commands (RQ's bookkeeping, ours, metrics). As a
-MULTI/EXEC pipeline, redis-py packs each and parses forty-two replies, which costs the worker
-more CPU than the job. Run from a script, the same commands, in the same order, run atomically
-in Redis (as a transaction would), and the client handles a single call. Only for pipelines
-whose replies nobody reads.
+A job's start or end is some forty Redis commands (RQ's bookkeeping, ours, metrics, the journal).
+As a MULTI/EXEC pipeline, redis-py packs each and parses forty-two replies, which costs the worker
+more CPU than the job. Run from a script, the same commands, in the same order, run atomically in
+Redis (as a transaction would), and the client handles a single call. Only for pipelines whose
+replies nobody reads.
+
+Every key a command touches is passed in KEYS, as Redis's script contract asks; the arguments
+say, for each command, how many of the next keys it takes (`KEY_COUNTS`). A command whose keys
+are not known here is refused when it is queued for a script, not sent with a key hidden in ARGV.
+
+Encoding, per command, in ARGV: the number of its other arguments, the number of its keys, its
+name, then its other arguments; its keys follow each other in KEYS.
+
+A `guard` makes the commands queued inside it conditional on hash fields (a job not canceled, an
+attempt still the job's latest): when a condition fails, they are skipped, and the commands
+after the block run as usual. The script reports each guard's outcome, in order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
 
 import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
-# A pseudo-command (see `skip_rest_if`): when hash field KEY FIELD holds VALUE, stop there.
-SKIP_REST_IF = "RUNNER-SKIP-REST-IF"
+# A pseudo-command opening a guarded block (see `guard`).
+GUARD = "RUNNER-GUARD"
+EQUALS, DIFFERS = "=", "!"
 
-# Runs the commands encoded in ARGV from position `from` on (see `encode_commands`); returns 0 when
-# a SKIP_REST_IF stopped it, 1 when all ran. For scripts.
+# How many leading arguments of each command are keys. Commands that take every argument as a
+# key are listed with -1.
+KEY_COUNTS: dict[str, int] = {
+    **dict.fromkeys((
+        "HSET", "HMSET", "HSETNX", "HDEL", "HINCRBY", "HINCRBYFLOAT", "SADD", "SREM", "ZADD", "ZREM",
+        "ZREMRANGEBYSCORE", "ZINCRBY", "LPUSH", "RPUSH", "LREM", "LTRIM", "EXPIRE", "PEXPIRE", "EXPIREAT",
+        "PERSIST", "SET", "SETEX", "PSETEX", "INCR", "INCRBY", "INCRBYFLOAT", "XADD", "XTRIM", "XDEL",
+    ), 1),
+    **dict.fromkeys(("DEL", "UNLINK", "TOUCH"), -1),
+    "PUBLISH": 0,
+}
+
+# Runs the commands encoded in ARGV from position `argv_from` on, their keys taken from KEYS from
+# `key_from` on; returns each guard's outcome (1 when its conditions held), in order. For scripts.
 RUN_COMMANDS_LUA = """
-local function run_commands(from)
+local function run_commands(argv_from, key_from)
   local unpack = unpack or table.unpack
-  local i = from
+  local i, k, guards = argv_from, key_from, {}
   while i <= #ARGV do
-    local n = tonumber(ARGV[i])
-    if ARGV[i + 1] == '""" + SKIP_REST_IF + """' then
-      if redis.call('HGET', ARGV[i + 2], ARGV[i + 3]) == ARGV[i + 4] then
-        return 0
+    local nargs, nkeys, name = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2]
+    if name == '""" + GUARD + """' then
+      local held = true
+      for c = 0, nkeys - 1 do
+        local op, field, want = ARGV[i + 4 + 3 * c], ARGV[i + 5 + 3 * c], ARGV[i + 6 + 3 * c]
+        local have = redis.call('HGET', KEYS[k + c], field) or '0'
+        if (op == '""" + EQUALS + """') ~= (have == want) then held = false end
+      end
+      guards[#guards + 1] = held and 1 or 0
+      local skip = held and 0 or tonumber(ARGV[i + 3])
+      i, k = i + 3 + nargs, k + nkeys
+      for _ = 1, skip do
+        i, k = i + 3 + tonumber(ARGV[i]), k + tonumber(ARGV[i + 1])
       end
     else
-      redis.call(unpack(ARGV, i + 1, i + n))
+      if nkeys == 1 then
+        redis.call(name, KEYS[k], unpack(ARGV, i + 3, i + 2 + nargs))
+      else
+        local args = {}
+        for j = 0, nkeys - 1 do args[#args + 1] = KEYS[k + j] end
+        for j = 1, nargs do args[#args + 1] = ARGV[i + 2 + j] end
+        redis.call(name, unpack(args))
+      end
+      i, k = i + 3 + nargs, k + nkeys
     end
-    i = i + n + 1
   end
-  return 1
+  return guards
 end
 """
-_RUN_COMMANDS = RUN_COMMANDS_LUA + "return run_commands(1)\n"
+_RUN_COMMANDS = RUN_COMMANDS_LUA + "return run_commands(1, 1)\n"
+
+Argument = bytes | str | int | float
 
 
-def skip_rest_if(pipeline: Pipeline, key: str, field: str, value: str) -> None:
-    """Queue a condition: when run by `execute_as_script`, the commands after it run only unless
-    hash field `key` `field` holds `value` (those before it run either way)."""
-    pipeline.command_stack.append(((SKIP_REST_IF, key, field, value), {}))
+@dataclass
+class EncodedCommands:
+    """Commands as script arguments: their keys (for KEYS) and the rest (for ARGV)."""
+
+    keys: list[str | bytes] = field(default_factory=list)
+    args: list[Argument] = field(default_factory=list)
+
+    def extend(self, other: EncodedCommands) -> None:
+        """Append `other`'s commands after these."""
+        self.keys.extend(other.keys)
+        self.args.extend(other.args)
+
+    def __bool__(self) -> bool:
+        return bool(self.args)
 
 
-EncodedCommands = list[bytes | str | int | float]
+def script_pipeline(connection: redis.Redis) -> Pipeline:
+    """A pipeline that collects commands for `execute_as_script`, already in transaction mode (RQ's
+    calls that take a pipeline expect one)."""
+    pipeline = connection.pipeline()
+    pipeline.multi()
+    return pipeline
+
+
+Condition = tuple[str, str, str, str]  # key, field, EQUALS or DIFFERS, value
+
+
+@contextmanager
+def guard(pipeline: Pipeline, *conditions: Condition) -> Iterator[None]:
+    """The commands queued inside this block run only if every condition holds (field values as
+    text; a missing field reads "0"); run by `execute_as_script` or a claim."""
+    opening = len(pipeline.command_stack)
+    pipeline.command_stack.append(((GUARD, conditions, 0), {}))
+    yield
+    pipeline.command_stack[opening] = ((GUARD, conditions, len(pipeline.command_stack) - opening - 1), {})
 
 
 def encode_commands(pipeline: Pipeline | None) -> EncodedCommands:
-    """The commands queued in `pipeline` as script arguments: for each, its argument count, then it."""
-    arguments: EncodedCommands = []
-    for args, _options in pipeline.command_stack if pipeline is not None else ():
-        arguments.append(len(args))
-        arguments.extend(args)
-    return arguments
+    """The commands queued in `pipeline`, as script arguments; ValueError for a command whose keys are unknown."""
+    encoded = EncodedCommands()
+    for command, _options in pipeline.command_stack if pipeline is not None else ():
+        name = str(command[0]).upper()
+        if name == GUARD:
+            _name, conditions, skip = command
+            encoded.keys.extend(key for key, _field, _op, _value in conditions)
+            rest = [skip, *(part for _key, field, op, value in conditions for part in (op, field, value))]
+            encoded.args.extend((len(rest), len(conditions), GUARD, *rest))
+            continue
+        if name not in KEY_COUNTS:
+            raise ValueError(f"{name} is not known to runner.rq_seam.scripts: add its key count to KEY_COUNTS")
+        count = KEY_COUNTS[name]
+        count = len(command) - 1 if count < 0 else count
+        encoded.keys.extend(command[1:1 + count])
+        rest = command[1 + count:]
+        encoded.args.extend((len(rest), count, name, *rest))
+    return encoded
+
 
 _scripts: WeakKeyDictionary[redis.Redis, Script] = WeakKeyDictionary()
 
 
-def execute_as_script(connection: redis.Redis, pipeline: Pipeline) -> bool:
-    """Run the commands queued in `pipeline` as one script on `connection`, then empty the pipeline.
-
-    False when a `skip_rest_if` condition held and the commands after it did not run.
-    """
+def execute_as_script(connection: redis.Redis, pipeline: Pipeline) -> list[bool]:
+    """Run the commands queued in `pipeline` as one script on `connection`, then empty the pipeline;
+    whether each `guard` of it held, in order."""
     try:
         if not pipeline.command_stack:
-            return True
-        return bool(_script(connection)(args=encode_commands(pipeline)))
+            return []
+        encoded = encode_commands(pipeline)
+        return [bool(held) for held in _script(connection)(keys=encoded.keys, args=encoded.args)]
     finally:
         pipeline.reset()
 
 
 def run_encoded(connection: redis.Redis, batches: list[EncodedCommands]) -> None:
-    """Run the commands of several `encode_commands` results, one after the other, as one script call
-    (none may hold a `skip_rest_if`: it would skip the commands of the results after its own)."""
-    arguments = [argument for batch in batches for argument in batch]
-    if arguments:
-        _script(connection)(args=arguments)
+    """Run the commands of several `encode_commands` results, one after the other, as one script call."""
+    merged = EncodedCommands()
+    for batch in batches:
+        merged.extend(batch)
+    if merged:
+        _script(connection)(keys=merged.keys, args=merged.args)
 
 
 def _script(connection: redis.Redis) -> Script:

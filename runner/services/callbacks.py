@@ -24,13 +24,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from rq import Retry, get_current_job
+from rq import Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from runner.config import Settings
 from runner.errors import CallbackDeliveryError, InvalidInput
+from runner.rq_seam.bookkeeping import current_job
 from runner.rq_seam.queues import queue_for
 from runner.services.job_views import view_from_job
 from runner.services.lifecycle import JobEvent
@@ -193,7 +194,7 @@ def _post(target: CallbackTarget, address: str, body: bytes, headers: dict[str, 
 
 
 def _give_up(message: str) -> CallbackDeliveryError:
-    job = get_current_job()
+    job = current_job()
     if job is not None:
         job.retries_left = 0  # a refusal or an unsafe address will not change on a retry
     return CallbackDeliveryError(message)

@@ -5,26 +5,34 @@ a running one (RQ's stop-job command: its worker interrupts the job and marks it
 Retry puts a failed, stopped or canceled job back on its queue under the same id, with its
 function's full retry policy again; `attempts` keeps counting across the retry. A job Redis has
 forgotten is re-enqueued from its SQL row. One operation per job at a time (a short Redis lock).
+Each change goes to Redis with its history row's journal entry, in one transaction.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import cast
 
 import redis
 from rq.command import send_stop_job_command
-from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
+from rq.exceptions import DeserializationError, InvalidJobOperation
 from rq.job import Job
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner.authoring.registry import Registry
+from runner.authoring.registry import FunctionSpec, Registry
 from runner.errors import JobNotFound, StateConflict
-from runner.journal.reconcile import write_or_defer
+from runner.journal import entries as journal
+from runner.journal.reads import read_history
+from runner.journal.rows import row_values
+from runner.redis_connection import REDIS_ERRORS, redis_unavailable
+from runner.rq_seam.bookkeeping import RunnerJob, fence_of, queue_meta, queue_requeue
+from runner.rq_seam.job_hash import ENTRY_POINT, job_key
 from runner.rq_seam.queues import queue_for
-from runner.services.backends import REDIS_ERRORS, Backends, redis_unavailable
+from runner.rq_seam.worker import job_status
+from runner.services.backends import Backends
 from runner.services.invocation import job_meta, submit_job
 from runner.services.job_views import JOB_ID_PATTERN, JobView, get_job_view, wait_for_job
 from runner.services.limits import release_waiting_place, reserve_waiting_place
@@ -58,84 +66,94 @@ def _job_lock(connection: redis.Redis, job_id: str) -> Iterator[None]:
             pass  # the lock expires by itself
 
 
-def _fetch(job_id: str, backends: Backends) -> Job | None:
-    if not JOB_ID_PATTERN.match(job_id):
-        raise JobNotFound(f"No job has the id {job_id!r}.")
-    try:
-        return Job.fetch(job_id, connection=backends.connection, serializer=JSONSerializer)
-    except (NoSuchJobError, DeserializationError):
-        return None
+@contextmanager
+def _changing(connection: redis.Redis, job_id: str) -> Iterator[tuple[redis.client.Pipeline, Job | None, int]]:
+    """A transaction on one job: the pipeline (watching the job, in MULTI), the job as read then
+    (None when Redis does not hold it) and its fence. Raises redis.WatchError when it changed meanwhile."""
+    with connection.pipeline() as pipeline:
+        pipeline.watch(job_key(job_id))  # type: ignore[no-untyped-call]
+        fields = cast(dict[bytes, bytes], pipeline.hgetall(job_key(job_id)))
+        job: Job | None = None
+        if fields:
+            job = RunnerJob(job_id, connection=connection, serializer=JSONSerializer)
+            try:
+                job.restore(fields)  # type: ignore[arg-type]
+            except DeserializationError:
+                job = None  # not a runner job
+        pipeline.multi()
+        yield pipeline, job, fence_of(fields)
+        pipeline.execute()
 
 
-def _status(job: Job) -> JobStatus:
-    status = job.get_status(refresh=False)
-    return JobStatus(status.value if hasattr(status, "value") else str(status))
+def _invalid_id(job_id: str) -> JobNotFound | None:
+    return None if JOB_ID_PATTERN.match(job_id) else JobNotFound(f"No job has the id {job_id!r}.")
 
 
 def cancel_job(job_id: str, backends: Backends) -> JobView:
     """Cancel a waiting job or stop a running one; StateConflict when it has already ended."""
+    if (error := _invalid_id(job_id)) is not None:
+        raise error
     try:
         with _job_lock(backends.connection, job_id):
-            job = _fetch(job_id, backends)
-            if job is None:
-                return _cancel_forgotten(job_id, backends)
-            status = _status(job)
+            with _changing(backends.connection, job_id) as (pipeline, job, fence):
+                if job is None:
+                    pipeline.reset()
+                    return _cancel_forgotten(job_id, backends)
+                status = JobStatus(job_status(job))
+                if status in CANCELABLE:
+                    job.cancel(pipeline=pipeline)
+                    job.meta["progress"] = {**(job.meta.get("progress") or {"percent": 0}), "message": "canceled"}
+                    queue_meta(pipeline, job)
+                    if job.func_name == ENTRY_POINT:
+                        journal.append(pipeline, job_id, row_values(job, JobStatus.CANCELED, ended_at=utcnow()),
+                                       fence=fence)
+                else:
+                    pipeline.reset()
             if status in CANCELABLE:
-                job.cancel()
-                release_waiting_place(backends.connection, str(job.meta.get("function", "")), job_id)
-                write_or_defer(backends.store, backends.connection, job_id, status=JobStatus.CANCELED.value,
-                               progress_message="canceled", ended_at=utcnow())
+                with suppress(*REDIS_ERRORS):
+                    release_waiting_place(backends.connection, str(job.meta.get("function", "")), job_id)
                 return get_job_view(job_id, backends)
-            if status == JobStatus.STARTED:
-                try:
-                    send_stop_job_command(backends.connection, job_id, serializer=JSONSerializer)
-                except InvalidJobOperation:
-                    raise StateConflict("The job is marked started but no worker runs it.",
-                                        details={"status": status.value}) from None
-            else:
+            if status != JobStatus.STARTED:
                 raise StateConflict(f"The job has already ended ({status.value}); there is nothing to cancel.",
                                     details={"status": status.value})
+            try:
+                send_stop_job_command(backends.connection, job_id, serializer=JSONSerializer)
+            except InvalidJobOperation:
+                raise StateConflict("The job is marked started but no worker runs it.",
+                                    details={"status": status.value}) from None
+    except redis.WatchError:
+        raise StateConflict("The job changed while it was being canceled; look at it again.",
+                            details={"job_id": job_id}) from None
     except REDIS_ERRORS as exc:
         raise redis_unavailable() from exc
-    # The worker marks the job `stopped` (and writes its row) once the job is interrupted.
+    # The worker marks the job `stopped` (and journals its row) once the job is interrupted.
     return wait_for_job(job_id, backends, STOP_WAIT_SECONDS)
 
 
 def _cancel_forgotten(job_id: str, backends: Backends) -> JobView:
-    record = backends.store.get(job_id)
+    record = read_history(backends.connection, backends.store).get(job_id)
     if record is None:
         raise JobNotFound(f"No job has the id {job_id!r}.")
     if record.status in TERMINAL_STATUSES:
         raise StateConflict(f"The job has already ended ({record.status}); there is nothing to cancel.",
                             details={"status": record.status})
     # Redis lost a job that never ended (flushed, or restarted without persistence): nothing will run it.
-    backends.store.update(job_id, status=JobStatus.CANCELED.value, progress_message="canceled", ended_at=utcnow())
+    journal.append(backends.connection, job_id, {"status": JobStatus.CANCELED.value, "progress_message": "canceled",
+                                                 "ended_at": utcnow()}, fence=record.fence)
     return get_job_view(job_id, backends)
 
 
 def retry_job(job_id: str, backends: Backends, registry: Registry) -> JobView:
     """Queue a failed, stopped or canceled job again under its id; StateConflict for any other state."""
+    if (error := _invalid_id(job_id)) is not None:
+        raise error
     try:
         with _job_lock(backends.connection, job_id):
-            job = _fetch(job_id, backends)
-            if job is None:
-                requeue = _plan_resubmit(job_id, backends, registry)
-            else:
-                requeue = _plan_requeue(job, backends, registry)
-            record = backends.store.get(job_id)
-            # The row says `queued` before a worker can see the job, so its `started` write comes after ours.
-            write_or_defer(backends.store, backends.connection, job_id, status=JobStatus.QUEUED.value,
-                           progress_percent=0, progress_message="queued", result=None, error=None,
-                           started_at=None, ended_at=None)
-            try:
-                requeue()
-            except REDIS_ERRORS:
-                if record is not None:  # put the row back as it was
-                    write_or_defer(backends.store, backends.connection, job_id, status=record.status,
-                                   progress_percent=record.progress_percent, progress_message=record.progress_message,
-                                   result=record.result, error=record.error, started_at=record.started_at,
-                                   ended_at=record.ended_at)
-                raise
+            if not backends.connection.exists(job_key(job_id)):
+                _resubmit_forgotten(job_id, backends, registry)
+            elif not requeue_ended_job(job_id, backends, registry, reserve=True):
+                raise StateConflict("The job changed while it was being retried; look at it again.",
+                                    details={"job_id": job_id})
             return get_job_view(job_id, backends)
     except REDIS_ERRORS as exc:
         raise redis_unavailable() from exc
@@ -146,38 +164,54 @@ def _not_retryable(status: str) -> StateConflict:
                          details={"status": status})
 
 
-def _plan_requeue(job: Job, backends: Backends, registry: Registry) -> Callable[[], None]:
-    """Check that Redis' job may be retried and take its waiting place; return what requeues it."""
-    status = _status(job)
-    if status not in RETRYABLE:
-        raise _not_retryable(status.value)
-    spec = registry.get(str(job.meta.get("function") or ""))
-    reserve_waiting_place(backends.connection, spec, job.id)
+def requeue_ended_job(job_id: str, backends: Backends, registry: Registry, *, reserve: bool = False,
+                      function: str | None = None) -> bool:
+    """Put a failed, stopped or canceled job back on its queue with its function's whole retry
+    policy, its row back to `queued`; the one way an ended job goes back (retry, requeue-failed).
 
-    def requeue() -> None:
-        for stale in ("error", "waiting_for_slot"):
-            job.meta.pop(stale, None)
-        job.meta["progress"] = {"percent": 0, "message": "queued"}
-        # A manual retry gets the function's whole retry policy again (RQ saves these with the job).
-        job.retries_left = spec.retries or None
-        job.retry_intervals = list(spec.backoff) or [0]
-        source = (CanceledJobRegistry(job.origin, backends.connection, serializer=JSONSerializer)
-                  if status == JobStatus.CANCELED else job.failed_job_registry)
-        try:
-            source.requeue(job)
-        except InvalidJobOperation:  # its registry entry expired before the job hash did
-            job.started_at = job.ended_at = None
-            queue_for(job.origin, backends.connection).enqueue_job(job)
-        except REDIS_ERRORS:
-            release_waiting_place(backends.connection, spec.name, job.id)
-            raise
+    False when the job changed meanwhile, or (with `function`) runs another function. With
+    `reserve`, StateConflict when it has not ended, and it takes a waiting place (`max_queued`)."""
+    spec: FunctionSpec | None = None
+    try:
+        with _changing(backends.connection, job_id) as (pipeline, job, fence):
+            function_name = str(job.meta.get("function") or "") if job is not None else ""
+            status = job_status(job) if job is not None else ""
+            if job is None or status not in RETRYABLE or (function is not None and function_name != function):
+                pipeline.reset()
+                if reserve and job is not None:
+                    raise _not_retryable(status)
+                return False
+            if function_name in registry:
+                spec = registry.get(function_name)
+                # A requeued job gets its whole retry policy again, as a fresh invocation would.
+                job.retries_left = spec.retries or None
+                job.retry_intervals = list(spec.backoff) or [0]
+                if reserve:
+                    reserve_waiting_place(backends.connection, spec, job_id)
+            for stale in ("error", "waiting_for_slot"):
+                job.meta.pop(stale, None)
+            job.meta["progress"] = {"percent": 0, "message": "queued"}
+            for source in (job.failed_job_registry, CanceledJobRegistry(job.origin, backends.connection,
+                                                                        serializer=JSONSerializer)):
+                source.remove(job, pipeline=pipeline)
+            queue_requeue(pipeline, job, queue_for(job.origin, backends.connection))
+            if job.func_name == ENTRY_POINT:
+                journal.append(pipeline, job_id, row_values(job, JobStatus.QUEUED), fence=fence)
+    except redis.WatchError:
+        if spec is not None and reserve:
+            release_waiting_place(backends.connection, spec.name, job_id)
+        return False
+    except REDIS_ERRORS:
+        if spec is not None and reserve:
+            with suppress(*REDIS_ERRORS):
+                release_waiting_place(backends.connection, spec.name, job_id)
+        raise
+    return True
 
-    return requeue
 
-
-def _plan_resubmit(job_id: str, backends: Backends, registry: Registry) -> Callable[[], None]:
-    """Check that the SQL row of a job Redis forgot may be retried; return what enqueues it again."""
-    record = backends.store.get(job_id)
+def _resubmit_forgotten(job_id: str, backends: Backends, registry: Registry) -> None:
+    """Enqueue again, from its SQL row, a job Redis has forgotten, if it may be retried."""
+    record = read_history(backends.connection, backends.store).get(job_id)
     if record is None:
         raise JobNotFound(f"No job has the id {job_id!r}.")
     if record.status not in RETRYABLE:
@@ -187,12 +221,11 @@ def _plan_resubmit(job_id: str, backends: Backends, registry: Registry) -> Calla
     arguments = spec.validate(record.input, backends.validation_context())
     reserve_waiting_place(backends.connection, spec, job_id)
     meta = job_meta(spec, attempts=record.attempts, callback_url=record.callback_url)
-
-    def resubmit() -> None:
-        try:
-            submit_job(spec, job_id, arguments, backends, meta=meta)
-        except REDIS_ERRORS:
+    values = {"status": JobStatus.QUEUED.value, "progress_percent": 0, "progress_message": "queued", "result": None,
+              "error": None, "started_at": None, "ended_at": None}
+    try:
+        submit_job(spec, job_id, arguments, backends, meta=meta, row_values=values, fence=record.fence)
+    except REDIS_ERRORS:
+        with suppress(*REDIS_ERRORS):
             release_waiting_place(backends.connection, spec.name, job_id)
-            raise
-
-    return resubmit
+        raise

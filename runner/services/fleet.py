@@ -6,8 +6,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rq import Queue, Worker
-from rq.exceptions import InvalidJobOperation
-from rq.job import Job
 from rq.registry import (
     FailedJobRegistry,
 )
@@ -15,13 +13,13 @@ from rq.serializers import JSONSerializer
 
 from runner.authoring.registry import Registry
 from runner.errors import FunctionNotFound, QueueNotFound
-from runner.journal.reconcile import write_or_defer
+from runner.redis_connection import REDIS_ERRORS, redis_unavailable
 from runner.rq_seam.queues import queue_for
-from runner.services.backends import REDIS_ERRORS, Backends, redis_unavailable
+from runner.services.backends import Backends
 from runner.services.callbacks import CALLBACK_QUEUE
+from runner.services.control import requeue_ended_job
 from runner.services.job_views import iso_time
 from runner.services.metrics import read_queue_metrics
-from runner.store.models import utcnow
 
 # Failed jobs are fetched from Redis this many at a time.
 REQUEUE_BATCH = 200
@@ -154,36 +152,5 @@ def requeue_failed(
 
 def _requeue_queue(backends: Backends, registry: Registry, name: str, function: str | None) -> list[str]:
     failed = FailedJobRegistry(queue=queue_for(name, backends.connection))
-    job_ids = failed.get_job_ids()
-    requeued = []
-    for start in range(0, len(job_ids), REQUEUE_BATCH):
-        batch = job_ids[start : start + REQUEUE_BATCH]
-        jobs = Job.fetch_many(batch, connection=backends.connection, serializer=JSONSerializer)
-        for job in jobs:
-            if job is None:
-                continue  # expired between the listing and the fetch
-            job_function = str(job.meta.get("function") or "")
-            if function is not None and job_function != function:
-                continue
-            if _requeue_job(backends, registry, failed, job, job_function):
-                requeued.append(job.id)
-    return requeued
-
-
-def _requeue_job(backends: Backends, registry: Registry, failed: FailedJobRegistry, job: Job, function: str) -> bool:
-    if function in registry:
-        spec = registry.get(function)
-        # A requeued job gets its whole retry policy again, as a fresh invocation would.
-        job.retries_left = spec.retries or None
-        job.retry_intervals = list(spec.backoff) or [0]
-    job.meta.pop("error", None)
-    job.meta["progress"] = {"percent": 0, "message": "queued"}
-    requested_at = utcnow()
-    try:
-        failed.requeue(job)
-    except InvalidJobOperation:
-        return False  # another requeue (or a retry) took it first
-    # As of the request, so a worker that already started the job keeps its newer row.
-    write_or_defer(backends.store, backends.connection, job.id, as_of=requested_at, status="queued", error=None,
-                   result=None, progress_percent=0, progress_message="queued", started_at=None, ended_at=None)
-    return True
+    return [job_id for job_id in failed.get_job_ids()
+            if requeue_ended_job(job_id, backends, registry, function=function)]

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from runner.errors import IdempotencyConflict, MalformedRequest
-from runner.services.backends import NOT_ACCEPTED, REDIS_ERRORS, redis_unavailable
+from runner.redis_connection import NOT_ACCEPTED, REDIS_ERRORS, redis_unavailable
 
 HEADER = "Idempotency-Key"
 KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")

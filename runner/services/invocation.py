@@ -1,10 +1,11 @@
-"""Accepting an invocation: validate, claim its idempotency key, write the SQL row, enqueue the RQ job."""
+"""Accepting an invocation: validate, claim its idempotency key, enqueue the RQ job with its journaled row."""
 
 from __future__ import annotations
 
 import functools
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,19 +13,22 @@ from typing import Any
 from rq.queue import Queue
 
 from runner.authoring.registry import FunctionSpec
-from runner.errors import BackendUnavailable
-from runner.rq_seam.job_hash import JobTemplate, job_fields, new_job, queue_job, template_for
+from runner.journal import entries as journal
+from runner.redis_connection import NOT_ACCEPTED, REDIS_ERRORS, redis_unavailable
+from runner.rq_seam.job_hash import JobTemplate, job_fields, job_key, new_job, queue_job, template_for
 from runner.rq_seam.queues import queue_for
-from runner.rq_seam.scripts import encode_commands
-from runner.services.backends import NOT_ACCEPTED, REDIS_ERRORS, Backends, redis_unavailable
+from runner.rq_seam.scripts import encode_commands, script_pipeline
+from runner.services.backends import Backends
 from runner.services.callbacks import check_callback_url
 from runner.services.idempotency import Claim, claim_or_find, fingerprint, release
 from runner.services.lifecycle import JobEvent, emit, emit_into
 from runner.services.limits import release_waiting_place, reserve_waiting_place
-from runner.store.models import InvocationRecord, InvocationRow, NewInvocation, utcnow
+from runner.store.models import NewInvocation, utcnow
 
 # How far ahead `?delay=` / `?at=` may schedule a job.
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
+# An invocation is refused (503) unless the database answered this process this recently, or answers a ping.
+DATABASE_ANSWERED_WITHIN_SECONDS = 1.0
 
 
 def new_job_id() -> str:
@@ -44,10 +48,16 @@ class InvocationOptions:
 
 @dataclass(frozen=True)
 class Accepted:
-    """The row of an accepted invocation; `replayed` when an idempotency key named an earlier one."""
+    """The job of an accepted invocation; `replayed` when an idempotency key named an earlier one."""
 
-    record: InvocationRow
-    replayed: bool = False
+    job_id: str
+    # The row as journaled, for a new job (its 202 is made from it); None for a replay.
+    row: NewInvocation | None = None
+
+    @property
+    def replayed(self) -> bool:
+        """Whether an idempotency key named an earlier invocation."""
+        return self.row is None
 
 
 def schedule_time(run_at: datetime) -> datetime:
@@ -71,28 +81,31 @@ def job_meta(spec: FunctionSpec, *, attempts: int = 0, callback_url: str | None 
 
 def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backends: Backends, *,
                meta: dict[str, Any], run_at: datetime | None = None, event: JobEvent | None = None,
-               new_row: dict[str, Any] | None = None) -> None:
+               row: NewInvocation | None = None, row_values: dict[str, Any] | None = None,
+               fence: int = 0) -> None:
     """Put the RQ job on its queue now, or in the scheduled registry until `run_at`; raises Redis errors.
 
-    `event`, if given, is emitted once the job is in Redis (its metrics travel with the job).
-    `new_row`, the job's row written behind (runner.journal.new_rows), is journaled with the job (not with `run_at`).
+    The job's history goes with it, in the same script call: a new `row`, or `row_values` for the
+    row of a job enqueued again (its journal entries carry `fence`). `event`, if given, is
+    emitted once the job is in Redis (its metrics travel with the job).
     """
     queue = queue_for(spec.queue, backends.connection)
     settings = backends.settings
-    if run_at is not None:
-        job = new_job(queue, spec, job_id, arguments, meta=meta, result_ttl=settings.result_ttl,
-                      failure_ttl=settings.failure_ttl)
-        queue.schedule_job(job, schedule_time(run_at))  # one pipeline already
-        if event is not None:
-            emit(backends.connection, event)
-        return
-    # On every invocation's path: the job's hash from its function's template, saved and pushed
-    # with the event's writes in one script call (RQ's enqueue_job: two dozen calls, nine replies).
-    template = _template(queue, spec, settings.result_ttl, settings.failure_ttl)
-    with backends.connection.pipeline() as pipe:
-        queue_job(pipe, queue, job_id, job_fields(template, spec, arguments, meta))
-        if new_row is not None:
-            backends.new_rows.journal_into(pipe, new_row)
+    created_at = row.created_at if row is not None else utcnow()
+    with script_pipeline(backends.connection) as pipe:
+        if run_at is not None:
+            job = new_job(queue, spec, job_id, arguments, meta=meta, result_ttl=settings.result_ttl,
+                          failure_ttl=settings.failure_ttl)
+            queue.schedule_job(job, schedule_time(run_at), pipeline=pipe)
+        else:
+            # On every invocation's path: the job's hash from its function's template (RQ's
+            # enqueue_job: two dozen calls, nine replies).
+            template = _template(queue, spec, settings.result_ttl, settings.failure_ttl)
+            queue_job(pipe, queue, job_id, job_fields(template, spec, arguments, meta, created_at))
+        if row is not None:
+            journal.append(pipe, job_id, row.column_values(), fence=fence, new=True)
+        elif row_values is not None:
+            journal.append(pipe, job_id, row_values, fence=fence)
         if event is not None:
             emit_into(pipe, event)
         # Other threads' new jobs may travel in the same call (see group_commit).
@@ -116,28 +129,34 @@ def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
     claim: Claim | None = None
     if options.idempotency_key is not None:
         claim = Claim(job_id, spec.name, fingerprint(spec.name, arguments), time.time())
-        found: dict[str, InvocationRecord] = {}
-
-        def known_record(job_id: str) -> bool:
-            record = backends.store.get(job_id)
-            if record is not None:
-                found[job_id] = record  # kept, so a replay reads the row once
-            return record is not None
-
         earlier = claim_or_find(backends.connection, options.idempotency_key, claim,
-                                backends.settings.idempotency_ttl, known_record)
-        if earlier is not None:  # only returned once known_record found its row
-            return Accepted(found[earlier], replayed=True)
+                                backends.settings.idempotency_ttl, lambda job_id: job_exists(job_id, backends))
+        if earlier is not None:  # only returned once its job exists
+            return Accepted(earlier)
     try:
-        return Accepted(_record_and_enqueue(spec, job_id, arguments, backends, options, callback_url))
+        row = _record_and_enqueue(spec, job_id, arguments, backends, options, callback_url)
+        return Accepted(row.id, row)
     except BaseException:
         if claim is not None and options.idempotency_key is not None:
             release(backends.connection, options.idempotency_key, claim)
         raise
 
 
+def job_exists(job_id: str, backends: Backends) -> bool:
+    """Whether Redis holds the job, or the store its row."""
+    try:
+        return bool(backends.connection.exists(job_key(job_id))) or backends.store.get(job_id) is not None
+    except REDIS_ERRORS as exc:
+        raise redis_unavailable(NOT_ACCEPTED) from exc
+
+
 def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backends: Backends,
                         options: InvocationOptions, callback_url: str | None) -> NewInvocation:
+    # History must be writable to accept: the row waits in the journal, but a database that does
+    # not answer now is a 503, as it was when the row was written first (a ping only after a
+    # second without an answer: a stream of invocations pays nothing).
+    if not backends.store.answered_within(DATABASE_ANSWERED_WITHIN_SECONDS):
+        backends.store.ping()
     try:
         reserve_waiting_place(backends.connection, spec, job_id)
     except REDIS_ERRORS as exc:
@@ -147,40 +166,16 @@ def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, An
                         created_at=utcnow(), idempotency_key=options.idempotency_key, callback_url=callback_url)
     meta = job_meta(spec, callback_url=callback_url, scheduled=options.run_at is not None)
     accepted = JobEvent("accepted", job_id, spec.name, spec.queue, status=status)
-    if options.run_at is None and backends.new_rows.writes_behind():
-        # One of a stream: the row is journaled with the job and committed behind (runner.journal.new_rows).
-        values = row.column_values()
-        try:
-            submit_job(spec, job_id, arguments, backends, meta=meta, event=accepted, new_row=values)
-        except REDIS_ERRORS as exc:  # neither the job nor its row is in
-            _forget(backends, spec, job_id, row_written=False)
-            raise redis_unavailable(NOT_ACCEPTED) from exc
-        backends.new_rows.hand(values)
-        return row
-    # The row is written first so a worker never finishes a job the store has not heard of.
     try:
-        backends.store.insert(row.column_values())
-        backends.new_rows.database_answered()
-        submit_job(spec, job_id, arguments, backends, meta=meta, run_at=options.run_at, event=accepted)
-    except REDIS_ERRORS as exc:
-        _forget(backends, spec, job_id)
+        submit_job(spec, job_id, arguments, backends, meta=meta, run_at=options.run_at, event=accepted, row=row)
+    except REDIS_ERRORS as exc:  # neither the job nor its row is in
+        with suppress(*REDIS_ERRORS):  # else pruned when the function is full
+            release_waiting_place(backends.connection, spec.name, job_id)
         raise redis_unavailable(NOT_ACCEPTED) from exc
-    except BackendUnavailable:  # the database is away: no row, no job
-        _forget(backends, spec, job_id, row_written=False)
-        raise
     return row
 
 
-def _forget(backends: Backends, spec: FunctionSpec, job_id: str, *, row_written: bool = True) -> None:
-    """Undo what an invocation that was not accepted left behind (best effort: a backend is away)."""
-    if row_written:
-        backends.store.delete(job_id)
-    try:
-        release_waiting_place(backends.connection, spec.name, job_id)
-    except REDIS_ERRORS:
-        pass  # the waiting entry of a job that never existed is pruned when the function is full
-
-
-def enqueue_invocation(spec: FunctionSpec, payload: Any, backends: Backends) -> InvocationRow:
-    """Validate `payload`, record it, enqueue it; return its row. Nothing invalid is enqueued."""
-    return accept_invocation(spec, payload, backends).record
+def enqueue_invocation(spec: FunctionSpec, payload: Any, backends: Backends) -> NewInvocation:
+    """Validate `payload`, journal its row and enqueue its job; return the row. Nothing invalid is enqueued."""
+    return _record_and_enqueue(spec, new_job_id(), spec.validate(payload, backends.validation_context()),
+                               backends, InvocationOptions(), None)

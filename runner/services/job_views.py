@@ -18,7 +18,10 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from runner.errors import BackendUnavailable, JobNotFound
-from runner.services.backends import REDIS_ERRORS, Backends, redis_unavailable
+from runner.journal.reads import read_history
+from runner.journal.rows import progress_of
+from runner.redis_connection import REDIS_ERRORS, redis_unavailable
+from runner.services.backends import Backends
 from runner.status import STATUS_WORDS, TERMINAL_STATUSES, JobStatus
 from runner.store.database import as_utc
 from runner.store.models import InvocationRow
@@ -70,15 +73,6 @@ def iso_time(value: datetime | None) -> str | None:
     return aware.isoformat() if aware else None
 
 
-def _progress(status: str, stored: Any) -> dict[str, Any]:
-    progress = stored if isinstance(stored, dict) else {}
-    percent = int(progress.get("percent", 0))
-    message = str(progress.get("message", ""))
-    if status == JobStatus.FINISHED:
-        return {"percent": 100, "message": message if percent == 100 and message else "finished"}
-    return {"percent": percent, "message": message}
-
-
 def _artifact_listing(job_id: str, stored: Any) -> list[dict[str, Any]]:
     entries = stored if isinstance(stored, list) else []
     return [{**entry, "url": f"/jobs/{job_id}/artifacts/{entry['name']}"} for entry in entries if "name" in entry]
@@ -98,7 +92,7 @@ def view_from_job(job: Job) -> JobView:
         function=str(meta.get("function") or job.func_name),
         queue=job.origin,
         status=status_word,
-        progress=_progress(status_word, meta.get("progress")),
+        progress=progress_of(status_word, meta.get("progress")),
         result=job.return_value() if status_word == JobStatus.FINISHED else None,
         error=error,
         attempts=int(meta.get("attempts", 0)),
@@ -135,7 +129,7 @@ def view_from_record(record: InvocationRow) -> JobView:
         function=record.function,
         queue=record.queue,
         status=record.status,
-        progress=_progress(record.status, {"percent": record.progress_percent, "message": record.progress_message}),
+        progress=progress_of(record.status, {"percent": record.progress_percent, "message": record.progress_message}),
         result=record.result,
         error=record.error if record.status in (JobStatus.FAILED, JobStatus.STOPPED) else None,
         attempts=record.attempts,
@@ -188,7 +182,7 @@ def get_job_view(job_id: str, backends: Backends, *, after_end_wait: float = 0.0
             raise redis_unavailable() from exc
         redis_error = exc
     try:
-        record = backends.store.get(job_id)
+        record = read_history(backends.connection, backends.store).get(job_id)
     except BackendUnavailable:
         if redis_error is not None:
             raise BackendUnavailable("Redis and the database are unavailable.",

@@ -51,25 +51,26 @@ class JobEvent:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# Listeners that only write to Redis for the events `emit_into` is used with (`started`,
-# `finished`): they accept a pipeline in place of the connection, so their writes travel with
-# the change that moves the job on, and cost no round trip of their own.
-WRITE_ONLY_LISTENERS = frozenset({
-    "runner.services.metrics:record_job_event",
-    "runner.services.limits:track_limits",
-})
+# Listeners that only write to Redis for these events: they accept a pipeline in place of the
+# connection (`emit_into`), so their writes travel with the change that moves the job on, and
+# cost no round trip of their own. (A retried job's limits need a read first.)
+WRITE_ONLY_LISTENERS: dict[str, frozenset[str]] = {
+    "runner.services.metrics:record_job_event": frozenset(EVENTS),
+    "runner.services.limits:track_limits": frozenset(EVENTS) - {"retried"},
+}
 
 Listener = Callable[[redis.Redis, JobEvent], None]
-_loaded: list[tuple[Listener, bool]] | None = None
+_loaded: list[tuple[Listener, frozenset[str]]] | None = None
 
 
-def _listeners() -> list[tuple[Listener, bool]]:
+def _listeners() -> list[tuple[Listener, frozenset[str]]]:
     global _loaded
     if _loaded is None:
-        loaded: list[tuple[Listener, bool]] = []
+        loaded: list[tuple[Listener, frozenset[str]]] = []
         for path in LISTENERS:
             module_name, _, name = path.partition(":")
-            loaded.append((getattr(importlib.import_module(module_name), name), path in WRITE_ONLY_LISTENERS))
+            loaded.append((getattr(importlib.import_module(module_name), name),
+                           WRITE_ONLY_LISTENERS.get(path, frozenset())))
         _loaded = loaded
     return _loaded
 
@@ -83,7 +84,7 @@ def load_listeners() -> None:
 def emit(connection: redis.Redis, event: JobEvent, *, after_emit_into: bool = False) -> None:
     """Tell every listener about `event` (with `after_emit_into`: those `emit_into` did not)."""
     for listener, write_only in _listeners():
-        if not (after_emit_into and write_only):
+        if not (after_emit_into and event.event in write_only):
             _call(listener, connection, event)
 
 
@@ -93,7 +94,7 @@ def emit_into(pipeline: Pipeline, event: JobEvent) -> None:
     Once the pipeline has executed, call `emit(connection, event, after_emit_into=True)`.
     """
     for listener, write_only in _listeners():
-        if write_only:
+        if event.event in write_only:
             _call(listener, pipeline, event)
 
 

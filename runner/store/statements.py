@@ -1,9 +1,9 @@
-"""The statements of the store's hot path (a new row, runs of conditional row updates), and a
-row's values as they travel through Redis."""
+"""The statements that apply journaled writes to rows, and a row's values as they travel through Redis."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -14,10 +14,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from runner.store.models import InvocationRecord
 
 INVOCATIONS: sa.Table = InvocationRecord.__table__  # type: ignore[assignment]
-# Row values wait in Redis as JSON (runner.journal.reconcile's deferred writes, runner.journal.new_rows' journal).
-# Times go as ISO 8601 text and are read back by column name, so that no JSON value (an input, a
-# result) is ever taken for a time, whatever it looks like.
+# Row values wait in Redis as JSON (runner.journal). Times go as ISO 8601 text and are read back
+# by column name, so that no JSON value (an input, a result) is ever taken for a time.
 TIME_COLUMNS = frozenset(column.key for column in INVOCATIONS.columns if isinstance(column.type, sa.DateTime))
+# The columns every applied change sets besides its own values.
+BOOKKEEPING_COLUMNS = ("fence", "journal_position", "updated_at")
 
 
 def values_to_json(values: dict[str, Any]) -> dict[str, Any]:
@@ -27,54 +28,75 @@ def values_to_json(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def values_from_json(values: dict[str, Any]) -> dict[str, Any]:
-    """Column values from `values_to_json` (or from the {"$datetime": ...} form journals had before)."""
+    """Column values from `values_to_json`."""
     for key in TIME_COLUMNS.intersection(values):
         text = values[key]
-        if isinstance(text, dict):
-            text = text.get("$datetime")
         values[key] = None if text is None else datetime.fromisoformat(text)
     return values
 
 
-def runs_of_same_columns(
-    writes: Sequence[tuple[str, dict[str, Any]]],
-) -> Iterator[tuple[tuple[str, ...], list[dict[str, Any]]]]:
-    """Group consecutive writes by the columns they set, keeping their order."""
-    columns: tuple[str, ...] | None = None
-    rows: list[dict[str, Any]] = []
-    for job_id, values in writes:
-        keys = tuple(sorted(values))
-        if keys != columns and rows:
-            yield columns or (), rows
-            rows = []
-        columns = keys
-        rows.append({**values, "_job_id": job_id, "_as_of": values["updated_at"]})
-    if rows:
-        yield columns or (), rows
+@dataclass(frozen=True)
+class RowChange:
+    """What to write to one row: a whole new row (`insert`), or some of its columns.
+
+    Applied only where the row's fence is not higher and its journal position is lower: a write of
+    an older attempt, or one applied already, leaves the row as it is.
+    """
+
+    job_id: str
+    values: dict[str, Any]
+    fence: int
+    position: int
+    at: datetime
+    insert: bool = False
+
+    def parameters(self) -> dict[str, Any]:
+        """The statement parameters of this change (see `statement_for`)."""
+        bookkeeping = {"fence": self.fence, "journal_position": self.position, "updated_at": self.at}
+        if self.insert:
+            return {**self.values, **bookkeeping, "id": self.job_id}
+        return {**self.values, **bookkeeping, "_id": self.job_id, "_fence": self.fence, "_position": self.position}
+
+    def columns(self) -> tuple[str, ...]:
+        """The columns the change sets (its statement's shape)."""
+        names = set(self.values) | set(BOOKKEEPING_COLUMNS)
+        if self.insert:
+            names.add("id")
+        return tuple(sorted(names))
+
+
+def runs_of_same_shape(changes: Sequence[RowChange],
+                       dialect_name: str) -> Iterator[tuple[sa.Insert | sa.Update, list[dict[str, Any]]]]:
+    """Group changes by statement, for one executemany each (order within a group kept)."""
+    groups: dict[tuple[bool, tuple[str, ...]], list[dict[str, Any]]] = {}
+    for change in changes:
+        groups.setdefault((change.insert, change.columns()), []).append(change.parameters())
+    for (insert, columns), rows in groups.items():
+        yield (upsert_of(columns, dialect_name) if insert else fenced_update(columns)), rows
 
 
 @lru_cache(maxsize=64)
-def insert_of(columns: tuple[str, ...]) -> sa.Insert:
-    """An insert of a row that sets `columns` (one statement per column set)."""
-    return INVOCATIONS.insert().values({name: sa.bindparam(name) for name in columns})
-
-
-@lru_cache(maxsize=64)
-def insert_unless_present(columns: tuple[str, ...], dialect_name: str) -> sa.Insert:
-    """An insert of a row that sets `columns`, which does nothing when a row with its id exists
-    (a row written behind may arrive twice, or after a worker ensured it)."""
+def upsert_of(columns: tuple[str, ...], dialect_name: str) -> sa.Insert:
+    """An insert of a new row that, when the row exists, updates it unless it is newer."""
     dialect_insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    return (dialect_insert(INVOCATIONS)
-            .values({name: sa.bindparam(name) for name in columns})
-            .on_conflict_do_nothing(index_elements=["id"]))
+    statement = dialect_insert(INVOCATIONS).values({name: sa.bindparam(name) for name in columns})
+    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=["id"],
+        set_={name: excluded[name] for name in columns if name != "id"},
+        where=sa.and_(INVOCATIONS.c.fence <= excluded.fence,
+                      INVOCATIONS.c.journal_position < excluded.journal_position),
+    )
 
 
 @lru_cache(maxsize=64)
-def conditional_update(columns: tuple[str, ...]) -> sa.Update:
-    """An update of `columns` of row `_job_id`, unless the row was updated after `_as_of`."""
+def fenced_update(columns: tuple[str, ...]) -> sa.Update:
+    """An update of `columns` of row `_id`, unless the row was written by a later attempt (`_fence`)
+    or at a later journal position (`_position`)."""
     table = INVOCATIONS
     return (
         sa.update(table)
-        .where(table.c.id == sa.bindparam("_job_id"), table.c.updated_at <= sa.bindparam("_as_of"))
+        .where(table.c.id == sa.bindparam("_id"), table.c.fence <= sa.bindparam("_fence"),
+               table.c.journal_position < sa.bindparam("_position"))
         .values({name: sa.bindparam(name) for name in columns})
     )

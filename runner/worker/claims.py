@@ -2,24 +2,24 @@
 
 RQ pops a job id off the queue (BLPOP) and registers it as started a moment later: a worker
 killed in between loses the job. A runner worker instead moves the id atomically (LMOVE) into
-a claim list of its own, and moves it on to the started registry in the same transaction that
-registers the execution (see `release_claim`). Recovery puts the claims of a dead worker back
-at the front of their queues (`return_claims`).
+a claim list of its own, and moves it on to the started registry in the same script call that
+registers the execution (`release_claim`, runner.rq_seam.bookkeeping). Recovery puts the claims
+of a dead worker back at the front of their queues (`return_claims`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 from weakref import WeakKeyDictionary
 
 import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
-from rq.job import Job
 from rq.queue import Queue
 
+from runner.rq_seam.keys import ORIGIN_FIELD, job_key, queue_key
 from runner.rq_seam.queues import wake_key
 from runner.rq_seam.scripts import RUN_COMMANDS_LUA, encode_commands
 
@@ -28,15 +28,36 @@ log = logging.getLogger(__name__)
 CLAIM_KEY_PREFIX = "runner:claims:"
 # Names of the workers that may hold claims: recovery looks here for the claims of dead workers.
 CLAIMANTS_KEY = "runner:claimants"
-# The journal of rows written behind (runner.journal.new_rows). A claim reads it for the jobs it takes,
-# so that a worker commits a row still waiting there before its first update, without asking.
-NEW_ROWS_KEY = "runner:store:new-rows"
-# Where a claim's reply carries a job's journaled row, next to its hash fields (no RQ field starts so).
-_JOURNALED_ROW_FIELD = b"runner:journaled-row"
-# Rows claims found journaled, until the worker's first write of their job takes them (per process).
-_journaled_rows: dict[str, bytes] = {}
-# A hint, not a record (the journal keeps every row): past this many, older hints are dropped.
-_MOST_JOURNALED_ROWS = 10_000
+
+# First runs the commands of the job before (its end, held for this call), then takes up to
+# ARGV[1] ids from the head of the first non-empty queue into the claim list, but never more than
+# half of what waits there (at least one), so idle peers get their share. Returns the outcome of
+# each guard of the commands (runner.rq_seam.scripts), the queue's position, then the ids.
+# When jobs remain in that queue, it leaves a wake-up token for another idle worker.
+# KEYS: the claim list, the n queues, their n wake-up lists, then the keys of the commands;
+# ARGV: n, the most to take, then the commands (runner.rq_seam.scripts).
+_CLAIM = RUN_COMMANDS_LUA + """
+local n = tonumber(ARGV[1])
+local guards = run_commands(3, 2 + 2 * n)
+for i = 1, n do
+  local waiting = redis.call('LLEN', KEYS[1 + i])
+  if waiting > 0 then
+    local take = math.min(tonumber(ARGV[2]), math.max(1, math.floor(waiting / 2)))
+    local found = {guards, i - 1}
+    for _ = 1, take do
+      table.insert(found, redis.call('LMOVE', KEYS[1 + i], KEYS[1], 'LEFT', 'RIGHT'))
+    end
+    if waiting > take then
+      redis.call('LPUSH', KEYS[1 + n + i], '1')
+      redis.call('LTRIM', KEYS[1 + n + i], 0, 0)
+    end
+    return found
+  end
+end
+return {guards}
+"""
+
+_claim_scripts: WeakKeyDictionary[redis.Redis, Script] = WeakKeyDictionary()
 
 
 def claim_key(worker_name: str) -> str:
@@ -44,7 +65,7 @@ def claim_key(worker_name: str) -> str:
     return f"{CLAIM_KEY_PREFIX}{worker_name}"
 
 
-def register_claimant(connection: redis.Redis, worker_name: str) -> None:
+def register_claimant(connection: redis.Redis | Pipeline, worker_name: str) -> None:
     """Record that this worker may hold claims (done at worker start)."""
     connection.sadd(CLAIMANTS_KEY, worker_name)
 
@@ -66,103 +87,59 @@ def pending_claim(connection: redis.Redis, worker_name: str) -> str | None:
     return None if raw is None else _text(raw)
 
 
+class Claimed:
+    """What a claim took: the outcome of the guards of the commands sent with it, the queue, the job ids."""
 
-# Takes up to ARGV[2] ids from the head of the first non-empty queue into the claim list, but
-# never more than half of what waits there (at least one), so idle peers get their share; and
-# returns the queue's position, then each id with its job's hash: claims and reads in one
-# round trip. When jobs remain in that queue, it leaves a wake-up token for another idle worker.
-# KEYS: the claim list, the n queues, their n wake-up lists; ARGV: the job key prefix, the most to
-# take, then commands to run first (the end of the job before, see claim_and_read).
-_CLAIM_AND_READ = RUN_COMMANDS_LUA + """
-run_commands(3)
-local n = (#KEYS - 1) / 2
-for i = 1, n do
-  local waiting = redis.call('LLEN', KEYS[1 + i])
-  if waiting > 0 then
-    local take = math.min(tonumber(ARGV[2]), math.max(1, math.floor(waiting / 2)))
-    local found = {i - 1}
-    for _ = 1, take do
-      local id = redis.call('LMOVE', KEYS[1 + i], KEYS[1], 'LEFT', 'RIGHT')
-      table.insert(found, id)
-      local fields = redis.call('HGETALL', ARGV[1] .. id)
-      local row = redis.call('HGET', '""" + NEW_ROWS_KEY + """', id)
-      if row then
-        table.insert(fields, '""" + _JOURNALED_ROW_FIELD.decode() + """')
-        table.insert(fields, row)
-      end
-      table.insert(found, fields)
-    end
-    if waiting > take then
-      redis.call('LPUSH', KEYS[1 + n + i], '1')
-      redis.call('LTRIM', KEYS[1 + n + i], 0, 0)
-    end
-    return found
-  end
-end
-return false
-"""
+    def __init__(self, reply: Any, queues: Sequence[Queue]) -> None:
+        guards, *rest = reply
+        self.guards = [bool(held) for held in guards]
+        self.queue = queues[int(rest[0])] if rest else queues[0]
+        self.job_ids = [_text(raw) for raw in rest[1:]]
 
 
-_claim_scripts: WeakKeyDictionary[redis.Redis, Script] = WeakKeyDictionary()
+def claim(connection: redis.Redis, queues: Sequence[Queue], worker_name: str, most: int = 1,
+          before: Pipeline | None = None) -> Claimed:
+    """Claim up to `most` jobs from the head of the first non-empty queue, in one round trip.
 
-
-def claim_and_read(
-    connection: redis.Redis, queues: Sequence[Queue], worker_name: str, most: int = 1,
-    before: Pipeline | None = None,
-) -> tuple[Queue, list[tuple[str, dict[bytes, bytes]]]]:
-    """Claim up to `most` jobs from the head of the first non-empty queue, each with its hash, in one round trip.
-
-    The ids move into the worker's claim list (in one script with the read, so a job is always
-    on a queue or claimed); an empty list when every queue is
-    empty. The commands queued in `before` (whose replies nobody reads) run first, in the same
-    call; the pipeline is emptied.
+    The ids move into the worker's claim list, so a job is always on a queue or claimed. The
+    commands queued in `before` (whose replies nobody reads) run first, in the same call; the
+    pipeline is emptied.
     """
-    script = _claim_script(connection)
+    commands = encode_commands(before)
     try:
-        found = script(keys=_claim_keys(queues, worker_name),
-                       args=[Job.redis_job_namespace_prefix, most, *encode_commands(before)])
+        reply = _claim_script(connection)(keys=[*_claim_keys(queues, worker_name), *commands.keys],
+                                          args=[len(queues), most, *commands.args])
     finally:
         if before is not None:
             before.reset()
-    return read_claimed(found, queues)
+    return Claimed(reply, queues)
 
 
-def queue_claim_and_read(pipeline: Pipeline, connection: redis.Redis, queues: Sequence[Queue], worker_name: str,
-                         most: int = 1) -> None:
-    """Queue what `claim_and_read` does in `pipeline` (after a wait, say); read its reply with `read_claimed`.
+def queue_claim(pipeline: Pipeline, connection: redis.Redis, queues: Sequence[Queue], worker_name: str,
+                most: int = 1) -> None:
+    """Queue what `claim` does in `pipeline` (after a wait, say); read its reply with `Claimed`.
 
-    Its reply is a NoScriptError when Redis has lost the script (a restart): claim_and_read loads it again.
+    Its reply is a NoScriptError when Redis has lost the script (a restart): `claim` loads it again.
     """
     keys = _claim_keys(queues, worker_name)
-    pipeline.evalsha(_claim_script(connection).sha, len(keys), *keys, Job.redis_job_namespace_prefix, most)
+    pipeline.evalsha(_claim_script(connection).sha, len(keys), *keys, len(queues), most)
 
 
-def read_claimed(found: Any, queues: Sequence[Queue]) -> tuple[Queue, list[tuple[str, dict[bytes, bytes]]]]:
-    """The queue and the (id, hash) pairs a claim script returned; the journaled rows it found
-    are kept for `take_journaled_rows`."""
-    if not found:
-        return queues[0], []
-    position, *flat = found
-    claimed = [(_text(raw_id), dict(zip(fields[::2], fields[1::2], strict=True)))
-               for raw_id, fields in zip(flat[::2], flat[1::2], strict=True)]
-    for job_id, fields in claimed:
-        if (row := fields.pop(_JOURNALED_ROW_FIELD, None)) is not None:
-            if len(_journaled_rows) >= _MOST_JOURNALED_ROWS:
-                _journaled_rows.clear()
-            _journaled_rows[job_id] = row
-    return queues[int(position)], claimed
-
-
-def take_journaled_rows(job_ids: Iterable[str]) -> list[bytes]:
-    """The journaled rows this process's claims found for `job_ids` (each taken once)."""
-    return [row for job_id in job_ids if (row := _journaled_rows.pop(job_id, None)) is not None]
+def read_jobs(connection: redis.Redis, job_ids: Sequence[str]) -> list[dict[bytes, bytes]]:
+    """The hashes of claimed jobs, in one round trip (an empty one for a job that is gone)."""
+    if not job_ids:
+        return []
+    with connection.pipeline(transaction=False) as pipeline:
+        for job_id in job_ids:
+            pipeline.hgetall(job_key(job_id))
+        return cast(list[dict[bytes, bytes]], pipeline.execute())
 
 
 def _claim_script(connection: redis.Redis) -> Script:
     script = _claim_scripts.get(connection)
     if script is None:
-        script = connection.register_script(_CLAIM_AND_READ)
-        connection.script_load(_CLAIM_AND_READ)  # so that a pipelined EVALSHA finds it (queue_claim_and_read)
+        script = connection.register_script(_CLAIM)
+        connection.script_load(_CLAIM)  # so that a pipelined EVALSHA finds it (queue_claim)
         _claim_scripts[connection] = script
     return script
 
@@ -199,12 +176,12 @@ def return_claims(connection: redis.Redis, worker_name: str) -> list[str]:
                 if raw is None:
                     return returned
                 job_id = _text(raw)
-                origin = pipeline.hget(Job.key_for(job_id), "origin")
+                origin = pipeline.hget(job_key(job_id), ORIGIN_FIELD)
                 pipeline.multi()
                 pipeline.lrem(key, 1, job_id)
                 if origin is not None:
                     # At the front: it was the next job to run when it was claimed.
-                    pipeline.lpush(f"{Queue.redis_queue_namespace_prefix}{_text(origin)}", job_id)
+                    pipeline.lpush(queue_key(_text(origin)), job_id)
                 pipeline.execute()
             except redis.WatchError:
                 continue

@@ -1,40 +1,42 @@
-"""What runs inside a worker: the job entry point, the job context functions see, and the attempt count.
+"""What runs inside a worker: the job entry point, and the job context its function sees.
 
-Every job is enqueued as `runner.worker.execution.run_invocation(function_name, payload)`, so the
-code a worker imports is never named by a request: the name is looked up in the registry.
+Every job is enqueued as `runner.worker.execution.run_invocation(function_name, payload)`
+(runner.rq_seam.job_hash.ENTRY_POINT), so the code a worker imports is never named by a
+request: the name is looked up in the registry.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import redis
-from redis.client import Pipeline
-from rq import get_current_job
 from rq.job import Job
 
 from runner.authoring import context
 from runner.authoring.registry import Registry
 from runner.errors import FunctionNotFound, InvalidInput, PermanentError, UploadNotFound
-from runner.journal.reconcile import flush_write_behind, stage_write, write_or_defer
-from runner.services.lifecycle import JobEvent, emit, emit_into
-from runner.services.limits import WAITING_FOR_SLOT, SlotDecision, deferral, release_slot, take_slot
+from runner.journal import entries as journal
+from runner.journal.reads import read_history
+from runner.journal.rows import row_values
+from runner.rq_seam.bookkeeping import current_job, guarded_by_fence, queue_meta
+from runner.rq_seam.scripts import execute_as_script, script_pipeline
+from runner.services.limits import deferral, release_slot, take_slot
+from runner.status import JobStatus
 from runner.store.database import as_utc
 from runner.store.files import ArtifactStore, UploadStore
-from runner.store.models import utcnow
 from runner.store.sql_store import Store
+from runner.worker.attempts import count_attempt, event_of, fence_of, queue_history
 
 log = logging.getLogger(__name__)
 
-# Progress is written to Redis on every call, to SQL only when it crosses one of these steps.
+# Progress is written to Redis on every call, to the history row only when it crosses one of these steps.
 STORE_PROGRESS_STEP = 25
-HISTORY_FLUSH_SECONDS = 5.0
 
 
 @dataclass
@@ -45,6 +47,7 @@ class WorkerEnvironment:
     store: Store | None
     uploads: UploadStore = field(default_factory=lambda: UploadStore(Path(".runner/uploads")))
     artifacts: ArtifactStore = field(default_factory=lambda: ArtifactStore(Path(".runner/artifacts")))
+    connection: redis.Redis | None = None
 
     def upload_path(self, upload_id: str) -> Path:
         """The file behind an upload id; PermanentError when it is gone."""
@@ -58,9 +61,9 @@ class WorkerEnvironment:
         """The invocation rows created in [since, until), oldest first."""
         if self.store is None:
             raise PermanentError("This worker has no store to read the history from.")
-        # This worker's own row updates (the running job's start, say) may still wait to be committed.
-        flush_write_behind(HISTORY_FLUSH_SECONDS)
-        for record in self.store.history(since=since, until=until, function=function):
+        # The running job's own start, say, may wait in the journal.
+        store = self.store if self.connection is None else read_history(self.connection, self.store)
+        for record in store.history(since=since, until=until, function=function):
             yield {
                 "id": record.id,
                 "function": record.function,
@@ -83,9 +86,8 @@ def install_environment(environment: WorkerEnvironment | None) -> None:
     context.install_environment(environment)
 
 
-def _current_environment() -> WorkerEnvironment:
-    # A plain `rq worker` never installed one: run without a store rather than crash.
-    global _environment
+def current_environment() -> WorkerEnvironment:
+    """This worker's environment; a plain `rq worker` never installed one: run without a store."""
     if _environment is None:
         from runner.config import Settings
 
@@ -100,50 +102,27 @@ def _current_environment() -> WorkerEnvironment:
     return _environment
 
 
-def begin_attempt(job: Job, connection: redis.Redis, pipeline: Pipeline) -> Callable[[], None] | None:
-    """Count the attempt that starts now, its writes queued in the pipeline that starts the job.
-
-    The worker calls this as it starts a runner job, so the attempt costs no round trip of its
-    own; run_invocation then finds it begun. Not for functions with a `concurrency` limit,
-    whose attempt begins only once a slot is taken (run_invocation does it): None then.
-    Returns what to do once the pipeline has executed.
-    """
-    environment = _current_environment()
+def begins_at_start(job: Job) -> bool:
+    """Whether the worker counts `job`'s attempt as it starts it (in the start's script call); the
+    attempts of functions with a `concurrency` limit begin only once they hold a slot (run_invocation)."""
+    registry = current_environment().registry
     function_name = str(job.args[0]) if job.args else ""
-    if function_name not in environment.registry or environment.registry.get(function_name).concurrency:
-        return None
-    attempt, event = _count_attempt(job, function_name)
-    pipeline.hset(job.key, "meta", job.serializer.dumps(job.meta))
-    commit = _stage_store_write(environment, job, connection, pipeline, status="started", attempts=attempt,
-                                started_at=utcnow(), error=None)
-    emit_into(pipeline, event)
-    job.runner_attempt_begun = True  # type: ignore[attr-defined]
-
-    def after() -> None:
-        commit()
-        emit(connection, event, after_emit_into=True)
-
-    return after
-
-
-def _count_attempt(job: Job, function_name: str) -> tuple[int, JobEvent]:
-    attempt = int(job.meta.get("attempts", 0)) + 1
-    job.meta.update(attempts=attempt, progress={"percent": 0, "message": "started"})
-    job.meta.pop("error", None)
-    return attempt, JobEvent("started", job.id, function_name, job.origin, attempt=attempt, status="started")
+    return function_name in registry and not registry.get(function_name).concurrency
 
 
 def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
     """Run one attempt of a registered function; the entry point of every runner job."""
-    job = get_current_job()
+    job = current_job()
     if job is None:
-        raise RuntimeError("run_invocation is only called by a worker")
-    environment = _current_environment()
+        raise RuntimeError("run_invocation is only called by a runner worker")
+    environment = current_environment()
     holds_slot = False
-    if not getattr(job, "runner_attempt_begun", False):
-        slot = _begin_here(job, environment, function_name)
-        if slot is None:
+    if not getattr(job, "attempt_begun", False):
+        slot = take_slot(job, environment.registry, function_name)
+        if not slot.run:  # every `concurrency` slot is taken: scheduled again shortly, no attempt counted
+            job.first_deferral = slot.first_deferral  # type: ignore[attr-defined]
             return deferral()
+        _begin_here(job)
         holds_slot = slot.holds_slot
     try:
         spec = environment.registry.get(function_name)
@@ -152,10 +131,10 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
         _ensure_json(result)
     except (PermanentError, InvalidInput, FunctionNotFound) as exc:
         job.retries_left = 0  # never retry input that can never succeed
-        record_error(job, exc)
+        job.meta["error"] = error_info(exc)
         raise
-    except BaseException as exc:  # recorded, then re-raised for RQ's retry policy
-        record_error(job, exc)
+    except BaseException as exc:  # recorded (saved with the attempt's end), then re-raised for the retry policy
+        job.meta["error"] = error_info(exc)
         raise
     finally:
         if holds_slot:
@@ -163,24 +142,15 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
     return result
 
 
-def _begin_here(job: Job, environment: WorkerEnvironment, function_name: str) -> SlotDecision | None:
-    """Take a concurrency slot and count the attempt; None when every slot is taken (deferred, uncounted)."""
-    slot = take_slot(job, environment.registry, function_name)
-    if not slot.run:  # every `concurrency` slot is taken: scheduled again shortly, no attempt counted
-        if slot.first_deferral:
-            _store_write(environment, job, status="scheduled", progress_message=WAITING_FOR_SLOT)
-        return None
-    attempt, event = _count_attempt(job, function_name)
-    job.save_meta()
-    _store_write(environment, job, status="started", attempts=attempt, started_at=utcnow(), error=None)
-    emit(job.connection, event)
-    return slot
-
-
-def record_error(job: Job, exc: BaseException) -> None:
-    """Keep the error's type and message in job.meta for the job view."""
-    job.meta["error"] = error_info(exc)
-    job.save_meta()
+def _begin_here(job: Job) -> None:
+    """Count the attempt of a job that now holds its concurrency slot, with its history."""
+    count_attempt(job)
+    with script_pipeline(job.connection) as pipeline:
+        with guarded_by_fence(pipeline, job, fence_of(job)):
+            queue_meta(pipeline, job)
+            after = queue_history(pipeline, job, JobStatus.STARTED, event_of(job, "started", JobStatus.STARTED),
+                                  job.connection)
+        after(all(execute_as_script(job.connection, pipeline)))
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
@@ -198,7 +168,10 @@ def _ensure_json(result: Any) -> None:
 
 @dataclass
 class RunningJob:
-    """The job context (runner.authoring.context) of an RQ job run by this worker."""
+    """The job context (runner.authoring.context) of an RQ job run by this worker.
+
+    Its writes are guarded by the attempt's fence: an attempt that was settled and retried
+    elsewhere meanwhile changes nothing."""
 
     job: Job
     environment: WorkerEnvironment
@@ -211,29 +184,27 @@ class RunningJob:
         job = self.job
         previous = job.meta.get("progress") or {}
         job.meta["progress"] = {"percent": percent, "message": message}
-        job.save_meta()
-        before = int(previous.get("percent", 0)) // STORE_PROGRESS_STEP
-        if percent // STORE_PROGRESS_STEP != before:
-            _store_write(self.environment, job, progress_percent=percent, progress_message=message)
+        milestone = percent // STORE_PROGRESS_STEP != int(previous.get("percent", 0)) // STORE_PROGRESS_STEP
+        self._save_meta(journal_row=milestone)
 
     def save_artifact(self, name: str, content: bytes, media_type: str | None) -> dict[str, Any]:
         job = self.job
         entry = self.environment.artifacts.write(job.id, name, content, media_type)
         artifacts = [item for item in job.meta.get("artifacts", []) if item.get("name") != name]
         job.meta["artifacts"] = [*artifacts, entry]
-        job.save_meta()
+        self._save_meta(journal_row=False)
         return entry
 
+    def _save_meta(self, *, journal_row: bool) -> None:
+        job = self.job
+        with script_pipeline(job.connection) as pipeline:
+            with guarded_by_fence(pipeline, job, fence_of(job)):
+                queue_meta(pipeline, job)
+                if journal_row and self.environment.store is not None:
+                    journal.append(pipeline, job.id, _progress_values(job), fence=fence_of(job))
+            execute_as_script(job.connection, pipeline)
 
-def _stage_store_write(environment: WorkerEnvironment, job: Job, connection: redis.Redis, pipeline: Pipeline,
-                       **values: Any) -> Callable[[], None]:
-    if environment.store is None:
-        return lambda: None
-    after, _journaled = stage_write(environment.store, connection, pipeline, job.id, **values)
-    return after
 
-
-def _store_write(environment: WorkerEnvironment, job: Job, **values: Any) -> None:
-    # The job must not fail because history could not be written: the write waits in Redis.
-    if environment.store is not None:
-        write_or_defer(environment.store, job.connection, job.id, **values)
+def _progress_values(job: Job) -> dict[str, Any]:
+    values = row_values(job, JobStatus.STARTED)
+    return {"progress_percent": values["progress_percent"], "progress_message": values["progress_message"]}

@@ -3,40 +3,43 @@
 Functions are imported once, connections are kept, and nothing is copied per job. What a
 forking worker got from its parent, this one gets otherwise:
 - a watch thread heartbeats the running job, takes the recovery duty peers count on, and
-  enforces the graceful-stop grace period (runner.worker.supervision);
-- a stop command interrupts the job in the main thread, where it runs;
+  enforces the graceful-stop grace period;
+- a stop command interrupts the job in the main thread, where it runs (a signal to itself);
 - a job that hangs the whole process (stuck in C code past its timeout), or kills it, is
   contained by the process above (runner.worker.process_supervisor): it reads the deadline this
-  worker publishes for the running job, kills the process past it, settles the job and
-  starts a fresh process.
+  worker publishes for the running job, kills the process past it, settles the job and starts a
+  fresh process.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import struct
 import threading
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rq.job import Job
-from rq.queue import Queue
 
-from runner.worker.supervision import MONITOR_TICK_SECONDS, SupervisedWorkerMixin
+from runner.redis_connection import REDIS_ERRORS
+from runner.worker.recovery import WORKER_STOPPED_REASON, StartedEntry, recover_entry
+
+if TYPE_CHECKING:
+    from runner.worker.runner_worker import RunnerWorker
 
 log = logging.getLogger(__name__)
 
 # Signal the stop-job command uses to interrupt the job running in the main thread.
 STOP_JOB_SIGNAL = signal.SIGUSR1
+# How often the watch thread looks at the running job (heartbeats, grace period, recovery duty).
+MONITOR_TICK_SECONDS = 1
 # The supervisor kills a process whose job is this far past its timeout (RQ's alarm fires first).
 HARD_TIMEOUT_MARGIN_SECONDS = 10.0
 DEADLINE_FORMAT = "d"
-MAX_CLAIM_BATCH = 8
-SHORT_JOB_SECONDS = 0.01
 
 
 class JobStopped(Exception):  # noqa: N818 (shown to users as the error's type)
@@ -58,63 +61,72 @@ class DeadlineSlot:
         return float(struct.unpack(DEADLINE_FORMAT, bytes(self.memory[0:8]))[0])
 
 
-class InProcessWorkerMixin(SupervisedWorkerMixin):
-    """Runs each job in this process, with a watch thread standing in for a forking worker's parent."""
+class JobWatch:
+    """Stands in for a forking worker's parent: watches the job this process runs, from a thread."""
 
-    deadline_slot: DeadlineSlot | None = None
-    _watched: Job | None = None
-    _watch_thread: threading.Thread | None = None
+    def __init__(self, worker: RunnerWorker) -> None:
+        self.worker = worker
+        self.job: Job | None = None
+        self.deadline_slot: DeadlineSlot | None = None
+        self._grace_deadline: float | None = None
+        self._thread: threading.Thread | None = None
 
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        if self._watch_thread is None:
-            self._watch_thread = threading.Thread(target=self._watch_jobs, name="runner-job-watch", daemon=True)
-            self._watch_thread.start()
-            signal.signal(STOP_JOB_SIGNAL, self._interrupt_job)
-        timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
+    @contextmanager
+    def watching(self, job: Job) -> Iterator[None]:
+        """Run `job` under watch (the thread starts with the first job, in the process that runs it)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="runner-job-watch", daemon=True)
+            self._thread.start()
+            signal.signal(STOP_JOB_SIGNAL, self._interrupted)
+        timeout = job.timeout or self.worker.queue_class.DEFAULT_TIMEOUT
         if self.deadline_slot is not None and timeout and timeout > 0:
             self.deadline_slot.publish(time.time() + timeout + HARD_TIMEOUT_MARGIN_SECONDS)
-        self._watched = job
-        began = time.monotonic()
+        self.job = job
         try:
-            super().execute_job(job, queue)
+            yield
         finally:
-            # Jobs of a few milliseconds are claimed several at a time; longer ones one by one, so
-            # that no job waits behind a long one while another worker is idle.
-            short = time.monotonic() - began < SHORT_JOB_SECONDS
-            self.claim_batch = MAX_CLAIM_BATCH if short else 1
-            self._watched = None
+            self.job = None
             if self.deadline_slot is not None:
                 self.deadline_slot.publish(0.0)
 
-    def _watch_jobs(self) -> None:
-        # What a forking worker's parent does while its horse runs, every tick, from this thread.
-        # It polls rather than being woken per job: a thread switch per job costs more than a tick.
+    def _watch(self) -> None:
+        # Every tick, not woken per job: a thread switch per job costs more than a tick.
         while True:
             time.sleep(MONITOR_TICK_SECONDS)
-            job = self._watched
+            job = self.job
             if job is None:
                 continue
             try:
-                self.maintain_heartbeats(job)
+                self.worker.maintain_heartbeats(job)
             except Exception:  # the job goes on; the next tick tries again
-                log.exception("worker %s: watching job %s failed", self.name, job.id)
+                log.exception("worker %s: watching job %s failed", self.worker.name, job.id)
 
-    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        # RQ's stop-job command calls this (from the pub/sub thread) for the job we run.
-        if self._watched is not None:
+    def start_grace_period(self, seconds: float) -> None:
+        """A stop was asked for: the running job has `seconds` to end."""
+        self._grace_deadline = time.monotonic() + seconds
+
+    def check_grace_period(self) -> None:
+        """Past the grace period, end the job now."""
+        if self._grace_deadline is not None and time.monotonic() >= self._grace_deadline:
+            self.stop_now(f"its job did not end within the {self.worker.grace_seconds:g} s grace period")
+
+    def interrupt(self, job_id: str | None) -> None:
+        """The stop-job command named `job_id`: interrupt it if it is the one running here."""
+        if self.job is not None and self.job.id == job_id:
             signal.pthread_kill(threading.main_thread().ident or 0, STOP_JOB_SIGNAL)
 
-    def _interrupt_job(self, signum: int, frame: FrameType | None) -> None:
-        if self._watched is not None and self._stopped_job_id == self._watched.id:
+    def _interrupted(self, signum: int, frame: FrameType | None) -> None:
+        if self.job is not None and self.worker.stopped_job_id == self.job.id:
             raise JobStopped("The job was stopped on request.")
 
-    def _end_running_job(self) -> None:
-        pass  # it runs in this process: requeued as it is, then ended with the process (_exit_now)
-
-    def _exit_now(self) -> None:
-        # The job may still hold the main thread (this runs in the watch thread past the grace
-        # period): end the process from here, after saying goodbye.
-        with suppress(Exception):
-            self.teardown()
-        logging.shutdown()
-        os._exit(0)
+    def stop_now(self, why: str) -> None:
+        """Put the running job back at the front of its queue uncounted, and end the process."""
+        worker, job, execution = self.worker, self.job, self.worker.execution
+        if job is not None and execution is not None:
+            worker.log.warning("Worker %s: stopping now, %s: job %s goes back to its queue", worker.name, why, job.id)
+            try:
+                recover_entry(worker.connection, StartedEntry(job.origin, job.id, execution.id),
+                              reason=WORKER_STOPPED_REASON, count_attempt=False)
+            except REDIS_ERRORS as exc:
+                log.error("job %s could not be requeued (%s): peers will recover it", job.id, exc)
+        worker.exit_now()

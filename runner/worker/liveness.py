@@ -18,13 +18,7 @@ from dataclasses import dataclass
 import redis
 from rq.utils import as_text, utcparse
 
-DEAD_AFTER_FIELD = "runner_dead_after"
-WORKER_KEY_PREFIX = "rq:worker:"
-
-
-def execution_key(job_id: str, execution_id: str) -> str:
-    """The hash RQ keeps for one execution of a job."""
-    return f"rq:execution:{job_id}:{execution_id}"
+from runner.rq_seam.keys import DEAD_AFTER_FIELD, WORKER_DEATH_FIELD, WORKER_HEARTBEAT_FIELD, worker_key
 
 
 def redis_uptime(connection: redis.Redis) -> float:
@@ -63,7 +57,7 @@ class Liveness:
     def worker_is_dead(self, connection: redis.Redis, worker_name: str) -> bool:
         """True when the worker registered its death, or has been silent past its window."""
         beat, death, dead_after = connection.hmget(
-            f"{WORKER_KEY_PREFIX}{worker_name}", "last_heartbeat", "death", DEAD_AFTER_FIELD
+            worker_key(worker_name), WORKER_HEARTBEAT_FIELD, WORKER_DEATH_FIELD, DEAD_AFTER_FIELD
         )
         if death is not None:
             return True

@@ -4,7 +4,7 @@ The work process (runner.worker.in_process) runs jobs in its own process, one af
 parent runs none: it starts the work process, forwards stop signals to it, and contains it:
 - it dies (a job crashed the interpreter, or called os._exit): the parent settles that
   worker's jobs at once (retried per their policy, or failed with `WorkerDied`), returns its
-  claims, hands its journal of row updates on, and starts a fresh work process;
+  claims, and starts a fresh work process;
 - its job is stuck past its timeout where the alarm cannot reach it (C code): the parent
   kills it, and settles it the same way;
 - a stop outlasts the grace period by a margin (the process cannot even requeue its job):
@@ -24,19 +24,23 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from types import FrameType
-from typing import cast
 from uuid import uuid4
 
 import redis
-from rq.registry import StartedJobRegistry
-from rq.utils import as_text, parse_composite_key
+from rq.utils import as_text
 
-from runner.services.backends import REDIS_ERRORS
-from runner.store.sql_store import Store
+from runner.redis_connection import REDIS_ERRORS
+from runner.rq_seam.keys import EXECUTION_WORKER_FIELD, execution_key
 from runner.worker.in_process import DeadlineSlot
-from runner.worker.liveness import execution_key
 from runner.worker.process_ties import die_with_parent
-from runner.worker.recovery import WORKER_DIED_REASON, WORKER_STOPPED_REASON, StartedEntry, recover_entry, settle_worker
+from runner.worker.recovery import (
+    WORKER_DIED_REASON,
+    WORKER_STOPPED_REASON,
+    StartedEntry,
+    recover_entry,
+    settle_worker,
+    started_entries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +66,11 @@ WorkBody = Callable[[str, DeadlineSlot], int]
 class ProcessSupervisor:
     """Starts, watches and contains the work process of one worker."""
 
-    def __init__(self, body: WorkBody, *, queue_names: list[str], connection: redis.Redis, store: Store,
+    def __init__(self, body: WorkBody, *, queue_names: list[str], connection: redis.Redis,
                  grace_seconds: float) -> None:
         self.body = body
         self.queue_names = queue_names
         self.connection = connection
-        self.store = store
         self.grace_seconds = grace_seconds
         self.slot = DeadlineSlot(mmap.mmap(-1, mmap.PAGESIZE))  # anonymous and shared with children
         self.child: WorkProcess | None = None
@@ -145,7 +148,7 @@ class ProcessSupervisor:
         count = reason != WORKER_STOPPED_REASON
         try:
             for entry in self._executions_of(child.name):
-                recover_entry(self.connection, entry, store=self.store, reason=reason, count_attempt=count)
+                recover_entry(self.connection, entry, reason=reason, count_attempt=count)
             settle_worker(self.connection, child.name)
         except REDIS_ERRORS as exc:  # its heartbeats stop: peers (or the next work process) settle it
             log.error("worker: could not settle work process %s now, Redis is unavailable (%s)", child.name, exc)
@@ -153,12 +156,10 @@ class ProcessSupervisor:
     def _executions_of(self, worker_name: str) -> list[StartedEntry]:
         found = []
         for queue in self.queue_names:
-            members = cast(list[bytes], self.connection.zrange(StartedJobRegistry.key_template.format(queue), 0, -1))
-            for member in members:
-                job_id, execution_id = parse_composite_key(as_text(member))
-                owner = self.connection.hget(execution_key(job_id, execution_id), "worker_name")
+            for entry, _score in started_entries(self.connection, queue):
+                owner = self.connection.hget(execution_key(entry.job_id, entry.execution_id), EXECUTION_WORKER_FIELD)
                 if owner is not None and as_text(owner) == worker_name:
-                    found.append(StartedEntry(queue, job_id, execution_id))
+                    found.append(entry)
         return found
 
     def _forward_stop(self, signum: int, frame: FrameType | None) -> None:

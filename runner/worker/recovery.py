@@ -3,41 +3,44 @@
 A runner worker heartbeats each execution it runs (see runner.worker.liveness). Every live worker,
 between jobs and while it watches its own job, looks through the started registries of its
 queues for executions silent past their window, and for jobs claimed by dead workers (see
-runner.worker.claims). Each execution is settled in one Redis transaction that watches the job, so
-when several workers find it at once only one settles it. Then the SQL row follows and a
-`retried` or `failed` lifecycle event is emitted.
+runner.worker.claims). Each execution is settled in one Redis transaction that watches the job,
+so when several workers find it at once only one settles it; the transaction carries the row's
+journal entry (runner.worker.attempts), and a `retried` or `failed` lifecycle event follows.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import cast
 
 import redis
-from redis.client import Pipeline
-from rq.exceptions import DeserializationError, NoSuchJobError
-from rq.job import Job, JobStatus
-from rq.queue import Queue
-from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+from rq.exceptions import DeserializationError
+from rq.job import Job
 from rq.serializers import JSONSerializer
-from rq.utils import as_text, now, parse_composite_key
-from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
+from rq.utils import as_text, parse_composite_key
 
-from runner.journal.reconcile import PENDING_WRITES_KEY, write_or_defer
-from runner.journal.write_behind import adopt_journal
+from runner.rq_seam.bookkeeping import RunnerJob, fence_of, queue_forget_execution
+from runner.rq_seam.keys import (
+    DEAD_AFTER_FIELD,
+    EXECUTION_HEARTBEAT_FIELD,
+    WORKER_DEATH_FIELD,
+    WORKER_QUEUES_FIELD,
+    WORKERS_KEY,
+    execution_key,
+    job_key,
+    registry_key,
+    worker_key,
+    workers_by_queue_key,
+)
 from runner.rq_seam.queues import queue_for
-from runner.services.lifecycle import JobEvent, emit
-from runner.store.models import utcnow
-from runner.store.sql_store import Store
+from runner.worker.attempts import function_of, queue_abandoned
 from runner.worker.claims import claimants, forget_claimant, return_claims
-from runner.worker.liveness import DEAD_AFTER_FIELD, WORKER_KEY_PREFIX, Liveness, execution_key, parse_number
+from runner.worker.liveness import Liveness, parse_number
 
 log = logging.getLogger(__name__)
 
-WORKER_DIED = "WorkerDied"
 WORKER_DIED_REASON = "worker died"
 WORKER_STOPPED_REASON = "worker stopped"
 
@@ -62,34 +65,36 @@ class Recovery:
 
     job_id: str
     function: str
-    queue: str
-    event: str
     status: str
+    event: str
     attempt: int
-    error: dict[str, str] | None = None
-    counted: bool = True
-    store_values: dict[str, Any] = field(default_factory=dict)
-    callback_url: str | None = None
+    error: dict[str, str] | None
+    counted: bool
+
+
+def started_entries(connection: redis.Redis, queue: str) -> list[tuple[StartedEntry, float]]:
+    """The executions in a queue's started registry, each with RQ's expiry score."""
+    members = cast(list[tuple[bytes, float]], connection.zrange(registry_key("started", queue), 0, -1, withscores=True))
+    return [(StartedEntry(queue, *parse_composite_key(as_text(member))), float(score)) for member, score in members]
 
 
 def find_abandoned(connection: redis.Redis, queue_names: Sequence[str], liveness: Liveness) -> list[StartedEntry]:
     """Executions in these queues' started registries whose worker stopped heartbeating."""
     found: list[StartedEntry] = []
     for name in queue_names:
-        key = StartedJobRegistry.key_template.format(name)
-        members = cast(list[tuple[bytes, float]], connection.zrange(key, 0, -1, withscores=True))
-        if not members:
+        entries = started_entries(connection, name)
+        if not entries:
             continue
-        entries = [StartedEntry(name, *parse_composite_key(as_text(member))) for member, _score in members]
         with connection.pipeline(transaction=False) as pipeline:
-            for entry in entries:
-                pipeline.hmget(execution_key(entry.job_id, entry.execution_id), "last_heartbeat", DEAD_AFTER_FIELD)
+            for entry, _score in entries:
+                pipeline.hmget(execution_key(entry.job_id, entry.execution_id), EXECUTION_HEARTBEAT_FIELD,
+                               DEAD_AFTER_FIELD)
             details = pipeline.execute()
-        for entry, (_member, score), (beat, dead_after) in zip(entries, members, details, strict=True):
+        for (entry, score), (beat, dead_after) in zip(entries, details, strict=True):
             window = parse_number(dead_after)
             if window is None:
                 # Not run by a runner worker (or its record expired): RQ's own expiry score decides.
-                abandoned = liveness.past(float(score))
+                abandoned = liveness.past(score)
             else:
                 abandoned = liveness.is_silent(parse_number(beat), window)
             if abandoned:
@@ -97,98 +102,44 @@ def find_abandoned(connection: redis.Redis, queue_names: Sequence[str], liveness
     return found
 
 
-def recover_entry(
-    connection: redis.Redis,
-    entry: StartedEntry,
-    *,
-    store: Store | None,
-    reason: str = WORKER_DIED_REASON,
-    count_attempt: bool = True,
-) -> Recovery | None:
+def recover_entry(connection: redis.Redis, entry: StartedEntry, *, reason: str = WORKER_DIED_REASON,
+                  count_attempt: bool = True) -> Recovery | None:
     """Retry, requeue or fail the job of an abandoned execution; None if someone else settled it."""
-    registry_key = StartedJobRegistry.key_template.format(entry.queue)
     with connection.pipeline() as pipeline:
         try:
-            pipeline.watch(Job.key_for(entry.job_id))  # type: ignore[no-untyped-call]
-            if pipeline.zscore(registry_key, entry.member) is None:
+            pipeline.watch(job_key(entry.job_id))  # type: ignore[no-untyped-call]
+            if pipeline.zscore(registry_key("started", entry.queue), entry.member) is None:
                 return None  # it ended, or another worker recovered it first
-            try:
-                job: Job | None = Job.fetch(entry.job_id, connection=connection, serializer=JSONSerializer)
-            except NoSuchJobError:
-                job = None
-            except DeserializationError:
-                log.error("abandoned job %s is not a runner job (not JSON): left to RQ", entry.job_id)
-                return None
+            fields = cast(dict[bytes, bytes], pipeline.hgetall(job_key(entry.job_id)))
+            job: Job | None = None
+            if fields:
+                job = RunnerJob(entry.job_id, connection=connection, serializer=JSONSerializer)
+                try:
+                    job.restore(fields)  # type: ignore[arg-type]
+                except DeserializationError:
+                    log.error("abandoned job %s is not a runner job (not JSON): left to RQ", entry.job_id)
+                    return None
+                # The settlement belongs to the attempt that was running: its writes are the ones that count.
+                job.fence = fence_of(fields)  # type: ignore[attr-defined]
             pipeline.multi()
-            pipeline.zrem(registry_key, entry.member)
-            pipeline.delete(execution_key(entry.job_id, entry.execution_id))
-            pipeline.zrem(f"rq:executions:{entry.job_id}", entry.execution_id)
-            recovery = None if job is None else _settle(job, pipeline, connection, count_attempt)
-            as_of = utcnow()
+            if job is None:
+                pipeline.zrem(registry_key("started", entry.queue), entry.member)
+                pipeline.delete(execution_key(entry.job_id, entry.execution_id))
+                pipeline.execute()
+                log.warning("abandoned execution %s of a job that no longer exists: dropped", entry.member)
+                return None
+            queue_forget_execution(pipeline, job, entry.execution_id)
+            settled = queue_abandoned(pipeline, job, queue_for(job.origin, connection), connection,
+                                      reason=reason, count_attempt=count_attempt)
             pipeline.execute()
         except redis.WatchError:
             return None  # the job changed under us (it ended, or another worker got there first)
-    if recovery is None:
-        log.warning("abandoned execution %s of a job that no longer exists: dropped", entry.member)
-        return None
-    log.warning("job %s (%s): %s; %s, attempt %d", recovery.job_id, recovery.function, reason,
-                recovery.status, recovery.attempt)
-    if store is not None:
-        write_or_defer(store, connection, recovery.job_id, as_of=as_of, **recovery.store_values)
-    emit(connection, JobEvent(recovery.event, recovery.job_id, recovery.function, recovery.queue,
-                              attempt=recovery.attempt, error=recovery.error, status=recovery.status,
-                              callback_url=recovery.callback_url, extra={"reason": reason}))
+    recovery = Recovery(job.id, function_of(job), settled.status, settled.event, settled.attempt, settled.error,
+                        settled.counted)
+    log.warning("job %s (%s): %s; %s, attempt %d", job.id, recovery.function, reason, recovery.status,
+                recovery.attempt)
+    settled.after(True)
     return recovery
-
-
-def _settle(job: Job, pipeline: Pipeline, connection: redis.Redis, count_attempt: bool) -> Recovery:
-    """Queue the commands that retry, requeue or fail `job`; return what they will do."""
-    queue = queue_for(job.origin, connection)
-    function = str(job.meta.get("function") or job.func_name)
-    began = job.get_status(refresh=False) == JobStatus.STARTED
-    attempt = int(job.meta.get("attempts", 0))
-    if not began or not count_attempt:
-        # The attempt never began, or was cut short by a stop: it does not count.
-        if began:
-            attempt = max(0, attempt - 1)
-        job.meta.update(attempts=attempt, progress={"percent": 0, "message": "requeued"})
-        queue._enqueue_job(job, pipeline=pipeline, at_front=True)
-        values = {"status": JobStatus.QUEUED.value, "attempts": attempt, "progress_percent": 0,
-                  "progress_message": "requeued"}
-        return Recovery(job.id, function, job.origin, "retried", JobStatus.QUEUED.value, attempt,
-                        counted=False, store_values=values)
-    attempt = max(attempt, 1)
-    retries_left = int(job.retries_left or 0)
-    error = {
-        "type": WORKER_DIED,
-        "message": f"The worker running this job died (attempt {attempt} of {attempt + retries_left}).",
-    }
-    job.meta.update(attempts=attempt, error=error)
-    if retries_left:
-        status = _retry(job, queue, pipeline)
-        values = {"status": status, "attempts": attempt, "error": error, "ended_at": None}
-        return Recovery(job.id, function, job.origin, "retried", status, attempt, error, store_values=values)
-    job.ended_at = now()
-    job.set_status(JobStatus.FAILED, pipeline=pipeline)
-    job.save(pipeline=pipeline)
-    job._handle_failure(f"{WORKER_DIED}: {error['message']}", pipeline, worker_name=job.worker_name or "")
-    values = {"status": JobStatus.FAILED.value, "attempts": attempt, "error": error, "ended_at": utcnow()}
-    return Recovery(job.id, function, job.origin, "failed", JobStatus.FAILED.value, attempt, error,
-                    store_values=values, callback_url=job.meta.get("callback_url"))
-
-
-def _retry(job: Job, queue: Queue, pipeline: Pipeline) -> str:
-    """RQ's `Job.retry`, with every write inside the transaction (RQ writes a scheduled retry outside it)."""
-    interval = job.get_retry_interval()
-    job.retries_left = int(job.retries_left or 0) - 1
-    if not interval:
-        queue._enqueue_job(job, pipeline=pipeline, at_front=job.enqueue_at_front_on_retry)
-        return JobStatus.QUEUED.value
-    run_at = now() + timedelta(seconds=interval)
-    pipeline.sadd(queue.redis_queues_keys, queue.key)
-    queue._persist_job(job, pipeline, status=JobStatus.SCHEDULED)
-    pipeline.zadd(ScheduledJobRegistry(queue=queue).key, {job.id: int(run_at.timestamp())})
-    return JobStatus.SCHEDULED.value
 
 
 def settle_dead_workers(connection: redis.Redis, liveness: Liveness, own_name: str) -> list[str]:
@@ -203,43 +154,35 @@ def settle_dead_workers(connection: redis.Redis, liveness: Liveness, own_name: s
 
 
 def settle_worker(connection: redis.Redis, name: str) -> None:
-    """For a worker that is gone: return its claims, hand its uncommitted row updates on, unregister it."""
+    """For a worker that is gone: return its claims and unregister it."""
     return_claims(connection, name)
-    adopt_journal(connection, name, PENDING_WRITES_KEY)
     _unregister_silent_worker(connection, name)
     forget_claimant(connection, name)
 
 
 def _unregister_silent_worker(connection: redis.Redis, name: str) -> None:
     # A killed worker never says goodbye: without this, dashboards and metrics count it for minutes.
-    key = f"{WORKER_KEY_PREFIX}{name}"
-    queues, death = connection.hmget(key, "queues", "death")
+    key = worker_key(name)
+    queues, death = connection.hmget(key, WORKER_QUEUES_FIELD, WORKER_DEATH_FIELD)
     if death is not None:
         return  # it exited cleanly and unregistered itself
     with connection.pipeline() as pipeline:
-        pipeline.srem(REDIS_WORKER_KEYS, key)
+        pipeline.srem(WORKERS_KEY, key)
         for queue in as_text(queues).split(",") if queues else []:
-            pipeline.srem(WORKERS_BY_QUEUE_KEY % queue, key)
+            pipeline.srem(workers_by_queue_key(queue), key)
         pipeline.delete(key)
         pipeline.execute()
     log.warning("worker %s stopped sending heartbeats: presumed dead, unregistered", name)
 
 
-def recover_abandoned_jobs(
-    connection: redis.Redis,
-    queue_names: Sequence[str],
-    liveness: Liveness,
-    *,
-    own_name: str,
-    store: Store | None,
-    running: Collection[str] = (),
-) -> list[Recovery]:
+def recover_abandoned_jobs(connection: redis.Redis, queue_names: Sequence[str], liveness: Liveness, *,
+                           own_name: str, running: Collection[str] = ()) -> list[Recovery]:
     """One recovery pass: settle abandoned executions (but not the ids in `running`), then dead workers' claims."""
     recovered = []
     for entry in find_abandoned(connection, queue_names, liveness):
         if entry.execution_id in running:
             continue
-        recovery = recover_entry(connection, entry, store=store)
+        recovery = recover_entry(connection, entry)
         if recovery is not None:
             recovered.append(recovery)
     settle_dead_workers(connection, liveness, own_name)

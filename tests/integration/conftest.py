@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from rq import Worker
 
 from runner.store.models import InvocationRecord
-from runner.store.sql_store import Store
+from tests.history import ReadingStore
 from tests.servers import PostgresServer, RedisServer, find_postgres_bin, find_redis_server, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -235,7 +235,8 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.redis = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
-        self.store = Store(database_url)
+        self.store = ReadingStore(database_url)
+        self.store.connection = self.redis
         self.env = {
             **stack_environment(redis_url=redis_url, database_url=database_url, data_dir=directory / "data"),
             **(extra_env or {}),

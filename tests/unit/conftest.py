@@ -26,7 +26,8 @@ from runner.services.backends import Backends
 from runner.store.models import InvocationRecord
 from runner.store.sql_store import Store
 from runner.worker.execution import install_environment
-from runner.worker.main import RunnerSimpleWorker, build_worker
+from runner.worker.run import build_worker
+from tests.history import ReadingStore
 
 # The queues `run_jobs` serves: the demo functions' queue, then `default` (throwaway functions use it).
 WORKER_QUEUES = ("demo_tasks", "default")
@@ -64,16 +65,18 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(f"sqlite:///{tmp_path}/runner.db")
-    store.migrate()
-    yield store
-    store.engine.dispose()
+def connection() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
 
 
 @pytest.fixture
-def connection() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
+def store(tmp_path: Path, connection: fakeredis.FakeRedis) -> Iterator[Store]:
+    # Read as the API reads history: what waits in the journal is applied first.
+    store = ReadingStore(f"sqlite:///{tmp_path}/runner.db")
+    store.connection = connection
+    store.migrate()
+    yield store
+    store.engine.dispose()
 
 
 @pytest.fixture
@@ -114,7 +117,7 @@ def run_jobs(backends: Backends, registry: Registry) -> Iterator[Callable[..., b
     """Run every queued job in-process, in burst mode; returns whether any job ran."""
 
     def run(queue_names: Sequence[str] = WORKER_QUEUES, registry_: Registry | None = None) -> bool:
-        worker = build_worker(list(queue_names), backends, registry_ or registry, RunnerSimpleWorker)
+        worker = build_worker(list(queue_names), backends, registry_ or registry)
         return bool(worker.work(burst=True, logging_level="WARNING"))
 
     yield run

@@ -17,6 +17,7 @@ from werkzeug.test import TestResponse
 from runner.rq_seam.queues import queue_for
 from runner.store.models import InvocationRecord
 from runner.store.sql_store import Store
+from tests.history import insert_rows
 
 Invoke = Callable[..., TestResponse]
 ApiError = Callable[..., dict[str, Any]]
@@ -53,7 +54,7 @@ def history(store: Store) -> list[InvocationRecord]:
         for index in range(9)
     ]
     for record in records:
-        store.add(record)
+        insert_rows(store, record)
     return records
 
 
@@ -106,9 +107,10 @@ def test_finished_job_view_falls_back_to_the_sql_row(
 
 
 def test_queued_job_view_falls_back_to_the_sql_row(
-    invoke: Invoke, client: FlaskClient, connection: fakeredis.FakeRedis
+    invoke: Invoke, client: FlaskClient, connection: fakeredis.FakeRedis, store: Store
 ) -> None:
     location = invoke("unreliable_task", {"fail_times": 2}).headers["Location"]
+    assert store.get(location.rsplit("/", 1)[-1]) is not None  # its row has reached SQL (from the journal)
     connection.flushall()
     view = client.get(location).get_json()
     assert (view["status"], view["function"], view["attempts"]) == ("queued", "unreliable_task", 0)
@@ -261,7 +263,7 @@ def test_pages_with_a_filter(client: FlaskClient, history: list[InvocationRecord
 
 def test_default_page_size_is_20(client: FlaskClient, store: Store) -> None:
     for index in range(25):
-        store.add(make_record(index))
+        insert_rows(store, make_record(index))
     body = client.get("/jobs").get_json()
     assert len(body["jobs"]) == 20
     assert body["next"] is not None

@@ -22,7 +22,7 @@ from runner.cli.main import main
 from runner.client.http_client import RunnerClient
 from runner.errors import ApiError, ApiUnreachable
 from runner.services.backends import Backends
-from runner.worker.main import RunnerSimpleWorker, build_worker
+from runner.worker.run import build_worker
 
 RunJobs = Callable[..., bool]
 
@@ -278,7 +278,7 @@ def test_job_prints_the_job_view(cli: Callable[..., Result], client: FlaskClient
 
 
 def test_workers_shows_each_worker(cli: Callable[..., Result], backends: Backends, registry: Registry) -> None:
-    worker = build_worker(["demo_tasks"], backends, registry, RunnerSimpleWorker)
+    worker = build_worker(["demo_tasks"], backends, registry)
     worker.register_birth()
     try:
         line = next(line for line in cli("workers").stdout.splitlines() if worker.name in line)

@@ -16,6 +16,7 @@ from runner.rq_seam.queues import queue_for
 from runner.services.control import LOCK_KEY
 from runner.store.models import InvocationRecord, utcnow
 from runner.store.sql_store import Store
+from tests.history import insert_rows, update_row
 from tests.unit.conftest import rq_job, stored_row
 
 ApiError = Callable[..., dict[str, Any]]
@@ -90,7 +91,7 @@ def test_cancel_a_job_redis_forgot(client: FlaskClient, connection: fakeredis.Fa
     waiting, ended = invoke(client), invoke(client, "2+2")
     run_jobs()
     connection.flushall()
-    store.update(waiting, status="queued")
+    update_row(store, waiting, status="queued")
     assert client.post(f"/jobs/{waiting}/cancel").get_json()["status"] == "canceled"
     assert stored_row(store, waiting).status == "canceled"
     api_error(client.post(f"/jobs/{ended}/cancel"), 409, "state_conflict")
@@ -168,7 +169,7 @@ def test_retry_a_job_redis_forgot_uses_the_stored_input(
     job_id = invoke(client, "1/0")
     run_jobs()
     connection.flushall()
-    store.update(job_id, input={"expression": "3*3"}, callback_url="https://8.8.8.8/hook")
+    update_row(store, job_id, input={"expression": "3*3"}, callback_url="https://8.8.8.8/hook")
     assert client.post(f"/jobs/{job_id}/retry").status_code == 202
     job = rq_job(connection, job_id)
     assert job.meta["attempts"] == 1 and job.meta["callback_url"] == "https://8.8.8.8/hook"
@@ -180,14 +181,14 @@ def test_retry_a_job_redis_forgot_uses_the_stored_input(
 def test_retry_a_forgotten_job_whose_input_no_longer_fits(
     client: FlaskClient, store: Store, api_error: ApiError
 ) -> None:
-    store.add(InvocationRecord(id="old123", function="simple_calculation", queue="demo_tasks", status="failed",
+    insert_rows(store, InvocationRecord(id="old123", function="simple_calculation", queue="demo_tasks", status="failed",
                                input={"expression": "1", "removed_field": True}, attempts=1, created_at=utcnow()))
     api_error(client.post("/jobs/old123/retry"), 422, "invalid_input")
-    store.add(InvocationRecord(id="gone123", function="no_such_function", queue="demo_tasks", status="failed",
+    insert_rows(store, InvocationRecord(id="gone123", function="no_such_function", queue="demo_tasks", status="failed",
                                input={}, attempts=1, created_at=utcnow()))
     api_error(client.post("/jobs/gone123/retry"), 404, "function_not_found")
-    store.add(InvocationRecord(id="run123", function="simple_calculation", queue="demo_tasks", status="started",
-                               input={"expression": "1"}, attempts=1, created_at=utcnow()))
+    insert_rows(store, InvocationRecord(id="run123", function="simple_calculation", queue="demo_tasks",
+                                        status="started", input={"expression": "1"}, attempts=1, created_at=utcnow()))
     api_error(client.post("/jobs/run123/retry"), 409, "state_conflict")
 
 

@@ -21,8 +21,8 @@ from api.dashboard import create_dashboard_app
 from runner import function, progress
 from runner.authoring.registry import Registry
 from runner.config import Settings
+from runner.redis_connection import connect_redis
 from runner.rq_seam.queues import queue_for
-from runner.services.backends import connect_redis
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 

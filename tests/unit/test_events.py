@@ -21,6 +21,7 @@ from runner.client.http_client import ServerEvent, parse_events
 from runner.config import Settings, SettingsError
 from runner.services.backends import Backends
 from runner.services.job_views import get_job_view
+from tests.history import delete_row, update_row
 
 Invoke = Callable[..., TestResponse]
 ApiError = Callable[..., dict[str, Any]]
@@ -159,7 +160,7 @@ def test_a_job_that_disappears_ends_the_stream_with_an_error_event(
 
     def forget() -> None:
         backends.connection.delete(Job.key_for(job_id))
-        backends.store.delete(job_id)
+        delete_row(backends.store, job_id)
 
     fake = FakeTime([forget])
     events, _ = collect(job_events(get_job_view(job_id, backends), backends, LIMITS, clock=fake.clock,
@@ -174,7 +175,7 @@ def test_a_job_redis_forgot_is_followed_from_the_store(backends: Backends, invok
 
     def finish_in_sql_only() -> None:
         backends.connection.delete(Job.key_for(job_id))
-        backends.store.update(job_id, status="finished", result={"result": 1}, progress_percent=100)
+        update_row(backends.store, job_id, status="finished", result={"result": 1}, progress_percent=100)
 
     fake = FakeTime([finish_in_sql_only])
     events, _ = collect(job_events(get_job_view(job_id, backends), backends, LIMITS, clock=fake.clock,

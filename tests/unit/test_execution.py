@@ -7,13 +7,14 @@ from typing import Any
 
 import fakeredis
 import pytest
-from rq import Retry, get_current_job
+from rq import Retry
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from runner import PermanentError, current_attempt, progress
 from runner.authoring.registry import Registry, make_spec
+from runner.rq_seam.bookkeeping import current_job
 from runner.rq_seam.job_hash import ENTRY_POINT
 from runner.rq_seam.queues import queue_for
 from runner.services.backends import Backends
@@ -22,6 +23,7 @@ from runner.services.job_views import get_job_view
 from runner.store.models import InvocationRecord, utcnow
 from runner.store.sql_store import Store
 from runner.worker.execution import STORE_PROGRESS_STEP, WorkerEnvironment, install_environment
+from tests.history import insert_rows
 
 QUEUE = "default"
 RunJobs = Callable[..., bool]
@@ -69,11 +71,11 @@ def harness(backends: Backends, run_jobs: RunJobs) -> Harness:
 
 
 def test_progress_and_current_attempt_outside_a_worker(store: Store, registry: Registry) -> None:
-    store.add(InvocationRecord(id="row", function="f", queue=QUEUE, status="started", input={}, attempts=1,
+    insert_rows(store, InvocationRecord(id="row", function="f", queue=QUEUE, status="started", input={}, attempts=1,
                                progress_percent=5, progress_message="before", created_at=utcnow()))
     install_environment(WorkerEnvironment(registry=registry, store=store))
     try:
-        assert get_current_job() is None
+        assert current_job() is None
         assert progress(50, "halfway") is None
         assert progress(100) is None
         assert current_attempt() == 1
@@ -222,7 +224,7 @@ def test_progress_reaches_job_meta_and_the_store_at_milestones(harness: Harness,
     seen: list[tuple[int, dict[str, Any], int, str]] = []
 
     def reports() -> str:
-        job = get_current_job()
+        job = current_job()
         assert job is not None
         for percent, message in [(10, "ten"), (30, "thirty"), (40, "forty"), (80, "eighty"), (99, "almost")]:
             progress(percent, message)
@@ -234,10 +236,11 @@ def test_progress_reaches_job_meta_and_the_store_at_milestones(harness: Harness,
 
     job_id = harness.invoke(harness.register(reports))
     harness.run()
-    # Redis gets every call; SQL only when a call crosses a multiple of STORE_PROGRESS_STEP (25).
+    # Redis gets every call; SQL only when a call crosses a multiple of STORE_PROGRESS_STEP (25)
+    # (before that, the row says what the start said).
     assert STORE_PROGRESS_STEP == 25
     assert seen == [
-        (10, {"percent": 10, "message": "ten"}, 0, "queued"),
+        (10, {"percent": 10, "message": "ten"}, 0, "started"),
         (30, {"percent": 30, "message": "thirty"}, 30, "thirty"),
         (40, {"percent": 40, "message": "forty"}, 30, "thirty"),
         (80, {"percent": 80, "message": "eighty"}, 80, "eighty"),
@@ -275,7 +278,7 @@ def test_progress_is_bounded(harness: Harness, percent: float, message: Any, exp
 
     def reports() -> None:
         progress(percent, message)
-        job = get_current_job()
+        job = current_job()
         assert job is not None
         recorded.append(Job.fetch(job.id, connection=job.connection, serializer=JSONSerializer).meta["progress"])
         raise PermanentError("stop here, so the view keeps the reported progress")

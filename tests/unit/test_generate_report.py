@@ -22,6 +22,7 @@ from runner.errors import InvalidInput
 from runner.store.models import InvocationRecord
 from runner.store.sql_store import Store
 from runner.worker.execution import WorkerEnvironment, install_environment
+from tests.history import insert_rows
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A bar segment covers hundreds of pixels of its status colour; anti-aliased text hits a few greys by chance.
@@ -326,11 +327,12 @@ def test_reads_the_real_store(real_store: Store, artifacts: dict[str, Any]) -> N
                                 attempts=attempts, created_at=created, started_at=started, ended_at=ended)
 
     for n in range(1, 11):
-        real_store.add(record(f"calc-{n}", "simple_calculation", "finished", T0 + timedelta(minutes=n), float(n)))
-    real_store.add(record("calc-failed", "simple_calculation", "failed", T0 + timedelta(minutes=11), 10.0, 3))
-    real_store.add(record("flaky-1", "unreliable_task", "finished", T0 + timedelta(minutes=12), 2.0, 4))
-    real_store.add(record("calc-late", "simple_calculation", "finished", T0 + timedelta(days=2), 99.0))
-    real_store.add(record("calc-early", "simple_calculation", "failed", T0 - timedelta(days=2), 99.0))
+        insert_rows(real_store,
+                    record(f"calc-{n}", "simple_calculation", "finished", T0 + timedelta(minutes=n), float(n)))
+    insert_rows(real_store, record("calc-failed", "simple_calculation", "failed", T0 + timedelta(minutes=11), 10.0, 3))
+    insert_rows(real_store, record("flaky-1", "unreliable_task", "finished", T0 + timedelta(minutes=12), 2.0, 4))
+    insert_rows(real_store, record("calc-late", "simple_calculation", "finished", T0 + timedelta(days=2), 99.0))
+    insert_rows(real_store, record("calc-early", "simple_calculation", "failed", T0 - timedelta(days=2), 99.0))
 
     report = generate_report(since=T0, until=T0 + timedelta(days=1))
     assert report["total"] == 12

@@ -17,8 +17,8 @@ from rq import Worker
 from werkzeug.test import TestResponse
 
 from runner.config import Settings
+from runner.redis_connection import connect_redis
 from runner.rq_seam.queues import queue_for
-from runner.services.backends import connect_redis
 from runner.services.lifecycle import JobEvent
 from runner.services.metrics import (
     DURATION_BUCKETS,

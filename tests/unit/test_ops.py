@@ -13,8 +13,9 @@ from rq.serializers import JSONSerializer
 
 from runner import PermanentError
 from runner.authoring.registry import Registry, make_spec
-from runner.services.backends import Backends, connect_redis
-from runner.worker.main import RunnerSimpleWorker, build_worker
+from runner.redis_connection import connect_redis
+from runner.services.backends import Backends
+from runner.worker.run import build_worker
 
 ApiError = Callable[..., dict[str, Any]]
 RunJobs = Callable[..., bool]
@@ -55,7 +56,7 @@ def failed_job(client: FlaskClient, run_jobs: RunJobs, registry: Registry, name:
 
 def test_workers_lists_each_registered_worker(client: FlaskClient, backends: Backends, registry: Registry) -> None:
     assert client.get("/workers").get_json() == {"workers": []}
-    worker = build_worker(["demo_tasks", "default"], backends, registry, RunnerSimpleWorker)
+    worker = build_worker(["demo_tasks", "default"], backends, registry)
     worker.register_birth()
     (listed,) = client.get("/workers").get_json()["workers"]
     assert listed["name"] == worker.name

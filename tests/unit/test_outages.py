@@ -11,11 +11,12 @@ from flask.testing import FlaskClient
 
 from runner.config import Settings
 from runner.errors import BackendUnavailable
+from runner.redis_connection import connect_redis
 from runner.rq_seam.job_hash import ENTRY_POINT
 from runner.rq_seam.queues import queue_for
-from runner.services.backends import connect_redis
 from runner.store.models import InvocationRecord, utcnow
 from runner.store.sql_store import Store
+from tests.history import insert_rows
 
 ApiError = Callable[..., dict[str, Any]]
 INVOCATION = "/functions/simple_calculation/invocations"
@@ -67,7 +68,7 @@ def test_redis_down_healthz_is_200(redis_down_client: FlaskClient) -> None:
 
 
 def test_redis_down_job_view_comes_from_the_store(redis_down_client: FlaskClient, store: Store) -> None:
-    store.add(
+    insert_rows(store, 
         InvocationRecord(
             id="known", function="simple_calculation", queue="demo_tasks", status="finished",
             input={"expression": "1"}, result={"result": 1}, attempts=1, created_at=utcnow(),

@@ -25,27 +25,31 @@ from runner import current_attempt
 from runner.authoring.registry import Registry, make_spec
 from runner.config import Settings
 from runner.errors import BackendUnavailable
-from runner.journal.reconcile import PENDING_WRITES_KEY, replay_pending_writes, write_or_defer
-from runner.journal.store_repair import JOB_LOST, repair_stale_rows
+from runner.journal.entries import JOURNAL_KEY
+from runner.rq_seam.keys import DEAD_AFTER_FIELD, execution_key
 from runner.rq_seam.queues import queue_for
+from runner.rq_seam.scheduler_guard import break_lock, scheduler_is_silent
+from runner.rq_seam.worker import SeamWorker
 from runner.services.backends import Backends
 from runner.services.invocation import enqueue_invocation
 from runner.store.models import InvocationRecord, utcnow
 from runner.store.sql_store import Store
-from runner.worker.claims import CLAIMANTS_KEY, claim_and_read, claim_key, claimants, return_claims
+from runner.worker.attempts import WORKER_DIED
+from runner.worker.claims import CLAIMANTS_KEY, claim, claim_key, claimants, release_claim, return_claims
+from runner.worker.duties import RECOVERY_PASS_KEY
 from runner.worker.execution import install_environment
-from runner.worker.liveness import DEAD_AFTER_FIELD, Liveness, execution_key
-from runner.worker.main import RunnerSimpleWorker, build_worker
+from runner.worker.liveness import Liveness
+from runner.worker.lost_jobs import JOB_LOST, mark_lost_jobs
 from runner.worker.recovery import (
-    WORKER_DIED,
     StartedEntry,
     find_abandoned,
     recover_abandoned_jobs,
     recover_entry,
     settle_dead_workers,
 )
-from runner.worker.scheduler_guard import break_lock, scheduler_is_silent
-from runner.worker.supervision import RECOVERY_PASS_KEY, REPAIR_PASS_KEY
+from runner.worker.run import build_worker
+from runner.worker.runner_worker import RunnerWorker
+from tests.history import insert_rows, update_row
 from tests.unit.conftest import rq_job, stored_row
 
 QUEUE = "default"
@@ -68,11 +72,9 @@ def registry() -> Registry:
 
 
 @pytest.fixture
-def new_worker(backends: Backends, registry: Registry) -> Iterator[Callable[[], RunnerSimpleWorker]]:
-    def build() -> RunnerSimpleWorker:
-        worker = build_worker([QUEUE], backends, registry, RunnerSimpleWorker)
-        assert isinstance(worker, RunnerSimpleWorker)
-        return worker
+def new_worker(backends: Backends, registry: Registry) -> Iterator[Callable[[], RunnerWorker]]:
+    def build() -> RunnerWorker:
+        return build_worker([QUEUE], backends, registry)
 
     calls.clear()
     yield build
@@ -88,7 +90,7 @@ def invoke(backends: Backends, registry: Registry, name: str) -> str:
     return enqueue_invocation(registry.get(name), {}, backends).id
 
 
-def claim(worker: RunnerSimpleWorker) -> tuple[Job, Queue]:
+def take(worker: RunnerWorker) -> tuple[Job, Queue]:
     """Start `worker` and have it take one job off its queue (claimed, not started)."""
     worker.register_birth()
     claimed = worker.dequeue_job_and_maintain_ttl(None)
@@ -96,13 +98,17 @@ def claim(worker: RunnerSimpleWorker) -> tuple[Job, Queue]:
     return claimed
 
 
-def take_and_die(worker: RunnerSimpleWorker, attempt_began: bool = True) -> StartedEntry:
+def take_and_die(worker: RunnerWorker, attempt_began: bool = True) -> StartedEntry:
     """Do what a worker does up to the function call, then stop (as if SIGKILLed)."""
-    job, _queue = claim(worker)
+    job, _queue = take(worker)
     if not attempt_began:  # killed before the attempt began: as for a function that waits for a slot
-        worker.begin_attempt = lambda job, pipeline: (lambda: None)  # type: ignore[method-assign]
+        def begin_only(job: Job, pipeline: Any) -> Any:
+            release_claim(pipeline, worker.name, job.id)
+            return SeamWorker.begin(worker, job, pipeline)
+
+        worker.begin = begin_only  # type: ignore[method-assign]
         job.prepare_for_execution = lambda name, pipeline: None  # type: ignore[method-assign]
-    # The worker starts the job and begins its attempt in one transaction.
+    # The worker starts the job and begins its attempt in one script call.
     execution = worker.prepare_execution(job)
     return StartedEntry(QUEUE, job.id, execution.id)
 
@@ -120,7 +126,7 @@ def test_a_claimed_job_moves_to_the_started_registry_in_one_step(
 ) -> None:
     job_id = invoke(backends, registry, "once")
     worker = new_worker()
-    claimed = claim(worker)
+    claimed = take(worker)
     assert claimed[0].id == job_id
     assert connection.lrange(claim_key(worker.name), 0, -1) == [job_id.encode()]
     assert queue_for(QUEUE, connection).count == 0
@@ -135,8 +141,8 @@ def test_claims_of_a_dead_worker_go_back_to_the_front_once(
 ) -> None:
     first, second = invoke(backends, registry, "once"), invoke(backends, registry, "once")
     queue = queue_for(QUEUE, connection)
-    found_queue, claimed = claim_and_read(connection, [queue], "gone")
-    assert (found_queue, [job_id for job_id, _data in claimed]) == (queue, [first])
+    claimed = claim(connection, [queue], "gone")
+    assert (claimed.queue, claimed.job_ids) == (queue, [first])
     assert return_claims(connection, "gone") == [first]
     assert return_claims(connection, "gone") == []  # a second recoverer finds nothing to do
     assert queue.get_job_ids() == [first, second]
@@ -190,7 +196,7 @@ def test_a_job_with_retries_left_is_retried_and_the_attempt_counted(
     caplog.set_level(logging.INFO, logger="runner.events")
     job_id = invoke(backends, registry, "twice_more")
     entry = take_and_die(new_worker())
-    recovery = recover_entry(connection, entry, store=store)
+    recovery = recover_entry(connection, entry)
     assert recovery is not None
     assert (recovery.event, recovery.status, recovery.attempt) == ("retried", "queued", 1)
     message = "The worker running this job died (attempt 1 of 3)."
@@ -215,7 +221,7 @@ def test_a_retry_with_backoff_waits_in_the_scheduled_registry(
     connection: fakeredis.FakeRedis, backends: Backends, registry: Registry, store: Store, new_worker: Any
 ) -> None:
     job_id = invoke(backends, registry, "later")
-    recovery = recover_entry(connection, take_and_die(new_worker()), store=store)
+    recovery = recover_entry(connection, take_and_die(new_worker()))
     assert recovery is not None and recovery.status == "scheduled"
     scheduled = ScheduledJobRegistry(QUEUE, connection=connection)
     assert scheduled.get_job_ids() == [job_id]
@@ -232,7 +238,7 @@ def test_a_job_without_retries_left_fails_with_worker_died(
     client: Any,
 ) -> None:
     job_id = invoke(backends, registry, "once")
-    recovery = recover_entry(connection, take_and_die(new_worker()), store=store)
+    recovery = recover_entry(connection, take_and_die(new_worker()))
     assert recovery is not None and (recovery.event, recovery.status) == ("failed", "failed")
     error = {"type": WORKER_DIED, "message": "The worker running this job died (attempt 1 of 1)."}
     assert job_id in FailedJobRegistry(QUEUE, connection=connection).get_job_ids()
@@ -250,7 +256,7 @@ def test_an_execution_is_recovered_once_when_workers_race(
 ) -> None:
     job_id = invoke(backends, registry, "twice_more")
     entry = take_and_die(new_worker())
-    outcomes = [recover_entry(connection, entry, store=store) for _ in range(3)]
+    outcomes = [recover_entry(connection, entry) for _ in range(3)]
     assert [outcome is not None for outcome in outcomes] == [True, False, False]
     assert queue_for(QUEUE, connection).get_job_ids() == [job_id]
     assert rq_job(connection, job_id).retries_left == 1
@@ -265,7 +271,7 @@ def test_an_attempt_that_never_began_is_requeued_uncounted(
     queue_for(QUEUE, connection).enqueue_job(rq_job(connection, other))
     entry = take_and_die(new_worker(), attempt_began=False)
     assert entry.job_id == job_id
-    recovery = recover_entry(connection, entry, store=store)
+    recovery = recover_entry(connection, entry)
     assert recovery is not None and (recovery.counted, recovery.attempt, recovery.error) == (False, 0, None)
     job = rq_job(connection, job_id)
     assert (job.retries_left, job.meta["attempts"]) == (2, 0)
@@ -278,7 +284,7 @@ def test_a_stopped_attempt_is_put_back_at_the_front_without_counting(
     job_id = invoke(backends, registry, "twice_more")
     entry = take_and_die(new_worker())
     waiting = invoke(backends, registry, "once")
-    recovery = recover_entry(connection, entry, store=store, reason="worker stopped", count_attempt=False)
+    recovery = recover_entry(connection, entry, reason="worker stopped", count_attempt=False)
     assert recovery is not None and (recovery.status, recovery.attempt, recovery.counted) == ("queued", 0, False)
     job = rq_job(connection, job_id)
     assert (job.retries_left, job.meta["attempts"], job.get_status()) == (2, 0, JobStatus.QUEUED)
@@ -338,7 +344,7 @@ def test_recovery_pass_ignores_live_workers(
     job_id = invoke(backends, registry, "once")
     worker = new_worker()
     take_and_die(worker)
-    assert recover_abandoned_jobs(connection, [QUEUE], later(1), own_name="peer", store=store) == []
+    assert recover_abandoned_jobs(connection, [QUEUE], later(1), own_name="peer") == []
     assert rq_job(connection, job_id).get_status() == JobStatus.STARTED
     assert connection.exists(worker.key)
 
@@ -351,8 +357,8 @@ def test_a_stop_between_dequeue_and_start_puts_the_job_back(
 ) -> None:
     job_id = invoke(backends, registry, "once")
     worker = new_worker()
-    claimed = claim(worker)
-    worker._stop_requested = True
+    claimed = take(worker)
+    worker._stop_requested = True  # RQ's own flag, as its signal handler sets it
     worker.execute_job(*claimed)
     assert calls == []
     assert queue_for(QUEUE, connection).get_job_ids() == [job_id]
@@ -361,66 +367,55 @@ def test_a_stop_between_dequeue_and_start_puts_the_job_back(
     assert worker.get_state() != WorkerStatus.BUSY
 
 
-# Rows a dead worker left behind
+# Rows whose job Redis lost
 
 
-def test_a_started_row_is_brought_in_line_with_redis(
-    connection: fakeredis.FakeRedis,
-    backends: Backends,
-    registry: Registry,
-    store: Store,
-    new_worker: Any,
-    caplog: pytest.LogCaptureFixture,
+def test_a_started_row_whose_job_redis_lost_is_marked_failed(
+    connection: fakeredis.FakeRedis, backends: Backends, registry: Registry, store: Store, new_worker: Any,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="runner.events")
-    done, running, lost = (invoke(backends, registry, "once") for _ in range(3))
+    running, lost = invoke(backends, registry, "once"), invoke(backends, registry, "once")
     assert new_worker().work(burst=True)
-    for job_id in (done, running, lost):  # as if each worker died before its last SQL write
-        store.update(job_id, status="started", result=None, ended_at=None)
+    for job_id in (running, lost):  # rows that still say started, as while their jobs run
+        update_row(store, job_id, status="started", result=None, ended_at=None)
     rq_job(connection, running).set_status(JobStatus.STARTED)
-    connection.delete(Job.key_for(lost))
+    connection.delete(Job.key_for(lost))  # Redis restarted without persistence, say
     time.sleep(0.01)
-    assert repair_stale_rows(store, connection, 0) == 2
-    record = stored_row(store, done)
-    assert (record.status, record.result, record.progress_percent) == ("finished", {"attempt": 1}, 100)
-    assert record.ended_at is not None
-    assert events(caplog, done)[-1]["event"] == "finished"
+    assert mark_lost_jobs(store, connection, 0) == 1
     assert stored_row(store, running).status == "started"
     assert (stored_row(store, lost).status, stored_row(store, lost).error) == ("failed", JOB_LOST)
-    assert repair_stale_rows(store, connection, 0) == 0
+    assert stored_row(store, lost).ended_at is not None
+    assert mark_lost_jobs(store, connection, 0) == 0
 
 
-def test_a_row_whose_end_waits_for_replay_is_replayed_not_repaired(
-    connection: fakeredis.FakeRedis,
-    backends: Backends,
-    registry: Registry,
-    store: Store,
-    new_worker: Any,
-    caplog: pytest.LogCaptureFixture,
-    closed_port: int,
+def test_a_row_whose_end_waits_in_the_journal_is_not_taken_for_lost(
+    connection: fakeredis.FakeRedis, backends: Backends, registry: Registry, store: Store, new_worker: Any,
+    caplog: pytest.LogCaptureFixture, closed_port: int,
 ) -> None:
-    # The worker ran the job while the database was away: its `finished` write waits in Redis,
-    # and the row still says `started`, long enough ago to look stale to the repair pass.
+    # The worker ran the job while the database was away: its history waits in the journal, and
+    # Redis has since forgotten the job; the row, once in, must come from the journal, not be lost.
     caplog.set_level(logging.INFO, logger="runner.events")
     job_id = invoke(backends, registry, "once")
+    insert_rows(store, InvocationRecord(id=job_id, function="once", queue=QUEUE, status="started", input={},
+                                        attempts=1, created_at=utcnow() - timedelta(hours=1),
+                                        updated_at=utcnow() - timedelta(hours=1)))
     worker = new_worker()
     worker.store = Store(f"postgresql://postgres@127.0.0.1:{closed_port}/none")
     assert worker.work(burst=True)
-    assert connection.llen(PENDING_WRITES_KEY) >= 1
-    store.update(job_id, status="started", updated_at=utcnow() - timedelta(hours=1))
-    connection.delete(RECOVERY_PASS_KEY + QUEUE, REPAIR_PASS_KEY)  # the first worker's turns a moment ago
-    duty = new_worker()
-    duty.supervise(dead_after=0, grace_seconds=1)
-    duty.run_recovery_duty()
+    assert connection.xlen(JOURNAL_KEY) >= 2  # the new row, its start and its end wait
+    connection.delete(Job.key_for(job_id))
+    with pytest.raises(BackendUnavailable):  # the journal cannot be applied: nothing is marked lost
+        mark_lost_jobs(worker.store, connection, 1)
+    assert connection.xlen(JOURNAL_KEY) >= 2
+    assert mark_lost_jobs(Store(store.url), connection, 1) == 0  # the database is back: applied first, not lost
+    assert connection.xlen(JOURNAL_KEY) == 0
     assert stored_row(store, job_id).status == "finished"
-    assert connection.llen(PENDING_WRITES_KEY) == 0
     assert [line["event"] for line in events(caplog, job_id)].count("finished") == 1
 
 
 def test_recent_started_rows_are_left_alone(store: Store, connection: fakeredis.FakeRedis) -> None:
-    store.add(InvocationRecord(id="fresh", function="f", queue=QUEUE, status="started", input={}, attempts=1,
+    insert_rows(store, InvocationRecord(id="fresh", function="f", queue=QUEUE, status="started", input={}, attempts=1,
                                progress_percent=0, progress_message="", created_at=utcnow(), updated_at=utcnow()))
-    assert repair_stale_rows(store, connection, DEAD_AFTER) == 0
+    assert mark_lost_jobs(store, connection, DEAD_AFTER) == 0
     assert stored_row(store, "fresh").status == "started"
 
 
@@ -443,55 +438,21 @@ def test_a_workers_own_running_job_is_not_taken_for_abandoned(
     job_id = invoke(backends, registry, "once")
     worker = new_worker()
     entry = take_and_die(worker)  # alive after all, but cut off from Redis for longer than its window
-    assert recover_abandoned_jobs(connection, [QUEUE], later(), own_name=worker.name, store=store,
+    assert recover_abandoned_jobs(connection, [QUEUE], later(), own_name=worker.name,
                                   running={entry.execution_id}) == []
     assert rq_job(connection, job_id).get_status() == JobStatus.STARTED
-
-
-def test_news_older_than_the_row_does_not_overwrite_it(
-    store: Store, connection: fakeredis.FakeRedis, closed_port: int
-) -> None:
-    before = utcnow()
-    store.add(InvocationRecord(id="raced", function="f", queue=QUEUE, status="queued", input={}, attempts=1,
-                               progress_percent=0, progress_message="", created_at=before, updated_at=before))
-    # The next attempt started (and finished) before the recovering worker's write arrived.
-    store.update("raced", status="finished", attempts=2)
-    write_or_defer(store, connection, "raced", as_of=before, status="queued", attempts=1)
-    assert (stored_row(store, "raced").status, stored_row(store, "raced").attempts) == ("finished", 2)
-    # Database away: the write waits in Redis, and its replay loses to the newer row all the same.
-    down = Store(f"postgresql://postgres@127.0.0.1:{closed_port}/none")
-    write_or_defer(down, connection, "raced", as_of=before, status="queued", attempts=1)
-    assert replay_pending_writes(store, connection) == 1
-    assert (stored_row(store, "raced").status, stored_row(store, "raced").attempts) == ("finished", 2)
-    write_or_defer(store, connection, "raced", as_of=utcnow(), status="failed")
-    assert stored_row(store, "raced").status == "failed"
-
-
-def test_a_conditional_write_that_fails_is_deferred_not_retried_unconditionally(
-    store: Store, connection: fakeredis.FakeRedis
-) -> None:
-    # The database flapping between two tries must not let older news through unchecked.
-    class Flapping(Store):
-        def update_unless_newer(self, job_id: str, **values: Any) -> None:
-            raise BackendUnavailable("The database is unavailable.")
-
-        def update(self, job_id: str, **values: Any) -> None:
-            raise AssertionError("an unconditional update was tried")
-
-    write_or_defer(Flapping(store.url), connection, "x", as_of=utcnow(), status="failed")
-    assert connection.llen(PENDING_WRITES_KEY) == 1
 
 
 def test_a_waiting_worker_claims_from_one_queue_or_polls_several(
     connection: fakeredis.FakeRedis, backends: Backends, registry: Registry
 ) -> None:
     job_id = invoke(backends, registry, "once")
-    single = build_worker([QUEUE], backends, registry, RunnerSimpleWorker)  # waits on its queue (BLMOVE)
+    single = build_worker([QUEUE], backends, registry)  # waits on its queue (BLMOVE)
     single.register_birth()
     claimed = single.dequeue_job_and_maintain_ttl(1)
     assert claimed is not None and claimed[0].id == job_id
     assert connection.lrange(claim_key(single.name), 0, -1) == [job_id.encode()]
-    several = build_worker(["demo_tasks", QUEUE], backends, registry, RunnerSimpleWorker)
+    several = build_worker(["demo_tasks", QUEUE], backends, registry)
     several.register_birth()
     started = time.monotonic()
     assert several.dequeue_job_and_maintain_ttl(1, max_idle_time=1) is None  # nothing to take: it gives up idle
@@ -504,9 +465,7 @@ def test_the_window_and_grace_period_come_from_the_environment(
     backends: Backends, registry: Registry, raw: str, dead_after: float, heartbeat: float
 ) -> None:
     settings = Settings.from_env({"RUNNER_WORKER_DEAD_AFTER_SECONDS": raw, "RUNNER_WORKER_GRACE_SECONDS": "2.5"})
-    worker = build_worker([QUEUE], Backends(backends.connection, backends.store, settings), registry,
-                          RunnerSimpleWorker)
+    worker = build_worker([QUEUE], Backends(backends.connection, backends.store, settings), registry)
     install_environment(None)
-    assert isinstance(worker, RunnerSimpleWorker)
     assert (worker.dead_after, worker.heartbeat_seconds, worker.grace_seconds) == (dead_after, heartbeat, 2.5)
     assert worker.job_monitoring_interval == 1  # a busy worker checks its heartbeat and grace period every second

@@ -7,13 +7,14 @@ import threading
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy.exc import IntegrityError
 
 from runner.errors import MalformedRequest
 from runner.store.cursors import decode_cursor, encode_cursor
 from runner.store.database import as_utc
 from runner.store.models import InvocationRecord
 from runner.store.sql_store import Store
+from runner.store.statements import RowChange
+from tests.history import insert_rows
 
 CREATED = datetime(2024, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
 
@@ -30,8 +31,13 @@ def make_record(job_id: str = "job1", *, created_at: datetime = CREATED, **value
     return InvocationRecord(id=job_id, created_at=created_at, **fields)
 
 
-def test_add_then_get(store: Store) -> None:
-    store.add(make_record(input={"expression": "2*(3+4)", "nested": [1, {"a": None}]}))
+def change(job_id: str = "job1", *, fence: int = 0, position: int = 1, insert: bool = False,
+           **values: object) -> RowChange:
+    return RowChange(job_id, dict(values), fence=fence, position=position, at=CREATED, insert=insert)
+
+
+def test_a_new_row_goes_in_whole(store: Store) -> None:
+    insert_rows(store, make_record(input={"expression": "2*(3+4)", "nested": [1, {"a": None}]}))
     record = store.get("job1")
     assert record is not None
     assert (record.id, record.function, record.queue, record.status, record.attempts) == (
@@ -51,86 +57,83 @@ def test_get_unknown_is_none(store: Store) -> None:
     assert store.get("nope") is None
 
 
-def test_adding_an_existing_id_fails(store: Store) -> None:
-    store.add(make_record())
-    with pytest.raises(IntegrityError):
-        store.add(make_record())
-    assert store.list()[0][0].input == {"expression": "1+1"}
-
-
-def test_inserts_from_many_threads_at_once_all_land_and_a_duplicate_fails_only_its_caller(store: Store) -> None:
-    # Concurrent inserts share commits (group_commit); a duplicate id spoils the commit it shares,
-    # and must fail for its caller alone while the others' rows go in.
-    store.add(make_record("taken"))
-    outcomes: dict[str, object] = {}
-
-    def insert(job_id: str) -> None:
-        record = make_record(job_id, input={"id": job_id})
-        try:
-            store.add(record)
-            outcomes[job_id] = "inserted"
-        except IntegrityError:
-            outcomes[job_id] = "refused"
-
-    ids = [f"job{n}" for n in range(60)]
-    ids.insert(30, "taken")
-    threads = [threading.Thread(target=insert, args=(job_id,)) for job_id in ids]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert outcomes == {**{job_id: "inserted" for job_id in ids if job_id != "taken"}, "taken": "refused"}
-    rows, _ = store.list(limit=100)
-    assert {row.id: row.input for row in rows} == {**{job_id: {"id": job_id} for job_id in ids if job_id != "taken"},
-                                                  "taken": {"expression": "1+1"}}
-
-
-def test_update_sets_columns_and_updated_at(store: Store) -> None:
-    store.add(make_record())
-    before = as_utc(store.get("job1").updated_at)  # type: ignore[union-attr]
+def test_an_update_sets_its_columns_and_leaves_the_others(store: Store) -> None:
+    insert_rows(store, make_record())
     ended = CREATED + timedelta(seconds=5)
-    store.update(
-        "job1",
-        status="finished",
-        result={"result": 14},
-        attempts=1,
-        progress_percent=100,
-        progress_message="done",
-        ended_at=ended,
-    )
+    store.apply([change(status="finished", result={"result": 14}, attempts=1, progress_percent=100,
+                        progress_message="done", ended_at=ended, fence=1, position=2)])
     record = store.get("job1")
     assert record is not None
     assert (record.status, record.result, record.attempts, record.progress_percent, record.progress_message) == (
-        "finished",
-        {"result": 14},
-        1,
-        100,
-        "done",
-    )
+        "finished", {"result": 14}, 1, 100, "done")
     assert as_utc(record.ended_at) == ended
-    assert as_utc(record.updated_at) >= before  # type: ignore[operator]
+    assert (record.fence, record.journal_position) == (1, 2)
     assert record.input == {"expression": "1+1"}  # untouched columns stay
 
 
-def test_update_of_unknown_id_changes_nothing(store: Store) -> None:
-    store.add(make_record())
-    store.update("nope", status="failed")
+def test_an_update_of_an_unknown_id_changes_nothing(store: Store) -> None:
+    insert_rows(store, make_record())
+    store.apply([change("nope", status="failed")])
     assert store.get("nope") is None
     assert store.get("job1").status == "queued"  # type: ignore[union-attr]
 
 
-def test_delete(store: Store) -> None:
-    store.add(make_record("job1"))
-    store.add(make_record("job2"))
-    store.delete("job1")
-    store.delete("never-there")
-    assert store.get("job1") is None
-    assert [record.id for record in store.list()[0]] == ["job2"]
+def test_a_write_of_an_older_attempt_is_not_applied(store: Store) -> None:
+    insert_rows(store, make_record())
+    store.apply([change(status="started", attempts=2, fence=2, position=5)])
+    store.apply([change(status="finished", result={"late": True}, fence=1, position=6)])  # attempt 1, late
+    record = store.get("job1")
+    assert (record.status, record.result, record.fence) == ("started", None, 2)  # type: ignore[union-attr]
+    store.apply([change(status="finished", result={"on": "time"}, fence=2, position=7)])
+    assert store.get("job1").result == {"on": "time"}  # type: ignore[union-attr]
+
+
+def test_a_write_applied_again_or_late_changes_nothing(store: Store) -> None:
+    insert_rows(store, make_record())
+    store.apply([change(status="started", fence=1, position=5)])
+    store.apply([change(status="finished", fence=1, position=6)])
+    store.apply([change(status="started", fence=1, position=5)])  # the same entry again, after the next one
+    assert store.get("job1").status == "finished"  # type: ignore[union-attr]
+
+
+def test_a_new_row_applied_again_leaves_a_newer_row_alone(store: Store) -> None:
+    store.apply([change(insert=True, position=1, function="f", queue="q", status="queued", input={},
+                        created_at=CREATED)])
+    store.apply([change(status="finished", fence=1, position=3)])
+    store.apply([change(insert=True, position=1, function="f", queue="q", status="queued", input={},
+                        created_at=CREATED)])
+    assert store.get("job1").status == "finished"  # type: ignore[union-attr]
+
+
+def test_changes_of_many_shapes_go_in_one_transaction(store: Store) -> None:
+    insert_rows(store, make_record("a"), make_record("b"))
+    store.apply([
+        change("a", status="started", fence=1, position=2),
+        change("b", progress_percent=50, progress_message="half", fence=1, position=3),
+        change("c", insert=True, position=4, function="f", queue="q", status="queued", input={}, created_at=CREATED),
+        change("a", status="finished", result=1, fence=1, position=5),
+    ])
+    rows = {row.id: row for row in store.list()[0]}
+    assert (rows["a"].status, rows["b"].progress_message, rows["c"].status) == ("finished", "half", "queued")
+
+
+def test_appliers_on_many_threads_at_once_all_land(store: Store) -> None:
+    insert_rows(store, *[make_record(f"job{n}") for n in range(40)])
+
+    def apply(n: int) -> None:
+        store.apply([change(f"job{n}", status="finished", result=n, fence=1, position=10 + n)])
+
+    threads = [threading.Thread(target=apply, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert {row.id: row.result for row in store.list(limit=100)[0]} == {f"job{n}": n for n in range(40)}
 
 
 def test_timestamps_come_back_timezone_aware_after_as_utc(store: Store) -> None:
     started = CREATED + timedelta(seconds=1)  # the runner only ever writes UTC times
-    store.add(make_record(started_at=started))
+    insert_rows(store, make_record(started_at=started))
     record = store.get("job1")
     assert record is not None
     created = as_utc(record.created_at)
@@ -163,7 +166,7 @@ def test_list_newest_first_with_filters_and_limit(store: Store) -> None:
     for index, (function, status) in enumerate(
         [("a", "queued"), ("b", "finished"), ("a", "finished"), ("b", "failed"), ("a", "failed")]
     ):
-        store.add(make_record(f"job{index}", created_at=CREATED + timedelta(seconds=index), function=function,
+        insert_rows(store, make_record(f"job{index}", created_at=CREATED + timedelta(seconds=index), function=function,
                               status=status))
     assert [r.id for r in store.list()[0]] == ["job4", "job3", "job2", "job1", "job0"]
     assert [r.id for r in store.list(function="a")[0]] == ["job4", "job2", "job0"]
@@ -179,7 +182,7 @@ def test_list_newest_first_with_filters_and_limit(store: Store) -> None:
 
 def test_list_with_exactly_limit_rows_has_no_next_page(store: Store) -> None:
     for index in range(3):
-        store.add(make_record(f"job{index}", created_at=CREATED + timedelta(seconds=index)))
+        insert_rows(store, make_record(f"job{index}", created_at=CREATED + timedelta(seconds=index)))
     rows, cursor = store.list(limit=3)
     assert (len(rows), cursor) == (3, None)
 
@@ -187,7 +190,7 @@ def test_list_with_exactly_limit_rows_has_no_next_page(store: Store) -> None:
 def test_list_pages_through_rows_that_share_a_timestamp(store: Store) -> None:
     ids = [f"job{index}" for index in range(5)]
     for job_id in ids:
-        store.add(make_record(job_id))  # all at CREATED: the id breaks the tie
+        insert_rows(store, make_record(job_id))  # all at CREATED: the id breaks the tie
     seen: list[str] = []
     cursor: str | None = None
     for _ in range(5):
@@ -237,6 +240,6 @@ def test_decode_cursor_rejects_what_it_did_not_make(cursor: str) -> None:
 
 
 def test_migrate_is_idempotent(store: Store) -> None:
-    store.add(make_record())
+    insert_rows(store, make_record())
     store.migrate()
     assert store.get("job1") is not None

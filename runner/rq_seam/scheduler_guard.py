@@ -15,8 +15,6 @@ import redis
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.utils import as_text, utcparse
 
-from runner.worker.liveness import Liveness
-
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +26,13 @@ class SchedulingWorker(Protocol):
     def stop_scheduler(self) -> None: ...
 
 
-def scheduler_is_silent(connection: redis.Redis, scheduler_name: str, liveness: Liveness) -> bool:
+class Judge(Protocol):
+    """Says whether heartbeats went silent (runner.worker.liveness.Liveness)."""
+
+    def is_silent(self, last_beat: float | None, dead_after: float | None) -> bool: ...
+
+
+def scheduler_is_silent(connection: redis.Redis, scheduler_name: str, liveness: Judge) -> bool:
     """True when the scheduler `scheduler_name` stopped heartbeating (it beats every second)."""
     beat = connection.hget(SCHEDULER_KEY_TEMPLATE % scheduler_name, "last_heartbeat")
     last = utcparse(as_text(beat)).timestamp() if beat is not None else None
@@ -51,7 +55,7 @@ def break_lock(connection: redis.Redis, lock_key: str, holder: str) -> bool:
     return True
 
 
-def free_scheduler_locks(connection: redis.Redis, scheduler: RQScheduler, liveness: Liveness) -> list[str]:
+def free_scheduler_locks(connection: redis.Redis, scheduler: RQScheduler, liveness: Judge) -> list[str]:
     """Queues whose scheduler lock is free, after breaking the locks of silent schedulers."""
     free: list[str] = []
     for name in sorted(scheduler._queue_names):
@@ -68,7 +72,7 @@ def free_scheduler_locks(connection: redis.Redis, scheduler: RQScheduler, livene
     return free
 
 
-def keep_scheduler_running(worker: SchedulingWorker, connection: redis.Redis, liveness: Liveness) -> None:
+def keep_scheduler_running(worker: SchedulingWorker, connection: redis.Redis, liveness: Judge) -> None:
     """Make sure some live scheduler serves each of this worker's queues."""
     scheduler = worker.scheduler
     if scheduler is None:

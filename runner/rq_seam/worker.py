@@ -1,0 +1,253 @@
+"""The runner's base RQ worker: RQ's work loop, with each job's start and end in one script call.
+
+RQ's worker sends a job's start in two round trips and its end in a WATCH transaction kept for
+job dependencies, which runner jobs never use. Here each is one script call
+(runner.rq_seam.bookkeeping), and the subclass adds its own writes to it through three hooks,
+`begin` (start), `succeed` and `end_unsuccessfully`, each queuing commands and returning what to
+do once they ran, told whether they did (the fence). A success is held and sent with the
+worker's next move: the next job's start when that job is already claimed, else the claim that
+looks for it (the subclass calls `take_held`).
+
+Every method of RQ's worker the runner overrides, and why (tests/unit/test_rq_seam.py checks
+this list against the classes). Here:
+- prepare_execution: the start in one script call, guarded (canceled since claimed, fence); our
+  writes join it.
+- prepare_job_execution: what it sends goes with prepare_execution; claims replace RQ's
+  intermediate queue.
+- handle_execution_ended: RQ heartbeats the job in a round trip of its own; the end saves it anyway.
+- handle_job_success: the end in one script call, held for the next move, fenced.
+- handle_job_failure: a retry, failure or stop in one script call with its history, fenced.
+- handle_job_retry: a job that returns Retry (a function waiting for a concurrency slot) goes
+  back uncounted.
+- set_state: RQ writes `idle` after every job; a known state is not written again.
+- request_stop, request_force_stop: a graceful stop finishes within the grace period, then
+  requeues uncounted.
+- kill_horse: the stop-job command interrupts the job in this process (there is no work horse).
+
+And in runner.worker.runner_worker.RunnerWorker:
+- register_birth: writes the dead-worker window next to the heartbeats; registers for claims.
+- heartbeat, get_heartbeat_ttl, maintain_heartbeats, set_current_job_working_time: heartbeats
+  every third of the dead-worker window, once a second at most.
+- dequeue_job_and_maintain_ttl: claims (a killed worker loses no job), wake-up tokens, several
+  short jobs per claim.
+- execute_job: runs the job in this process, watched by a thread (heartbeats, grace, stop).
+- check_for_suspension: RQ asks before every job; once a second is soon enough.
+- run_maintenance_tasks, should_run_maintenance_tasks, dequeue_timeout: the recovery duty on
+  every idle pass.
+- teardown: returns jobs claimed ahead, stops the journal's projector.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+from redis.client import Pipeline
+from rq import SimpleWorker
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.registry import StartedJobRegistry
+from rq.utils import now
+from rq.worker import WorkerStatus
+
+from runner.rq_seam.bookkeeping import RunnerJob, guarded_by_fence, queue_finish, queue_start, start_guard
+from runner.rq_seam.scripts import execute_as_script, script_pipeline
+
+log = logging.getLogger(__name__)
+
+# What to do once a job's commands were sent, told whether its guard held (the fence).
+AfterSent = Callable[[bool], None]
+
+
+def _nothing(_held: bool) -> None:
+    return None
+
+
+class CanceledBeforeStart(Exception):  # noqa: N818 (a state, not a failure)
+    """The job was canceled after this worker claimed it and before it started: it must not run."""
+
+
+class SeamWorker(SimpleWorker):
+    """RQ's in-process worker with one script call per start and per end, and hooks for its subclass."""
+
+    job_class = RunnerJob
+    # The subclass's `finished` lifecycle event logs each job's end; RQ's extra line per job is not needed.
+    log_result_lifespan = False
+    # Recorded in each execution's hash (runner.worker.liveness).
+    dead_after: float = 15.0
+    # A finished job's commands, held to go out with the worker's next move (see take_held).
+    _held: tuple[Pipeline, AfterSent] | None = None
+
+    # Hooks for the subclass
+
+    def begin(self, job: Job, pipeline: Pipeline) -> AfterSent:
+        """Queue what else starts with `job` (inside its start's guard); what to do once sent."""
+        return _nothing
+
+    def succeed(self, job: Job, pipeline: Pipeline) -> AfterSent:
+        """Queue what else ends with `job`'s success (inside its fence's guard); what to do once sent."""
+        return _nothing
+
+    def end_unsuccessfully(self, job: Job, queue: Queue, pipeline: Pipeline, exc_string: str, *,
+                           stopped: bool, execution: Execution | None) -> AfterSent:
+        """Queue RQ's bookkeeping and ours for an attempt that raised or was stopped (inside the
+        fence's guard); what to do once sent."""
+        raise NotImplementedError
+
+    def defer(self, job: Job, queue: Queue, pipeline: Pipeline, delay_seconds: int) -> AfterSent:
+        """Queue putting `job` back for `delay_seconds`, its attempt uncounted (inside the fence's guard)."""
+        raise NotImplementedError
+
+    def stop_requested_now(self) -> None:
+        """Called on the first stop signal: the subclass starts its grace period."""
+
+    def second_stop_requested(self) -> None:
+        """Called on a second stop signal: the subclass ends the job now."""
+
+    def interrupt_job(self) -> None:
+        """Called by the stop-job command for the job this worker runs."""
+
+    # RQ's private state, read through names of ours
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the worker was asked to stop (it takes no new job)."""
+        return bool(self._stop_requested)
+
+    @property
+    def stopped_job_id(self) -> str | None:
+        """The job the stop-job command named, if any."""
+        return self._stopped_job_id  # type: ignore[no-any-return]
+
+    @property
+    def ordered_queues(self) -> list[Queue]:
+        """The queues in the order the worker serves them now."""
+        return list(self._ordered_queues)
+
+    # The held end
+
+    def take_held(self) -> tuple[Pipeline, AfterSent] | None:
+        """The held end of the last job, for the caller to send with its own commands (then call its after)."""
+        held, self._held = self._held, None
+        return held
+
+    def send_held(self) -> None:
+        """Send a finished job's held end now (before waiting, stopping or failing)."""
+        held = self.take_held()
+        if held is not None:
+            guards = execute_as_script(self.connection, held[0])
+            held[1](all(guards))
+
+    # Overrides (see the table above)
+
+    def prepare_execution(self, job: Job) -> Execution:
+        ttl = self.get_heartbeat_ttl(job)
+        fence = getattr(job, "fence", 0) + 1
+        held = self.take_held()
+        with held[0] if held else script_pipeline(self.connection) as pipeline:
+            ends_held = len(pipeline.command_stack) > 0
+            with start_guard(pipeline, job, fence):
+                execution = queue_start(pipeline, self, job, fence=fence, heartbeat_ttl=ttl,
+                                        dead_after=self.dead_after)
+                job.fence = fence  # type: ignore[attr-defined]
+                after = self.begin(job, pipeline)
+            guards = execute_as_script(self.connection, pipeline)
+        if held:
+            held[1](guards[0] if ends_held else True)
+        if not guards[-1]:
+            raise CanceledBeforeStart(job.id)
+        self.execution = execution
+        after(True)
+        return execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        job.ended_at = job.last_heartbeat = now()
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        self.send_held()
+        pipeline = script_pipeline(self.connection)
+        try:
+            with guarded_by_fence(pipeline, job, getattr(job, "fence", 0)):
+                queue_finish(pipeline, self, job, result_ttl=result_ttl)
+                after = self.succeed(job, pipeline)
+        except BaseException:
+            pipeline.reset()
+            raise
+        # Held for the worker's next move, moments away: the next job's start when it is already
+        # claimed, else the claim of the next job. One round trip for both.
+        self._held = (pipeline, after)
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry | None = None,
+                           exc_string: str = "") -> None:
+        self.send_held()
+        stopped = self._stopped_job_id == job.id
+        if stopped:
+            self._stopped_job_id = None
+        execution = self.execution
+        with script_pipeline(self.connection) as pipeline:
+            with guarded_by_fence(pipeline, job, getattr(job, "fence", 0)):
+                # What RQ's handle_job_failure counts and cleans up, for any outcome.
+                self.increment_failed_job_count(pipeline)
+                if job.started_at and job.ended_at:
+                    self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+                self.cleanup_execution(job, pipeline=pipeline)
+                after = self.end_unsuccessfully(job, queue, pipeline, exc_string, stopped=stopped,
+                                                execution=execution)
+            guards = execute_as_script(self.connection, pipeline)
+        after(all(guards))
+
+    def handle_job_retry(self, job: Job, queue: Queue, retry: Any, started_job_registry: StartedJobRegistry,
+                         execution: Execution) -> None:
+        self.send_held()
+        delay = int(retry.intervals[0]) if retry.intervals else 0
+        with script_pipeline(self.connection) as pipeline:
+            with guarded_by_fence(pipeline, job, getattr(job, "fence", 0)):
+                self.cleanup_execution(job, pipeline=pipeline)
+                after = self.defer(job, queue, pipeline, delay)
+            guards = execute_as_script(self.connection, pipeline)
+        after(all(guards))
+
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
+        # A state the worker is known to have is not written again (RQ writes `idle` after every job).
+        if pipeline is None and state == self.get_state() == WorkerStatus.IDLE:
+            return
+        super().set_state(state, pipeline)
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._shutdown_requested_date = now()
+        self.handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
+        signal.signal(signal.SIGINT, self.request_force_stop)
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        self._stop_requested = True
+        self.stop_requested_now()
+        if self.scheduler:
+            self.stop_scheduler()  # type: ignore[no-untyped-call]
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        requested: datetime | None = self._shutdown_requested_date
+        if requested and (now() - requested).total_seconds() < 1:
+            return  # the same stop, delivered twice (process group and pool)
+        self.second_stop_requested()
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        self.interrupt_job()
+
+    def note_stop_requested(self) -> None:
+        """Record the stop's time in Redis (shown by RQ's tools)."""
+        self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]
+
+
+def job_status(job: Job) -> str:
+    """The status word RQ keeps for `job`, as text."""
+    status = job.get_status(refresh=False)
+    return status.value if isinstance(status, JobStatus) else str(status)

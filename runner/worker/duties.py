@@ -1,0 +1,82 @@
+"""What every worker does for the fleet besides its own jobs, between jobs and while one runs.
+
+- Recovery: settle the jobs of workers that stopped heartbeating (runner.worker.recovery), and
+  keep some scheduler serving each queue (runner.rq_seam.scheduler_guard). Peers serving the
+  same queues take turns: about one pass a second between them.
+- History: run the journal's projector in a thread (runner.journal.projector), and mark rows
+  whose job Redis lost (runner.worker.lost_jobs).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from runner.errors import BackendUnavailable
+from runner.journal.projector import start_projector_thread, stop_projector_thread
+from runner.redis_connection import REDIS_ERRORS
+from runner.rq_seam.scheduler_guard import keep_scheduler_running
+from runner.worker.liveness import Liveness
+from runner.worker.lost_jobs import mark_lost_jobs
+from runner.worker.recovery import recover_abandoned_jobs
+
+if TYPE_CHECKING:
+    from runner.worker.runner_worker import RunnerWorker
+
+log = logging.getLogger(__name__)
+
+RECOVERY_INTERVAL_SECONDS = 3.0
+RECOVERY_PASS_KEY = "runner:recovery:pass:"
+LOST_JOBS_PASS_KEY = "runner:lost-jobs:pass"
+# How long a stopping worker's projector may spend applying what waits before it hands over.
+PROJECTOR_STOP_SECONDS = 5.0
+
+
+class Duties:
+    """One worker's share of the fleet's chores."""
+
+    def __init__(self, worker: RunnerWorker) -> None:
+        self.worker = worker
+        self._next_pass = 0.0
+        self._projector: tuple[threading.Thread, threading.Event] | None = None
+
+    def run(self) -> None:
+        """Recover dead workers' jobs, keep scheduling alive and mark lost jobs (rate-limited)."""
+        worker = self.worker
+        if time.monotonic() < self._next_pass:
+            return
+        self._next_pass = time.monotonic() + min(RECOVERY_INTERVAL_SECONDS, worker.heartbeat_seconds)
+        connection = worker.connection
+        turn = RECOVERY_PASS_KEY + ",".join(sorted(worker.queue_names()))
+        try:
+            if not connection.set(turn, worker.name, nx=True, px=1000):
+                return
+            liveness = Liveness.observe(connection, worker.dead_after)
+            # Our own job may look silent after a lost connection; it is running, not abandoned.
+            running = {worker.execution.id} if worker.running_job is not None and worker.execution else set()
+            recover_abandoned_jobs(connection, worker.queue_names(), liveness, own_name=worker.name, running=running)
+            if not worker.stop_requested:
+                keep_scheduler_running(worker, connection, liveness)
+            if worker.store is not None and connection.set(LOST_JOBS_PASS_KEY, worker.name, nx=True,
+                                                           ex=max(1, int(worker.dead_after))):
+                mark_lost_jobs(worker.store, connection, worker.dead_after)
+        except REDIS_ERRORS as exc:
+            log.warning("worker %s: recovery pass skipped, Redis is unavailable (%s)", worker.name, exc)
+        except BackendUnavailable as exc:
+            log.warning("worker %s: lost jobs not looked for: %s", worker.name, exc.message)
+
+    def start_projector(self) -> None:
+        """Apply the journal from a thread of this process whenever this worker holds its lease."""
+        worker = self.worker
+        if worker.store is not None and self._projector is None:
+            self._projector = start_projector_thread(worker.connection, worker.store, f"worker:{worker.name}")
+
+    def stop_projector(self) -> None:
+        """Stop the projector thread, after applying what waits (briefly) and handing the lease over."""
+        worker, projector, self._projector = self.worker, self._projector, None
+        if projector is not None and worker.store is not None:
+            thread, stop = projector
+            stop_projector_thread(thread, stop, worker.connection, worker.store, f"worker:{worker.name}",
+                                  PROJECTOR_STOP_SECONDS)

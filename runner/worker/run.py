@@ -1,0 +1,67 @@
+"""Building and running the worker: `python -m runner worker [QUEUE ...]`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import suppress
+
+from rq.serializers import JSONSerializer
+
+from runner.authoring.registry import Registry
+from runner.config import Settings
+from runner.errors import BackendUnavailable
+from runner.rq_seam import fast_paths
+from runner.rq_seam.queues import queue_for
+from runner.services.backends import Backends, open_backends
+from runner.services.fleet import default_queues
+from runner.services.lifecycle import load_listeners
+from runner.worker.execution import WorkerEnvironment, install_environment
+from runner.worker.in_process import MONITOR_TICK_SECONDS, DeadlineSlot
+from runner.worker.process_supervisor import ProcessSupervisor
+from runner.worker.process_ties import tie_children_to_this_process
+from runner.worker.runner_worker import RunnerWorker
+
+
+def build_worker(queue_names: Sequence[str], backends: Backends, registry: Registry,
+                 name: str | None = None) -> RunnerWorker:
+    """A worker on these queues whose jobs see this registry and store."""
+    install_environment(
+        WorkerEnvironment(registry=registry, store=backends.store, uploads=backends.uploads,
+                          artifacts=backends.artifacts, connection=backends.connection)
+    )
+    queues = [queue_for(name, backends.connection) for name in queue_names]
+    settings = backends.settings
+    worker = RunnerWorker(queues, name=name, connection=backends.connection, serializer=JSONSerializer,
+                          job_monitoring_interval=MONITOR_TICK_SECONDS,
+                          worker_ttl=max(1, int(settings.worker_dead_after_seconds)))
+    worker.store = backends.store
+    worker.supervise(dead_after=settings.worker_dead_after_seconds, grace_seconds=settings.worker_grace_seconds)
+    return worker
+
+
+def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = False) -> int:
+    """Start a worker (scheduler on, so retries with intervals run) and work until stopped; its exit code."""
+    fast_paths.install()  # worker processes only: see runner.rq_seam.fast_paths
+    registry = Registry.discover(settings.functions_package)  # imported once, before the work process forks
+    load_listeners()  # likewise the lifecycle listeners (runner.services.callbacks brings http.client and ssl)
+    backends = open_backends(settings)
+    backends.store.migrate()
+    queues = list(queue_names) or default_queues(registry)
+
+    def work(name: str, slot: DeadlineSlot) -> int:
+        # The worker blocks on Redis for new jobs; no socket timeout, so an idle worker is not an error.
+        worker = build_worker(queues, open_backends(settings, socket_timeout=None), registry, name=name)
+        if worker.store is not None:  # connected now, not at the first job (a database away waits)
+            with suppress(BackendUnavailable):
+                worker.store.ping()
+        worker.watch.deadline_slot = slot
+        worker.pid = os.getppid()  # registered as the worker command's pid: the one to signal
+        tie_children_to_this_process()
+        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+        # RQ's loop also ends on an unexpected error: then a fresh work process takes over.
+        return 0 if burst or worker.stop_requested else 1
+
+    supervisor = ProcessSupervisor(work, queue_names=queues, connection=backends.connection,
+                                   grace_seconds=settings.worker_grace_seconds)
+    return supervisor.run()

@@ -1,0 +1,384 @@
+"""The worker `python -m runner worker` runs: RQ's loop, made safe to kill and cheap per job.
+
+- Dequeue moves each job into the worker's claim list (runner.worker.claims), never only into
+  memory; short jobs are claimed a few at a time; an idle worker waits on a wake-up token.
+- Jobs run in this (long-lived) process, one after another; a watch thread heartbeats the job,
+  takes the recovery duty and enforces the stop grace period (runner.worker.in_process). The
+  process above (runner.worker.process_supervisor) contains crashes and hangs.
+- Each start and end is one script call (runner.rq_seam.worker) that carries the attempt's
+  history into the journal (runner.worker.attempts); a projector thread applies the journal to
+  SQL while this worker holds its lease (runner.journal.projector).
+- Heartbeats every third of `dead_after`, written next to the window so peers judge by it;
+  between jobs it recovers dead workers' jobs (runner.worker.duties).
+- SIGTERM: no new job; the current one may finish within `grace_seconds`, else it is put back at
+  the front of its queue, uncounted. A second SIGTERM does that at once.
+- Redis going away does not end the worker: it keeps its job running and reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from contextlib import suppress
+from typing import Any
+
+from redis.client import Pipeline
+from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.executions import Execution
+from rq.job import Job
+from rq.queue import Queue
+from rq.utils import now, utcformat
+from rq.worker import WorkerStatus
+
+from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS, DEFAULT_WORKER_GRACE_SECONDS
+from runner.redis_connection import REDIS_ERRORS
+from runner.rq_seam.bookkeeping import fence_of
+from runner.rq_seam.keys import DEAD_AFTER_FIELD
+from runner.rq_seam.queues import queue_for
+from runner.rq_seam.registration import register_again
+from runner.rq_seam.worker import AfterSent, CanceledBeforeStart, SeamWorker
+from runner.store.sql_store import Store
+from runner.worker import attempts
+from runner.worker.claims import (
+    Claimed,
+    claim,
+    forget_claimant,
+    pending_claim,
+    queue_claim,
+    read_jobs,
+    register_claimant,
+    release_claim,
+    return_claims,
+    wait_for_wake_up,
+)
+from runner.worker.duties import Duties
+from runner.worker.execution import begins_at_start
+from runner.worker.in_process import JobWatch
+
+log = logging.getLogger(__name__)
+
+# Longest wait of an idle worker for a wake-up token before it looks at its queues again.
+WAKE_WAIT_SECONDS = 0.2
+# How long an idle worker blocks on Redis before it looks at its chores.
+IDLE_WAKEUP_SECONDS = 2
+IDLE_HEARTBEAT_SECONDS = 1.0
+SUSPENSION_CHECK_SECONDS = 1.0
+# Longest wait between attempts to reach Redis again (short: workers resume soon after Redis does).
+RECONNECT_MAX_SECONDS = 5.0
+# Heartbeats go every third of the window and at most once a second.
+MIN_DEAD_AFTER_SECONDS = 3.0
+# Jobs of a few milliseconds are claimed several at a time; longer ones one by one, so that no job
+# waits behind a long one while another worker is idle.
+MAX_CLAIM_BATCH = 8
+SHORT_JOB_SECONDS = 0.01
+
+
+class RunnerWorker(SeamWorker):
+    """Claims, in-process jobs, heartbeats, recovery duty, graceful stop and the journal's projector."""
+
+    grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
+    store: Store | None = None
+    claim_batch: int = 1
+    _next_heartbeat: float = 0.0
+    _next_idle_heartbeat: float = 0.0
+    _next_suspension_check: float = 0.0
+    _chores_due: float = 0.0
+    _check_own_claims: bool = False
+    _claimed_ahead_queue: deque[tuple[str, dict[bytes, bytes]]] | None = None
+    _duties: Duties | None = None
+    _watch: JobWatch | None = None
+
+    def supervise(self, *, dead_after: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS,
+                  grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS) -> None:
+        """Set the dead-worker window and the stop grace period."""
+        self.dead_after = max(MIN_DEAD_AFTER_SECONDS, dead_after)
+        self.grace_seconds = grace_seconds
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often a busy worker proves it is alive."""
+        return max(1.0, self.dead_after / 3)
+
+    @property
+    def duties(self) -> Duties:
+        """Recovery, scheduling and the projector, done between jobs and while one runs."""
+        if self._duties is None:
+            self._duties = Duties(self)
+        return self._duties
+
+    @property
+    def watch(self) -> JobWatch:
+        """The thread that watches the running job."""
+        if self._watch is None:
+            self._watch = JobWatch(self)
+        return self._watch
+
+    @property
+    def running_job(self) -> Job | None:
+        """The job being run now, if any."""
+        return self.watch.job
+
+    # Registration and heartbeats
+
+    def register_birth(self) -> None:
+        super().register_birth()  # type: ignore[no-untyped-call]
+        with self.connection.pipeline() as pipeline:
+            pipeline.hset(self.key, DEAD_AFTER_FIELD, self.dead_after)
+            register_claimant(pipeline, self.name)
+            pipeline.execute()
+        self.duties.start_projector()
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        if timeout is None and time.monotonic() < self._next_idle_heartbeat:
+            return  # RQ beats after every job; once a second is plenty (the key lives for minutes)
+        self._next_idle_heartbeat = time.monotonic() + IDLE_HEARTBEAT_SECONDS
+        self.last_heartbeat = now()
+        try:
+            with self.connection.pipeline() as beat:
+                beat.hset(self.key, "last_heartbeat", utcformat(self.last_heartbeat))
+                beat.expire(self.key, timeout or self.worker_ttl + 60)
+                created, _ = beat.execute()
+            if created:
+                # Peers unregister a worker they have not heard from; one that was only cut off comes back.
+                register_again(self, self.worker_ttl + 60)
+                register_claimant(self.connection, self.name)
+                log.warning("worker %s had been presumed dead by its peers: registered again", self.name)
+        except REDIS_ERRORS as exc:
+            log.warning("worker %s: heartbeat not sent, Redis is unavailable (%s)", self.name, exc)
+
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        return max(int(super().get_heartbeat_ttl(job)), int(self.dead_after) + 60)
+
+    def maintain_heartbeats(self, job: Job) -> None:
+        # Called by the watch thread every tick while a job runs.
+        self.watch.check_grace_period()
+        if time.monotonic() >= self._next_heartbeat:
+            try:
+                super().set_current_job_working_time(self.current_job_working_time)
+                super().maintain_heartbeats(job)
+                self._next_heartbeat = time.monotonic() + self.heartbeat_seconds  # else: again next tick
+            except REDIS_ERRORS as exc:
+                log.warning("worker %s: job heartbeat not sent, Redis is unavailable (%s)", self.name, exc)
+        self.duties.run()
+
+    def set_current_job_working_time(self, current_job_working_time: float, pipeline: Any = None) -> None:
+        self.current_job_working_time = current_job_working_time
+        if pipeline is not None or not current_job_working_time:
+            # Running totals travel with the heartbeats; the reset at the end is written at once.
+            with suppress(*REDIS_ERRORS):
+                super().set_current_job_working_time(current_job_working_time, pipeline)
+
+    # Taking jobs
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        self.procline("Listening on " + ",".join(self.queue_names()))  # type: ignore[no-untyped-call]
+        idle_since = time.monotonic()
+        reconnect_wait = 1.0
+        while not self.stop_requested:
+            try:
+                if time.monotonic() >= self._chores_due:
+                    self._chores_due = time.monotonic() + self.dequeue_timeout
+                    self.set_state(WorkerStatus.IDLE)
+                    self.heartbeat()
+                    if self.should_run_maintenance_tasks:
+                        self.run_maintenance_tasks()
+                claimed = self._next_claimed_job()
+                if claimed is not None:
+                    return claimed
+                if timeout is None or (max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time):
+                    return None
+                # Woken by the token pushed with each job; jobs pushed without one (RQ's own scheduler)
+                # are seen within WAKE_WAIT_SECONDS.
+                self._wait_for_work(min(WAKE_WAIT_SECONDS, max(0.001, self._chores_due - time.monotonic())))
+            except REDIS_ERRORS as exc:
+                log.error("worker %s: Redis is unavailable (%s); retrying in %g s", self.name, exc, reconnect_wait)
+                self._lost_track_of_claims()
+                time.sleep(reconnect_wait)
+                reconnect_wait = min(reconnect_wait * 2, RECONNECT_MAX_SECONDS)
+                continue
+            reconnect_wait = 1.0
+        return None
+
+    def _wait_for_work(self, seconds: float) -> None:
+        """Block until a job may be waiting (a wake-up token) or `seconds` pass, and claim what waits
+        then, in the same round trip (Redis runs the claim the moment the wait ends)."""
+        with self.connection.pipeline(transaction=False) as pipeline:
+            wait_for_wake_up(pipeline, self.ordered_queues, seconds)
+            queue_claim(pipeline, self.connection, self.ordered_queues, self.name, self.claim_batch)
+            reply = pipeline.execute(raise_on_error=False)[-1]
+        if isinstance(reply, Exception):  # the script was lost (Redis restarted): the next claim loads it
+            log.info("worker %s: claim after the wait not run (%s); claiming again", self.name, reply)
+            return
+        self._take_claimed(Claimed(reply, self.ordered_queues))
+
+    def _take_claimed(self, claimed: Claimed) -> None:
+        # The jobs' hashes in one more round trip: a script may only touch the keys it declares.
+        for job_id, fields in zip(claimed.job_ids, read_jobs(self.connection, claimed.job_ids), strict=True):
+            self._claimed_ahead.append((job_id, fields))
+
+    def _next_claimed_job(self) -> tuple[Job, Queue] | None:
+        pending = pending_claim(self.connection, self.name) if self._check_own_claims else None
+        self._check_own_claims = pending is not None
+        fields: dict[bytes, bytes] | None = None
+        if pending is None:
+            if not self._claimed_ahead:
+                held = self.take_held()  # the last job's end goes out with this claim
+                claimed = claim(self.connection, self.ordered_queues, self.name, self.claim_batch,
+                                before=held[0] if held else None)
+                if held:
+                    held[1](all(claimed.guards))
+                self._take_claimed(claimed)
+                if not self._claimed_ahead:
+                    return None
+            job_id, fields = self._claimed_ahead.popleft()
+        else:
+            self.send_held()
+            job_id = pending
+        try:
+            if fields is None:
+                fields = read_jobs(self.connection, [job_id])[0]
+            if not fields:
+                raise NoSuchJobError(job_id)
+            job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+            job.restore(fields)  # type: ignore[arg-type]
+            job.fence = fence_of(fields)  # type: ignore[attr-defined]
+        except (NoSuchJobError, DeserializationError) as exc:
+            release_claim(self.connection, self.name, job_id)
+            log.error("worker %s: dropped job %s, which cannot be read (%s)", self.name, job_id, type(exc).__name__)
+            return None
+        queue = next((q for q in self.queues if q.name == job.origin), None) or queue_for(job.origin, self.connection)
+        self.reorder_queues(reference_queue=queue)
+        job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
+        return job, queue
+
+    @property
+    def _claimed_ahead(self) -> deque[tuple[str, dict[bytes, bytes]]]:
+        # Jobs claimed with an earlier one (claim_batch > 1), in order; they sit in the claim list too.
+        if self._claimed_ahead_queue is None:
+            self._claimed_ahead_queue = deque()
+        return self._claimed_ahead_queue
+
+    def _lost_track_of_claims(self) -> None:
+        # After a lost connection, the claim list in Redis is the truth: take claims from there, one by one.
+        self._check_own_claims = True
+        self._claimed_ahead.clear()
+        self._held = None  # its job is still started in Redis: recovered (and retried) if never finished
+
+    def check_for_suspension(self, burst: bool) -> None:
+        # RQ asks before every job; a suspension taking effect within a second is soon enough.
+        if time.monotonic() < self._next_suspension_check:
+            return
+        self._next_suspension_check = time.monotonic() + SUSPENSION_CHECK_SECONDS
+        try:
+            super().check_for_suspension(burst)
+        except REDIS_ERRORS as exc:
+            log.warning("worker %s: cannot check for suspension, Redis is unavailable (%s)", self.name, exc)
+
+    # Running jobs
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        if self.stop_requested:
+            # The stop came between dequeue and start: the job goes back (or peers return it after we exit).
+            with suppress(*REDIS_ERRORS):
+                self.send_held()
+                return_claims(self.connection, self.name)
+            self._claimed_ahead.clear()
+            return
+        began = time.monotonic()
+        try:
+            with self.watch.watching(job):
+                super().execute_job(job, queue)
+        except CanceledBeforeStart:
+            with suppress(*REDIS_ERRORS):
+                release_claim(self.connection, self.name, job.id)
+            self.set_state(WorkerStatus.IDLE)
+            self.log.info("Worker %s: job %s was canceled before it started; not run", self.name, job.id)
+        except REDIS_ERRORS as exc:
+            # The job stays claimed or registered as started: it is resumed, or recovered by a peer.
+            log.error("worker %s: lost Redis around job %s (%s)", self.name, job.id, exc)
+            self._lost_track_of_claims()
+        finally:
+            self.claim_batch = MAX_CLAIM_BATCH if time.monotonic() - began < SHORT_JOB_SECONDS else 1
+
+    # Hooks of SeamWorker: what an attempt writes besides RQ's bookkeeping
+
+    def begin(self, job: Job, pipeline: Pipeline) -> AfterSent:
+        release_claim(pipeline, self.name, job.id)
+        self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
+        if not attempts.is_invocation(job) or not begins_at_start(job):
+            return super().begin(job, pipeline)
+        job.attempt_begun = True  # type: ignore[attr-defined]
+        return attempts.queue_begin(pipeline, job, self.connection)
+
+    def succeed(self, job: Job, pipeline: Pipeline) -> AfterSent:
+        return attempts.queue_success(pipeline, job, self.connection)
+
+    def end_unsuccessfully(self, job: Job, queue: Queue, pipeline: Pipeline, exc_string: str, *,
+                           stopped: bool, execution: Execution | None) -> AfterSent:
+        return attempts.queue_unsuccessful(pipeline, job, queue, self.connection, exc_string, stopped=stopped,
+                                           worker_name=self.name, execution=execution)
+
+    def defer(self, job: Job, queue: Queue, pipeline: Pipeline, delay_seconds: int) -> AfterSent:
+        return attempts.queue_deferral(pipeline, job, queue, self.connection, delay_seconds)
+
+    # Maintenance between jobs: the recovery duty, every few seconds
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return IDLE_WAKEUP_SECONDS
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        return True  # rate-limited by the duties themselves
+
+    def run_maintenance_tasks(self) -> None:
+        self.duties.run()
+        if super().should_run_maintenance_tasks:  # RQ's own chores (registry cleanup), every ten minutes
+            try:
+                super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+            except REDIS_ERRORS as exc:
+                log.warning("worker %s: RQ maintenance skipped, Redis is unavailable (%s)", self.name, exc)
+
+    # Stopping
+
+    def stop_requested_now(self) -> None:
+        self.watch.start_grace_period(self.grace_seconds)
+        job = self.running_job
+        if job is not None:
+            self.log.info("Worker %s: finishing job %s (at most %g s), then exiting", self.name, job.id,
+                          self.grace_seconds)
+            with suppress(*REDIS_ERRORS):
+                self.note_stop_requested()
+
+    def second_stop_requested(self) -> None:
+        self.watch.stop_now("a second stop signal arrived")
+
+    def interrupt_job(self) -> None:
+        self.watch.interrupt(self.stopped_job_id)
+
+    def teardown(self) -> None:
+        if self.scheduler:
+            self.stop_scheduler()  # type: ignore[no-untyped-call]
+        with suppress(*REDIS_ERRORS):
+            self.send_held()
+            return_claims(self.connection, self.name)  # jobs claimed ahead and never started
+        self.duties.stop_projector()
+        with suppress(*REDIS_ERRORS):
+            self.register_death()  # type: ignore[no-untyped-call]
+            forget_claimant(self.connection, self.name)
+        with suppress(*REDIS_ERRORS):
+            self.unsubscribe()  # type: ignore[no-untyped-call]
+
+    def exit_now(self) -> None:
+        """End the process from the watch thread (the job may still hold the main thread), after goodbyes."""
+        with suppress(Exception):
+            self.teardown()
+        logging.shutdown()
+        os._exit(0)
