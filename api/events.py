@@ -22,13 +22,13 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
-from rq.job import Job
 
 from api.errors import error_body
 from api.state import runner_state
 from runner.config import Settings
 from runner.errors import BackendUnavailable, JobNotFound, TooManyStreams
 from runner.redis_connection import REDIS_ERRORS
+from runner.rq_seam.job_reads import watched_fields
 from runner.services.backends import Backends
 from runner.services.job_views import JobView, get_job_view
 
@@ -100,7 +100,7 @@ def _changes(before: JobView, after: JobView) -> Iterator[str]:
 def _fingerprint(backends: Backends, job_id: str) -> tuple[Any, ...] | None:
     """The raw status and meta of the job in Redis; None when Redis does not hold it (or is away)."""
     try:
-        status, meta = backends.connection.hmget(Job.key_for(job_id), ["status", "meta"])
+        status, meta = watched_fields(backends.connection, job_id)
     except REDIS_ERRORS:
         return None
     if status is None and meta is None:

@@ -16,10 +16,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from api.state import runner_state
+from runner.rq_seam.keys import REGISTRY_KEY_TEMPLATES
 from runner.services.fleet import default_queues
 from runner.services.metrics import (
     OUTCOMES,
-    REGISTRY_KEY_TEMPLATES,
     JobMetrics,
     empty_histogram,
     read_job_metrics,

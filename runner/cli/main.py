@@ -35,7 +35,7 @@ def main() -> None:
 @click.option("--burst", is_flag=True, help="Stop once the queues are empty.")
 def worker(queues: tuple[str, ...], burst: bool) -> None:
     """Run a worker on QUEUES (default: every function's queue, by priority, then `default`)."""
-    from runner.worker.main import run_worker
+    from runner.worker.run import run_worker
 
     try:
         code = run_worker(queues, _settings(), burst=burst)

@@ -50,7 +50,7 @@ from typing import Any
 from redis.client import Pipeline
 from rq import SimpleWorker
 from rq.executions import Execution
-from rq.job import Job, JobStatus
+from rq.job import Job
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.utils import now
@@ -245,9 +245,3 @@ class SeamWorker(SimpleWorker):
     def note_stop_requested(self) -> None:
         """Record the stop's time in Redis (shown by RQ's tools)."""
         self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]
-
-
-def job_status(job: Job) -> str:
-    """The status word RQ keeps for `job`, as text."""
-    status = job.get_status(refresh=False)
-    return status.value if isinstance(status, JobStatus) else str(status)

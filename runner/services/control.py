@@ -30,8 +30,8 @@ from runner.journal.rows import row_values
 from runner.redis_connection import REDIS_ERRORS, redis_unavailable
 from runner.rq_seam.bookkeeping import RunnerJob, fence_of, queue_meta, queue_requeue
 from runner.rq_seam.job_hash import ENTRY_POINT, job_key
+from runner.rq_seam.job_reads import job_status
 from runner.rq_seam.queues import queue_for
-from runner.rq_seam.worker import job_status
 from runner.services.backends import Backends
 from runner.services.invocation import job_meta, submit_job
 from runner.services.job_views import JOB_ID_PATTERN, JobView, get_job_view, wait_for_job

@@ -10,17 +10,15 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-import redis
 from redis.client import Pipeline
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
-from rq.results import Result
-from rq.serializers import JSONSerializer
 
 from runner.errors import BackendUnavailable, JobNotFound
 from runner.journal.reads import read_history
 from runner.journal.rows import progress_of
 from runner.redis_connection import REDIS_ERRORS, redis_unavailable
+from runner.rq_seam.job_reads import fetch_with_latest_result
 from runner.services.backends import Backends
 from runner.status import STATUS_WORDS, TERMINAL_STATUSES, JobStatus
 from runner.store.database import as_utc
@@ -141,29 +139,6 @@ def view_from_record(record: InvocationRow) -> JobView:
     )
 
 
-def fetch_with_latest_result(job_id: str, connection: redis.Redis, *, after_end_wait: float = 0.0) -> Job:
-    """The RQ job and its latest result in one round trip (Job.fetch, then return_value, take two);
-    with `after_end_wait`, read once the job's end is announced or those seconds have passed."""
-    with connection.pipeline(transaction=False) as pipeline:
-        if after_end_wait:
-            # A rotation of the one-token list, not a pop: the token stays for anyone else waiting.
-            # (Redis takes fractional seconds, whatever the stub says.)
-            key = ended_key(job_id)
-            pipeline.blmove(key, key, after_end_wait, "RIGHT", "LEFT")  # type: ignore[arg-type]
-        pipeline.hgetall(Job.key_for(job_id))
-        pipeline.xrevrange(Result.get_key(job_id), "+", "-", count=1)
-        *_, raw, latest = pipeline.execute()
-    if not raw:
-        raise NoSuchJobError(f"No such job: {job_id}")
-    job = Job(job_id, connection=connection, serializer=JSONSerializer)
-    job.restore(raw)
-    if latest:
-        result_id, payload = latest[0]
-        job._cached_result = Result.restore(job_id, result_id.decode(), payload, connection=connection,
-                                            serializer=JSONSerializer)
-    return job
-
-
 def get_job_view(job_id: str, backends: Backends, *, after_end_wait: float = 0.0) -> JobView:
     """The freshest view of a job: Redis first, then the store; JobNotFound if neither knows it.
 
@@ -174,7 +149,8 @@ def get_job_view(job_id: str, backends: Backends, *, after_end_wait: float = 0.0
         raise JobNotFound(f"No job has the id {job_id!r}.")
     redis_error: Exception | None = None
     try:
-        return view_from_job(fetch_with_latest_result(job_id, backends.connection, after_end_wait=after_end_wait))
+        return view_from_job(fetch_with_latest_result(job_id, backends.connection, wait_on=ended_key(job_id),
+                                                      wait_seconds=after_end_wait))
     except (NoSuchJobError, DeserializationError):
         pass  # not in Redis (or not a runner job): the store decides
     except REDIS_ERRORS as exc:

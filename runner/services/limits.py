@@ -26,6 +26,7 @@ from rq.job import Job
 
 from runner.authoring.registry import FunctionSpec, Registry
 from runner.errors import TooManyRequests
+from runner.rq_seam.keys import STATUS_FIELD, job_key
 from runner.services.lifecycle import JobEvent
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def _prune(connection: redis.Redis, key: str, members: Iterable[bytes],
         return 0
     with connection.pipeline(transaction=False) as pipe:
         for member in candidates:
-            pipe.hget(Job.key_for(member.decode()), "status")
+            pipe.hget(job_key(member.decode()), STATUS_FIELD)
         statuses = pipe.execute()
     stale = [member for member, status in zip(candidates, statuses, strict=True) if is_stale(status)]
     if stale:

@@ -22,19 +22,16 @@ from datetime import datetime
 
 import redis
 from redis.client import Pipeline
-from rq.job import Job
-from rq.queue import Queue
-from rq.registry import (
-    CanceledJobRegistry,
-    DeferredJobRegistry,
-    FailedJobRegistry,
-    FinishedJobRegistry,
-    ScheduledJobRegistry,
-    StartedJobRegistry,
-)
 from rq.utils import utcparse
-from rq.worker_registration import REDIS_WORKER_KEYS
 
+from runner.rq_seam.keys import (
+    ENQUEUED_AT_FIELD,
+    QUEUE_KEY_PREFIX,
+    QUEUES_KEY,
+    REGISTRY_KEY_TEMPLATES,
+    WORKERS_KEY,
+    job_key,
+)
 from runner.services.lifecycle import JobEvent
 from runner.store.models import utcnow
 
@@ -48,15 +45,6 @@ OUTCOMES = ("accepted", "finished", "failed", "stopped", "retried")
 TIMED_OUTCOMES = frozenset({"finished", "failed", "stopped", "retried"})
 # Upper bounds in seconds: from quick demo jobs to the longest timeouts functions declare.
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, math.inf)
-# Registries reported per queue, by the status word of the jobs they hold.
-REGISTRY_KEY_TEMPLATES = {
-    "started": StartedJobRegistry.key_template,
-    "scheduled": ScheduledJobRegistry.key_template,
-    "deferred": DeferredJobRegistry.key_template,
-    "finished": FinishedJobRegistry.key_template,
-    "failed": FailedJobRegistry.key_template,
-    "canceled": CanceledJobRegistry.key_template,
-}
 
 
 def record_job_event(connection: redis.Redis, event: JobEvent) -> None:
@@ -172,12 +160,12 @@ def read_queue_metrics(
     """Depth, oldest-job age and registry sizes of these queues and of every queue RQ knows."""
     now = now or utcnow()
     workers_by_queue, alive = _workers(connection)
-    known = {_text(raw).removeprefix(Queue.redis_queue_namespace_prefix)
-             for raw in connection.smembers(Queue.redis_queues_keys)}
+    known = {_text(raw).removeprefix(QUEUE_KEY_PREFIX)
+             for raw in connection.smembers(QUEUES_KEY)}
     names = sorted(set(queue_names) | known | set(workers_by_queue))
     pipe = connection.pipeline(transaction=False)
     for name in names:
-        key = Queue.redis_queue_namespace_prefix + name
+        key = QUEUE_KEY_PREFIX + name
         pipe.llen(key)
         pipe.lindex(key, 0)
         for template in REGISTRY_KEY_TEMPLATES.values():
@@ -205,7 +193,7 @@ def read_queue_metrics(
 def _enqueued_at(connection: redis.Redis, job_ids: list[str]) -> dict[str, datetime]:
     pipe = connection.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.hget(Job.key_for(job_id), "enqueued_at")
+        pipe.hget(job_key(job_id), ENQUEUED_AT_FIELD)
     stamps: dict[str, datetime] = {}
     for job_id, raw in zip(job_ids, pipe.execute(), strict=True):
         if raw:  # a job deleted while its id still waits in the queue has no age
@@ -216,7 +204,7 @@ def _enqueued_at(connection: redis.Redis, job_ids: list[str]) -> dict[str, datet
 def _workers(connection: redis.Redis) -> tuple[dict[str, int], int]:
     # RQ's set of worker keys keeps dead workers until a cleanup; a worker is alive while its
     # hash exists (it expires when heartbeats stop), so read the hashes themselves.
-    keys = sorted(_text(raw) for raw in connection.smembers(REDIS_WORKER_KEYS))
+    keys = sorted(_text(raw) for raw in connection.smembers(WORKERS_KEY))
     pipe = connection.pipeline(transaction=False)
     for key in keys:
         pipe.hget(key, "queues")

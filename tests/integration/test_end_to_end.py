@@ -12,8 +12,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 import requests
 
-from runner.config import Settings
-from runner.services.backends import Backends
+from runner.journal.reads import read_history
 from runner.store.models import InvocationRecord
 from runner.store.sql_store import Store
 from tests.integration.conftest import TERMINAL_STATUSES, Stack
@@ -101,13 +100,13 @@ def test_a_burst_of_concurrent_invocations_is_each_recorded_and_run_once(stack: 
     with ThreadPoolExecutor(callers) as pool:
         accepted = [found for batch in pool.map(invoke_several, range(callers)) for found in batch]
     assert len({job_id for job_id, _ in accepted}) == callers * each
-    # The row is in before the 202: committed, or (one of a stream) journaled in Redis with its job,
-    # where a reader of history commits it first (runner.journal.new_rows). Read as the API reads.
-    reader = Backends(stack.redis, Store(stack.database_url), Settings()).store
+    # The row is in before the 202: journaled in Redis with its job, where a reader of history
+    # applies it first (runner.journal.reads). Read as the API reads.
+    store = Store(stack.database_url)
     for job_id, number in accepted:
-        row = reader.get(job_id)
+        row = read_history(stack.redis, store).get(job_id)
         assert row is not None and row.input == {"expression": f"{number}+1"}, (job_id, row)
-    reader.engine.dispose()
+    store.engine.dispose()
     for job_id, number in accepted:
         view = stack.wait_until_terminal(job_id, timeout=60)
         assert view["status"] == "finished" and view["attempts"] == 1, view

@@ -202,7 +202,8 @@ def test_a_worker_presumed_dead_cannot_end_the_job_its_successor_runs(
     assert rq_job(connection, job_id).get_status() == "started"
     assert rq_job(connection, job_id).latest_result() is None
     ended = [json.loads(r.getMessage()) for r in caplog.records if r.name == "runner.events"]
-    assert [line["event"] for line in ended if line["job_id"] == job_id] == ["accepted", "started", "retried", "started"]
+    events = [line["event"] for line in ended if line["job_id"] == job_id]
+    assert events == ["accepted", "started", "retried", "started"]
     row = store.get(job_id)
     assert row is not None and (row.status, row.attempts, row.result) == ("started", 2, None)
     # Attempt 2 ends as usual.
