@@ -12,18 +12,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+import redis
+from rq.executions import Execution
+from rq.job import Job
 
 from runner.errors import BackendUnavailable
 from runner.journal.projector import start_projector_thread, stop_projector_thread
 from runner.redis_connection import REDIS_ERRORS
-from runner.rq_seam.scheduler_guard import keep_scheduler_running
+from runner.rq_seam.scheduler_guard import SchedulingWorker, keep_scheduler_running
+from runner.store.sql_store import Store
 from runner.worker.liveness import Liveness
 from runner.worker.lost_jobs import mark_lost_jobs
 from runner.worker.recovery import recover_abandoned_jobs
-
-if TYPE_CHECKING:
-    from runner.worker.runner_worker import RunnerWorker
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +36,31 @@ LOST_JOBS_PASS_KEY = "runner:lost-jobs:pass"
 PROJECTOR_STOP_SECONDS = 5.0
 
 
+class DutifulWorker(SchedulingWorker, Protocol):
+    """What Duties needs of its worker (runner.worker.runner_worker.RunnerWorker)."""
+
+    name: str
+    connection: redis.Redis
+    execution: Execution | None
+    dead_after: float
+    store: Store | None
+
+    @property
+    def heartbeat_seconds(self) -> float: ...
+
+    @property
+    def running_job(self) -> Job | None: ...
+
+    @property
+    def stop_requested(self) -> bool: ...
+
+    def queue_names(self) -> list[str]: ...
+
+
 class Duties:
     """One worker's share of the fleet's chores."""
 
-    def __init__(self, worker: RunnerWorker) -> None:
+    def __init__(self, worker: DutifulWorker) -> None:
         self.worker = worker
         self._next_pass = 0.0
         self._projector: tuple[threading.Thread, threading.Event] | None = None

@@ -21,15 +21,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import redis
+from rq.executions import Execution
 from rq.job import Job
 
 from runner.redis_connection import REDIS_ERRORS
 from runner.worker.recovery import WORKER_STOPPED_REASON, StartedEntry, recover_entry
-
-if TYPE_CHECKING:
-    from runner.worker.runner_worker import RunnerWorker
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +60,28 @@ class DeadlineSlot:
         return float(struct.unpack(DEADLINE_FORMAT, bytes(self.memory[0:8]))[0])
 
 
+class WatchedWorker(Protocol):
+    """What a JobWatch needs of its worker (runner.worker.runner_worker.RunnerWorker)."""
+
+    name: str
+    connection: redis.Redis
+    execution: Execution | None
+    grace_seconds: float
+    log: logging.Logger
+    queue_class: Any
+
+    @property
+    def stopped_job_id(self) -> str | None: ...
+
+    def maintain_heartbeats(self, job: Job) -> None: ...
+
+    def exit_now(self) -> None: ...
+
+
 class JobWatch:
     """Stands in for a forking worker's parent: watches the job this process runs, from a thread."""
 
-    def __init__(self, worker: RunnerWorker) -> None:
+    def __init__(self, worker: WatchedWorker) -> None:
         self.worker = worker
         self.job: Job | None = None
         self.deadline_slot: DeadlineSlot | None = None

@@ -20,12 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
 from contextlib import suppress
 from typing import Any
 
 from redis.client import Pipeline
-from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -34,28 +32,21 @@ from rq.worker import WorkerStatus
 
 from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS, DEFAULT_WORKER_GRACE_SECONDS
 from runner.redis_connection import REDIS_ERRORS
-from runner.rq_seam.bookkeeping import fence_of
 from runner.rq_seam.keys import DEAD_AFTER_FIELD
-from runner.rq_seam.queues import queue_for
 from runner.rq_seam.registration import register_again
 from runner.rq_seam.worker import AfterSent, CanceledBeforeStart, SeamWorker
 from runner.store.sql_store import Store
 from runner.worker import attempts
 from runner.worker.claims import (
-    Claimed,
-    claim,
     forget_claimant,
-    pending_claim,
-    queue_claim,
-    read_jobs,
     register_claimant,
     release_claim,
     return_claims,
-    wait_for_wake_up,
 )
 from runner.worker.duties import Duties
 from runner.worker.execution import begins_at_start
 from runner.worker.in_process import JobWatch
+from runner.worker.taking import JobTaker
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +71,12 @@ class RunnerWorker(SeamWorker):
 
     grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
     store: Store | None = None
-    claim_batch: int = 1
     _next_heartbeat: float = 0.0
     _next_idle_heartbeat: float = 0.0
     _next_suspension_check: float = 0.0
     _chores_due: float = 0.0
-    _check_own_claims: bool = False
-    _claimed_ahead_queue: deque[tuple[str, dict[bytes, bytes]]] | None = None
     _duties: Duties | None = None
+    _taker: JobTaker | None = None
     _watch: JobWatch | None = None
 
     def supervise(self, *, dead_after: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS,
@@ -114,6 +103,13 @@ class RunnerWorker(SeamWorker):
         if self._watch is None:
             self._watch = JobWatch(self)
         return self._watch
+
+    @property
+    def taker(self) -> JobTaker:
+        """The jobs this worker claimed, and how it takes the next."""
+        if self._taker is None:
+            self._taker = JobTaker(self)
+        return self._taker
 
     @property
     def running_job(self) -> Job | None:
@@ -189,14 +185,14 @@ class RunnerWorker(SeamWorker):
                     self.heartbeat()
                     if self.should_run_maintenance_tasks:
                         self.run_maintenance_tasks()
-                claimed = self._next_claimed_job()
+                claimed = self.taker.next_job()
                 if claimed is not None:
                     return claimed
                 if timeout is None or (max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time):
                     return None
                 # Woken by the token pushed with each job; jobs pushed without one (RQ's own scheduler)
                 # are seen within WAKE_WAIT_SECONDS.
-                self._wait_for_work(min(WAKE_WAIT_SECONDS, max(0.001, self._chores_due - time.monotonic())))
+                self.taker.wait_for_work(min(WAKE_WAIT_SECONDS, max(0.001, self._chores_due - time.monotonic())))
             except REDIS_ERRORS as exc:
                 log.error("worker %s: Redis is unavailable (%s); retrying in %g s", self.name, exc, reconnect_wait)
                 self._lost_track_of_claims()
@@ -206,69 +202,8 @@ class RunnerWorker(SeamWorker):
             reconnect_wait = 1.0
         return None
 
-    def _wait_for_work(self, seconds: float) -> None:
-        """Block until a job may be waiting (a wake-up token) or `seconds` pass, and claim what waits
-        then, in the same round trip (Redis runs the claim the moment the wait ends)."""
-        with self.connection.pipeline(transaction=False) as pipeline:
-            wait_for_wake_up(pipeline, self.ordered_queues, seconds)
-            queue_claim(pipeline, self.connection, self.ordered_queues, self.name, self.claim_batch)
-            reply = pipeline.execute(raise_on_error=False)[-1]
-        if isinstance(reply, Exception):  # the script was lost (Redis restarted): the next claim loads it
-            log.info("worker %s: claim after the wait not run (%s); claiming again", self.name, reply)
-            return
-        self._take_claimed(Claimed(reply, self.ordered_queues))
-
-    def _take_claimed(self, claimed: Claimed) -> None:
-        # The jobs' hashes in one more round trip: a script may only touch the keys it declares.
-        for job_id, fields in zip(claimed.job_ids, read_jobs(self.connection, claimed.job_ids), strict=True):
-            self._claimed_ahead.append((job_id, fields))
-
-    def _next_claimed_job(self) -> tuple[Job, Queue] | None:
-        pending = pending_claim(self.connection, self.name) if self._check_own_claims else None
-        self._check_own_claims = pending is not None
-        fields: dict[bytes, bytes] | None = None
-        if pending is None:
-            if not self._claimed_ahead:
-                held = self.take_held()  # the last job's end goes out with this claim
-                claimed = claim(self.connection, self.ordered_queues, self.name, self.claim_batch,
-                                before=held[0] if held else None)
-                if held:
-                    held[1](all(claimed.guards))
-                self._take_claimed(claimed)
-                if not self._claimed_ahead:
-                    return None
-            job_id, fields = self._claimed_ahead.popleft()
-        else:
-            self.send_held()
-            job_id = pending
-        try:
-            if fields is None:
-                fields = read_jobs(self.connection, [job_id])[0]
-            if not fields:
-                raise NoSuchJobError(job_id)
-            job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
-            job.restore(fields)  # type: ignore[arg-type]
-            job.fence = fence_of(fields)  # type: ignore[attr-defined]
-        except (NoSuchJobError, DeserializationError) as exc:
-            release_claim(self.connection, self.name, job_id)
-            log.error("worker %s: dropped job %s, which cannot be read (%s)", self.name, job_id, type(exc).__name__)
-            return None
-        queue = next((q for q in self.queues if q.name == job.origin), None) or queue_for(job.origin, self.connection)
-        self.reorder_queues(reference_queue=queue)
-        job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
-        return job, queue
-
-    @property
-    def _claimed_ahead(self) -> deque[tuple[str, dict[bytes, bytes]]]:
-        # Jobs claimed with an earlier one (claim_batch > 1), in order; they sit in the claim list too.
-        if self._claimed_ahead_queue is None:
-            self._claimed_ahead_queue = deque()
-        return self._claimed_ahead_queue
-
     def _lost_track_of_claims(self) -> None:
-        # After a lost connection, the claim list in Redis is the truth: take claims from there, one by one.
-        self._check_own_claims = True
-        self._claimed_ahead.clear()
+        self.taker.lost_track()
         self._held = None  # its job is still started in Redis: recovered (and retried) if never finished
 
     def check_for_suspension(self, burst: bool) -> None:
@@ -289,7 +224,7 @@ class RunnerWorker(SeamWorker):
             with suppress(*REDIS_ERRORS):
                 self.send_held()
                 return_claims(self.connection, self.name)
-            self._claimed_ahead.clear()
+            self.taker.ahead.clear()
             return
         began = time.monotonic()
         try:
@@ -305,7 +240,7 @@ class RunnerWorker(SeamWorker):
             log.error("worker %s: lost Redis around job %s (%s)", self.name, job.id, exc)
             self._lost_track_of_claims()
         finally:
-            self.claim_batch = MAX_CLAIM_BATCH if time.monotonic() - began < SHORT_JOB_SECONDS else 1
+            self.taker.claim_batch = MAX_CLAIM_BATCH if time.monotonic() - began < SHORT_JOB_SECONDS else 1
 
     # Hooks of SeamWorker: what an attempt writes besides RQ's bookkeeping
 

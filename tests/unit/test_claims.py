@@ -13,7 +13,7 @@ from redis.client import Pipeline
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-import runner.worker.runner_worker
+import runner.worker.taking
 from runner.authoring.registry import Registry
 from runner.journal.entries import JOURNAL_KEY
 from runner.rq_seam.job_hash import ENTRY_POINT
@@ -99,7 +99,7 @@ def test_a_job_canceled_after_a_batch_claim_never_starts(
     spec = registry.get("simple_calculation")
     ids = [enqueue_invocation(spec, {"expression": f"{n}+1"}, backends).id for n in range(4)]
     worker = build_worker([spec.queue], backends, registry)
-    worker.claim_batch = 8
+    worker.taker.claim_batch = 8
     worker.register_birth()
     try:
         first, queue = worker.dequeue_job_and_maintain_ttl(None) or (None, None)
@@ -133,15 +133,15 @@ def test_a_waiting_worker_claims_in_the_same_round_trip_as_its_wait(
 ) -> None:
     spec, worker = registry.get("simple_calculation"), calculation_worker
     started = time.monotonic()
-    worker._wait_for_work(0.2)  # nothing waits: the wait runs out, the claim after it finds nothing
+    worker.taker.wait_for_work(0.2)  # nothing waits: the wait runs out, the claim after it finds nothing
     assert time.monotonic() - started >= 0.15
-    assert not worker._claimed_ahead
+    assert not worker.taker.ahead
 
     pusher = threading.Timer(0.1, lambda: enqueue_invocation(spec, {"expression": "6*7"}, backends))
     pusher.start()
-    worker._wait_for_work(5)
+    worker.taker.wait_for_work(5)
     pusher.join()
-    [(job_id, fields)] = list(worker._claimed_ahead)
+    [(job_id, fields)] = list(worker.taker.ahead)
     assert fields[b"status"] == b"queued"
     assert connection.lrange(claim_key(worker.name), 0, -1) == [job_id.encode()]  # claimed, not in limbo
     assert connection.llen(f"rq:queue:{spec.queue}") == 0
@@ -160,8 +160,8 @@ def test_a_claim_lost_with_the_script_is_made_again(
     claim(connection, [queue_for(spec.queue, connection)], worker.name)  # the script is loaded
     job_id = enqueue_invocation(spec, {"expression": "1+1"}, backends).id
     connection.script_flush()  # Redis restarted, say: the pipelined claim answers NOSCRIPT
-    worker._wait_for_work(1)
-    assert not worker._claimed_ahead
+    worker.taker.wait_for_work(1)
+    assert not worker.taker.ahead
     assert connection.llen(f"rq:queue:{spec.queue}") == 1  # still waits on its queue
     job, _queue = worker.dequeue_job_and_maintain_ttl(None) or (None, None)  # claims (and loads the script)
     assert job is not None and job.id == job_id
@@ -173,7 +173,7 @@ def test_a_worker_out_of_claimed_jobs_sends_the_end_with_its_row_and_wake_up_in_
 ) -> None:
     spec, worker = registry.get("simple_calculation"), calculation_worker
     seen: list[set[tuple[str, str]]] = []
-    real_claim = runner.worker.runner_worker.claim
+    real_claim = runner.worker.taking.claim
 
     def claim_spy(*args: Any, before: Pipeline | None = None, **kwargs: Any) -> Any:
         commands = {(str(command[0]), str(command[1])) for command, _ in before.command_stack} if before else set()
@@ -185,7 +185,7 @@ def test_a_worker_out_of_claimed_jobs_sends_the_end_with_its_row_and_wake_up_in_
     assert job is not None and queue is not None
     worker.execute_job(job, queue)
     assert get_job_view(job_id, backends).status == "started"  # the end is held for the next move
-    monkeypatch.setattr(runner.worker.runner_worker, "claim", claim_spy)
+    monkeypatch.setattr(runner.worker.taking, "claim", claim_spy)
     assert worker.dequeue_job_and_maintain_ttl(None) is None  # nothing else waits
     # One call carried the end: the job's status, its row's journal entry and its waiters' token.
     [commands] = seen

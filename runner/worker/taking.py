@@ -1,0 +1,122 @@
+"""How a worker takes its next job: from the jobs it claimed ahead, else with a claim that carries
+the last job's end, else by waiting for a wake-up token and claiming in the same round trip.
+
+Short jobs are claimed a few at a time (`claim_batch`): their ids sit in the worker's claim list
+(runner.worker.claims) until each is started. After a lost connection, the claim list in Redis
+is the truth: the worker takes its claims from there, one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Protocol
+
+import redis
+from redis.client import Pipeline
+from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.job import Job
+from rq.queue import Queue
+
+from runner.rq_seam.bookkeeping import fence_of
+from runner.rq_seam.queues import queue_for
+from runner.rq_seam.worker import AfterSent
+from runner.worker.claims import Claimed, claim, pending_claim, queue_claim, read_jobs, release_claim, wait_for_wake_up
+
+log = logging.getLogger(__name__)
+
+
+class TakingWorker(Protocol):
+    """What a JobTaker needs of its worker (runner.worker.runner_worker.RunnerWorker)."""
+
+    connection: redis.Redis
+    name: str
+    queues: list[Queue]
+    serializer: Any
+
+    @property
+    def job_class(self) -> type[Job]: ...
+
+    @property
+    def ordered_queues(self) -> list[Queue]: ...
+
+    def take_held(self) -> tuple[Pipeline, AfterSent] | None: ...
+
+    def send_held(self) -> None: ...
+
+    def reorder_queues(self, reference_queue: Queue) -> None: ...
+
+    def get_redis_server_version(self) -> Any: ...
+
+
+class JobTaker:
+    """A worker's claims: the jobs it took ahead, and how it takes the next one."""
+
+    def __init__(self, worker: TakingWorker) -> None:
+        self.worker = worker
+        # How many jobs to claim at once; the worker raises it for short jobs.
+        self.claim_batch = 1
+        # Jobs claimed with an earlier one, in order, with their hashes; they sit in the claim list too.
+        self.ahead: deque[tuple[str, dict[bytes, bytes]]] = deque()
+        self._check_own_claims = False
+
+    def next_job(self) -> tuple[Job, Queue] | None:
+        """The next job to start (claimed, with its queue), or None when every queue is empty."""
+        worker = self.worker
+        pending = pending_claim(worker.connection, worker.name) if self._check_own_claims else None
+        self._check_own_claims = pending is not None
+        fields: dict[bytes, bytes] | None = None
+        if pending is None:
+            if not self.ahead:
+                held = worker.take_held()  # the last job's end goes out with this claim
+                claimed = claim(worker.connection, worker.ordered_queues, worker.name, self.claim_batch,
+                                before=held[0] if held else None)
+                if held:
+                    held[1](all(claimed.guards))
+                self._keep(claimed)
+                if not self.ahead:
+                    return None
+            job_id, fields = self.ahead.popleft()
+        else:
+            worker.send_held()
+            job_id = pending
+        try:
+            if fields is None:
+                fields = read_jobs(worker.connection, [job_id])[0]
+            if not fields:
+                raise NoSuchJobError(job_id)
+            job = worker.job_class(job_id, connection=worker.connection, serializer=worker.serializer)
+            job.restore(fields)  # type: ignore[arg-type]
+            job.fence = fence_of(fields)  # type: ignore[attr-defined]
+        except (NoSuchJobError, DeserializationError) as exc:
+            release_claim(worker.connection, worker.name, job_id)
+            log.error("worker %s: dropped job %s, which cannot be read (%s)", worker.name, job_id, type(exc).__name__)
+            return None
+        queue = next((q for q in worker.queues if q.name == job.origin), None) or queue_for(job.origin,
+                                                                                             worker.connection)
+        worker.reorder_queues(reference_queue=queue)
+        job.redis_server_version = worker.get_redis_server_version()
+        return job, queue
+
+    def wait_for_work(self, seconds: float) -> None:
+        """Block until a job may be waiting (a wake-up token) or `seconds` pass, and claim what waits
+        then, in the same round trip (Redis runs the claim the moment the wait ends)."""
+        worker = self.worker
+        with worker.connection.pipeline(transaction=False) as pipeline:
+            wait_for_wake_up(pipeline, worker.ordered_queues, seconds)
+            queue_claim(pipeline, worker.connection, worker.ordered_queues, worker.name, self.claim_batch)
+            reply = pipeline.execute(raise_on_error=False)[-1]
+        if isinstance(reply, Exception):  # the script was lost (Redis restarted): the next claim loads it
+            log.info("worker %s: claim after the wait not run (%s); claiming again", worker.name, reply)
+            return
+        self._keep(Claimed(reply, worker.ordered_queues))
+
+    def _keep(self, claimed: Claimed) -> None:
+        # The jobs' hashes in one more round trip: a script may only touch the keys it declares.
+        for job_id, fields in zip(claimed.job_ids, read_jobs(self.worker.connection, claimed.job_ids), strict=True):
+            self.ahead.append((job_id, fields))
+
+    def lost_track(self) -> None:
+        """After a lost connection: take claims from the claim list in Redis, one by one."""
+        self._check_own_claims = True
+        self.ahead.clear()

@@ -1,0 +1,179 @@
+"""Contract tests of runner.rq_seam: each assumption it makes about the pinned RQ, pinned here, so
+that an RQ upgrade that breaks one fails in this file and nowhere else first."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from pathlib import Path
+
+import fakeredis
+import pytest
+import rq
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.scheduler import RQScheduler
+from rq.serializers import JSONSerializer
+from rq.worker import BaseWorker
+
+import runner.rq_seam.worker as seam_worker
+from runner.rq_seam import keys
+from runner.rq_seam.job_reads import fetch_with_latest_result, job_status
+from runner.rq_seam.scripts import KEY_COUNTS
+from runner.worker.runner_worker import RunnerWorker
+
+ROOT = Path(__file__).resolve().parents[2]
+PINNED_RQ = "2.12.0"
+
+
+def test_the_seam_is_written_for_the_pinned_rq() -> None:
+    assert rq.__version__ == PINNED_RQ, "RQ changed: run this file, then move PINNED_RQ"
+
+
+def overridden(cls: type) -> set[str]:
+    """The methods of RQ's worker classes that `cls` (and its runner bases) define anew."""
+    rq_methods = {name for klass in (BaseWorker, SimpleWorker) for name, value in vars(klass).items()
+                  if callable(value) or isinstance(value, property)}
+    ours = {name for klass in cls.__mro__ if klass.__module__.startswith("runner.")
+            for name, value in vars(klass).items() if inspect.isfunction(value) or isinstance(value, property)}
+    return rq_methods & ours
+
+
+def listed_overrides() -> set[str]:
+    """The method names the seam's docstring lists, in its `- name, name: why` lines."""
+    listed: set[str] = set()
+    for line in (seam_worker.__doc__ or "").splitlines():
+        if match := re.match(r"- ([a-z_, ]+):", line):
+            listed |= {name.strip() for name in match.group(1).split(",")}
+    return listed
+
+
+def test_every_override_of_rqs_worker_is_listed_with_its_reason() -> None:
+    assert overridden(RunnerWorker) == listed_overrides()
+
+
+def test_the_private_names_the_seam_reads_exist() -> None:
+    connection = fakeredis.FakeRedis()
+    worker = SimpleWorker([Queue("q", connection=connection)], connection=connection)
+    for name in ("_stop_requested", "_stopped_job_id", "_ordered_queues", "_shutdown_requested_date"):
+        assert hasattr(worker, name), name
+    scheduler = RQScheduler(["q"], connection=connection)
+    for name in ("_process", "_queue_names"):
+        assert hasattr(scheduler, name), name
+    assert inspect.signature(Job.restore).parameters.keys() >= {"raw_data"}
+
+
+def test_key_formats_are_rqs() -> None:
+    connection = fakeredis.FakeRedis()
+    queue = Queue("q", connection=connection, serializer=JSONSerializer)
+    job = queue.enqueue("runner.worker.execution.run_invocation", "f", {}, meta={"function": "f"})
+    assert connection.exists(keys.job_key(job.id)) and connection.exists(keys.queue_key("q"))
+    assert keys.queue_key("q").encode() in connection.smembers(keys.QUEUES_KEY)
+    worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer)
+    worker.register_birth()
+    assert connection.exists(keys.worker_key(worker.name))
+    assert keys.worker_key(worker.name).encode() in connection.smembers(keys.WORKERS_KEY)
+    assert keys.worker_key(worker.name).encode() in connection.smembers(keys.workers_by_queue_key("q"))
+    assert connection.hget(keys.worker_key(worker.name), keys.WORKER_QUEUES_FIELD) == b"q"
+    with connection.pipeline() as pipeline:
+        execution = Execution.create(job, 60, pipeline=pipeline, worker_name=worker.name)
+        pipeline.execute()
+    assert execution.key == keys.execution_key(job.id, execution.id)
+    assert connection.exists(keys.executions_key(job.id))
+    assert connection.hget(keys.execution_key(job.id, execution.id), keys.EXECUTION_WORKER_FIELD).decode() \
+        == worker.name
+    assert keys.registry_key("started", "q") == queue.started_job_registry.key
+    assert set(keys.REGISTRY_KEY_TEMPLATES) == {"started", "scheduled", "deferred", "finished", "failed", "canceled"}
+    fields = connection.hgetall(keys.job_key(job.id))
+    for name in (keys.STATUS_FIELD, keys.META_FIELD, keys.ORIGIN_FIELD, keys.ENQUEUED_AT_FIELD):
+        assert name.encode() in fields, name
+
+
+def test_a_latest_result_read_with_the_job_answers_return_value_without_a_round_trip() -> None:
+    connection = fakeredis.FakeRedis()
+    job = Queue("q", connection=connection, serializer=JSONSerializer).enqueue("x.y", 1)
+    with connection.pipeline() as pipeline:
+        Result.create(job, Result.Type.SUCCESSFUL, ttl=60, return_value={"answer": 42}, pipeline=pipeline)
+        job.set_status(JobStatus.FINISHED, pipeline=pipeline)
+        pipeline.execute()
+    read = fetch_with_latest_result(job.id, connection)
+    connection.flushall()  # return_value() must not need Redis any more
+    assert read.return_value() == {"answer": 42}
+    assert job_status(read) == "finished"
+
+
+def test_every_command_rqs_pipelines_send_for_us_has_known_keys() -> None:
+    # The commands RQ queues in the pipelines the seam hands it (job saves, registries, results,
+    # executions, worker counters), found by running them on a recording pipeline.
+    connection = fakeredis.FakeRedis()
+    queue = Queue("q", connection=connection, serializer=JSONSerializer)
+    job = queue.enqueue("x.y", 1, result_ttl=60)
+    worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer)
+    pipeline = connection.pipeline()
+    pipeline.multi()
+    execution = Execution.create(job, 60, pipeline=pipeline, worker_name=worker.name)
+    job.prepare_for_execution(worker.name, pipeline=pipeline)
+    worker.set_state("busy", pipeline=pipeline)
+    worker.increment_successful_job_count(pipeline=pipeline)
+    worker.increment_failed_job_count(pipeline=pipeline)
+    job.started_at = job.ended_at = job.last_heartbeat = job.enqueued_at
+    Result.create(job, Result.Type.SUCCESSFUL, ttl=60, return_value=1, pipeline=pipeline)
+    Result.create_failure(job, 60, exc_string="x", pipeline=pipeline)
+    job.finished_job_registry.add(job, 60, pipeline)
+    job.failed_job_registry.add(job, ttl=60, exc_string="x", pipeline=pipeline)
+    worker.execution = execution
+    worker.cleanup_execution(job, pipeline=pipeline)
+    queue.enqueue_job(job, pipeline=pipeline)
+    queue.schedule_job(job, job.enqueued_at, pipeline=pipeline)  # type: ignore[arg-type]
+    job.cancel(pipeline=pipeline)
+    names = {str(command[0]).upper() for command, _ in pipeline.command_stack}
+    pipeline.reset()
+    assert names <= set(KEY_COUNTS), names - set(KEY_COUNTS)
+
+
+LUA_CALL = re.compile(r"redis\.call\('([A-Z]+)',\s*([^,)]+)")
+# Arguments that are keys, but not spelled KEYS[...] in the script: built from KEYS there.
+KEYS_BUILT_IN_SCRIPT = {"unpack(args)"}
+
+
+def lua_sources() -> list[tuple[str, str]]:
+    """Every Lua script in runner/: (where, source)."""
+    found = []
+    for path in (ROOT / "runner").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "redis.call" in node.value:
+                found.append((f"{path.relative_to(ROOT)}:{node.lineno}", node.value))
+    return found
+
+
+@pytest.mark.parametrize(("where", "source"), lua_sources(), ids=lambda value: str(value)[:40])
+def test_every_lua_script_touches_only_keys_declared_in_keys(where: str, source: str) -> None:
+    for command, first in LUA_CALL.findall(source):
+        argument = first.strip()
+        if command in ("TIME", "PING"):
+            continue
+        assert argument.startswith("KEYS[") or argument in KEYS_BUILT_IN_SCRIPT, (where, command, argument)
+    assert "ARGV[1] .." not in source, where  # no key built from an argument
+
+
+def test_the_seam_alone_uses_rqs_private_names() -> None:
+    private = re.compile(r"\.(_stop_requested|_stopped_job_id|_ordered_queues|_shutdown_requested_date|_process|"
+                         r"_queue_names|_cached_result|_job_stack|_handle_success|_handle_failure|_enqueue_job|"
+                         r"_persist_job|_status|_result)\b")
+    offenders = [f"{path.relative_to(ROOT)}:{number}" for path in (ROOT / "runner").rglob("*.py")
+                 if "rq_seam" not in path.parts
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if private.search(line)]
+    offenders += [f"{path.relative_to(ROOT)}:{number}" for path in (ROOT / "api").rglob("*.py")
+                  for number, line in enumerate(path.read_text().splitlines(), 1) if private.search(line)]
+    assert offenders == []
+
+
+def test_rqs_key_strings_are_spelled_in_the_seam_alone() -> None:
+    spelled = re.compile(r"[\"']rq:(job|queue|worker|workers|execution|executions|wip|finished|failed|scheduled)")
+    offenders = [f"{path.relative_to(ROOT)}:{number}" for folder in ("runner", "api")
+                 for path in (ROOT / folder).rglob("*.py") if "rq_seam" not in path.parts
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if spelled.search(line)]
+    assert offenders == []
