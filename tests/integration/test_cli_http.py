@@ -62,8 +62,9 @@ def test_invoke_wait_shows_live_progress_from_the_event_stream(sqlite_stack: Sta
     assert json.loads(done.stdout) == {"released": True}
     assert "100%" in done.stderr and "released" in done.stderr
     job_id = sqlite_stack.get("/jobs", params={"function": "gated_progress", "limit": 1}).json()["jobs"][0]["id"]
-    web_log = next(p for p in sqlite_stack.processes.processes if p.name == "web").log_path.read_text()
-    assert f"/jobs/{job_id}/events" in web_log  # followed through the stream, not by polling
+    web_log = next(p for p in sqlite_stack.processes.processes if p.name == "web").log_path
+    # Followed through the stream, not by polling (gunicorn logs the stream once it has closed it).
+    wait_until(lambda: f"/jobs/{job_id}/events" in web_log.read_text(), 5, "the stream's access log line")
 
 
 def test_a_failed_job_exits_1_with_its_error(sqlite_stack: Stack) -> None:
