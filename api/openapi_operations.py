@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from api.cross_site import STATE_CHANGING_METHODS
 from api.functions import REPLAYED_HEADER
 from api.openapi_schemas import (
     LOCATION,
@@ -257,6 +258,12 @@ def require_api_key(operation: dict[str, Any]) -> None:
     """Add the 401 answer to an operation under the global bearer security (all but `security: []`)."""
     if operation.get("security") != []:
         operation["responses"].setdefault("401", documented_error(401))
+
+
+def refuse_other_sites(method: str, operation: dict[str, Any]) -> None:
+    """Add the 403 answer to a state-changing operation (api.cross_site refuses it from another site)."""
+    if method.upper() in STATE_CHANGING_METHODS:
+        operation["responses"].setdefault("403", documented_error(403))
 
 
 def known_operation(method: str, path: str, settings: Settings) -> dict[str, Any] | None:
