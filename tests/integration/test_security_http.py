@@ -162,7 +162,9 @@ def test_a_reused_key_with_another_body_is_409(sqlite_stack: Stack) -> None:
 
 @pytest.mark.parametrize(
     "url", ["http://127.0.0.1:9/hook", "http://[::1]/hook", "http://169.254.169.254/latest/meta-data/",
-            "http://10.0.0.7/", "http://192.168.1.1/", "file:///etc/passwd", "ftp://8.8.8.8/"],
+            "http://10.0.0.7/", "http://192.168.1.1/", "file:///etc/passwd", "ftp://8.8.8.8/",
+            "http://[2002:7f00:1::]/", "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+            "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", "http://[::7f00:1]/", "http://8.8.8.8:0/"],
 )
 def test_private_and_non_http_callback_urls_are_422(sqlite_stack: Stack, url: str) -> None:
     before = sqlite_stack.row_count()
