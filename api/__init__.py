@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 
 from api.auth import install_auth
+from api.cross_site import install_cross_site_guard
 from api.errors import register_error_handlers
 from api.state import RunnerState
 from runner.authoring.registry import Registry
@@ -34,6 +35,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["runner"] = RunnerState(registry=registry, backends=backends)
     # First of the app's hooks: nothing else runs for a request without a valid API key.
     install_auth(app, settings)
+    install_cross_site_guard(app)
 
     from api import functions, health, jobs, uploads
 

@@ -11,10 +11,11 @@ rq-dashboard 0.9.0 is mounted as a blueprint with these corrections for this run
   the worker that picks it up;
 - job and worker data reach its page templates HTML-escaped: those templates insert results,
   metadata and tracebacks (user input, often) as raw HTML;
-- its buttons (POST) are refused when another site sends them: a browser that logged in with
-  Basic auth would otherwise requeue jobs for any page that posts to it. Deleting is disabled.
+- deleting is disabled.
 
-The blueprint adds no auth of its own: the app's `before_request` hooks run before it.
+The blueprint adds no auth of its own: the app's `before_request` hooks run before it, and with
+them api.cross_site, which refuses its buttons (POST) when another site's page sends them (a
+browser that logged in with Basic auth would otherwise requeue jobs for any page that posts here).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import functools
 import html
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import rq_dashboard
 import rq_dashboard.web as dashboard_web
@@ -33,7 +33,7 @@ from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import BaseWorker
-from werkzeug.exceptions import Forbidden, MethodNotAllowed, NotFound
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.wrappers import Response as BaseResponse
 
 from api.state import runner_state
@@ -45,7 +45,6 @@ from runner.services.fleet import requeue_failed
 DASHBOARD_PREFIX = "/dashboard"
 BLUEPRINT_NAME: str = rq_dashboard.blueprint.name
 POLL_INTERVAL_MS = 2500
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # What the standalone `dashboard` process serves besides the dashboard itself.
 DASHBOARD_PROCESS_PATHS = (f"{DASHBOARD_PREFIX}/", "/healthz", "/readyz")
 
@@ -83,19 +82,6 @@ def _guard_request() -> None:
         raise NotFound("The dashboard shows one Redis: instance 0.")
     if request.endpoint == f"{BLUEPRINT_NAME}.requeue_all" and request.method != "POST":
         raise MethodNotAllowed(valid_methods=["POST"], description="Requeueing takes a POST.")
-    if request.method not in SAFE_METHODS and _from_another_site():
-        raise Forbidden("Dashboard actions are accepted from the dashboard's own pages only.")
-
-
-def _from_another_site() -> bool:
-    # Browsers label every request with these; clients that send neither (curl, scripts) are not
-    # browsers riding on a stored login, and had to present a key themselves.
-    fetch_site = request.headers.get("Sec-Fetch-Site")
-    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-        return True
-    origin = request.headers.get("Origin")
-    # Hosts, not schemes: behind a TLS-terminating proxy the app sees http while the page is https.
-    return origin is not None and urlsplit(origin).netloc != request.host
 
 
 def _unknown_job_is_not_found(view: Callable[..., Any]) -> Callable[..., Any]:

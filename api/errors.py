@@ -17,6 +17,7 @@ from runner.errors import (
     MalformedRequest,
     PayloadTooLarge,
     QueueNotFound,
+    RequestForbidden,
     RunnerError,
     StateConflict,
     TooManyRequests,
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: dict[type[RunnerError], int] = {
     MalformedRequest: 400,
+    RequestForbidden: 403,
     FunctionNotFound: 404,
     JobNotFound: 404,
     UploadNotFound: 404,

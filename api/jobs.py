@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, request, send_file
+from flask import Blueprint, Response, request
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from api.artifacts import artifact_response, read_inline
 from api.payload import read_int
 from api.state import runner_state
 from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -60,11 +61,12 @@ def _listed_artifacts(job_id: str, backends: Backends) -> list[Any]:
 
 @blueprint.get("/jobs/<job_id>/artifacts/<name>")
 def get_artifact(job_id: str, name: str) -> Response:
+    inline = read_inline(request)
     backends = runner_state().backends
     listed = {entry.get("name"): entry for entry in _listed_artifacts(job_id, backends) if isinstance(entry, dict)}
     path = backends.artifacts.path(job_id, name)
     media_type = listed.get(name, {}).get("media_type") or "application/octet-stream"
-    return send_file(path, mimetype=media_type, download_name=name, max_age=0)
+    return artifact_response(path, name, str(media_type), inline)
 
 
 @blueprint.get("/jobs")

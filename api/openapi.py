@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app
 from werkzeug.routing import Rule
 
-from api.openapi_operations import known_operation, require_api_key
+from api.openapi_operations import known_operation, refuse_other_sites, require_api_key
 from api.openapi_schemas import COMPONENT_REF, DEFAULT_RESPONSE, component_schemas, json_response, ref
 from api.state import runner_state
 from runner.authoring.registry import FunctionSpec, Registry
@@ -144,10 +144,12 @@ def build_openapi(app: Flask, registry: Registry, settings: Settings) -> dict[st
     paths = _route_operations(app, settings)
     for spec in registry:
         paths[f"/functions/{spec.name}/invocations"] = {"post": invocation_operation(spec, components, settings)}
-    # Every operation, once: the 401 under the bearer security, and the Error shape for any other status.
+    # Every operation, once: the 401 under the bearer security, the 403 of a state-changing request
+    # from another site, and the Error shape for any other status.
     for operations in paths.values():
-        for operation in operations.values():
+        for method, operation in operations.items():
             require_api_key(operation)
+            refuse_other_sites(method, operation)
             operation["responses"].setdefault("default", DEFAULT_RESPONSE)
     return {
         "openapi": OPENAPI_VERSION,

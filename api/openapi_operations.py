@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from api.artifacts import CONTENT_SECURITY_POLICY
+from api.cross_site import STATE_CHANGING_METHODS
 from api.functions import REPLAYED_HEADER
 from api.openapi_schemas import (
     LOCATION,
@@ -80,6 +82,24 @@ def invocation_parameters(settings: Settings) -> list[dict[str, Any]]:
                 "An http(s) URL that gets a POST of the job's final view when it ends; its host must resolve to "
                 "public addresses only (unless RUNNER_CALLBACK_ALLOW_PRIVATE is on), or the invocation is a 422."),
     ]
+
+
+ARTIFACT_DESCRIPTION = (
+    "Every answer carries `X-Content-Type-Options: nosniff` and a Content-Security-Policy that lets no "
+    "script, fetch, form or frame run (`sandbox`): a file a function wrote is never active content on "
+    "this API's origin, even shown inline."
+)
+
+
+def _artifact_headers() -> dict[str, Any]:
+    return {
+        "Content-Disposition": header("`attachment` or `inline` (see `inline`), with the file name.",
+                                      {"type": "string", "pattern": "^(attachment|inline);"}),
+        "X-Content-Type-Options": header("Browsers keep the declared media type.",
+                                         {"type": "string", "enum": ["nosniff"]}),
+        "Content-Security-Policy": header("No script, fetch, form or framing; a sandbox.",
+                                          {"type": "string", "enum": [CONTENT_SECURITY_POLICY]}),
+    }
 
 
 def _invocation_headers() -> dict[str, Any]:
@@ -202,8 +222,14 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("GET", "/jobs/{job_id}/artifacts/{name}"): {
             "summary": "A file a job wrote", "tags": ["jobs"],
-            "responses": {"200": {"description": "The file, with its media type.", "content": {"*/*": {"schema": {}}}},
-                          **documented_errors(404)},
+            "description": ARTIFACT_DESCRIPTION,
+            "parameters": [_query("inline", {"type": "string", "enum": ["1", "0", "true", "false", "yes", "no"]},
+                                  "`1` serves any artifact for display (`Content-Disposition: inline`), `0` as a "
+                                  "download; by default text, CSV, JSON, raster images, audio and video are shown "
+                                  "and everything else (HTML, SVG, XML, PDF, unknown types) is downloaded.")],
+            "responses": {"200": {"description": "The file, with its media type.", "content": {"*/*": {"schema": {}}},
+                                  "headers": _artifact_headers()},
+                          **documented_errors(400, 404)},
         },
         ("POST", "/uploads"): {
             "summary": "Upload a file for a function that takes one", "tags": ["uploads"],
@@ -257,6 +283,12 @@ def require_api_key(operation: dict[str, Any]) -> None:
     """Add the 401 answer to an operation under the global bearer security (all but `security: []`)."""
     if operation.get("security") != []:
         operation["responses"].setdefault("401", documented_error(401))
+
+
+def refuse_other_sites(method: str, operation: dict[str, Any]) -> None:
+    """Add the 403 answer to a state-changing operation (api.cross_site refuses it from another site)."""
+    if method.upper() in STATE_CHANGING_METHODS:
+        operation["responses"].setdefault("403", documented_error(403))
 
 
 def known_operation(method: str, path: str, settings: Settings) -> dict[str, Any] | None:

@@ -22,6 +22,8 @@ COMPONENT_REF = "#/components/schemas/{model}"
 ERROR_DESCRIPTIONS = {
     400: "Malformed request: the body is not a JSON object, or a query parameter or header is invalid.",
     401: "Missing or wrong API key (only when RUNNER_API_KEYS or RUNNER_API_KEYS_FILE is set).",
+    403: "A browser sent this state-changing request from another site's page (its `Origin` or "
+         "`Sec-Fetch-Site` says so); refused with or without an API key.",
     404: "Unknown function, job, upload, artifact, queue or route.",
     409: "The job's state forbids the operation.",
     413: "The body is larger than the limit.",
@@ -31,7 +33,7 @@ ERROR_DESCRIPTIONS = {
     503: "Redis or the database is unavailable (or this server serves its limit of event streams).",
 }
 # The `error` code that some statuses always carry (others depend on what failed).
-ERROR_CODES = {401: ("unauthorized",), 429: ("too_many_requests",)}
+ERROR_CODES = {401: ("unauthorized",), 403: ("forbidden",), 429: ("too_many_requests",)}
 
 
 class Error(pydantic.BaseModel):

@@ -29,16 +29,17 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite
 
 
 def read_json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object; an empty body is an empty object."""
+    """The body as a JSON object; an empty body is an empty object, when it is JSON or has no content type."""
+    # The type is judged before the length: an empty form post is what a page of another site
+    # can make a browser send without asking (no CORS preflight), and it must not act as `{}`.
+    mimetype = request.mimetype or ""
+    if mimetype and mimetype != JSON_MEDIA_TYPE and not mimetype.endswith("+json"):
+        raise _not_json(request, mimetype)
     raw = request.get_data(cache=True)
     if not raw.strip():
         return {}
-    mimetype = request.mimetype or ""
-    if mimetype != JSON_MEDIA_TYPE and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"Send the input as {JSON_MEDIA_TYPE}, not {mimetype or 'a body without a content type'}.",
-            details={"content_type": request.content_type},
-        )
+    if not mimetype:
+        raise _not_json(request, "a body without a content type")
     try:
         value = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError) as exc:
@@ -46,6 +47,11 @@ def read_json_object(request: Request) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise MalformedRequest(f"The body must be a JSON object, not {type(value).__name__}.")
     return value
+
+
+def _not_json(request: Request, sent: str) -> UnsupportedMediaType:
+    return UnsupportedMediaType(f"Send the input as {JSON_MEDIA_TYPE}, not {sent}.",
+                                details={"content_type": request.content_type})
 
 
 def refuse_parameter(name: str, raw: str, reason: str) -> MalformedRequest:

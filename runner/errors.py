@@ -9,6 +9,7 @@ Hierarchy::
     ├── ArtifactNotFound         the job wrote no artifact of that name (404)
     ├── QueueNotFound            no function declares that queue and Redis knows none of that name (404)
     ├── MalformedRequest         body is not JSON, not an object, or a bad query parameter (400)
+    ├── RequestForbidden         refused whoever asks: a state-changing request from another site (403)
     ├── UnsupportedMediaType     body sent with a content type other than JSON (415)
     ├── PayloadTooLarge          body over RUNNER_MAX_PAYLOAD_BYTES (413)
     ├── InvalidInput             input fails the function's signature; `details` names fields (422)
@@ -73,6 +74,12 @@ class MalformedRequest(RunnerError):
     """Raised when the request body or a query parameter cannot be understood."""
 
     code = "malformed_request"
+
+
+class RequestForbidden(RunnerError):
+    """Raised when a request is refused whatever key it carries: a browser sent it from another site's page."""
+
+    code = "forbidden"
 
 
 class UnsupportedMediaType(RunnerError):

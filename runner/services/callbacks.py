@@ -1,11 +1,12 @@
 """Completion callbacks: when a job ends, POST its final view to the URL given at invoke time.
 
-`X-Callback-Url` is checked when the invocation arrives (http/https, resolvable, and, unless
-RUNNER_CALLBACK_ALLOW_PRIVATE is on, no loopback, private, link-local, multicast, reserved or
-unspecified address). When the job finishes, fails or is stopped, a lifecycle listener enqueues
-a separate job on the `callbacks` queue whose entry point is `deliver_callback` below, never
-anything named by a request. Delivery resolves the host again, checks every address again (a
-DNS answer may have changed since) and connects to a checked address only. Bodies are signed
+`X-Callback-Url` is checked when the invocation arrives (http/https, a port other than 0,
+resolvable, and, unless RUNNER_CALLBACK_ALLOW_PRIVATE is on, only public addresses, the IPv4
+address inside an IPv6 one included: runner.services.address_guard). When the job finishes,
+fails or is stopped, a lifecycle listener enqueues a separate job on the `callbacks` queue whose
+entry point is `deliver_callback` below, never anything named by a request. Delivery resolves
+the host again, checks every address again with the same judgement (a DNS answer may have
+changed since) and connects to a checked address only. Bodies are signed
 with RUNNER_CALLBACK_SECRET (`X-Runner-Signature: sha256=<hex HMAC of the body>`).
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
-import ipaddress
 import json
 import logging
 import socket
@@ -33,6 +33,7 @@ from runner.config import Settings
 from runner.errors import CallbackDeliveryError, InvalidInput
 from runner.rq_seam.bookkeeping import current_job
 from runner.rq_seam.queues import queue_for
+from runner.services.address_guard import address_refusal
 from runner.services.job_views import view_from_job
 from runner.services.lifecycle import JobEvent
 
@@ -54,7 +55,6 @@ DELIVERY_JOB_TIMEOUT = 60
 DELIVERY_RESULT_TTL = 24 * 3600
 DELIVERY_FAILURE_TTL = 7 * 24 * 3600
 USER_AGENT = "async-task-runner-callbacks/1"
-ADDRESS_FLAGS = ("is_loopback", "is_link_local", "is_private", "is_multicast", "is_reserved", "is_unspecified")
 
 
 class UnsafeCallbackUrl(ValueError):
@@ -70,18 +70,6 @@ class CallbackTarget:
     port: int
     path: str
     addresses: tuple[str, ...]
-
-
-def _refusal(address: str) -> str | None:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for flag in ADDRESS_FLAGS:
-        if getattr(ip, flag):
-            return f"{flag.removeprefix('is_').replace('_', '-')} address {ip}"
-    if not ip.is_global:
-        return f"non-public address {ip}"
-    return None
 
 
 def resolve_target(url: str, *, allow_private: bool) -> CallbackTarget:
@@ -102,6 +90,8 @@ def resolve_target(url: str, *, allow_private: bool) -> CallbackTarget:
         raise UnsafeCallbackUrl("it has no host")
     if parts.username is not None or parts.password is not None:
         raise UnsafeCallbackUrl("credentials in the URL are not supported")
+    if port == 0:  # not a port anything listens on; left as is, it would read as the default port
+        raise UnsafeCallbackUrl("port 0 is not allowed")
     port = port or (443 if scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
@@ -112,7 +102,7 @@ def resolve_target(url: str, *, allow_private: bool) -> CallbackTarget:
         raise UnsafeCallbackUrl(f"its host {parts.hostname!r} has no address")
     if not allow_private:
         for address in addresses:
-            reason = _refusal(address)
+            reason = address_refusal(address)
             if reason:
                 raise UnsafeCallbackUrl(f"its host {parts.hostname!r} resolves to a {reason}")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

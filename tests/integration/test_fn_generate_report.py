@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from api.artifacts import CONTENT_SECURITY_POLICY
 from tests.integration.conftest import TERMINAL_STATUSES, Stack
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -79,7 +80,16 @@ def test_report_counts_real_invocations_and_serves_artifacts(stack: Stack) -> No
         assert response.status_code == 200, response.text
         assert response.headers["Content-Type"].split(";")[0] == media_type
         assert len(response.content) == listed[name]["size"]
+        # A function's output never runs as this origin's page: kept type, sandboxed, HTML downloaded.
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+        disposition = "attachment" if name == "report.html" else "inline"
+        assert response.headers["Content-Disposition"] == f"{disposition}; filename={name}"
         downloads[name] = response.content
+    shown = stack.get(listed["report.html"]["url"], params={"inline": "1"})
+    assert shown.headers["Content-Disposition"] == "inline; filename=report.html"
+    assert shown.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert shown.content == downloads["report.html"]
 
     parsed = {line["function"]: line for line in csv.DictReader(io.StringIO(downloads["report.csv"].decode()))}
     assert {name: int(line["count"]) for name, line in parsed.items()} == {n: e["count"] for n, e in entries.items()}

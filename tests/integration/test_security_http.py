@@ -92,6 +92,22 @@ def test_the_dashboard_asks_the_browser_for_a_key(keyed_web: KeyedWeb) -> None:
     assert keyed_web.get("/dashboard/", headers=bearer(ENV_KEY)).status_code == 200
 
 
+def test_a_valid_key_does_not_let_another_site_change_anything(keyed_web: KeyedWeb) -> None:
+    evil = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for path in ("/functions/simple_calculation/invocations", "/queues/failed/requeue", "/uploads"):
+        response = requests.post(f"{keyed_web.url}{path}", data=b"", headers={**form, **evil, **bearer(ENV_KEY)},
+                                 timeout=10)
+        assert response.status_code == 403 and response.json()["error"] == "forbidden", response.text
+    # A browser that logged in to the dashboard (Basic) sends the key with any page's form post.
+    basic = ("ops", FILE_KEY)
+    refused = requests.post(f"{keyed_web.url}/dashboard/requeue/demo_tasks", auth=basic, headers=evil, timeout=10)
+    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+    own = requests.post(f"{keyed_web.url}/dashboard/requeue/demo_tasks", auth=basic, timeout=10,
+                        headers={"Origin": keyed_web.url, "Sec-Fetch-Site": "same-origin"})
+    assert own.status_code == 200 and own.json()["status"] == "OK"
+
+
 def test_keys_never_reach_the_log(keyed_web: KeyedWeb) -> None:
     keyed_web.get("/functions", headers=bearer(ENV_KEY))
     keyed_web.get("/functions", headers=bearer(FILE_KEY + "x"))
@@ -146,7 +162,9 @@ def test_a_reused_key_with_another_body_is_409(sqlite_stack: Stack) -> None:
 
 @pytest.mark.parametrize(
     "url", ["http://127.0.0.1:9/hook", "http://[::1]/hook", "http://169.254.169.254/latest/meta-data/",
-            "http://10.0.0.7/", "http://192.168.1.1/", "file:///etc/passwd", "ftp://8.8.8.8/"],
+            "http://10.0.0.7/", "http://192.168.1.1/", "file:///etc/passwd", "ftp://8.8.8.8/",
+            "http://[2002:7f00:1::]/", "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+            "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", "http://[::7f00:1]/", "http://8.8.8.8:0/"],
 )
 def test_private_and_non_http_callback_urls_are_422(sqlite_stack: Stack, url: str) -> None:
     before = sqlite_stack.row_count()

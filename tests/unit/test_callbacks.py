@@ -69,6 +69,16 @@ def private_ok(make_client: Callable[..., FlaskClient], settings: Settings,
         ("http://no-such-host.invalid/", "cannot be resolved"),
         ("http://8.8.8.8/" + "a" * 2040, "longer than 2048"),
         ("http://8.8.8.8/with space", "spaces"),
+        ("http://8.8.8.8:0/hook", "port 0"),
+        ("https://8.8.8.8:000/hook", "port 0"),
+        ("http://[2002:7f00:1::]/", "loopback address 127.0.0.1 in 6to4"),
+        ("http://[2002:a9fe:a9fe::]/latest/meta-data/", "link-local address 169.254.169.254 in 6to4"),
+        ("http://[64:ff9b::7f00:1]/", "loopback address 127.0.0.1 in NAT64"),
+        ("http://[64:ff9b:1::a00:1]/", "local-use NAT64"),
+        ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", "loopback address 127.0.0.1 in Teredo"),
+        ("http://[::7f00:1]/", "loopback address 127.0.0.1 in IPv4-compatible"),
+        ("http://[::ffff:0:a00:1]/", "private address 10.0.0.1 in IPv4-translated"),
+        ("http://[2a00:1450:4001:1::5efe:7f00:1]/", "loopback address 127.0.0.1 in ISATAP"),
     ],
 )
 def test_unsafe_callback_urls_are_refused_naming_the_header(
@@ -201,6 +211,41 @@ def test_a_host_that_rebinds_to_a_private_address_gets_nothing(
     monkeypatch.setattr(callbacks.socket, "getaddrinfo", _resolving("hooks.example", "127.0.0.1"))
     with pytest.raises(CallbackDeliveryError, match="loopback"):
         deliver_callback("http://hooks.example/hook", "job1", "finished", "{}")
+
+
+# 127.0.0.1 in each IPv6 form that carries an IPv4 address.
+LOOPBACK_IN_IPV6 = ["::ffff:127.0.0.1", "::ffff:0:7f00:1", "2002:7f00:1::", "64:ff9b::7f00:1", "::7f00:1",
+                    "2001:0:4136:e378:8000:63bf:80ff:fffe", "2a00:1450:4001:1::5efe:7f00:1"]
+
+
+@pytest.mark.parametrize("address", LOOPBACK_IN_IPV6)
+def test_delivery_refuses_a_receiver_behind_an_ipv6_form_of_loopback(monkeypatch: pytest.MonkeyPatch,
+                                                                     address: str) -> None:
+    # The URL passed at invoke time; by delivery the host resolves (or always did) to this address.
+    monkeypatch.delenv("RUNNER_CALLBACK_ALLOW_PRIVATE", raising=False)
+    monkeypatch.setattr(callbacks.socket, "getaddrinfo", _resolving("hooks.example", address))
+    with CallbackReceiver() as receiver:
+        port = receiver.url.rsplit(":", 1)[1]
+        for url in (f"http://hooks.example:{port}/hook", f"http://[{address}]:{port}/hook"):
+            with pytest.raises(CallbackDeliveryError, match="refused at delivery: .* in .* address"):
+                deliver_callback(url, "job1", "finished", "{}")
+        assert receiver.deliveries == []
+
+
+def test_an_ipv4_mapped_url_would_reach_the_loopback_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Why the forms above matter: allowed, this one does reach a server listening on 127.0.0.1.
+    monkeypatch.setenv("RUNNER_CALLBACK_ALLOW_PRIVATE", "1")
+    with CallbackReceiver() as receiver:
+        port = receiver.url.rsplit(":", 1)[1]
+        outcome = deliver_callback(f"http://[::ffff:127.0.0.1]:{port}/hook", "job1", "finished", "{}")
+        assert outcome == {"status": 200, "address": "::ffff:127.0.0.1"}
+        assert len(receiver.wait_for(1, timeout=5)) == 1
+
+
+def test_port_0_is_refused_at_delivery_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNNER_CALLBACK_ALLOW_PRIVATE", "1")  # refused whatever the address
+    with pytest.raises(CallbackDeliveryError, match="refused at delivery: port 0"):
+        deliver_callback("http://127.0.0.1:0/hook", "job1", "finished", "{}")
 
 
 def test_delivery_connects_to_the_checked_address_and_names_the_host(monkeypatch: pytest.MonkeyPatch) -> None:

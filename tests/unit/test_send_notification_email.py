@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
-from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -21,74 +20,29 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 import functions.send_notification_email as module
+from functions._mail_headers import UnsafeHeader, check_serialized
 from functions._smtp_delivery import SmtpDeliveryDeferred, parse_smtp_url
-from functions.send_notification_email import MAX_CONTENT_BYTES, send_notification_email
+from functions.send_notification_email import MAX_CONTENT_BYTES, build_message, send_notification_email
 from runner import PermanentError
+from runner.authoring.context import running
 from runner.errors import InvalidInput
+from runner.store.files import ArtifactStore
+from tests.mail import (
+    INJECTED_ADDRESSES,
+    INJECTED_SUBJECTS,
+    VICTIM,
+    RecordingHandler,
+    assert_only_our_headers,
+    b_word,
+    parse,
+    q_word,
+    text_and_html,
+)
 from tests.servers import free_port
 
 USERNAME, PASSWORD = "mailer", "p@ss word:1"  # characters that must be percent-encoded in the URL
 GOOD = {"to": ["alice@example.com"], "subject": "Hello", "body": "Hi"}
-
-
-def parse(raw: bytes) -> EmailMessage:
-    """A message read back with the modern email API."""
-    message = BytesParser(policy=policy.default).parsebytes(raw)
-    assert isinstance(message, EmailMessage)
-    return message
-
-
-def text_and_html(message: EmailMessage) -> tuple[str, str | None]:
-    """The plain-text body and the HTML alternative (None when there is none), with LF line ends."""
-    plain, html = message.get_body(("plain",)), message.get_body(("html",))
-    assert isinstance(plain, EmailMessage)
-    # Messages travel with CRLF line ends; the outbox keeps LF.
-    return (
-        plain.get_content().replace("\r\n", "\n"),
-        html.get_content().replace("\r\n", "\n") if isinstance(html, EmailMessage) else None,
-    )
-
-
-class RecordingHandler:
-    """An aiosmtpd handler that keeps every accepted envelope; replies can be set per command."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget recorded envelopes and answer every command with success again."""
-        self.envelopes: list[Envelope] = []
-        self.mail_reply = ""
-        self.rcpt_replies: dict[str, str] = {}
-        self.data_reply = ""
-
-    async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if self.mail_reply:
-            return self.mail_reply
-        envelope.mail_from = address
-        return "250 OK"
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if address in self.rcpt_replies:
-            return self.rcpt_replies[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.data_reply:
-            return self.data_reply
-        self.envelopes.append(envelope)
-        return "250 Message accepted for delivery"
-
-    def message(self) -> EmailMessage:
-        """The one message received so far."""
-        (envelope,) = self.envelopes
-        assert isinstance(envelope.content, bytes)
-        return parse(envelope.content)
+JOB_ID = "job1"
 
 
 def check_login(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
@@ -126,9 +80,41 @@ def smtp(smtp_handler: RecordingHandler, smtp_port: int, monkeypatch: pytest.Mon
 
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("RUNNER_SMTP_URL", "RUNNER_SMTP_FROM", "RUNNER_SMTP_TIMEOUT", "RUNNER_SMTP_CA_FILE"):
+    for name in ("RUNNER_SMTP_URL", "RUNNER_SMTP_FROM", "RUNNER_SMTP_ALLOWED_FROM", "RUNNER_SMTP_TIMEOUT",
+                 "RUNNER_SMTP_CA_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RUNNER_DATA_DIR", str(tmp_path / "data"))
+
+
+class ArtifactJob:
+    """The job context a worker opens around a job, keeping artifacts in a real ArtifactStore."""
+
+    attempt = 1
+
+    def __init__(self, directory: Path) -> None:
+        self.store = ArtifactStore(directory)
+        self.entries: list[dict[str, Any]] = []
+
+    def report_progress(self, percent: int, message: str) -> None:
+        pass
+
+    def save_artifact(self, name: str, content: bytes, media_type: str | None) -> dict[str, Any]:
+        entry = self.store.write(JOB_ID, name, content, media_type)
+        self.entries.append(entry)
+        return entry
+
+    def eml(self) -> bytes:
+        """The bytes of the one artifact, which must be the message."""
+        assert [entry["name"] for entry in self.entries] == ["message.eml"]
+        return self.store.path(JOB_ID, "message.eml").read_bytes()
+
+
+@pytest.fixture(autouse=True)
+def job(tmp_path: Path) -> Iterator[ArtifactJob]:
+    """Every call runs as inside a worker's job, so save_artifact works."""
+    context = ArtifactJob(tmp_path / "artifacts")
+    with running(context):
+        yield context
 
 
 @pytest.fixture
@@ -141,29 +127,35 @@ def progress_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str]]:
 # ---- outbox ------------------------------------------------------------------------------------
 
 
+def outbox_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "data" / "outbox").glob("*"))
+
+
 @pytest.mark.parametrize("html", [None, "<p>Your report is <b>ready</b>.</p>"])
-def test_outbox_writes_a_parseable_eml(tmp_path: Path, html: str | None) -> None:
+def test_outbox_writes_a_parseable_eml(tmp_path: Path, job: ArtifactJob, html: str | None) -> None:
     outcome = send_notification_email(
         ["alice@example.com", "bob@example.org"], "Report ready ✔", "Your report is ready.\n", html=html
     )
-    path = Path(outcome["outbox_path"])
-    assert path.parent == (tmp_path / "data" / "outbox").resolve()
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left behind
-    message = parse(path.read_bytes())
-    assert message["Message-ID"] == outcome["message_id"]
+    [path] = outbox_files(tmp_path)  # no partial file left behind
     assert path.name == outcome["message_id"].strip("<>").replace("@", "_") + ".eml"
+    assert job.eml() == path.read_bytes()
+    assert job.entries == [{"name": "message.eml", "size": path.stat().st_size, "media_type": "message/rfc822"}]
+    message = parse(job.eml())
+    assert message["Message-ID"] == outcome["message_id"]
     assert (message["From"], message["To"]) == ("runner@localhost", "alice@example.com, bob@example.org")
     assert message["Subject"] == "Report ready ✔"
     assert parsedate_to_datetime(message["Date"]).tzinfo is not None
     assert message.get_content_type() == ("text/plain" if html is None else "multipart/alternative")
     assert text_and_html(message) == ("Your report is ready.\n", None if html is None else html + "\n")
+    # The result names the artifact, never a path on the worker's disk.
     assert outcome == {
         "message_id": outcome["message_id"],
         "accepted": ["alice@example.com", "bob@example.org"],
         "rejected": {},
         "transport": "outbox",
-        "outbox_path": str(path),
+        "artifact": "message.eml",
     }
+    assert str(tmp_path) not in json.dumps(outcome)
 
 
 def test_outbox_keeps_one_file_per_message(tmp_path: Path) -> None:
@@ -178,21 +170,21 @@ def test_outbox_defaults_to_the_runner_folder(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.delenv("RUNNER_DATA_DIR")
     monkeypatch.chdir(tmp_path)
     outcome = send_notification_email(["a@example.com"], "Hi", "body")
-    assert Path(outcome["outbox_path"]).parent == tmp_path.resolve() / ".runner" / "outbox"
+    [path] = (tmp_path / ".runner" / "outbox").iterdir()
+    assert parse(path.read_bytes())["Message-ID"] == outcome["message_id"]
 
 
-def test_sender_and_duplicate_recipients(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_duplicate_recipients_get_one_copy(monkeypatch: pytest.MonkeyPatch, job: ArtifactJob) -> None:
     monkeypatch.setenv("RUNNER_SMTP_FROM", "alerts@example.net")
     outcome = send_notification_email(["a@example.com", "b@example.com", "a@example.com"], "Hi", "body")
     assert outcome["accepted"] == ["a@example.com", "b@example.com"]
-    message = parse(Path(outcome["outbox_path"]).read_bytes())
+    message = parse(job.eml())
     assert (message["From"], message["To"]) == ("alerts@example.net", "a@example.com, b@example.com")
     assert outcome["message_id"].endswith("@example.net>")
-    explicit = send_notification_email(["a@example.com"], "Hi", "body", from_address="ops@example.org")
-    assert parse(Path(explicit["outbox_path"]).read_bytes())["From"] == "ops@example.org"
 
 
-@pytest.mark.parametrize("sender", ["not an address", "a@example.com\r\nBcc: evil@example.com"])
+@pytest.mark.parametrize("sender", ["not an address", "a@example.com\r\nBcc: evil@example.com",
+                                    "=?utf-8?q?a=0D=0ABcc:_evil@example.com?=@example.com", "Ops <ops@example.com>"])
 def test_bad_configured_sender_is_permanent(monkeypatch: pytest.MonkeyPatch, sender: str) -> None:
     monkeypatch.setenv("RUNNER_SMTP_FROM", sender)
     with pytest.raises(PermanentError, match="RUNNER_SMTP_FROM"):
@@ -241,7 +233,7 @@ def test_header_injection_is_a_422_and_never_enqueued(
         "plainaddress", "a@b", "a@@example.com", "a b@example.com", "a@example.com\nBcc: x@example.com",
         "<a@example.com>", "Alice <a@example.com>", "a@-example.com", "a..b@example.com", ".a@example.com",
         "a@example.c", "a@example.com.", "x" * 65 + "@example.com", "ü@example.com", "a@exa_mple.com",
-        "a@" + "b" * 250 + ".com", "", "a@example.com,b@example.com",
+        "a@" + "b" * 250 + ".com", "", "a@example.com,b@example.com", "a=?x?=@example.com",
     ],
 )
 def test_invalid_addresses_name_the_field(address: str) -> None:
@@ -290,8 +282,9 @@ def test_declared_policy() -> None:
 
 
 def test_smtp_delivers_the_message_bytes(
-    smtp: RecordingHandler, smtp_port: int, progress_calls: list[tuple[float, str]]
+    smtp: RecordingHandler, smtp_port: int, progress_calls: list[tuple[float, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("RUNNER_SMTP_ALLOWED_FROM", "ci@example.net")
     outcome = send_notification_email(
         ["alice@example.com", "bob@example.org"], "Build #42 failed", "See the log.\n", html="<p>See the log.</p>",
         from_address="ci@example.net",
@@ -304,7 +297,7 @@ def test_smtp_delivers_the_message_bytes(
         "Build #42 failed", "alice@example.com, bob@example.org", outcome["message_id"])
     assert text_and_html(message) == ("See the log.\n", "<p>See the log.</p>\n")
     assert outcome == {"message_id": outcome["message_id"], "accepted": ["alice@example.com", "bob@example.org"],
-                       "rejected": {}, "transport": "smtp", "outbox_path": None}
+                       "rejected": {}, "transport": "smtp", "artifact": None}
     assert progress_calls == [(10, "building the message"), (30, f"connecting to 127.0.0.1:{smtp_port}"),
                               (60, "sending"), (100, "sent")]
 
@@ -395,6 +388,157 @@ def test_bad_smtp_url_is_permanent(monkeypatch: pytest.MonkeyPatch, url: str) ->
     monkeypatch.setenv("RUNNER_SMTP_URL", url)
     with pytest.raises(PermanentError, match="RUNNER_SMTP_URL"):
         send_notification_email(["alice@example.com"], "Hi", "body")
+
+
+# ---- header injection through encoded words ----------------------------------------------------
+
+injected_subjects = pytest.mark.parametrize("subject", [value for _, value in INJECTED_SUBJECTS],
+                                            ids=[name for name, _ in INJECTED_SUBJECTS])
+injected_addresses = pytest.mark.parametrize("address", [value for _, value in INJECTED_ADDRESSES],
+                                             ids=[name for name, _ in INJECTED_ADDRESSES])
+
+
+@injected_subjects
+def test_encoded_line_breaks_in_the_subject_are_refused_at_validation(subject: str) -> None:
+    assert invalid_fields({**GOOD, "subject": subject}) == {"subject"}
+
+
+@injected_addresses
+def test_encoded_words_in_addresses_are_refused_at_validation(address: str) -> None:
+    assert invalid_fields({**GOOD, "to": ["ok@example.com", address]}) == {"to.1"}
+    assert invalid_fields({**GOOD, "from_address": address}) == {"from_address"}
+
+
+@injected_subjects
+def test_an_encoded_injection_past_validation_writes_no_eml(subject: str, tmp_path: Path, job: ArtifactJob) -> None:
+    # Called directly, as no API caller can: the function refuses by itself, for good (no retry).
+    with pytest.raises(PermanentError, match="cannot be sent safely"):
+        send_notification_email(["alice@example.com"], subject, "body")
+    assert outbox_files(tmp_path) == [] and job.entries == []
+
+
+@injected_subjects
+def test_an_encoded_injection_past_validation_sends_nothing(subject: str, smtp: RecordingHandler) -> None:
+    with pytest.raises(PermanentError, match="cannot be sent safely"):
+        send_notification_email(["alice@example.com"], subject, "body")
+    assert smtp.envelopes == []
+
+
+@injected_addresses
+def test_an_encoded_recipient_past_validation_sends_nothing(address: str, smtp: RecordingHandler) -> None:
+    with pytest.raises(PermanentError, match="cannot be sent safely"):
+        send_notification_email(["alice@example.com", address], "Hi", "body")
+    assert smtp.envelopes == []
+
+
+HARMLESS_ENCODED = pytest.mark.parametrize(
+    ("subject", "decoded"),
+    [(q_word("Café ✔"), "Café ✔"), (b_word(f"Invoice Bcc: {VICTIM}"), f"Invoice Bcc: {VICTIM}"),
+     (b_word("Line one") + " " + q_word("and two"), "Line oneand two"), ("x" * 998, "x" * 998),
+     ("é" * 998, "é" * 998)],
+    ids=["q-accents", "b-header-like-text", "two-words", "longest-ascii", "longest-accented"],
+)
+
+
+@HARMLESS_ENCODED
+def test_harmless_encoded_words_stay_inside_the_subject(subject: str, decoded: str, smtp: RecordingHandler,
+                                                        job: ArtifactJob, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = send_notification_email.__runner_function__  # type: ignore[attr-defined]
+    assert spec.validate({**GOOD, "subject": subject})["subject"] == subject
+    send_notification_email(["alice@example.com"], subject, "body\n")
+    (envelope,) = smtp.envelopes
+    assert envelope.rcpt_tos == ["alice@example.com"]
+    assert isinstance(envelope.content, bytes)
+    message = assert_only_our_headers(envelope.content, decoded, ["alice@example.com"])
+    assert text_and_html(message) == ("body\n", None)
+    monkeypatch.delenv("RUNNER_SMTP_URL")
+    send_notification_email(["alice@example.com"], subject, "body\n")
+    assert text_and_html(assert_only_our_headers(job.eml(), decoded, ["alice@example.com"])) == ("body\n", None)
+
+
+@pytest.mark.parametrize("subject", [value for _, value in INJECTED_SUBJECTS[:4]])
+def test_a_message_that_would_be_written_with_other_headers_is_caught(subject: str) -> None:
+    # The last line of defence, under the checks of each value: what is written is read back.
+    message = EmailMessage()
+    message["Subject"] = subject
+    message.set_content("body")
+    with pytest.raises(UnsafeHeader, match="headers added: bcc"):
+        check_serialized(message)
+    check_serialized(build_message("a@example.com", ["b@example.com"], "Fine", "body", "<p>body</p>"))
+
+
+# ---- sender ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("allowed", "from_address", "sender"),
+    [
+        ("", None, "alerts@example.net"),
+        ("", "alerts@example.net", "alerts@example.net"),  # the configured sender, named
+        ("ops@example.org", "ops@example.org", "ops@example.org"),
+        (" ops@example.org , *@example.com ", "anyone@example.com", "anyone@example.com"),
+        ("*@Example.COM", "Any.One@EXAMPLE.com", "Any.One@EXAMPLE.com"),  # domains compare in any case
+    ],
+)
+def test_the_sender_is_configured_or_allowed(smtp: RecordingHandler, monkeypatch: pytest.MonkeyPatch,
+                                             allowed: str, from_address: str | None, sender: str) -> None:
+    monkeypatch.setenv("RUNNER_SMTP_FROM", "alerts@example.net")
+    monkeypatch.setenv("RUNNER_SMTP_ALLOWED_FROM", allowed)
+    if from_address is not None:
+        spec = send_notification_email.__runner_function__  # type: ignore[attr-defined]
+        assert spec.validate({**GOOD, "from_address": from_address})["from_address"] == from_address
+    send_notification_email(["alice@example.com"], "Hi", "body", from_address=from_address)
+    (envelope,) = smtp.envelopes
+    assert (envelope.mail_from, smtp.message()["From"]) == (sender, sender)
+
+
+REFUSED_SENDERS = pytest.mark.parametrize(
+    ("allowed", "from_address"),
+    [
+        ("", "ceo@example.com"),
+        ("ops@example.org", "Ops@example.org"),  # local parts compare exactly
+        ("ops@example.org", "ops@example.org.evil.example"),
+        ("*@example.com", "x@sub.example.com"),  # not subdomains
+        ("*@example.com", "x@evilexample.com"),
+    ],
+)
+
+
+@REFUSED_SENDERS
+def test_a_sender_outside_the_list_is_a_422_and_never_enqueued(
+    client: FlaskClient, api_error: Callable[..., dict[str, Any]], assert_nothing_enqueued: Callable[[], None],
+    monkeypatch: pytest.MonkeyPatch, allowed: str, from_address: str,
+) -> None:
+    monkeypatch.setenv("RUNNER_SMTP_ALLOWED_FROM", allowed)
+    payload = {**GOOD, "from_address": from_address}
+    response = client.post("/functions/send_notification_email/invocations", json=payload)
+    body = api_error(response, 422, "invalid_input")
+    assert [detail["field"] for detail in body["details"]] == ["from_address"]
+    assert "not an allowed sender" in body["details"][0]["message"]
+    assert_nothing_enqueued()
+
+
+@REFUSED_SENDERS
+def test_a_sender_outside_the_list_fails_the_job_for_good(smtp: RecordingHandler, monkeypatch: pytest.MonkeyPatch,
+                                                          allowed: str, from_address: str) -> None:
+    # The worker's environment decides too (the API's may differ): no message, no retry.
+    monkeypatch.setenv("RUNNER_SMTP_ALLOWED_FROM", allowed)
+    with pytest.raises(PermanentError, match="not an allowed sender"):
+        send_notification_email(["alice@example.com"], "Hi", "body", from_address=from_address)
+    assert smtp.envelopes == []
+
+
+@pytest.mark.parametrize("entry", ["*", "*@*", "*@*.example.com", "ops*@example.com", "Ops <ops@example.com>",
+                                   "not an address", "=?utf-8?q?ops?=@example.com"])
+def test_a_bad_allow_list_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch, entry: str) -> None:
+    monkeypatch.setenv("RUNNER_SMTP_ALLOWED_FROM", f"ops@example.org,{entry}")
+    with pytest.raises(PermanentError, match="RUNNER_SMTP_ALLOWED_FROM"):
+        send_notification_email(["a@example.com"], "Hi", "body", from_address="ops@example.org")
+    spec = send_notification_email.__runner_function__  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInput) as caught:  # a 422 naming the setting, never a 500
+        spec.validate({**GOOD, "from_address": "ops@example.org"})
+    assert "RUNNER_SMTP_ALLOWED_FROM" in caught.value.details[0]["message"]
+    assert send_notification_email(["a@example.com"], "Hi", "body")["accepted"] == ["a@example.com"]
 
 
 # ---- TLS ---------------------------------------------------------------------------------------
