@@ -1,4 +1,4 @@
-"""The fleet as operators see it: workers, queue depths, and requeueing failed jobs."""
+"""The fleet as operators see it: workers, queue depths, requeueing failed jobs, compacting queues."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rq.registry import (
     FailedJobRegistry,
 )
 from rq.serializers import JSONSerializer
+from rq.utils import as_text
 
 from runner.authoring.registry import Registry
 from runner.errors import FunctionNotFound, QueueNotFound
@@ -129,6 +130,33 @@ def queue_depths(backends: Backends, registry: Registry) -> list[QueueDepths]:
     except REDIS_ERRORS as exc:
         raise redis_unavailable() from exc
     return [QueueDepths(name=queue.name, queued=queue.depth, **queue.registries) for queue in fleet.queues]
+
+
+def compact_queue(backends: Backends, registry: Registry, name: str) -> int:
+    """Drop the ids of jobs Redis no longer holds from queue `name`; how many were dropped.
+
+    RQ's Queue.compact renames the queue away while it copies the live ids back one round trip at a
+    time (workers meanwhile see an empty queue, and new jobs end up before old ones), and answers a
+    Redis error for an empty queue. Here each dead id is removed where it stands, a batch at a time.
+    """
+    names = known_queues(backends, registry)
+    if name not in names:
+        raise QueueNotFound(f"No queue is named {name!r}.", details={"known": names})
+    key = queue_for(name, backends.connection).key
+    dropped = 0
+    try:
+        start = 0
+        while batch := [as_text(item) for item in backends.connection.lrange(key, start, start + REQUEUE_BATCH - 1)]:
+            pipeline = backends.connection.pipeline(transaction=False)
+            for job_id in batch:
+                pipeline.exists(Job.key_for(job_id))
+            dead = [job_id for job_id, alive in zip(batch, pipeline.execute(), strict=True) if not alive]
+            for job_id in dead:
+                dropped += int(backends.connection.lrem(key, 1, job_id))
+            start += len(batch) - len(dead)
+    except REDIS_ERRORS as exc:
+        raise redis_unavailable() from exc
+    return dropped
 
 
 def requeue_failed(
