@@ -13,6 +13,7 @@ from flask import Flask
 from api.auth import install_auth
 from api.cross_site import install_cross_site_guard
 from api.errors import register_error_handlers
+from api.payload import RunnerRequest
 from api.state import RunnerState
 from runner.authoring.registry import Registry
 from runner.config import Settings
@@ -24,6 +25,7 @@ __all__ = ["create_app"]
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then the environment, then `test_config` (tests only)."""
     app = Flask(__name__)
+    app.request_class = RunnerRequest
     app.config.from_mapping(RUNNER_SETTINGS=None, RUNNER_REGISTRY=None, RUNNER_BACKENDS=None)
     if test_config:
         app.config.update(test_config)

@@ -11,6 +11,10 @@ rq-dashboard 0.9.0 is mounted as a blueprint with these corrections for this run
   the worker that picks it up;
 - job and worker data reach its page templates HTML-escaped: those templates insert results,
   metadata and tracebacks (user input, often) as raw HTML;
+- the parts of its URLs it trusts are checked first (`_check_view_args`): an unknown registry
+  or a job id RQ would refuse is 404; a page or page size that is no whole number in range, or
+  an unknown order, is 400 (they were 500s, and page sizes were unbounded). Compacting an unknown
+  queue is 404; an empty one does nothing (RQ's compact answered a Redis error for it);
 - deleting is disabled.
 
 The blueprint adds no auth of its own: the app's `before_request` hooks run before it, and with
@@ -30,23 +34,30 @@ import rq_dashboard.web as dashboard_web
 from flask import Flask, Response, jsonify, redirect, request
 from rq import Worker
 from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.job import JOB_ID_PATTERN as RQ_JOB_ID
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import BaseWorker
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.wrappers import Response as BaseResponse
 
+from api.payload import refuse_parameter
 from api.state import runner_state
 from runner.errors import JobNotFound
 from runner.services.backends import Backends
 from runner.services.control import retry_job
-from runner.services.fleet import requeue_failed
+from runner.services.fleet import compact_queue, requeue_failed
 
 DASHBOARD_PREFIX = "/dashboard"
 BLUEPRINT_NAME: str = rq_dashboard.blueprint.name
 POLL_INTERVAL_MS = 2500
 # What the standalone `dashboard` process serves besides the dashboard itself.
 DASHBOARD_PROCESS_PATHS = (f"{DASHBOARD_PREFIX}/", "/healthz", "/readyz")
+# The registries rq-dashboard lists ("queued" is the queue itself), and its two orders.
+REGISTRIES = frozenset({"queued", "started", "finished", "failed", "deferred", "scheduled", "canceled"})
+ORDERS = frozenset({"asc", "dsc"})
+MAX_PER_PAGE = 200  # what its own page-size field allows
+MAX_PAGE = 1_000_000
 
 
 def register_dashboard(app: Flask, backends: Backends) -> None:
@@ -68,6 +79,7 @@ def register_dashboard(app: Flask, backends: Backends) -> None:
         "job_info": _escaped_view(dashboard_web.job_info.__wrapped__),
         "requeue_job_view": requeue_job_view,
         "requeue_all": requeue_all,
+        "compact_queue": compact_view,
     }
     for endpoint, view in replacements.items():
         app.view_functions[f"{BLUEPRINT_NAME}.{endpoint}"] = view
@@ -82,6 +94,30 @@ def _guard_request() -> None:
         raise NotFound("The dashboard shows one Redis: instance 0.")
     if request.endpoint == f"{BLUEPRINT_NAME}.requeue_all" and request.method != "POST":
         raise MethodNotAllowed(valid_methods=["POST"], description="Requeueing takes a POST.")
+    _check_view_args(request.view_args or {})
+
+
+def _check_view_args(view_args: dict[str, Any]) -> None:
+    # rq-dashboard's views int() these, divide by them and pick a registry class by name, unchecked.
+    registry = view_args.get("registry_name")
+    if registry is not None and registry not in REGISTRIES:
+        known = ", ".join(sorted(REGISTRIES))
+        raise NotFound(f"The dashboard has no registry {str(registry)[:100]!r}: one of {known}.")
+    job_id = view_args.get("job_id")
+    if job_id is not None and not RQ_JOB_ID.fullmatch(job_id):
+        raise JobNotFound(f"{str(job_id)[:100]!r} is not a job id.")  # RQ raised ValueError: a 500
+    order = view_args.get("order")
+    if order is not None and order not in ORDERS:
+        raise refuse_parameter("order", str(order)[:100], "must be 'asc' or 'dsc'")
+    for name, maximum in (("per_page", MAX_PER_PAGE), ("page", MAX_PAGE)):
+        if name in view_args:
+            _whole_number(name, view_args[name], maximum)
+
+
+def _whole_number(name: str, raw: object, maximum: int) -> None:
+    text = str(raw)[:100]
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= maximum):
+        raise refuse_parameter(name, text, f"must be a whole number from 1 to {maximum}")
 
 
 def _unknown_job_is_not_found(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -171,6 +207,12 @@ def requeue_all(queue_name: str) -> dict[str, Any]:
     state = runner_state()
     outcome = requeue_failed(state.backends, state.registry, queue=queue_name)
     return {"status": "OK", "count": outcome.requeued}
+
+
+def compact_view(queue_name: str) -> dict[str, Any]:
+    """Drop the ids of jobs Redis no longer holds from a queue (404 for an unknown queue)."""
+    state = runner_state()
+    return {"status": "OK", "removed": compact_queue(state.backends, state.registry, queue_name)}
 
 
 def create_dashboard_app() -> Flask:

@@ -12,6 +12,7 @@ from runner.errors import (
     ArtifactNotFound,
     BackendUnavailable,
     FunctionNotFound,
+    InsufficientStorage,
     InvalidInput,
     JobNotFound,
     MalformedRequest,
@@ -43,6 +44,7 @@ STATUS_BY_ERROR: dict[type[RunnerError], int] = {
     InvalidInput: 422,
     TooManyRequests: 429,
     BackendUnavailable: 503,
+    InsufficientStorage: 507,
 }
 
 # The `error` code of an HTTP error no RunnerError describes: Werkzeug's (unknown route, wrong

@@ -238,7 +238,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                 "properties": {"file": {"type": "string", "format": "binary"}}}}}},
             "responses": {"201": json_response("Stored.", ref("Upload"),
                                                {"Location": header("The upload's URL.", {"type": "string"})}),
-                          **documented_errors(400, 413, 415)},
+                          **documented_errors(400, 413, 415, 507)},
         },
         ("GET", "/uploads/{upload_id}"): {
             "summary": "What is known of an upload", "tags": ["uploads"],

@@ -31,9 +31,11 @@ ERROR_DESCRIPTIONS = {
     422: "The input fails the schema; `details` names each field.",
     429: "Too many requests; retry after `Retry-After` seconds.",
     503: "Redis or the database is unavailable (or this server serves its limit of event streams).",
+    507: "The stored uploads leave no room for this one under RUNNER_UPLOADS_MAX_TOTAL_BYTES.",
 }
 # The `error` code that some statuses always carry (others depend on what failed).
-ERROR_CODES = {401: ("unauthorized",), 403: ("forbidden",), 429: ("too_many_requests",)}
+ERROR_CODES = {401: ("unauthorized",), 403: ("forbidden",), 429: ("too_many_requests",),
+               507: ("insufficient_storage",)}
 
 
 class Error(pydantic.BaseModel):

@@ -8,6 +8,7 @@ marks . , ; : ! ? ; a paragraph's end is the chain's end condition.
 from __future__ import annotations
 
 import functools
+import math
 import random
 import re
 from collections import Counter
@@ -129,8 +130,12 @@ class MarkovChain:
         if temperature == 0:
             # max() keeps the first of equal weights: ties go to the token seen first in training.
             return tokens[max(range(len(tokens)), key=weights.__getitem__)]
-        # Raising counts to 1/T sharpens (T < 1) or flattens (T > 1) the distribution.
-        return rng.choices(tokens, weights=[weight ** (1.0 / temperature) for weight in weights])[0]
+        # Raising counts to 1/T sharpens (T < 1) or flattens (T > 1) the distribution. Computed as
+        # (w / w_max) ** (1/T) = exp(log(w / w_max) / T): every term lies in [0, 1], so no temperature
+        # overflows (w ** 1e300 did); a tiny one leaves only the likeliest tokens with any weight.
+        heaviest = max(weights)
+        return rng.choices(tokens, weights=[math.exp(math.log(weight / heaviest) / temperature)
+                                            for weight in weights])[0]
 
 
 def detokenize(tokens: Sequence[str], capitalize_first: bool) -> str:

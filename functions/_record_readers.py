@@ -5,20 +5,29 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, TextIO
 
 from functions import _text_encoding as text_encoding
+from functions._cell_types import MAX_INTEGER_DIGITS
+from functions._column_stats import MAX_COLUMNS
 from runner import PermanentError
 
 HEAD_BYTES = 64 * 1024  # what encoding, format and delimiter detection look at
 CHUNK_CHARS = 64 * 1024
-MAX_RECORD_CHARS = 1024 * 1024  # one JSON object or JSON line may not exceed this
+MAX_RECORD_CHARS = 1024 * 1024  # one JSON object, JSON line or CSV line may not exceed this
+# How deep a value inside one record may nest: deeper JSON costs recursion (Python's limit is
+# 1,000 frames) for values the statistics only count as text.
+MAX_NESTING = 64
 DELIMITERS = ",;\t|"
 # csv.Sniffer is slow on long samples without a delimiter (~1 s for 64 KB): a few lines are enough.
 SNIFF_LINES = 50
 SNIFF_CHARS = 8192
 _whitespace = re.compile(r"[ \t\r\n]*")
+# Python writes no integer of more than 4,300 digits as text (sys.get_int_max_str_digits): a value
+# holding one could not be profiled. 13,000 bits is about 3,900 digits.
+MAX_INTEGER_BITS = 13_000
 
 Row = list[tuple[str, Any]]
 
@@ -57,11 +66,26 @@ def csv_header(reader: Iterator[list[str]]) -> list[str]:
         raise PermanentError("The CSV file is empty: it has no header row.") from None
     except csv.Error as exc:
         raise PermanentError(f"The CSV header cannot be parsed: {exc}.") from None
+    if len(header) > MAX_COLUMNS:  # before looking at the names: the work grows with their number
+        raise PermanentError(f"The data has more than {MAX_COLUMNS} columns: the CSV header has {len(header)}.")
     names = [name.strip() or f"column_{index}" for index, name in enumerate(header, 1)]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         raise PermanentError(f"The CSV header repeats column names: {', '.join(duplicates)}.")
     return names
+
+
+def bounded_lines(text: TextIO) -> Iterator[str]:
+    """The lines of `text` for csv.reader, each read at most MAX_RECORD_CHARS at a time.
+
+    A file without line breaks would otherwise be read and parsed as one row, however large.
+    """
+    number = 0
+    while line := text.readline(MAX_RECORD_CHARS + 1):
+        number += 1
+        if len(line) > MAX_RECORD_CHARS:
+            raise PermanentError(f"Line {number} is longer than {MAX_RECORD_CHARS} characters.")
+        yield line
 
 
 def csv_rows(reader: Iterator[list[str]], header: list[str]) -> Iterator[Row]:
@@ -95,17 +119,46 @@ def jsonl_rows(text: TextIO) -> Iterator[Row]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line, parse_constant=str)
+            record = JSON_DECODER.decode(line)
         except json.JSONDecodeError as exc:
             raise PermanentError(
                 f"Line {number} is not valid JSON ({exc.msg}); expected a list of objects or one object per line."
             ) from None
+        except RecursionError:
+            raise PermanentError(f"Line {number} nests deeper than {MAX_NESTING} levels.") from None
         yield _fields(record, f"line {number}")
+
+
+def _json_integer(text: str) -> int | str:
+    # int() refuses more than 4,300 digits, and an integer that long is no number to a float: text, then.
+    return int(text) if len(text.lstrip("-")) <= MAX_INTEGER_DIGITS else text
+
+
+# NaN and Infinity stay strings: they would break the JSON result.
+JSON_DECODER = json.JSONDecoder(parse_constant=str, parse_int=_json_integer)
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """Why a record cannot be profiled (a value nested deeper than MAX_NESTING levels, or an integer
+    too long to write as text), or None."""
+    stack: list[tuple[Any, int]] = [(value, 1) for value in record.values()]  # iterative: no recursion here
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_NESTING:
+                return f"nests deeper than {MAX_NESTING} levels"
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+        elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > MAX_INTEGER_BITS:
+            return f"holds an integer of more than {MAX_INTEGER_BITS} bits"
+    return None
 
 
 def _fields(record: Any, where: str) -> Row:
     if not isinstance(record, dict):
         raise PermanentError(f"JSON input must hold objects, but {where} is {type(record).__name__}.")
+    problem = record_problem(record)
+    if problem is not None:
+        raise PermanentError(f"JSON {where} {problem}.")
     return list(record.items())
 
 
@@ -117,8 +170,6 @@ class JsonArrayReader:
         self._buffer = ""
         self._position = 0
         self._eof = False
-        # NaN and Infinity stay strings: they would break the JSON result.
-        self._decoder = json.JSONDecoder(parse_constant=str)
 
     def rows(self) -> Iterator[Row]:
         """Each element of the array as (name, value) pairs; PermanentError on any other shape."""
@@ -168,7 +219,9 @@ class JsonArrayReader:
         self._peek()
         while True:
             try:
-                value, end = self._decoder.raw_decode(self._buffer, self._position)
+                value, end = JSON_DECODER.raw_decode(self._buffer, self._position)
+            except RecursionError:
+                raise PermanentError(f"JSON item {index} nests deeper than {MAX_NESTING} levels.") from None
             except json.JSONDecodeError as exc:
                 if len(self._buffer) - self._position > MAX_RECORD_CHARS:
                     raise PermanentError(f"JSON item {index} is larger than {MAX_RECORD_CHARS} characters.") from None

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from functions import _record_readers as readers
 from functions._column_stats import TableStats
@@ -27,10 +27,21 @@ METHODS = {
 }
 
 
+def _profilable(records: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    # In the schema, not the body: a record the statistics cannot take is a 422 at invoke time.
+    for index, record in enumerate(records or ()):
+        problem = readers.record_problem(record)
+        if problem is not None:
+            raise ValueError(f"record {index} {problem}")
+    return records
+
+
 @function(queue="ai_processing", timeout=600, retries=1, backoff=[5], exactly_one_of=[("upload_id", "records")])
 def data_processing(
     upload_id: UploadId | None = None,
-    records: Annotated[list[dict[str, Any]] | None, Field(max_length=MAX_INLINE_RECORDS)] = None,
+    records: Annotated[
+        list[dict[str, Any]] | None, Field(max_length=MAX_INLINE_RECORDS), AfterValidator(_profilable)
+    ] = None,
     group_by: Annotated[str | None, Field(min_length=1, max_length=200)] = None,
     format: Literal["auto", "csv", "json", "jsonl"] = "auto",
 ) -> dict[str, Any]:
@@ -67,7 +78,7 @@ def _profile_file(path: Path, requested: str, table: TableStats) -> dict[str, An
             if kind == "csv":
                 delimiter = readers.sniff_delimiter(head_text)
                 detected["delimiter"] = delimiter
-                reader = csv.reader(text, delimiter=delimiter, strict=True)
+                reader = csv.reader(readers.bounded_lines(text), delimiter=delimiter, strict=True)
                 header = readers.csv_header(reader)
                 if table.group_by is not None and table.group_by not in header:
                     raise PermanentError(f"Cannot group by {table.group_by!r}: the CSV header has no such column "

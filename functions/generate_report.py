@@ -15,6 +15,8 @@ from functions._report_render import KNOWN_STATUSES, render_chart, render_csv, r
 from runner import function, invocation_history, progress, save_artifact
 
 MAX_FUNCTION_NAME_LENGTH = 128
+# No control characters: no function is named with them, and PostgreSQL refuses NUL in a query.
+FUNCTION_NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 ENDED_STATUSES = frozenset({"finished", "failed", "stopped", "canceled"})
 # Rows are counted in a stream of unknown length: report at 500, 1000, 2000, ... rows, so even
 # ten million rows give ~15 progress calls.
@@ -29,6 +31,16 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def _in_utc_range(value: datetime | None) -> datetime | None:
+    # 0001-01-01T00:00+14:00 is a valid datetime that has no UTC time (before year 1): refused in the schema.
+    if value is not None:
+        try:
+            as_utc(value)
+        except OverflowError:
+            raise ValueError("is out of range once converted to UTC") from None
+    return value
 
 
 def _until_after_since(value: datetime | None, info: ValidationInfo) -> datetime | None:
@@ -106,15 +118,20 @@ def summarize(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int
 @function(queue="demo_tasks", timeout=300, retries=2, backoff=[5, 30])
 def generate_report(
     since: Annotated[
-        datetime | None, Field(description="Only invocations created at or after this time (naive = UTC).")
+        datetime | None,
+        Field(description="Only invocations created at or after this time (naive = UTC)."),
+        AfterValidator(_in_utc_range),
     ] = None,
     until: Annotated[
         datetime | None,
         Field(description="Only invocations created before this time (naive = UTC)."),
+        AfterValidator(_in_utc_range),
         AfterValidator(_until_after_since),
     ] = None,
     function: Annotated[
-        str | None, Field(min_length=1, max_length=MAX_FUNCTION_NAME_LENGTH, description="Only this function.")
+        str | None,
+        Field(min_length=1, max_length=MAX_FUNCTION_NAME_LENGTH, pattern=FUNCTION_NAME_PATTERN,
+              description="Only this function."),
     ] = None,
 ) -> dict[str, Any]:
     """Report per-function counts, success rate, p50/p95 durations and retries as CSV, HTML and PNG."""

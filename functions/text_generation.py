@@ -123,7 +123,8 @@ def _generate_offline(
 
 def derived_seed(prompt: str, system: str | None) -> int:
     """The seed used when none is given: the same prompt and system text always give the same seed."""
-    digest = hashlib.sha256(f"{system or ''}\x00{prompt}".encode()).digest()
+    # surrogatepass: JSON may carry a lone surrogate ("\ud800"), which strict UTF-8 cannot encode.
+    digest = hashlib.sha256(f"{system or ''}\x00{prompt}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big")
 
 

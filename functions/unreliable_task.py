@@ -9,12 +9,15 @@ from pydantic import Field
 
 from runner import current_attempt, function, progress
 
+# A signed 64-bit seed: an unbounded integer of more than 4,300 digits cannot even be written as text.
+SEED_LIMIT = 2**63 - 1
+
 
 @function(queue="demo_tasks", timeout=30, retries=3, backoff=[1, 2, 3])
 def unreliable_task(
     fail_times: Annotated[int, Field(ge=0, le=100)] = 0,
     failure_rate: Annotated[float | None, Field(ge=0.0, le=1.0)] = None,
-    seed: int | None = None,
+    seed: Annotated[int | None, Field(ge=-SEED_LIMIT, le=SEED_LIMIT)] = None,
 ) -> dict[str, Any]:
     """Fail the first `fail_times` attempts (or randomly with `failure_rate`), then succeed: shows retries."""
     attempt = current_attempt()

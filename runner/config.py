@@ -13,6 +13,10 @@ DEFAULT_RESULT_TTL = 24 * 3600
 DEFAULT_FAILURE_TTL = 7 * 24 * 3600
 DEFAULT_MAX_WAIT_SECONDS = 60.0
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+# Uploads are inputs of jobs that usually run within minutes: a week leaves room for retries and
+# delayed jobs; about a hundred uploads of the largest size fill the default total (0 turns either off).
+DEFAULT_UPLOAD_TTL = 7 * 24 * 3600
+DEFAULT_UPLOADS_MAX_TOTAL_BYTES = 10 * 1024 * 1024 * 1024
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600
 # Pages of the job history (GET /jobs?limit=, `python -m runner jobs --limit`).
 DEFAULT_PAGE_SIZE = 20
@@ -51,6 +55,8 @@ class Settings:
     failure_ttl: int = DEFAULT_FAILURE_TTL
     max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    upload_ttl: int = DEFAULT_UPLOAD_TTL
+    uploads_max_total_bytes: int = DEFAULT_UPLOADS_MAX_TOTAL_BYTES
     upload_dir: str = ""
     artifact_dir: str = ""
     # Secrets stay out of repr(), so a logged Settings never shows them.
@@ -82,6 +88,8 @@ class Settings:
             "failure_ttl": "RUNNER_FAILURE_TTL",
             "max_wait_seconds": "RUNNER_MAX_WAIT_SECONDS",
             "max_upload_bytes": "RUNNER_MAX_UPLOAD_BYTES",
+            "upload_ttl": "RUNNER_UPLOAD_TTL",
+            "uploads_max_total_bytes": "RUNNER_UPLOADS_MAX_TOTAL_BYTES",
             "upload_dir": "RUNNER_UPLOAD_DIR",
             "artifact_dir": "RUNNER_ARTIFACT_DIR",
             "api_keys": "RUNNER_API_KEYS",

@@ -12,6 +12,7 @@ Hierarchy::
     ├── RequestForbidden         refused whoever asks: a state-changing request from another site (403)
     ├── UnsupportedMediaType     body sent with a content type other than JSON (415)
     ├── PayloadTooLarge          body over RUNNER_MAX_PAYLOAD_BYTES (413)
+    ├── InsufficientStorage      an upload would pass RUNNER_UPLOADS_MAX_TOTAL_BYTES (507)
     ├── InvalidInput             input fails the function's signature; `details` names fields (422)
     ├── StateConflict            the job is in a state that forbids the operation (409)
     │   └── IdempotencyConflict  an Idempotency-Key was reused for another function or body (409)
@@ -92,6 +93,12 @@ class PayloadTooLarge(RunnerError):
     """Raised when a body is larger than the configured limit."""
 
     code = "payload_too_large"
+
+
+class InsufficientStorage(RunnerError):
+    """Raised when storing an upload would pass the total size allowed for all stored uploads."""
+
+    code = "insufficient_storage"
 
 
 class InvalidInput(RunnerError):

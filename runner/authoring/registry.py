@@ -21,6 +21,11 @@ DEFAULT_QUEUE = "default"
 DEFAULT_TIMEOUT = 60
 QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SPEC_ATTRIBUTE = "__runner_function__"
+# A 422 lists this many failed fields, then counts the rest in one final entry of this type.
+MAX_DETAILS = 50
+MORE_ERRORS_TYPE = "more_errors"
+# A field path (an unknown key, say) is cut to this many characters in an error.
+MAX_FIELD_CHARS = 200
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,7 +65,12 @@ class FunctionSpec:
 
     def validate(self, payload: Any, context: dict[str, Any] | None = None) -> dict[str, Any]:
         """Check `payload` against the signature; return it as JSON-ready kwargs."""
-        return self._validated(payload, context).model_dump(mode="json")
+        model = self._validated(payload, context)
+        try:
+            return model.model_dump(mode="json")
+        except ValueError as exc:  # pydantic serializes at most ~255 levels of nested `Any` values
+            raise InvalidInput(f"Input for {self.name!r} is invalid: {exc}.",
+                               details=[{"field": "(body)", "message": str(exc), "type": "too_deep"}]) from None
 
     def call(self, payload: Any, context: dict[str, Any] | None = None) -> Any:
         """Re-validate `payload` (the worker never trusts the queue) and run the function."""
@@ -87,21 +97,35 @@ class FunctionSpec:
             return self.input_model.model_validate(payload, context=context)
         except pydantic.ValidationError as exc:
             details = field_errors(exc)
-            raise InvalidInput(f"Input for {self.name!r} is invalid: {_summarize(details)}.", details=details) from None
+            summary = _summarize(details, exc.error_count())
+            raise InvalidInput(f"Input for {self.name!r} is invalid: {summary}.", details=details) from None
 
 
 def field_errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
-    """Each failed field of a validation error as `{"field", "message", "type"}` (InvalidInput's details)."""
-    return [
-        {"field": ".".join(str(part) for part in error["loc"]) or "(body)", "message": error["msg"],
-         "type": error["type"]}
-        for error in exc.errors()
+    """Each failed field of a validation error as `{"field", "message", "type"}` (InvalidInput's details).
+
+    At most MAX_DETAILS of them, then one entry of type `more_errors` that counts the rest: a body
+    of 80,000 unknown keys (869 KB) made a 6.9 MB answer. Field paths are cut to MAX_FIELD_CHARS.
+    """
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    details = [
+        {"field": _field_path(error["loc"]), "message": error["msg"], "type": error["type"]}
+        for error in errors[:MAX_DETAILS]
     ]
+    if len(errors) > MAX_DETAILS:
+        more = len(errors) - MAX_DETAILS
+        details.append({"field": "(more)", "message": f"{more} more errors not listed", "type": MORE_ERRORS_TYPE})
+    return details
 
 
-def _summarize(details: list[dict[str, Any]]) -> str:
+def _field_path(location: tuple[int | str, ...]) -> str:
+    path = ".".join(str(part) for part in location) or "(body)"
+    return path if len(path) <= MAX_FIELD_CHARS else path[: MAX_FIELD_CHARS - 1] + "…"
+
+
+def _summarize(details: list[dict[str, Any]], total: int) -> str:
     parts = [f"{error['field']}: {error['message']}" for error in details[:3]]
-    more = len(details) - len(parts)
+    more = total - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 

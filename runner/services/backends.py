@@ -27,7 +27,8 @@ class Backends:
     @cached_property
     def uploads(self) -> UploadStore:
         """Where uploaded files are kept."""
-        return UploadStore(self.settings.effective_upload_dir)
+        settings = self.settings
+        return UploadStore(settings.effective_upload_dir, settings.upload_ttl, settings.uploads_max_total_bytes)
 
     @cached_property
     def artifacts(self) -> ArtifactStore:

@@ -1,4 +1,4 @@
-"""The fleet as operators see it: workers, queue depths, and requeueing failed jobs."""
+"""The fleet as operators see it: workers, queue depths, requeueing failed jobs, compacting queues."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from rq.registry import (
     FailedJobRegistry,
 )
 from rq.serializers import JSONSerializer
+from rq.utils import as_text
 
 from runner.authoring.registry import Registry
 from runner.errors import FunctionNotFound, QueueNotFound
 from runner.redis_connection import REDIS_ERRORS, redis_unavailable
+from runner.rq_seam.keys import job_key
 from runner.rq_seam.queues import queue_for
 from runner.services.backends import Backends
 from runner.services.callbacks import CALLBACK_QUEUE
@@ -21,8 +23,8 @@ from runner.services.control import requeue_ended_job
 from runner.services.job_views import iso_time
 from runner.services.metrics import read_queue_metrics
 
-# Failed jobs are fetched from Redis this many at a time.
-REQUEUE_BATCH = 200
+# A queue's ids are looked at this many at a time when it is compacted.
+COMPACT_BATCH = 200
 # Queues a worker with no arguments serves, highest priority first; any other queue a
 # function declares comes after these, and `default` last.
 QUEUE_PRIORITY = ("ai_processing", "demo_tasks")
@@ -127,6 +129,33 @@ def queue_depths(backends: Backends, registry: Registry) -> list[QueueDepths]:
     except REDIS_ERRORS as exc:
         raise redis_unavailable() from exc
     return [QueueDepths(name=queue.name, queued=queue.depth, **queue.registries) for queue in fleet.queues]
+
+
+def compact_queue(backends: Backends, registry: Registry, name: str) -> int:
+    """Drop the ids of jobs Redis no longer holds from queue `name`; how many were dropped.
+
+    RQ's Queue.compact renames the queue away while it copies the live ids back one round trip at a
+    time (workers meanwhile see an empty queue, and new jobs end up before old ones), and answers a
+    Redis error for an empty queue. Here each dead id is removed where it stands, a batch at a time.
+    """
+    names = known_queues(backends, registry)
+    if name not in names:
+        raise QueueNotFound(f"No queue is named {name!r}.", details={"known": names})
+    key = queue_for(name, backends.connection).key
+    dropped = 0
+    try:
+        start = 0
+        while batch := [as_text(item) for item in backends.connection.lrange(key, start, start + COMPACT_BATCH - 1)]:
+            pipeline = backends.connection.pipeline(transaction=False)
+            for job_id in batch:
+                pipeline.exists(job_key(job_id))
+            dead = [job_id for job_id, alive in zip(batch, pipeline.execute(), strict=True) if not alive]
+            for job_id in dead:
+                dropped += int(backends.connection.lrem(key, 1, job_id))
+            start += len(batch) - len(dead)
+    except REDIS_ERRORS as exc:
+        raise redis_unavailable() from exc
+    return dropped
 
 
 def requeue_failed(

@@ -250,6 +250,47 @@ def test_number_that_overflows_a_float_is_rejected(
     assert_nothing_enqueued()
 
 
+def test_a_422_lists_at_most_50_fields_and_counts_the_rest(
+    invoke: Invoke, api_error: ApiError, assert_nothing_enqueued: Callable[[], None]
+) -> None:
+    # 80,000 unknown keys (869 KB) made a 6.9 MB answer: one detail each, with the input echoed.
+    payload = {"expression": "1+1", **{f"u{n}": 0 for n in range(80_000)}}
+    response = invoke("simple_calculation", payload)
+    body = api_error(response, 422, "invalid_input")
+    assert len(response.data) < 10_000
+    listed, more = body["details"][:-1], body["details"][-1]
+    assert [detail["field"] for detail in listed] == [f"u{n}" for n in range(50)]
+    assert all(set(detail) == {"field", "message", "type"} for detail in body["details"])
+    assert more == {"field": "(more)", "message": "79950 more errors not listed", "type": "more_errors"}
+    assert "(and 79997 more)" in body["message"]
+    assert_nothing_enqueued()
+
+
+def test_a_long_field_name_is_cut_in_the_422(invoke: Invoke, api_error: ApiError) -> None:
+    body = api_error(invoke("simple_calculation", {"expression": "1", "k" * 500_000: 1}), 422, "invalid_input")
+    assert body["details"][0]["field"] == "k" * 199 + "…"
+    assert len(body["message"]) < 1_000
+
+
+def echo(value: Any) -> Any:
+    """A function that takes any JSON value."""
+    return value
+
+
+@pytest.mark.parametrize("depth", [256, 900])
+def test_a_value_nested_past_what_pydantic_serializes_is_a_422(
+    make_client: Callable[..., FlaskClient], api_error: ApiError, assert_nothing_enqueued: Callable[[], None],
+    depth: int,
+) -> None:
+    # pydantic serializes at most ~255 levels: the API answered 500 for `data_processing` records 256 deep.
+    registry = Registry([make_spec(echo, queue="default", timeout=5, retries=0, backoff=None, name=None)])
+    client = make_client(registry_=registry)
+    body = "{\"value\": " + "[" * depth + "]" * depth + "}"
+    response = client.post("/functions/echo/invocations", data=body, content_type=JSON)
+    assert api_error(response, 422, "invalid_input")["details"][0]["type"] == "too_deep"
+    assert_nothing_enqueued()
+
+
 @pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/vnd.api+json"])
 def test_json_content_types_are_accepted(invoke: Invoke, content_type: str) -> None:
     response = invoke("simple_calculation", data='{"expression": "1+1"}', content_type=content_type)

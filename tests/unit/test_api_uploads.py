@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
@@ -16,7 +18,7 @@ from rq.job import Job
 from runner.authoring.registry import Registry, function
 from runner.errors import InvalidInput
 from runner.services.backends import Backends
-from runner.store.files import ArtifactStore, check_artifact_name
+from runner.store.files import ArtifactStore, UploadStore, check_artifact_name
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -149,3 +151,100 @@ def test_exactly_one_input_is_checked_before_enqueue(
     body = api_error(client.post(f"/functions/{name}/invocations", json=payload), 422, "invalid_input")
     assert "exactly one of" in body["message"]
     assert backends.connection.llen("rq:queue:ai_processing") == 0
+
+
+# Expiry and the total size of stored uploads (issue 19, item 11).
+class Clock:
+    """A clock the tests move forward by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock(backends: Backends) -> Clock:
+    """The uploads' clock, under the test's control."""
+    clock = Clock()
+    backends.uploads.clock = clock
+    return clock
+
+
+def stored_ids(backends: Backends) -> set[str]:
+    folder = backends.uploads.directory
+    return {path.name for path in folder.iterdir() if not path.name.startswith(".")} if folder.exists() else set()
+
+
+def test_an_upload_says_when_it_expires(client: FlaskClient, clock: Clock) -> None:
+    body = _upload(client, b"data").get_json()
+    assert body["created_at"] == clock.now.isoformat()
+    assert body["expires_at"] == (clock.now + timedelta(days=7)).isoformat()  # RUNNER_UPLOAD_TTL's default
+
+
+def test_an_expired_upload_is_404_422_in_an_invocation_and_deleted(
+    client: FlaskClient, api_error: Callable[..., Any], backends: Backends, clock: Clock,
+    assert_nothing_enqueued: Callable[[], None],
+) -> None:
+    upload_id, other = (_upload(client, b"a,b\n1,2\n", "t.csv").get_json()["id"] for _ in range(2))
+    clock.now += timedelta(days=7) - timedelta(seconds=1)
+    assert client.get(f"/uploads/{upload_id}").status_code == 200
+    clock.now += timedelta(seconds=1)
+    invocation = client.post("/functions/process_file_upload/invocations", json={"upload_id": other})
+    assert api_error(invocation, 422, "invalid_input")["details"][0]["field"] == "upload_id"
+    assert "expired" in api_error(client.get(f"/uploads/{upload_id}"), 404, "upload_not_found")["message"]
+    assert stored_ids(backends) == set()  # each deleted as soon as it was found expired
+    assert_nothing_enqueued()
+
+
+def test_expired_uploads_are_deleted_when_another_is_stored(
+    client: FlaskClient, backends: Backends, clock: Clock
+) -> None:
+    old = {_upload(client, b"old").get_json()["id"] for _ in range(3)}
+    clock.now += timedelta(days=3)
+    kept = _upload(client, b"kept").get_json()["id"]
+    clock.now += timedelta(days=4)
+    assert stored_ids(backends) == old | {kept}  # nobody asked for the old ones: still on disk
+    new = _upload(client, b"new").get_json()["id"]
+    assert stored_ids(backends) == {kept, new}
+
+
+def test_an_upload_past_the_total_is_507_until_older_ones_expire(
+    make_client: Callable[..., FlaskClient], settings: Any, api_error: Callable[..., Any], connection: Any,
+    store: Any,
+) -> None:
+    limited = dataclasses.replace(settings, uploads_max_total_bytes=1000)
+    backends = Backends(connection, store, limited)
+    clock = Clock()
+    backends.uploads.clock = clock
+    client = make_client(settings=limited, connection=connection)
+    client.application.extensions["runner"] = dataclasses.replace(client.application.extensions["runner"],
+                                                                  backends=backends)
+    first = _upload(client, b"x" * 600).get_json()["id"]
+    body = api_error(_upload(client, b"y" * 600), 507, "insufficient_storage")
+    assert body["details"] == {"limit": 1000}
+    assert stored_ids(backends) == {first}
+    assert _upload(client, b"z" * 400).status_code == 201  # exactly what is left
+    api_error(_upload(client, b"w"), 507, "insufficient_storage")
+    clock.now += timedelta(days=7)
+    assert _upload(client, b"y" * 600).status_code == 201
+
+
+def test_with_a_ttl_of_zero_uploads_never_expire(tmp_path: Any) -> None:
+    uploads = UploadStore(tmp_path, ttl_seconds=0)
+    info = uploads.save(io.BytesIO(b"data"), "a.txt", 100)
+    assert info.expires_at is None
+    uploads.clock = lambda: datetime(9999, 1, 1, tzinfo=UTC)
+    assert uploads.info(info.id) == info and uploads.prune() == 4
+
+
+def test_an_upload_stored_before_expiry_was_recorded_expires_after_the_ttl(tmp_path: Any) -> None:
+    uploads = UploadStore(tmp_path, ttl_seconds=60)
+    info = uploads.save(io.BytesIO(b"data"), "a.txt", 100)
+    legacy = {key: value for key, value in info.to_dict().items() if key != "expires_at"}
+    (tmp_path / info.id / "info.json").write_text(json.dumps(legacy))
+    uploads.clock = lambda: datetime.fromisoformat(info.created_at) + timedelta(seconds=59)
+    assert uploads.info(info.id).expires_at is None
+    uploads.clock = lambda: datetime.fromisoformat(info.created_at) + timedelta(seconds=60)
+    assert uploads.prune() == 0 and not (tmp_path / info.id).exists()

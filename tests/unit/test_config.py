@@ -27,6 +27,8 @@ def test_reads_every_kind_of_value() -> None:
             "RUNNER_MAX_WAIT_SECONDS": "2.5",
             "RUNNER_SSE_MAX_SECONDS": "42",
             "RUNNER_SSE_MAX_STREAMS": "7",
+            "RUNNER_UPLOAD_TTL": "3600",
+            "RUNNER_UPLOADS_MAX_TOTAL_BYTES": "0",
             "UNRELATED": "ignored",
         }
     )
@@ -39,6 +41,8 @@ def test_reads_every_kind_of_value() -> None:
     assert type(settings.max_payload_bytes) is int and type(settings.max_wait_seconds) is float
     assert (settings.sse_max_seconds, settings.sse_max_streams, settings.sse_heartbeat_seconds) == (42.0, 7, 15.0)
     assert type(settings.sse_max_seconds) is float and type(settings.sse_max_streams) is int
+    assert (settings.upload_ttl, settings.uploads_max_total_bytes) == (3600, 0)
+    assert (Settings().upload_ttl, Settings().uploads_max_total_bytes) == (7 * 24 * 3600, 10 * 1024**3)
 
 
 def test_blank_values_fall_back_to_defaults() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -11,10 +12,12 @@ from typing import Any
 
 import fakeredis
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from werkzeug.routing import Rule
 from werkzeug.test import TestResponse
 
 from api.dashboard import create_dashboard_app
@@ -225,3 +228,86 @@ def test_requeue_all_is_not_a_get(client: FlaskClient, api_error: Callable[..., 
     response = client.get("/dashboard/requeue/demo_tasks")
     api_error(response, 405, "method_not_allowed")
     assert response.headers["Allow"] == "POST"
+
+
+# Bad input on every route of the blueprint (issue 19, item 13): 4xx JSON, never a 500.
+ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+GOOD_ARGUMENTS = {"instance_number": "0", "queue_name": "demo_tasks", "registry_name": "failed", "per_page": "8",
+                  "order": "asc", "page": "1", "job_id": "nope", "filename": "css/bootstrap.min.css"}
+BAD_ARGUMENTS = {
+    "instance_number": ["1", "99999999999999999999999"],
+    "queue_name": ["nope", "x" * 300, "%00", "rq:queue:demo_tasks"],
+    "registry_name": ["nope", "FAILED", "%2e%2e"],
+    "per_page": ["x", "0", "-1", "201", "1e3", "99999999999999999999999", "\u0661", "1.5"],
+    "order": ["zzz", "ASC", ""],
+    "page": ["x", "0", "-1", "1000001", "9" * 5000, "\u0661"],
+    "job_id": ["x" * 300, "..", "%00", "rq:job:x"],
+    "filename": ["../../app.py", "nope.css", "%2e%2e/web.py"],
+}
+
+
+def dashboard_rules(app: Flask) -> list[Rule]:
+    return [rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("rq_dashboard.")]
+
+
+def fill(rule: Rule, values: dict[str, str]) -> str:
+    return ARGUMENT.sub(lambda match: values[match.group(1)], rule.rule)
+
+
+def test_every_argument_of_the_dashboards_routes_has_bad_values_to_try(app: Flask) -> None:
+    # A route added with an argument of a new name must get bad values here before it is trusted.
+    assert {name for rule in dashboard_rules(app) for name in rule.arguments} <= set(BAD_ARGUMENTS)
+
+
+def test_every_dashboard_route_answers_bad_arguments_with_a_4xx_json_error(
+    app: Flask, client: FlaskClient, api_error: Callable[..., dict[str, Any]], connection: fakeredis.FakeRedis
+) -> None:
+    queue_for("demo_tasks", connection).enqueue_call("operator.add", args=(1, 2))  # something to list
+    tried = 0
+    for rule in dashboard_rules(app):
+        methods = sorted(set(rule.methods or ()) - {"HEAD", "OPTIONS"})
+        cases = [dict(GOOD_ARGUMENTS)] + [{**GOOD_ARGUMENTS, name: bad}
+                                          for name in sorted(rule.arguments) for bad in BAD_ARGUMENTS[name]]
+        for method, values in ((method, values) for method in methods for values in cases):
+            response = client.open(fill(rule, values), method=method)
+            tried += 1
+            assert response.status_code < 500, (method, fill(rule, values), response.get_data(as_text=True)[:300])
+            if response.status_code >= 400:
+                api_error(response, response.status_code)
+    assert tried > 100
+
+
+@pytest.mark.parametrize(("path", "status", "code"), [
+    ("/dashboard/0/data/jobs/demo_tasks/queued/8/asc/x.json", 400, "malformed_request"),  # was a 500
+    ("/dashboard/0/data/jobs/demo_tasks/nope/8/asc/1.json", 404, "not_found"),  # was a 500
+    ("/dashboard/0/data/jobs/demo_tasks/failed/0/asc/1.json", 400, "malformed_request"),  # was a 500
+    ("/dashboard/0/data/jobs/demo_tasks/failed/100000000/asc/1.json", 400, "malformed_request"),  # was unbounded
+    ("/dashboard/0/data/jobs/demo_tasks/failed/8/asc/99999999999.json", 400, "malformed_request"),
+    ("/dashboard/0/data/jobs/demo_tasks/failed/8/up/1.json", 400, "malformed_request"),
+    ("/dashboard/0/view/jobs/demo_tasks/nope/8/asc/1", 404, "not_found"),
+    ("/dashboard/0/view/jobs/demo_tasks/queued/999999999/asc/1", 400, "malformed_request"),
+])
+def test_bad_pages_page_sizes_orders_and_registries(
+    client: FlaskClient, api_error: Callable[..., dict[str, Any]], path: str, status: int, code: str
+) -> None:
+    api_error(client.get(path), status, code)
+
+
+def test_the_largest_page_size_and_page_are_served(client: FlaskClient) -> None:
+    listing = data(client, "jobs/demo_tasks/failed/200/dsc/1000000.json")
+    assert (listing["jobs"], listing["pagination"]["current_page"]) == ([], 1_000_000)
+
+
+def test_compacting_drops_dead_ids_only_and_an_empty_or_unknown_queue_is_no_500(
+    client: FlaskClient, connection: fakeredis.FakeRedis, api_error: Callable[..., dict[str, Any]]
+) -> None:
+    empty = client.post("/dashboard/queue/demo_tasks/compact")  # RQ's compact: a Redis error, so a 500
+    assert (empty.status_code, empty.get_json()) == (200, {"status": "OK", "removed": 0})
+    api_error(client.post("/dashboard/queue/nope/compact"), 404, "queue_not_found")
+    queue = queue_for("demo_tasks", connection)
+    jobs = [queue.enqueue_call("operator.add", args=(n, 1)) for n in range(5)]
+    for job in jobs[1::2]:
+        connection.delete(job.key)  # expired, say: its id stays on the queue
+    compacted = client.post("/dashboard/queue/demo_tasks/compact")
+    assert compacted.get_json() == {"status": "OK", "removed": 2}
+    assert queue.get_job_ids() == [jobs[0].id, jobs[2].id, jobs[4].id]

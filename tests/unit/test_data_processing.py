@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from runner.errors import InvalidInput
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 Profile = Callable[..., dict[str, Any]]
+SPEC = data_processing.__runner_function__  # type: ignore[attr-defined]
 
 # Ten rows with known statistics: x = 1..10, y has two missing cells, g has groups a/b/c.
 ROWS: list[dict[str, Any]] = [
@@ -331,3 +333,91 @@ def test_validation_accepts_good_input() -> None:
     spec = data_processing.__runner_function__  # type: ignore[attr-defined]
     assert spec.validate({"records": [{"a": 1}], "group_by": "a"}) == {
         "upload_id": None, "records": [{"a": 1}], "group_by": "a", "format": "auto"}
+
+
+# Quadratic work and limits checked too late (issue 19, item 8). Each input is sized so that the
+# old quadratic code takes seconds; the assertions are on behaviour, with a CPU-time bound besides.
+CPU_SECONDS = 1.0
+
+
+def cpu_seconds_of(call: Callable[[], Any]) -> tuple[Any, float]:
+    """What `call` returned or raised, and the CPU seconds it took."""
+    start = time.process_time()
+    try:
+        outcome = call()
+    except PermanentError as exc:
+        outcome = exc
+    return outcome, time.process_time() - start
+
+
+def test_a_wide_csv_header_is_refused_for_its_width_before_its_names_are_compared(profile: Profile) -> None:
+    # 20,000 identical names: comparing each with every other (names.count) took 3.6 s, and found duplicates.
+    outcome, seconds = cpu_seconds_of(lambda: profile("a," * 19_999 + "a\n1\n"))
+    assert isinstance(outcome, PermanentError)
+    assert f"more than {column_stats.MAX_COLUMNS} columns" in str(outcome) and "20000" in str(outcome)
+    assert seconds < CPU_SECONDS
+
+
+def test_a_csv_line_longer_than_the_record_limit_is_refused_unparsed(profile: Profile) -> None:
+    line = "1," * (record_readers.MAX_RECORD_CHARS // 2 + 10)
+    outcome, seconds = cpu_seconds_of(lambda: profile("x\n" + line + "\n"))
+    assert isinstance(outcome, PermanentError)
+    assert f"longer than {record_readers.MAX_RECORD_CHARS} characters" in str(outcome)
+    assert seconds < CPU_SECONDS
+
+
+@pytest.mark.parametrize(("cell", "kind"), [("1" * 20_000 + "x", "string"), ("1" * 20_000 + ".5e", "string"),
+                                           ("0." + "1" * 20_000, "float")])
+def test_a_long_run_of_digits_is_classified_in_linear_time(cell: str, kind: str) -> None:
+    # The old float pattern backtracked through every split of the digit run: 20,000 digits took about 6 s.
+    outcome, seconds = cpu_seconds_of(lambda: classify(cell))
+    assert outcome[0] == kind
+    assert seconds < CPU_SECONDS
+
+
+def nested_json(depth: int) -> str:
+    return '[{"a": ' + "[" * depth + "1" + "]" * depth + "}]"
+
+
+@pytest.mark.parametrize("depth", [65, 5_000])
+def test_json_nested_deeper_than_the_limit_is_a_permanent_error(profile: Profile, depth: int) -> None:
+    # 5,000 deep raised RecursionError in the worker, which retried it.
+    with pytest.raises(PermanentError, match=f"nests deeper than {record_readers.MAX_NESTING} levels"):
+        profile(nested_json(depth))
+    with pytest.raises(PermanentError, match=f"nests deeper than {record_readers.MAX_NESTING} levels"):
+        profile(nested_json(depth)[1:-1] + "\n", format="jsonl")
+
+
+def test_json_nested_to_the_limit_is_profiled(profile: Profile) -> None:
+    column = profile(nested_json(record_readers.MAX_NESTING))["columns"]["a"]
+    assert (column["type"], column["count"]) == ("string", 1)
+
+
+@pytest.mark.parametrize("data_format", ["json", "jsonl"])
+def test_an_integer_too_long_for_a_float_is_a_string_cell(profile: Profile, data_format: str) -> None:
+    # Python refuses to read integers of more than 4,300 digits: a 5,000-digit one raised ValueError, retried.
+    records = '{"n": ' + "7" * 5_000 + '}\n{"n": 1}\n'
+    data = records if data_format == "jsonl" else "[" + records.replace("\n", ",", 1).rstrip() + "]"
+    column = profile(data, format=data_format)["columns"]["n"]
+    assert (column["type"], column["count"], column["value_types"]) == ("string", 2, {"integer": 1, "string": 1})
+
+
+@pytest.mark.parametrize("value", [[[[1]]], {"a": {"b": {"c": None}}}])
+def test_nested_values_within_the_limit_are_accepted_inline(value: Any) -> None:
+    assert SPEC.validate({"records": [{"a": value}]})["records"] == [{"a": value}]
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    (255, "record 1 nests deeper than 64 levels"),
+    (65, "record 1 nests deeper than 64 levels"),
+    ("huge", "record 1 holds an integer of more than 13000 bits"),
+])
+def test_records_the_statistics_cannot_take_are_refused_by_the_schema(value: Any, problem: str) -> None:
+    # 256 levels made pydantic's serializer fail: a 500 from the API.
+    inner: Any = 10**5000 if value == "huge" else 1
+    for _ in range(0 if value == "huge" else value):
+        inner = [inner]
+    with pytest.raises(InvalidInput) as caught:
+        SPEC.validate({"records": [{"ok": 1}, {"a": inner}]})
+    assert caught.value.details[0]["field"] == "records"
+    assert problem in caught.value.details[0]["message"]

@@ -301,6 +301,33 @@ def test_validation_accepts_good_input() -> None:
         "since": "2024-05-01T12:00:00Z", "until": "2024-05-02T00:00:00", "function": "x" * 128}
 
 
+@pytest.mark.parametrize("payload", [
+    {"since": "0001-01-01T00:00:00+14:00"},
+    {"until": "9999-12-31T23:59:59-14:00"},
+    {"since": "0001-01-01T00:00:00+00:01", "until": "2024-01-01T00:00:00Z"},
+])
+def test_times_without_a_utc_equivalent_are_refused_by_the_schema(payload: dict[str, str]) -> None:
+    # They raised OverflowError in the worker, which retried them until the retries were spent.
+    with pytest.raises(InvalidInput) as caught:
+        SPEC.validate(payload)
+    assert [detail["field"] for detail in caught.value.details] == [next(iter(payload))]
+    assert "out of range once converted to UTC" in caught.value.details[0]["message"]
+
+
+def test_the_earliest_and_latest_utc_times_are_accepted(history: Callable[[list[Row]], Any],
+                                                        artifacts: dict[str, Any]) -> None:
+    history([])
+    payload = SPEC.validate({"since": "0001-01-01T00:00:00+00:00", "until": "9999-12-31T23:59:59-00:00"})
+    assert SPEC.call(payload)["since"] == "0001-01-01T00:00:00+00:00"
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "line\nbreak", "\x7f"])
+def test_a_function_filter_with_control_characters_is_refused(name: str) -> None:
+    # PostgreSQL refuses NUL in a query: the worker would fail, and retry, on every attempt.
+    with pytest.raises(InvalidInput):
+        SPEC.validate({"function": name})
+
+
 def test_declared_policy() -> None:
     assert (SPEC.name, SPEC.queue, SPEC.timeout, SPEC.retries, SPEC.backoff) == (
         "generate_report", "demo_tasks", 300, 2, (5, 30))

@@ -223,6 +223,21 @@ def test_offline_counts_system_text_as_prompt_tokens() -> None:
     assert outcome["text"] == "Ishmael. Some"  # "call me" continues as the corpus does
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-10])
+def test_offline_a_tiny_temperature_is_greedy_not_an_overflow(temperature: float) -> None:
+    # Counts were raised to 1/T: 1e-300 overflowed (OverflowError in the worker, retried three times).
+    # On a prompt without ties among the likeliest next tokens, it is the greedy choice every time.
+    greedy = text_generation(LOOPING_PROMPT, max_tokens=30, temperature=0, seed=1)
+    assert text_generation(LOOPING_PROMPT, max_tokens=30, temperature=temperature, seed=1) == greedy
+
+
+def test_offline_a_prompt_with_a_lone_surrogate_gets_its_default_seed() -> None:
+    # JSON's "\ud800" is a str Python cannot encode as UTF-8: deriving the seed raised UnicodeEncodeError.
+    outcome = text_generation("\ud800 The nation", max_tokens=5, temperature=1.0)
+    assert outcome == text_generation("\ud800 The nation", max_tokens=5, temperature=1.0)
+    assert derived_seed("\ud800", None) != derived_seed("\udfff", None)
+
+
 def test_chain_learns_and_replays_a_tiny_corpus() -> None:
     chain = MarkovChain.train(["The cat sat on the mat. The cat ran to Paris."])
     greedy = chain.generate(model_tokens("the cat"), 10, 0, random.Random(0))

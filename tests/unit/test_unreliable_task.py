@@ -99,6 +99,8 @@ def test_declared_retry_policy() -> None:
         ({"failure_rate": 1.5}, "failure_rate"),
         ({"failure_rate": -0.1}, "failure_rate"),
         ({"seed": "abc"}, "seed"),
+        ({"seed": 10**5000}, "seed"),  # str() of it raised ValueError in the worker: retried
+        ({"seed": 2**63}, "seed"),
         ({"retries": 1}, "retries"),
     ],
 )
