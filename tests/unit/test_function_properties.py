@@ -34,6 +34,7 @@ from runner.store.files import ArtifactStore, UploadStore
 from runner.store.models import InvocationRecord
 from runner.store.sql_store import Store
 from runner.worker.execution import WorkerEnvironment, install_environment
+from tests.history import insert_rows
 
 FUNCTIONS = Registry.discover("functions")
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -121,7 +122,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     start = datetime(2024, 5, 1, tzinfo=UTC)
     for number, status in enumerate(["finished", "failed", "queued", "started", "odd-status", "canceled"] * 3):
         created = start + timedelta(hours=number)
-        store.add(InvocationRecord(
+        insert_rows(store, InvocationRecord(
             id=f"job-{number}", function=["simple_calculation", "a$b$c", "ünï\u202ecode" * 10][number % 3],
             queue="demo_tasks", status=status, input={}, attempts=number % 4,
             created_at=created, started_at=created + timedelta(seconds=1),
