@@ -8,6 +8,7 @@ environment names that the runner actually reads. When a compose CLI is installe
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -24,7 +25,7 @@ from runner.services.fleet import default_queues
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER_SERVICES = ("migrate", "web", "worker", "dashboard")
-# Read by gunicorn.conf.py rather than by Settings.
+# Read by the gunicorn settings (api/gunicorn_config.py) rather than by Settings.
 GUNICORN_VARIABLES = ("PORT", "WEB_CONCURRENCY")
 SAMPLE_VALUES = {"RUNNER_API_KEYS": "a-key"}
 
@@ -122,7 +123,7 @@ def test_the_database_url_names_the_postgres_service_and_its_credentials(service
 
 @pytest.mark.parametrize("service", RUNNER_SERVICES)
 def test_every_variable_set_is_one_the_runner_reads(services: dict[str, Any], service: str) -> None:
-    gunicorn_conf = (ROOT / "gunicorn.conf.py").read_text()
+    gunicorn_conf = (ROOT / "api" / "gunicorn_config.py").read_text()
     for name, raw in services[service]["environment"].items():
         if name in GUNICORN_VARIABLES:
             assert re.search(rf"environ\.get\(['\"]{name}['\"]", gunicorn_conf), name
@@ -160,7 +161,10 @@ def test_the_image_installs_the_requirements_and_runs_gunicorn() -> None:
     assert re.search(r"^FROM python:3\.11", dockerfile, re.MULTILINE)
     assert "pip install -r requirements.txt" in dockerfile
     assert re.search(r"^USER (?!root)", dockerfile, re.MULTILINE)
-    assert dockerfile.rstrip().splitlines()[-1] == 'CMD ["gunicorn", "api:create_app()"]'
+    # Migrate, then gunicorn, as the Procfile's web line: a database without the tables would only answer 503.
+    command = json.loads(dockerfile.rstrip().splitlines()[-1].removeprefix("CMD "))
+    assert command[:2] == ["sh", "-c"]
+    assert command[2].replace("exec ", "").replace("'", '"') == procfile()["web"]
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".runner", "tests"} <= ignored
 
