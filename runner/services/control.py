@@ -82,6 +82,9 @@ def cancel_job(job_id: str, backends: Backends) -> JobView:
             status = _status(job)
             if status in CANCELABLE:
                 job.cancel()
+                # The view reads Redis' progress while Redis holds the job: "scheduled" would stay.
+                job.meta["progress"] = {**(job.meta.get("progress") or {"percent": 0}), "message": "canceled"}
+                job.save_meta()
                 release_waiting_place(backends.connection, str(job.meta.get("function", "")), job_id)
                 write_or_defer(backends.store, backends.connection, job_id, status=JobStatus.CANCELED.value,
                                progress_message="canceled", ended_at=utcnow())
