@@ -51,11 +51,16 @@ def post_worker_init(worker: Any) -> None:
 
 
 def _report_backends(worker: Any) -> None:
+    from api.auth import open_access_warning
     from api.state import runner_state
     from runner.services.backend_checks import startup_problems
 
     app = getattr(worker, "wsgi", None)
     if app is None or "runner" not in getattr(app, "extensions", {}):
         return
-    for problem in startup_problems(runner_state(app).backends):
+    backends = runner_state(app).backends
+    warning = open_access_warning(backends.settings, worker.cfg.address)
+    if warning is not None:
+        worker.log.warning(warning)
+    for problem in startup_problems(backends):
         worker.log.error("%s Until then the API answers 503.", problem)
