@@ -24,5 +24,6 @@ USER runner
 VOLUME ["/data"]
 
 EXPOSE 8000
-# gunicorn reads ./gunicorn.conf.py: binds 0.0.0.0:$PORT with $WEB_CONCURRENCY processes.
-CMD ["gunicorn", "api:create_app()"]
+# The tables first (as the Procfile's web line does): a web process on a database without them
+# would only answer 503. gunicorn reads ./gunicorn.conf.py: 0.0.0.0:$PORT, $WEB_CONCURRENCY processes.
+CMD ["sh", "-c", "python -m runner migrate && exec gunicorn 'api:create_app()'"]

@@ -6,15 +6,22 @@ BIN := $(VENV)/bin
 .PHONY: dev test lint typecheck unit integration bench clean
 
 $(BIN)/python:
+	@echo "Creating the virtualenv $(VENV) (once)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+# The project itself goes in editable (-e): `$(BIN)/runner` is the CLI, and edits take effect at once.
+# (PYTHONWARNINGS: setuptools' banner about editable installs would be the loudest line of `make dev`.)
+$(VENV)/.runtime-installed: requirements.txt pyproject.toml | $(BIN)/python
+	@echo "Installing the runtime dependencies into $(VENV) (the first time takes about 30 s)..."
 	$(BIN)/pip install --quiet -r requirements.txt
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
+	@echo "Installing the runtime, test and lint dependencies into $(VENV) (the first time takes about a minute)..."
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet --no-deps -e .
 	touch $(VENV)/.runtime-installed $@
 
 ## Run API + 2 workers (+ its own Redis, SQLite) on http://127.0.0.1:8000

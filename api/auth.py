@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -118,3 +119,24 @@ def install_auth(app: Flask, settings: Settings) -> None:
     keys = load_api_keys(settings)
     if keys:
         app.before_request(ApiKeyCheck(keys))
+
+
+def open_access_warning(settings: Settings, addresses: Sequence[object]) -> str | None:
+    """A warning when no key is set and a bind address reaches past this machine; None otherwise."""
+    if settings.api_keys.strip() or settings.api_keys_file:
+        return None
+    beyond = [address for address in addresses if isinstance(address, tuple) and not _is_loopback(str(address[0]))]
+    if not beyond:
+        return None
+    where = ", ".join(f"{host}:{port}" for host, port, *_ in beyond)
+    return (f"No API keys are set (RUNNER_API_KEYS, RUNNER_API_KEYS_FILE) and this server listens on {where}: "
+            "anyone who reaches it may invoke functions and read every job.")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything

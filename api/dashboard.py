@@ -15,6 +15,8 @@ rq-dashboard 0.9.0 is mounted as a blueprint with these corrections for this run
   or a job id RQ would refuse is 404; a page or page size that is no whole number in range, or
   an unknown order, is 400 (they were 500s, and page sizes were unbounded). Compacting an unknown
   queue is 404; an empty one does nothing (RQ's compact answered a Redis error for it);
+- it lists every queue a worker serves (`callbacks` and `default` too), not only those Redis has
+  seen a job on, and its Jobs tab opens on the busiest queue instead of the (often empty) `default`;
 - deleting is disabled.
 
 The blueprint adds no auth of its own: the app's `before_request` hooks run before it, and with
@@ -31,8 +33,8 @@ from typing import Any
 
 import rq_dashboard
 import rq_dashboard.web as dashboard_web
-from flask import Flask, Response, jsonify, redirect, request
-from rq import Worker
+from flask import Flask, Response, before_render_template, jsonify, redirect, request, url_for
+from rq import Queue, Worker
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import JOB_ID_PATTERN as RQ_JOB_ID
 from rq.job import Job
@@ -46,7 +48,7 @@ from api.state import runner_state
 from runner.errors import JobNotFound
 from runner.services.backends import Backends
 from runner.services.control import retry_job
-from runner.services.fleet import compact_queue, requeue_failed
+from runner.services.fleet import QueueDepths, compact_queue, known_queues, queue_depths, requeue_failed
 
 DASHBOARD_PREFIX = "/dashboard"
 BLUEPRINT_NAME: str = rq_dashboard.blueprint.name
@@ -80,7 +82,11 @@ def register_dashboard(app: Flask, backends: Backends) -> None:
         "requeue_job_view": requeue_job_view,
         "requeue_all": requeue_all,
         "compact_queue": compact_view,
+        "list_queues": list_queues,
+        "jobs_overview": _opens_on_the_busiest_queue(dashboard_web.jobs_overview),
     }
+    # Its Jobs page offers the queues of `Queue.all()`: those Redis has seen a job on.
+    before_render_template.connect(_every_queue_in_context, app)
     for endpoint, view in replacements.items():
         app.view_functions[f"{BLUEPRINT_NAME}.{endpoint}"] = view
     for endpoint, view in list(app.view_functions.items()):
@@ -213,6 +219,51 @@ def compact_view(queue_name: str) -> dict[str, Any]:
     """Drop the ids of jobs Redis no longer holds from a queue (404 for an unknown queue)."""
     state = runner_state()
     return {"status": "OK", "removed": compact_queue(state.backends, state.registry, queue_name)}
+def _queues() -> list[Queue]:
+    state = runner_state()
+    names = known_queues(state.backends, state.registry)
+    return [Queue(name, connection=state.backends.connection, serializer=JSONSerializer) for name in names]
+
+
+def list_queues(instance_number: int) -> Response:
+    """rq-dashboard's queue list, with every queue a worker serves (an empty `callbacks` too)."""
+    response = jsonify(queues=dashboard_web.serialize_queues(instance_number, _queues()))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _every_queue_in_context(_app: Flask, template: Any, context: dict[str, Any], **_extra: Any) -> None:
+    if str(template.name).startswith("rq_dashboard/") and "queues" in context:
+        context["queues"] = _queues()
+
+
+# The registries of a queue's Jobs page, in the order a look at a queue starts with.
+REGISTRY_ORDER = ("queued", "started", "scheduled", "deferred", "failed", "finished", "canceled")
+WAITING_OR_RUNNING = REGISTRY_ORDER[:4]
+
+
+def busiest_queue(depths: list[QueueDepths]) -> tuple[str, str]:
+    """The queue with the most jobs waiting or running (else the most jobs), and its first registry with any."""
+    counts = [{registry: getattr(queue, registry) for registry in REGISTRY_ORDER} for queue in depths]
+    # max() keeps the first of equals: the queues come in the order workers serve them.
+    index = max(range(len(depths)), key=lambda i: (sum(counts[i][r] for r in WAITING_OR_RUNNING),
+                                                  sum(counts[i].values())))
+    registry = next((name for name in REGISTRY_ORDER if counts[index][name]), "queued")
+    return depths[index].name, registry
+
+
+def _opens_on_the_busiest_queue(view: Callable[..., Any]) -> Callable[..., Any]:
+    # The Jobs tab links to /0/view/jobs, which rq-dashboard shows for `default`, often empty here.
+    @functools.wraps(view)
+    def jobs_overview(**view_args: Any) -> Any:
+        if view_args.get("queue_name") is not None:
+            return view(**view_args)
+        state = runner_state()
+        queue, registry = busiest_queue(queue_depths(state.backends, state.registry))
+        return redirect(url_for(f"{BLUEPRINT_NAME}.jobs_overview", instance_number=view_args["instance_number"],
+                                queue_name=queue, registry_name=registry, per_page="8", order="asc", page="1"))
+
+    return jobs_overview
 
 
 def create_dashboard_app() -> Flask:

@@ -6,8 +6,10 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
+from api.state import runner_state
 from runner.errors import (
     ArtifactNotFound,
     BackendUnavailable,
@@ -26,7 +28,8 @@ from runner.errors import (
     UploadNotFound,
 )
 from runner.redis_connection import REDIS_ERRORS
-from runner.store.database import UNAVAILABLE_ERRORS
+from runner.services.backend_checks import backend_url, dependency_of, describe_unavailable
+from runner.store.database import UNAVAILABLE_ERRORS, is_missing_table
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,15 @@ def handle_runner_error(error: RunnerError) -> Response:
     response = error_response(status, error.code, error.message, error.details)
     if isinstance(error, BackendUnavailable | TooManyRequests):
         response.headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, BackendUnavailable) and error.__cause__ is not None:
+        _log_unavailable(dependency_of(error), error.__cause__)
     return response
+
+
+def _log_unavailable(dependency: str, cause: BaseException) -> None:
+    # The client gets "The database is unavailable."; the operator's log says why, and where.
+    url = backend_url(dependency, runner_state().backends)
+    log.warning("%s %s answered 503: %s", request.method, request.path, describe_unavailable(dependency, url, cause))
 
 
 def handle_http_error(error: HTTPException) -> Response:
@@ -129,8 +140,18 @@ def _drain_body() -> None:
 def handle_backend_exception(error: Exception) -> Response:
     """A lost connection that no view caught is still a 503, never a 500."""
     dependency = "redis" if isinstance(error, REDIS_ERRORS) else "database"
-    log.warning("%s unavailable: %s", dependency, error)
-    return handle_runner_error(BackendUnavailable(f"The {dependency} is unavailable.", {"dependency": dependency}))
+    unavailable = BackendUnavailable(f"The {dependency} is unavailable.", {"dependency": dependency})
+    unavailable.__cause__ = error
+    return handle_runner_error(unavailable)
+
+
+def handle_database_error(error: sa_exc.ProgrammingError) -> Response:
+    """A database without the runner's tables is not ready (503), not a bug of the request (500)."""
+    if not is_missing_table(error):
+        return handle_unexpected(error)
+    unavailable = BackendUnavailable("The database is not ready: its tables are missing.", {"dependency": "database"})
+    unavailable.__cause__ = error
+    return handle_runner_error(unavailable)
 
 
 def handle_unexpected(error: Exception) -> Response:
@@ -145,4 +166,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
     for kind in (*REDIS_ERRORS, *UNAVAILABLE_ERRORS):
         app.register_error_handler(kind, handle_backend_exception)
+    app.register_error_handler(sa_exc.ProgrammingError, handle_database_error)
     app.register_error_handler(Exception, handle_unexpected)

@@ -22,6 +22,7 @@ after an answer was lost). Linux 5.14+ can hand such connections to a sibling in
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 from typing import Any
@@ -64,3 +65,48 @@ def check_binds(server: Any) -> None:
             reason = "is in use by another server" if taken else f"cannot be bound ({exc.strerror})"
             server.log.error("Listening at %s:%s failed: the address %s.", address[0], address[1], reason)
             raise SystemExit(1) from None
+    # The master holds no socket now, so gunicorn's "Listening at:" line would name none.
+    server.log.error_log.addFilter(ListeningAddresses(server.cfg.address))
+
+
+LISTENING_MESSAGE = "Listening at: %s (%s)"
+
+
+def base_url(address: tuple[Any, ...]) -> str:
+    """http://host:port of a bound TCP address (IPv6 hosts in brackets)."""
+    host = str(address[0])
+    return f"http://[{host}]:{address[1]}" if ":" in host else f"http://{host}:{address[1]}"
+
+
+class ListeningAddresses(logging.Filter):
+    """Fills in the addresses of gunicorn's "Listening at:" line when the workers bind their own sockets."""
+
+    def __init__(self, addresses: list[tuple[Any, ...]]) -> None:
+        super().__init__()
+        self.addresses = ",".join(base_url(address) for address in addresses)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite that one line (blank address) and let every record through."""
+        if record.msg == LISTENING_MESSAGE and isinstance(record.args, tuple) and record.args and not record.args[0]:
+            record.args = (f"{self.addresses} (a socket per worker)", *record.args[1:])
+        return True
+
+
+def _browsable(address: tuple[Any, ...]) -> tuple[Any, ...]:
+    # A server bound to every interface is reached on this machine through loopback.
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+    return (wildcard.get(str(address[0]), address[0]), address[1])
+
+
+def announce_urls(server: Any) -> None:
+    """gunicorn's when_ready hook: say where the dashboard (and the API's docs) are, not just a socket."""
+    from api.dashboard import DASHBOARD_PREFIX
+
+    tcp = [address for address in server.cfg.address if isinstance(address, tuple)]
+    if not tcp:
+        return
+    url = base_url(_browsable(tcp[0]))
+    if "create_dashboard_app" in str(getattr(server.app, "app_uri", "")):
+        server.log.info("Dashboard: %s%s/", url, DASHBOARD_PREFIX)
+    else:
+        server.log.info("API: %s (dashboard: %s%s/, docs: %s/docs)", url, url, DASHBOARD_PREFIX, url)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from flask import Blueprint
@@ -10,6 +9,7 @@ from flask import Blueprint
 from api.state import runner_state
 from runner.errors import BackendUnavailable
 from runner.redis_connection import check_redis
+from runner.services.backend_checks import check_database
 
 blueprint = Blueprint("health", __name__)
 
@@ -23,13 +23,14 @@ def healthz() -> dict[str, Any]:
 def readyz() -> dict[str, Any]:
     backends = runner_state().backends
     checks: dict[str, str] = {}
-    for name, check in (("redis", partial(check_redis, backends.connection)), ("database", backends.store.ping)):
-        try:
-            check()
-            checks[name] = "ok"
-        except BackendUnavailable:
-            checks[name] = "unavailable"
-    down = [name for name, result in checks.items() if result != "ok"]
+    try:
+        check_redis(backends.connection)
+        checks["redis"] = "ok"
+    except BackendUnavailable:
+        checks["redis"] = "unavailable"
+    # Reached is not enough: a database without the tables would answer every invocation with an error.
+    checks["database"] = check_database(backends).status
+    down = [f"{name} {result}" for name, result in checks.items() if result != "ok"]
     if down:
-        raise BackendUnavailable(f"Not ready: {' and '.join(down)} unavailable.", details={"checks": checks})
+        raise BackendUnavailable(f"Not ready: {' and '.join(down)}.", details={"checks": checks})
     return {"status": "ready", "checks": checks}

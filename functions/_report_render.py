@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import io
@@ -69,8 +70,9 @@ def _html_row(header: list[str], row: list[Any]) -> str:
     return f"<tr><th scope=\"row\">{html.escape(str(row[0]))}</th>{cells}</tr>"
 
 
-def render_html(functions: Sequence[dict[str, Any]], period: dict[str, str | None], total: int) -> str:
-    """A standalone HTML page (inline style, no external resources); every value is escaped."""
+def render_html(functions: Sequence[dict[str, Any]], period: dict[str, str | None], total: int,
+                chart_png: bytes | None = None) -> str:
+    """A standalone HTML page (inline style, the chart inline as a data: URI, nothing external); every value escaped."""
     header, rows = _rows(functions)
     head = "".join(f"<th scope=\"col\">{html.escape(name)}</th>" for name in header)
     body = "".join(_html_row(header, row) for row in rows) or (
@@ -78,15 +80,20 @@ def render_html(functions: Sequence[dict[str, Any]], period: dict[str, str | Non
     )
     caption = html.escape(f"{total} invocations from {period['since'] or 'the beginning'} "
                           f"until {period['until'] or 'now'}")
+    # The page travels alone (a download, an e-mail attachment): the chart goes inside it, not beside it.
+    chart = "" if chart_png is None else (
+        f"<p><img src=\"data:image/png;base64,{base64.b64encode(chart_png).decode('ascii')}\" "
+        "alt=\"Invocations by status and duration of ended jobs, per function\"></p>\n"
+    )
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<title>Invocation report</title>\n<style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
-        "th[scope=row]{text-align:left}caption{text-align:left;margin-bottom:.5em}"
+        "th[scope=row]{text-align:left}caption{text-align:left;margin-bottom:.5em}img{max-width:100%}"
         "</style>\n</head>\n<body>\n<h1>Invocation report</h1>\n"
         f"<table>\n<caption>{caption}</caption>\n<thead><tr>{head}</tr></thead>\n"
-        f"<tbody>{body}</tbody>\n</table>\n</body>\n</html>\n"
+        f"<tbody>{body}</tbody>\n</table>\n{chart}</body>\n</html>\n"
     )
 
 

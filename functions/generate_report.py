@@ -23,7 +23,7 @@ ENDED_STATUSES = frozenset({"finished", "failed", "stopped", "canceled"})
 FIRST_PROGRESS_ROWS = 500
 READ_START_PERCENT = 5
 READ_END_PERCENT = 55
-ARTIFACTS = ("report.csv", "report.html", "report.png")
+ARTIFACTS = ("report.csv", "report.html", "report.png")  # the page holds the chart too
 
 
 def as_utc(value: datetime) -> datetime:
@@ -134,7 +134,11 @@ def generate_report(
               description="Only this function."),
     ] = None,
 ) -> dict[str, Any]:
-    """Report per-function counts, success rate, p50/p95 durations and retries as CSV, HTML and PNG."""
+    """Report per-function counts, success rate, p50/p95 durations and retries as CSV, HTML (with the chart) and PNG.
+
+    The report's own job is not in it: it reads the history through `invocation_history`, which
+    leaves the calling job out.
+    """
     start = as_utc(since) if since is not None else None
     end = as_utc(until) if until is not None else None
     progress(READ_START_PERCENT, "reading invocation history")
@@ -143,8 +147,9 @@ def generate_report(
 
     save_artifact("report.csv", render_csv(functions), "text/csv")
     progress(70, "saved report.csv")
-    save_artifact("report.html", render_html(functions, period, total), "text/html")
-    progress(80, "saved report.html")
-    save_artifact("report.png", render_chart(functions, period), "image/png")
-    progress(100, "saved report.png")
+    chart = render_chart(functions, period)
+    save_artifact("report.png", chart, "image/png")
+    progress(80, "saved report.png")
+    save_artifact("report.html", render_html(functions, period, total, chart), "text/html")
+    progress(100, "saved report.html")
     return {**period, "functions": functions, "total": total, "artifacts": list(ARTIFACTS)}

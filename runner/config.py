@@ -138,6 +138,19 @@ class Settings:
         return Path(self.artifact_dir or Path(self.data_dir) / "artifacts").resolve()
 
 
+def masked_url(url: str) -> str:
+    """`url` with its password replaced by `***`, fit for logs and error messages."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    # The host part ends at the first '/' after the last '@': a password may hold '/' or '@' unescaped.
+    credentials, at, hosts_and_path = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _password = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{hosts_and_path}"
+
+
 def read_log_level(raw: str) -> str:
     """The logging level named by LOG_LEVEL_VARIABLE's value `raw` (any case), or SettingsError."""
     level = raw.strip().upper()

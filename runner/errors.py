@@ -29,10 +29,12 @@ Hierarchy::
     └── ApiUnreachable           the API could not be reached at all (refused, DNS, timeout)
 
 The API maps `RunnerError` subclasses to HTTP statuses in one handler (`api/errors.py`).
+`root_cause` says, in one line, what a driver reported under an error it raised from.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -180,3 +182,14 @@ class ApiError(ClientError):
 
 class ApiUnreachable(ClientError):
     """Raised when no HTTP answer came back: connection refused, unknown host, or a timeout."""
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost error `error` was raised from (a driver's own words), as one line."""
+    seen = {id(error)}
+    while error.__cause__ is not None and id(error.__cause__) not in seen:
+        error = error.__cause__
+        seen.add(id(error))
+    # PostgreSQL appends the statement's text ("LINE 2: FROM invocations ... ^"): the reason comes before.
+    text = re.sub(r"\s+", " ", str(error).split("\nLINE ")[0]).strip()
+    return text or type(error).__name__

@@ -312,14 +312,13 @@ class PostgresServer:
             self.close()
             raise
 
-    def create_database(self, name: str) -> str:
-        """Create a fresh database ``name`` and return its URL."""
+    def execute(self, sql: str, dbname: str = "postgres") -> None:
+        """Run one SQL command as the ``postgres`` superuser; RuntimeError with psql's output when it fails."""
         if not self.running:
             raise RuntimeError("PostgreSQL server is not running")
-        quoted = '"' + name.replace('"', '""') + '"'
         result = subprocess.run(
             [self._bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
-             "-U", "postgres", "-d", "postgres", "-c", f"CREATE DATABASE {quoted}"],
+             "-U", "postgres", "-d", dbname, "-c", sql],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             env=self._env(),
@@ -328,8 +327,34 @@ class PostgresServer:
         )  # fmt: skip
         if result.returncode != 0:
             output = (result.stdout + result.stderr).decode("utf-8", errors="replace")
-            raise RuntimeError(f"CREATE DATABASE {quoted} failed: {output.strip()}")
+            raise RuntimeError(f"{sql} failed: {output.strip()}")
+
+    def create_database(self, name: str) -> str:
+        """Create a fresh database ``name`` and return its URL."""
+        quoted = '"' + name.replace('"', '""') + '"'
+        self.execute(f"CREATE DATABASE {quoted}")
         return self.url_for(name)
+
+    def add_password_user(self, name: str, password: str) -> None:
+        """A login role that must give `password` over TCP (the cluster trusts every other user)."""
+        assert self.data_dir is not None
+        hba = self.data_dir / "pg_hba.conf"
+        # The first matching line wins: this user's goes before the cluster's `trust` lines.
+        hba.write_text(f"host all {name} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        self.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+        self.execute("SELECT pg_reload_conf()")
+        import psycopg2
+
+        deadline = time.monotonic() + 10
+        while True:  # the postmaster rereads pg_hba.conf on its own time: until then a wrong password passes
+            try:
+                psycopg2.connect(host="127.0.0.1", port=self.port, user=name, password=password + "-wrong",
+                                 dbname="postgres", connect_timeout=2).close()
+            except psycopg2.OperationalError:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("pg_hba.conf was not reloaded within 10 s")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """Stop the postmaster (fast shutdown, then SIGKILL); keeps the data dir for a later start(); idempotent."""

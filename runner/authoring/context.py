@@ -22,6 +22,10 @@ class JobContext(Protocol):
     """The job being run, as its function sees it."""
 
     @property
+    def job_id(self) -> str:
+        """The job's id."""
+
+    @property
     def attempt(self) -> int:
         """Which attempt this is (1 for the first)."""
 
@@ -92,8 +96,14 @@ def upload_path(upload_id: str) -> Path:
 def invocation_history(
     since: datetime | None = None, until: datetime | None = None, function: str | None = None
 ) -> Iterator[dict[str, Any]]:
-    """The runner's own invocation rows, oldest first (for report functions)."""
-    return _installed().history(since, until, function)
+    """The runner's own invocation rows, oldest first, without the calling job's own (for report functions)."""
+    rows = _installed().history(since, until, function)
+    job = _job.get()
+    if job is None:
+        return rows
+    # The caller is still running: its row would say `started` in a report of what has happened.
+    own_id = job.job_id
+    return (row for row in rows if row.get("id") != own_id)
 
 
 def _installed() -> Environment:

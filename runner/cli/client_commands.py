@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from runner.client.http_client import RunnerClient, Transport
+from runner.client.http_client import RunnerClient, Transport, normalize_base_url
 from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from runner.errors import ApiError, ApiUnreachable
 from runner.status import TERMINAL_STATUSES
@@ -27,15 +27,28 @@ URL_KEY = "runner.client.url"
 EXIT_API_ERROR = 1
 EXIT_UNREACHABLE = 2
 EXIT_STILL_RUNNING = 3
+# A job id is 32 hex digits: anything shorter may be the start of one (`runner job 1d0de4be`).
+FULL_JOB_ID_LENGTH = 32
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _remember_url(ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    # click has already fallen back to RUNNER_URL (when set and not empty), then to DEFAULT_URL.
+def _remember_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    # On the group, click has already fallen back to RUNNER_URL (when set and not empty), then to
+    # DEFAULT_URL; on a command, None means "not given there". The meta dict is shared by both.
+    if value is None:
+        return None
     if not value:
         raise click.BadParameter(f"give the API's base URL, e.g. {DEFAULT_URL}")
-    ctx.meta[URL_KEY] = value
+    try:
+        ctx.meta[URL_KEY] = normalize_base_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     return value
+
+
+URL_HELP = "The API to talk to, e.g. http://127.0.0.1:8000 or host:port [env: RUNNER_URL]."
+# `--url` is accepted after the command too (`runner jobs --url http://...`): it wins over the group's.
+url_option = click.option("--url", default=None, expose_value=False, callback=_remember_url, help=URL_HELP)
 
 
 def register_client_commands(group: click.Group) -> None:
@@ -43,7 +56,7 @@ def register_client_commands(group: click.Group) -> None:
     group.params.append(
         click.Option(
             ["--url"], envvar="RUNNER_URL", default=DEFAULT_URL, show_default=True, expose_value=False,
-            callback=_remember_url, help="The API the client commands talk to [env: RUNNER_URL].",
+            callback=_remember_url, help=URL_HELP,
         )
     )
     for command in (functions, invoke, jobs, job, workers, queues, requeue_failed):
@@ -58,20 +71,40 @@ def _client() -> RunnerClient:
     return RunnerClient(url, api_key=os.environ.get("RUNNER_API_KEY") or None, transport=transport)
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def _fail(message: str, code: int, details: list[str] | None = None) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
+    for line in details or []:
+        click.echo(f"  {line}", err=True)
     sys.exit(code)
 
 
+def detail_lines(details: Any) -> list[str]:
+    """The API's `details` of an error, a line each: `field: message` for invalid input, `key: value` else."""
+    if details is None:
+        return []
+    if isinstance(details, list):
+        return [f"{item['field']}: {item['message']}" if isinstance(item, dict) and {"field", "message"} <= set(item)
+                else _plain(item) for item in details]
+    if isinstance(details, dict):
+        return [f"{key}: {_plain(value)}" for key, value in details.items()]
+    return [_plain(details)]
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ", ".join(value)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def handles_client_errors(command: F) -> F:
-    """Turn API errors into one clear line and an exit code."""
+    """Turn API errors into one clear line (then its details, a line each) and an exit code."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except ApiError as error:
-            _fail(f"{error.message} ({error.status} {error.code})", EXIT_API_ERROR)
+            _fail(f"{error.message} ({error.status} {error.code})", EXIT_API_ERROR, detail_lines(error.details))
         except ApiUnreachable as error:
             _fail(f"{error} Is it running? Point --url or RUNNER_URL at it.", EXIT_UNREACHABLE)
 
@@ -115,6 +148,7 @@ as_json_option = click.option("--json", "as_json", is_flag=True, help="Print the
 
 @click.command()
 @as_json_option
+@url_option
 @handles_client_errors
 def functions(as_json: bool) -> None:
     """List the functions the API serves."""
@@ -159,6 +193,7 @@ def _read_payload(data: str | None, data_file: str | None) -> Any:
 @click.option("--wait", is_flag=True, help="Follow the job (live progress) and print its result.")
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.1),
               help="With --wait: seconds to follow the job before giving up.")
+@url_option
 @handles_client_errors
 def invoke(name: str, data: str | None, data_file: str | None, wait: bool, timeout: float) -> None:
     """Invoke function NAME; with --wait, show its progress and print its result."""
@@ -170,6 +205,10 @@ def invoke(name: str, data: str | None, data_file: str | None, wait: bool, timeo
     view = _follow_with_progress_bar(client, accepted, timeout)
     status = view.get("status")
     if status == "finished":
+        # On stderr, like the progress bar: stdout is the result alone, for pipes.
+        click.echo(f"job {view['id']} finished{_took(view)}", err=True)
+        for artifact in view.get("artifacts") or []:
+            click.echo(f"  {artifact['name']}: {client.artifact_url(artifact)}", err=True)
         _print_json(view.get("result"))
         return
     if status in TERMINAL_STATUSES:
@@ -178,6 +217,11 @@ def invoke(name: str, data: str | None, data_file: str | None, wait: bool, timeo
         _fail(f"job {view['id']} {status}{detail}", EXIT_API_ERROR)
     _fail(f"job {view['id']} is still {status} after {timeout:g} s; see `python -m runner job {view['id']}`.",
           EXIT_STILL_RUNNING)
+
+
+def _took(view: dict[str, Any]) -> str:
+    seconds = _duration(view)
+    return f" in {seconds} s" if seconds else ""
 
 
 def _follow_with_progress_bar(client: RunnerClient, accepted: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -202,12 +246,18 @@ def _follow_with_progress_bar(client: RunnerClient, accepted: dict[str, Any], ti
 @click.option("--limit", default=DEFAULT_PAGE_SIZE, show_default=True, type=click.IntRange(1, MAX_PAGE_SIZE))
 @click.option("--cursor", help="`next` cursor printed by the previous page.")
 @as_json_option
+@url_option
 @handles_client_errors
 def jobs(function_name: str | None, status: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
     """List recent jobs from the history, newest first."""
     page = _client().jobs(function=function_name, status=status, limit=limit, cursor=cursor)
     if as_json:
         _print_json(page)
+        return
+    if not page["jobs"]:
+        selection = " ".join(f"--{name} {value}" for name, value in (("function", function_name), ("status", status))
+                             if value)
+        click.echo(f"No jobs match {selection}." if selection else "No jobs yet: invoke a function first.")
         return
     rows = [
         [view["id"], view["function"], view["status"], view["attempts"], _when(view.get("created_at")), _duration(view)]
@@ -229,20 +279,42 @@ def _duration(view: dict[str, Any]) -> str:
 
 @click.command()
 @click.argument("job_id")
+@url_option
 @handles_client_errors
 def job(job_id: str) -> None:
-    """Show one job: status, progress, result or error."""
-    _print_json(_client().job(job_id))
+    """Show one job (JOB_ID, or the start of one) as JSON: status, progress, result or error."""
+    client = _client()
+    try:
+        view = client.job(job_id)
+    except ApiError as error:
+        if error.code != "job_not_found" or len(job_id) >= FULL_JOB_ID_LENGTH:
+            raise
+        view = client.job(_unique_job_id(client, job_id, error))
+    _print_json(view)
+
+
+def _unique_job_id(client: RunnerClient, prefix: str, not_found: ApiError) -> str:
+    """The one recent job id that starts with `prefix`; the API's 404 when none does, exit 1 when several do."""
+    matches = client.job_ids_starting_with(prefix)
+    if not matches:
+        raise not_found
+    if len(matches) > 1:
+        _fail(f"{len(matches)} recent jobs start with {prefix!r}; give more of the id.", EXIT_API_ERROR, matches[:10])
+    return matches[0]
 
 
 @click.command()
 @as_json_option
+@url_option
 @handles_client_errors
 def workers(as_json: bool) -> None:
     """List the workers registered in Redis."""
     listed = _client().workers()
     if as_json:
         _print_json(listed)
+        return
+    if not listed:
+        click.echo("No workers are registered: start one with `runner worker` (or `python -m runner worker`).")
         return
     rows = [
         [w["name"], w["state"], ", ".join(w["queues"]), w.get("current_job"), w["successful_jobs"], w["failed_jobs"],
@@ -255,6 +327,7 @@ def workers(as_json: bool) -> None:
 
 @click.command()
 @as_json_option
+@url_option
 @handles_client_errors
 def queues(as_json: bool) -> None:
     """Show each queue's depth: queued, started, scheduled, deferred, failed, finished, canceled."""
@@ -269,6 +342,7 @@ def queues(as_json: bool) -> None:
 @click.command("requeue-failed")
 @click.option("--queue", help="Only failed jobs of this queue.")
 @click.option("--function", "function_name", help="Only failed jobs of this function.")
+@url_option
 @handles_client_errors
 def requeue_failed(queue: str | None, function_name: str | None) -> None:
     """Put failed jobs back on their queue (each with its retry policy again)."""

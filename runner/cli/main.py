@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import click
 
 from runner.cli.client_commands import register_client_commands
-from runner.config import LOG_LEVEL_VARIABLE, Settings, SettingsError, read_log_level
+from runner.config import LOG_LEVEL_VARIABLE, Settings, SettingsError, masked_url, read_log_level
 from runner.errors import BackendUnavailable
 
 
@@ -28,6 +29,32 @@ def main() -> None:
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic's INFO lines ("setup plugin ...", "Context impl SQLiteImpl.": a dozen on every start of
+    # every process) say nothing; `migrate` says which revision the store is at.
+    logging.getLogger("alembic").setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+# What the server commands (worker, dev, migrate) import beyond the client's click and rich.
+SERVER_LIBRARIES = ("rq", "redis", "sqlalchemy", "alembic", "flask", "gunicorn")
+
+
+def _require_server(command: str) -> None:
+    missing = [name for name in SERVER_LIBRARIES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise click.ClickException(
+            f"`{command}` runs the server, which this installation lacks ({', '.join(missing)}): "
+            "pip install 'async-task-runner[server]', or use the virtualenv `make dev` made (.venv)."
+        )
+
+
+def _unavailable(exc: BackendUnavailable, settings: Settings) -> click.ClickException:
+    """The backend a start-up could not reach, with its URL (password masked) and the driver's reason."""
+    from runner.services.backend_checks import configured_url, dependency_of, describe_unavailable
+
+    if exc.__cause__ is None:
+        return click.ClickException(f"{exc.message} Check REDIS_URL and DATABASE_URL.")
+    dependency = dependency_of(exc)
+    return click.ClickException(describe_unavailable(dependency, configured_url(dependency, settings), exc.__cause__))
 
 
 @main.command()
@@ -35,12 +62,14 @@ def main() -> None:
 @click.option("--burst", is_flag=True, help="Stop once the queues are empty.")
 def worker(queues: tuple[str, ...], burst: bool) -> None:
     """Run a worker on QUEUES (default: every function's queue, by priority, then `default`)."""
+    _require_server("worker")
     from runner.worker.run import run_worker
 
+    settings = _settings()
     try:
-        code = run_worker(queues, _settings(), burst=burst)
+        code = run_worker(queues, settings, burst=burst)
     except BackendUnavailable as exc:
-        raise click.ClickException(f"{exc.message} Check REDIS_URL and DATABASE_URL.") from None
+        raise _unavailable(exc, settings) from None
     raise SystemExit(code)
 
 
@@ -51,12 +80,13 @@ def worker(queues: tuple[str, ...], burst: bool) -> None:
 @click.option("--data-dir", default=None, help="Where Redis and SQLite keep their files [default: .runner].")
 def dev(host: str, port: int, workers: int, data_dir: str | None) -> None:
     """Run API + workers (+ Redis when REDIS_URL is unset) on this machine."""
+    _require_server("dev")
     from runner.dev.stack import run_dev
 
     folder = Path(data_dir or _settings().data_dir)
     try:
         code = run_dev(host=host, port=port, workers=workers, data_dir=folder)
-    except RuntimeError as exc:  # DevError (port taken, ...) or the embedded Redis failing to start
+    except RuntimeError as exc:  # DevError (port taken, a database away, ...) or the embedded Redis failing to start
         raise click.ClickException(str(exc)) from None
     raise SystemExit(code)
 
@@ -64,14 +94,17 @@ def dev(host: str, port: int, workers: int, data_dir: str | None) -> None:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the store's tables (DATABASE_URL, default SQLite in the data folder)."""
+    _require_server("migrate")
+    from runner.store.schema import head_revision
     from runner.store.sql_store import Store
 
     settings = _settings()
     try:
         Store(settings.effective_database_url).migrate()
     except BackendUnavailable as exc:
-        raise click.ClickException(exc.message) from None
-    click.echo("The store is up to date.")
+        raise _unavailable(exc, settings) from None
+    where = masked_url(settings.effective_database_url)
+    click.echo(f"The store at {where} is up to date (revision {head_revision()}).")
 
 
 # Client commands (functions, invoke, jobs, job, workers, queues, requeue-failed) and --url.

@@ -26,6 +26,10 @@ POLL_SECONDS = 0.5
 RECONNECT_ATTEMPTS = 3
 RECONNECT_DELAY_SECONDS = 1.0
 UNREACHABLE_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+# A job id prefix is looked for among this many of the newest jobs, this many per page (the API's most,
+# runner.config.MAX_PAGE_SIZE: not imported, this module loads no settings).
+PREFIX_SEARCH_JOBS = 1000
+PREFIX_SEARCH_PAGE = 100
 
 
 class TransportResponse(Protocol):
@@ -83,11 +87,21 @@ class UrllibResponse:
         self.raw.close()
 
 
+def normalize_base_url(url: str) -> str:
+    """`url` as the API's base URL: `host:port` gets http://, a trailing slash goes; ValueError unless http(s)."""
+    given = url.strip()
+    url = given if "://" in given else f"http://{given}"
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{given!r} is not an http(s) URL such as http://127.0.0.1:8000 or 127.0.0.1:8000")
+    return url.rstrip("/")
+
+
 class UrllibTransport:
     """Talks HTTP to a base URL with urllib."""
 
     def __init__(self, base_url: str) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = normalize_base_url(base_url)
 
     def __call__(
         self, method: str, path: str, *, params: Mapping[str, str], body: bytes | None, headers: Mapping[str, str],
@@ -146,7 +160,7 @@ class RunnerClient:
     """The API's operations as methods returning its JSON; errors raise ApiError or ApiUnreachable."""
 
     def __init__(self, base_url: str, api_key: str | None = None, transport: Transport | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = normalize_base_url(base_url)
         self.api_key = api_key
         self.transport: Transport = transport or UrllibTransport(self.base_url)
 
@@ -202,6 +216,22 @@ class RunnerClient:
         """A page of history: {"jobs": [...], "next": cursor or None}."""
         params = {"function": function, "status": status, "limit": limit, "cursor": cursor}
         return dict(self._json("GET", "/jobs", params=params))
+
+    def job_ids_starting_with(self, prefix: str, *, newest: int = PREFIX_SEARCH_JOBS) -> list[str]:
+        """Ids of the `newest` jobs of the history that start with `prefix` (the API matches whole ids only)."""
+        found: list[str] = []
+        cursor = None
+        for _page in range(-(-newest // PREFIX_SEARCH_PAGE)):
+            page = self.jobs(limit=PREFIX_SEARCH_PAGE, cursor=cursor)
+            found += [str(view["id"]) for view in page["jobs"] if str(view["id"]).startswith(prefix)]
+            cursor = page.get("next")
+            if not cursor:
+                break
+        return found
+
+    def artifact_url(self, artifact: Mapping[str, Any]) -> str:
+        """Where an artifact of a job view can be downloaded (its `url` is a path on the API)."""
+        return f"{self.base_url}{artifact['url']}"
 
     def workers(self) -> list[dict[str, Any]]:
         """Every registered worker."""

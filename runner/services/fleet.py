@@ -114,18 +114,18 @@ def list_workers(backends: Backends) -> list[WorkerInfo]:
 
 
 def known_queues(backends: Backends, registry: Registry) -> list[str]:
-    """Queues the functions declare, `default`, and any other queue Redis knows of, by name."""
+    """Every queue a worker serves by default (functions' queues, `default`, `callbacks`) and any other Redis knows."""
     try:
         seen = {queue.name for queue in Queue.all(connection=backends.connection, serializer=JSONSerializer)}
     except REDIS_ERRORS as exc:
         raise redis_unavailable() from exc
-    return sorted(seen | set(registry.queues()) | {"default"})
+    return sorted(seen | set(default_queues(registry)))
 
 
 def queue_depths(backends: Backends, registry: Registry) -> list[QueueDepths]:
     """Job counts per state of every known queue (read only: RQ's `.count` would clean registries)."""
     try:
-        fleet = read_queue_metrics(backends.connection, [*registry.queues(), "default"])
+        fleet = read_queue_metrics(backends.connection, default_queues(registry))
     except REDIS_ERRORS as exc:
         raise redis_unavailable() from exc
     return [QueueDepths(name=queue.name, queued=queue.depth, **queue.registries) for queue in fleet.queues]

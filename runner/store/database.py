@@ -45,3 +45,13 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+# PostgreSQL's SQLSTATE for a relation that does not exist (42P01); SQLite says it in words.
+UNDEFINED_TABLE = "42P01"
+
+
+def is_missing_table(error: BaseException) -> bool:
+    """True when `error` (or the driver error under it) says a table does not exist: the schema is not migrated."""
+    driver_error = getattr(error, "orig", None) or error.__cause__ or error
+    return getattr(driver_error, "pgcode", None) == UNDEFINED_TABLE or "no such table" in str(driver_error)

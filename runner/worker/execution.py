@@ -177,6 +177,10 @@ class RunningJob:
     environment: WorkerEnvironment
 
     @property
+    def job_id(self) -> str:
+        return str(self.job.id)
+
+    @property
     def attempt(self) -> int:
         return int(self.job.meta.get("attempts", 1))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import time
@@ -56,20 +57,19 @@ def test_report_counts_real_invocations_and_serves_artifacts(stack: Stack) -> No
     report_id = invoke(stack, "generate_report", {"since": since.isoformat(), "until": until.isoformat()})
     view = stack.wait_until_terminal(report_id, timeout=REPORT_TIMEOUT)
     assert view["status"] == "finished", view
-    assert view["progress"] == {"percent": 100, "message": "saved report.png"}
+    assert view["progress"] == {"percent": 100, "message": "saved report.html"}
     result = view["result"]
     assert (result["since"], result["until"]) == (since.isoformat(), until.isoformat())
 
     entries = {entry["function"]: entry for entry in result["functions"]}
-    assert set(entries) == {"simple_calculation", "unreliable_task", "generate_report"}
-    calc, retried, itself = entries["simple_calculation"], entries["unreliable_task"], entries["generate_report"]
+    # The report's own job, still running while it reads, is not in it.
+    assert set(entries) == {"simple_calculation", "unreliable_task"}
+    calc, retried = entries["simple_calculation"], entries["unreliable_task"]
     assert (calc["count"], calc["statuses"]["finished"], calc["statuses"]["failed"]) == (4, 3, 1)
     assert (calc["success_rate"], calc["retries"]) == (0.75, 0)
     assert 0 <= calc["p50_seconds"] <= calc["p95_seconds"] < 10
     assert (retried["count"], retried["statuses"]["finished"], retried["retries"]) == (1, 1, 1)
-    # The report sees its own row, still running, so it has no duration and no success rate yet.
-    assert (itself["count"], itself["statuses"]["started"], itself["success_rate"]) == (1, 1, None)
-    assert result["total"] == 6
+    assert result["total"] == 5
     assert result["artifacts"] == list(ARTIFACT_TYPES)
 
     listed = {entry["name"]: entry for entry in view["artifacts"]}
@@ -100,6 +100,7 @@ def test_report_counts_real_invocations_and_serves_artifacts(stack: Stack) -> No
     assert page.startswith("<!DOCTYPE html>") and "<th scope=\"row\">simple_calculation</th>" in page
     assert "<td>75.0%</td>" in page
     assert downloads["report.png"].startswith(PNG_SIGNATURE)
+    assert f'<img src="data:image/png;base64,{base64.b64encode(downloads["report.png"]).decode()}"' in page
     assert Image.open(io.BytesIO(downloads["report.png"])).size[0] >= 800
 
 

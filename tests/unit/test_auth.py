@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from api.auth import ApiKeyCheck, load_api_keys
+from api.auth import ApiKeyCheck, load_api_keys, open_access_warning
 from runner.config import Settings, SettingsError
 
 KEYS = "first-key-123,second-key-456"
@@ -172,3 +172,24 @@ def test_the_app_refuses_to_start_with_a_missing_keys_file(
 ) -> None:
     with pytest.raises(SettingsError, match="RUNNER_API_KEYS_FILE"):
         make_client(settings=replace(settings, api_keys_file=str(tmp_path / "missing")))
+
+
+@pytest.mark.parametrize(
+    ("addresses", "keys", "warned"),
+    [
+        ([("0.0.0.0", 8000)], "", "0.0.0.0:8000"),  # a container's bind, or a server's
+        ([("::", 8000)], "", ":::8000"),
+        ([("127.0.0.1", 8000), ("10.0.0.5", 8000)], "", "10.0.0.5:8000"),
+        ([("runner.example.com", 8000)], "", "runner.example.com:8000"),
+        ([("0.0.0.0", 8000)], "a-key", None),
+        ([("127.0.0.1", 8000), ("::1", 8000), ("localhost", 8000)], "", None),  # `make dev`: this machine only
+        (["/run/runner.sock"], "", None),
+    ],
+)
+def test_an_open_api_reachable_from_elsewhere_is_warned_about(addresses: list[Any], keys: str,
+                                                              warned: str | None) -> None:
+    warning = open_access_warning(Settings(api_keys=keys), addresses)
+    if warned is None:
+        assert warning is None
+    else:
+        assert warning is not None and f"listens on {warned}:" in warning and "RUNNER_API_KEYS" in warning

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -205,8 +206,26 @@ def test_api_errors_are_one_clear_line_and_exit_1(cli: Callable[..., Result], ar
     result = cli(*args)
     assert result.exit_code == 1
     assert result.stdout == ""
-    (line,) = result.stderr.strip().splitlines()
+    line, *details = result.stderr.strip().splitlines()
     assert line.startswith("Error: ") and line.endswith(expected), line
+    assert all(detail.startswith("  ") for detail in details), details
+
+
+@pytest.mark.parametrize(
+    ("args", "details"),
+    [
+        (["invoke", "simple_calculation", "--data", '{"expression": 1, "extra": 2}'],
+         ["  expression: Input should be a valid string", "  extra: Extra inputs are not permitted"]),
+        # Every queue, `callbacks` included: a fleet started with explicit queues must serve it.
+        (["requeue-failed", "--queue", "nope"], ["  known: ai_processing, callbacks, default, demo_tasks"]),
+    ],
+)
+def test_api_errors_show_their_details_a_line_each(
+    cli: Callable[..., Result], args: list[str], details: list[str]
+) -> None:
+    result = cli(*args)
+    assert result.exit_code == 1
+    assert result.stderr.strip("\n").splitlines()[1:] == details
 
 
 def test_an_unreachable_api_is_a_clear_message_and_exit_2(cli: Callable[..., Result], closed_port: int) -> None:
@@ -216,6 +235,19 @@ def test_an_unreachable_api_is_a_clear_message_and_exit_2(cli: Callable[..., Res
         assert result.exit_code == 2
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"Error: Cannot reach the API at {url} (") and "Is it running?" in line
+
+
+@pytest.fixture
+def client_urls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The base URL of every client the commands make."""
+    urls: list[str] = []
+
+    def client(url: str, **options: Any) -> RunnerClient:
+        urls.append(url)
+        return RunnerClient(url, **options)
+
+    monkeypatch.setattr(cli_client, "RunnerClient", client)
+    return urls
 
 
 @pytest.mark.parametrize(
@@ -228,19 +260,36 @@ def test_an_unreachable_api_is_a_clear_message_and_exit_2(cli: Callable[..., Res
     ],
 )
 def test_the_url_is_the_option_then_runner_url_then_the_default(
-    monkeypatch: pytest.MonkeyPatch, transport: FlaskTransport, args: list[str], env: dict[str, str | None],
-    expected: str,
+    client_urls: list[str], transport: FlaskTransport, args: list[str], env: dict[str, str | None], expected: str,
 ) -> None:
-    urls: list[str] = []
-
-    def client(url: str, **options: Any) -> RunnerClient:
-        urls.append(url)
-        return RunnerClient(url, **options)
-
-    monkeypatch.setattr(cli_client, "RunnerClient", client)
     result = CliRunner(env=env).invoke(main, [*args, "functions", "--json"], obj=transport)
     assert result.exit_code == 0, result.stderr
-    assert urls == [expected]
+    assert client_urls == [expected]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["functions", "--json", "--url", "http://after"], {}, "http://after"),
+        (["--url", "http://before", "functions", "--json", "--url", "http://after"], {}, "http://after"),
+        (["--url", "127.0.0.1:9000", "functions", "--json"], {}, "http://127.0.0.1:9000"),
+        (["functions", "--json", "--url", "https://runner.example.com/"], {}, "https://runner.example.com"),
+        (["functions", "--json"], {"RUNNER_URL": "runner.internal:8000"}, "http://runner.internal:8000"),
+    ],
+)
+def test_the_url_may_follow_the_command_and_may_omit_http(
+    client_urls: list[str], transport: FlaskTransport, args: list[str], env: dict[str, str], expected: str,
+) -> None:
+    result = CliRunner(env=env).invoke(main, args, obj=transport)
+    assert result.exit_code == 0, result.stderr
+    assert client_urls == [expected]
+
+
+@pytest.mark.parametrize("url", ["ftp://files.example.com", "http://", "http:///jobs"])
+def test_a_url_that_is_not_http_is_a_usage_error(url: str) -> None:
+    result = CliRunner().invoke(main, ["jobs", "--url", url])
+    assert result.exit_code == 2
+    assert "is not an http(s) URL such as http://127.0.0.1:8000" in result.stderr
 
 
 def test_an_empty_url_option_is_a_usage_error() -> None:
@@ -268,6 +317,41 @@ def test_jobs_lists_history_with_filters(cli: Callable[..., Result], client: Fla
     more = cli("jobs", "--limit", "1")
     assert f"--cursor {page['next']}" in more.stdout
     assert ok in cli("jobs", "--limit", "1", "--cursor", page["next"]).stdout
+
+
+def test_invoke_wait_names_the_job_and_where_its_artifacts_are(
+    cli: Callable[..., Result], transport: FlaskTransport, run_jobs: RunJobs
+) -> None:
+    transport.before_stream = run_jobs
+    result = cli("invoke", "generate_report", "--wait", "--url", "http://runner.example.com:8000")
+    assert result.exit_code == 0, result.stderr
+    job_id = re.search(r"^job ([0-9a-f]{32}) finished in [0-9.]+ s$", result.stderr, re.MULTILINE)
+    assert job_id, result.stderr
+    for name in ("report.csv", "report.html", "report.png"):
+        assert f"  {name}: http://runner.example.com:8000/jobs/{job_id.group(1)}/artifacts/{name}" in result.stderr
+    assert json.loads(result.stdout)["artifacts"] == ["report.csv", "report.html", "report.png"]  # stdout: the result
+
+
+def test_empty_listings_say_so(cli: Callable[..., Result]) -> None:
+    assert cli("jobs").stdout == "No jobs yet: invoke a function first.\n"
+    assert cli("jobs", "--status", "failed", "--function", "simple_calculation").stdout == (
+        "No jobs match --function simple_calculation --status failed.\n")
+    assert cli("workers").stdout.startswith("No workers are registered: start one with `runner worker`")
+
+
+def test_job_takes_the_start_of_an_id(cli: Callable[..., Result], client: FlaskClient) -> None:
+    # 17 ids over 16 hex digits: two of them start alike.
+    job_ids = [invoke_job(client, str(number)) for number in range(17)]
+    job_id = job_ids[0]
+    assert json.loads(cli("job", job_id[:8]).stdout) == client.get(f"/jobs/{job_id}").get_json()
+    shared = next(digit for digit in "0123456789abcdef" if sum(i.startswith(digit) for i in job_ids) > 1)
+    ambiguous = cli("job", shared)
+    assert ambiguous.exit_code == 1
+    assert ambiguous.stderr.startswith(f"Error: {sum(i.startswith(shared) for i in job_ids)} recent jobs start with")
+    assert {line.strip() for line in ambiguous.stderr.splitlines()[1:]} == {i for i in job_ids if i.startswith(shared)}
+    unknown = cli("job", "ffffffffffff")
+    assert (unknown.exit_code, unknown.stderr.strip()) == (
+        1, "Error: No job has the id 'ffffffffffff'. (404 job_not_found)")
 
 
 def test_job_prints_the_job_view(cli: Callable[..., Result], client: FlaskClient, run_jobs: RunJobs) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.config import DEFAULT_MAX_PAYLOAD_BYTES, Settings, SettingsError
+from runner.config import DEFAULT_MAX_PAYLOAD_BYTES, Settings, SettingsError, masked_url
+from runner.errors import root_cause
 
 
 def test_empty_environment_gives_the_defaults() -> None:
@@ -116,3 +117,31 @@ def test_log_level_is_read_in_any_case(raw: str, level: str) -> None:
 def test_unknown_log_levels_are_refused(raw: str) -> None:
     with pytest.raises(SettingsError, match="RUNNER_LOG_LEVEL=.* is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"):
         Settings.from_env({"RUNNER_LOG_LEVEL": raw})
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://runner:secret@db:5432/runner", "postgresql://runner:***@db:5432/runner"),
+    # An unescaped '@' or '/' in the password: nothing of it shows.
+    ("postgresql://runner:p@ss/word@db:5432/runner", "postgresql://runner:***@db:5432/runner"),
+    ("redis://:secret@cache:6379/0", "redis://:***@cache:6379/0"),
+    ("redis+sentinel://:secret@a:26379,b:26379/main", "redis+sentinel://:***@a:26379,b:26379/main"),
+    ("postgresql://runner@db/runner", "postgresql://runner@db/runner"),
+    ("redis://cache:6379/0", "redis://cache:6379/0"),
+    ("sqlite:////var/lib/runner/runner.db", "sqlite:////var/lib/runner/runner.db"),
+])
+def test_masked_url_hides_the_password_only(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
+
+
+def test_root_cause_is_the_drivers_words_on_one_line() -> None:
+    said = 'connection to server at "db", port 5432 failed: FATAL: password authentication failed'
+    driver = OSError(said.replace("FATAL: ", "FATAL:  ") + "\n")
+    try:
+        try:
+            raise driver
+        except OSError as exc:
+            raise RuntimeError("The database is unavailable.") from exc
+    except RuntimeError as wrapped:
+        assert root_cause(wrapped) == said
+    statement = Exception('relation "invocations" does not exist\nLINE 1: INSERT INTO invocations (id) ...\n ^')
+    assert root_cause(statement) == 'relation "invocations" does not exist'

@@ -57,9 +57,13 @@ def test_cancel_a_queued_job(client: FlaskClient, connection: fakeredis.FakeRedi
 
 def test_cancel_a_scheduled_job(client: FlaskClient, connection: fakeredis.FakeRedis, store: Store) -> None:
     job_id = invoke(client, query="?delay=60")
-    assert client.post(f"/jobs/{job_id}/cancel").get_json()["status"] == "canceled"
+    assert client.get(f"/jobs/{job_id}").get_json()["progress"] == {"percent": 0, "message": "scheduled"}
+    canceled = client.post(f"/jobs/{job_id}/cancel").get_json()
+    assert (canceled["status"], canceled["progress"]) == ("canceled", {"percent": 0, "message": "canceled"})
+    assert client.get(f"/jobs/{job_id}").get_json()["progress"] == {"percent": 0, "message": "canceled"}
     assert ScheduledJobRegistry("demo_tasks", connection=connection).get_job_ids() == []
-    assert stored_row(store, job_id).status == "canceled"
+    row = stored_row(store, job_id)
+    assert (row.status, row.progress_message) == ("canceled", "canceled")
 
 
 @pytest.mark.parametrize(("expression", "status"), [("1+1", "finished"), ("1/0", "failed")])

@@ -43,7 +43,7 @@ def data(client: FlaskClient, path: str) -> Any:
     return response.get_json()
 
 
-PAGES = ["/dashboard/", "/dashboard/0/view/workers", "/dashboard/0/view/jobs",
+PAGES = ["/dashboard/", "/dashboard/0/view/workers", "/dashboard/0/view/jobs/demo_tasks/queued/8/asc/1",
          "/dashboard/static/css/bootstrap.min.css", "/dashboard/static/js/jquery-3.5.1.min.js"]
 
 
@@ -70,6 +70,35 @@ def test_queues_and_registries_show_our_jobs(
     assert [job["id"] for job in failures] == [failed] and "Division by zero" in failures[0]["exc_info"]
     info = data(client, f"job/{finished}.json")
     assert info["status"] == "finished" and info["result"]["result"] == 42 and info["origin"] == "demo_tasks"
+
+
+def test_every_queue_a_worker_serves_is_listed_before_any_job(client: FlaskClient) -> None:
+    # Redis knows a queue once a job went on it; the dashboard shows the ones that wait for their first too.
+    everyone = ["ai_processing", "callbacks", "default", "demo_tasks"]
+    assert [queue["name"] for queue in data(client, "queues.json")["queues"]] == everyone
+    page = client.get("/dashboard/0/view/jobs/demo_tasks/queued/8/asc/1").get_data(as_text=True)
+    assert re.findall(r'<option value="([a-z_]+)">', page) == everyone
+
+
+def jobs_tab(client: FlaskClient) -> str:
+    response = client.get("/dashboard/0/view/jobs")  # where the dashboard's "Jobs" tab links
+    assert response.status_code == 302
+    return str(response.headers["Location"])
+
+
+def test_the_jobs_tab_opens_on_the_busiest_queue(
+    client: FlaskClient, invoke: Callable[..., TestResponse], run_jobs: Callable[..., bool]
+) -> None:
+    assert jobs_tab(client) == "/dashboard/0/view/jobs/ai_processing/queued/8/asc/1"  # nothing yet: the first served
+    job_id(invoke("simple_calculation", {"expression": "6*7"}))
+    job_id(invoke("simple_calculation", {"expression": "6*8"}))
+    job_id(invoke("text_generation", {"prompt": "hello"}))
+    assert jobs_tab(client) == "/dashboard/0/view/jobs/demo_tasks/queued/8/asc/1"  # 2 waiting beat 1
+    run_jobs()  # demo_tasks' jobs run; text_generation's waits on ai_processing
+    assert jobs_tab(client) == "/dashboard/0/view/jobs/ai_processing/queued/8/asc/1"
+    run_jobs(["ai_processing"])
+    assert jobs_tab(client) == "/dashboard/0/view/jobs/demo_tasks/finished/8/asc/1"  # nothing waits: the most jobs
+    assert client.get(jobs_tab(client)).status_code == 200
 
 
 def test_a_busy_worker_shows_its_job_by_description_not_by_its_input(
@@ -139,7 +168,7 @@ def test_requeue_all_and_requeue_of_a_job_that_has_not_failed(
         job_id(invoke("simple_calculation", {"expression": "1/0"}))
     run_jobs()
     assert client.post("/dashboard/requeue/demo_tasks").get_json() == {"status": "OK", "count": 2}
-    assert data(client, "queues.json")["queues"][0]["count"] == 2
+    assert {queue["name"]: queue["count"] for queue in data(client, "queues.json")["queues"]}["demo_tasks"] == 2
     queued = data(client, "jobs/demo_tasks/queued/8/asc/1.json")["jobs"][0]["id"]
     api_error(client.post(f"/dashboard/job/{queued}/requeue"), 409, "state_conflict")
     api_error(client.post("/dashboard/job/no-such-job/requeue"), 404, "job_not_found")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import random
+import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from PIL import Image
 import functions.generate_report as module
 from functions._report_render import KNOWN_STATUSES, STATUS_COLOURS
 from functions.generate_report import generate_report, percentile
+from runner.authoring import context
 from runner.authoring.registry import Registry
 from runner.errors import InvalidInput
 from runner.store.models import InvocationRecord
@@ -184,7 +188,8 @@ def test_html_escapes_names_from_data(history: Callable[..., Any], artifacts: di
     assert page.startswith("<!DOCTYPE html>")
     assert "<script" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;$x$" in page
-    assert "src=" not in page and "href=" not in page  # self-contained: nothing to fetch
+    # Self-contained: nothing to fetch, the one image is inline.
+    assert re.findall(r'(?:src|href)="([a-z]+:)', page) == ["data:"]
     assert "<td>100.0%</td><td>1.000</td><td>1.000</td><td>0</td></tr>" in page  # rate, p50, p95, retries
 
 
@@ -206,6 +211,9 @@ def test_chart_is_a_png_with_a_bar_per_status(history: Callable[..., Any], artif
     for status in ("finished", "failed", "stopped", "canceled", "started", "queued"):
         assert pixels_of(png, STATUS_COLOURS[status]) > BAR_PIXELS, status  # a bar segment of that status
     assert pixels_of(png, STATUS_COLOURS["deferred"]) < BAR_PIXELS  # no deferred job, no deferred bar
+    # The page carries the same chart inside it: it is read alone, downloaded or mailed.
+    page = artifacts["report.html"][0].decode()
+    assert f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
 
 
 def test_empty_history_gives_a_valid_empty_report(history: Callable[..., Any], artifacts: dict[str, Any]) -> None:
@@ -270,7 +278,7 @@ def test_progress_is_throttled_and_follows_the_work(
     assert messages[:2] == ["reading invocation history", "read 500 rows"]
     assert [m for m in messages if m.startswith("read ") and m.endswith(" rows")][-1] == "read 16000 rows"
     assert "read 20000 rows from 7 functions" in messages
-    assert messages[-3:] == ["saved report.csv", "saved report.html", "saved report.png"]
+    assert messages[-3:] == ["saved report.csv", "saved report.png", "saved report.html"]
     percents = [percent for percent, _ in calls]
     assert percents == sorted(percents) and percents[-1] == 100
     assert len(calls) <= 20
@@ -345,6 +353,20 @@ def real_store(tmp_path: Path) -> Iterator[Store]:
     store.engine.dispose()
 
 
+@dataclass
+class ReportJob:
+    """The job context of a report run by a worker: its id, and nothing to report progress to."""
+
+    job_id: str
+    attempt: int = 1
+
+    def report_progress(self, percent: int, message: str) -> None:
+        pass
+
+    def save_artifact(self, name: str, content: bytes, media_type: str | None) -> dict[str, Any]:
+        raise AssertionError("the test's `artifacts` fixture records artifacts")
+
+
 def test_reads_the_real_store(real_store: Store, artifacts: dict[str, Any]) -> None:
     def record(job_id: str, function: str, status: str, created: datetime, seconds: float | None,
                attempts: int = 1) -> InvocationRecord:
@@ -368,6 +390,11 @@ def test_reads_the_real_store(real_store: Store, artifacts: dict[str, Any]) -> N
     assert calc["success_rate"] == 10 / 11
     assert (calc["p50_seconds"], calc["retries"]) == (6.0, 2)  # durations 1..10 and 10
     assert (flaky["count"], flaky["retries"], flaky["p95_seconds"]) == (1, 3, 2.0)
+
+    # Run as a job whose row is in the history (as the report's own is): that row is left out.
+    with context.running(ReportJob("calc-1")):
+        itself_left_out = generate_report(since=T0, until=T0 + timedelta(days=1))
+    assert itself_left_out["total"] == 11 and by_name(itself_left_out)["simple_calculation"]["count"] == 10
 
     only = generate_report(function="unreliable_task")
     assert [entry["function"] for entry in only["functions"]] == ["unreliable_task"] and only["total"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +28,7 @@ class FakeServer:
         self.cfg = FakeConfig(address)
         self.errors: list[str] = []
         self.log = self
+        self.error_log = logging.getLogger(f"test.gunicorn.error.{id(self)}")
 
     def error(self, message: str, *args: Any) -> None:
         self.errors.append(message % args)
@@ -127,3 +129,15 @@ def test_an_ipv6_address_is_probed_as_ipv6() -> None:
     free = FakeServer([("::1", port)])
     gunicorn_listen.check_binds(free)  # closed now: bindable again, as IPv6
     assert free.cfg.reuse_port is True and free.errors == []
+
+
+def test_the_listening_line_names_the_address_each_worker_binds(caplog: pytest.LogCaptureFixture) -> None:
+    # gunicorn's master logs "Listening at: %s (%s)" with the sockets it holds: none, with a socket per worker.
+    host, port = free_address()
+    server = FakeServer([(host, port)])
+    gunicorn_listen.check_binds(server)
+    with caplog.at_level(logging.INFO, logger=server.error_log.name):
+        server.error_log.info("Listening at: %s (%s)", "", 4242)
+        server.error_log.info("Listening at: %s (%s)", "http://elsewhere:1", 4242)
+    assert caplog.messages == [f"Listening at: http://{host}:{port} (a socket per worker) (4242)",
+                               "Listening at: http://elsewhere:1 (4242)"]
