@@ -10,7 +10,7 @@ from api.jobs import job_location
 from api.payload import read_json_object, read_number
 from api.schedule import read_schedule
 from api.state import runner_state
-from runner.authoring.registry import FunctionSpec
+from runner.authoring.spec import FunctionSpec
 from runner.services.callbacks import HEADER as CALLBACK_HEADER
 from runner.services.idempotency import HEADER as IDEMPOTENCY_HEADER
 from runner.services.idempotency import check_key

@@ -19,7 +19,8 @@ from werkzeug.routing import Rule
 from api.openapi_operations import known_operation, refuse_other_sites, require_api_key
 from api.openapi_schemas import COMPONENT_REF, DEFAULT_RESPONSE, component_schemas, json_response, ref
 from api.state import runner_state
-from runner.authoring.registry import FunctionSpec, Registry
+from runner.authoring.registry import Registry
+from runner.authoring.spec import FunctionSpec
 from runner.config import Settings
 
 blueprint = Blueprint("openapi", __name__)

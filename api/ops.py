@@ -9,7 +9,7 @@ from flask import Blueprint, request
 
 from api.payload import read_json_object
 from api.state import runner_state
-from runner.authoring.registry import field_errors
+from runner.authoring.spec import field_errors
 from runner.errors import InvalidInput
 from runner.services.fleet import list_workers, queue_depths, requeue_failed
 

@@ -1,177 +1,35 @@
-"""The `@function` decorator and the registry that discovers the modules in `functions/`."""
+"""The `@function` decorator, and the registry that discovers the modules in `functions/`."""
 
 from __future__ import annotations
 
-import copy
-import functools
 import importlib
 import inspect
 import pkgutil
 import re
-import typing
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-import pydantic
-
-from runner.errors import FunctionDefinitionError, FunctionNotFound, InvalidInput
+from runner.authoring.spec import FunctionSpec, build_input_model
+from runner.errors import FunctionDefinitionError, FunctionNotFound
 
 DEFAULT_QUEUE = "default"
 DEFAULT_TIMEOUT = 60
 QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SPEC_ATTRIBUTE = "__runner_function__"
-# A 422 lists this many failed fields, then counts the rest in one final entry of this type.
-MAX_DETAILS = 50
-MORE_ERRORS_TYPE = "more_errors"
-# A field path (an unknown key, say) is cut to this many characters in an error.
-MAX_FIELD_CHARS = 200
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True)
-class FunctionSpec:
-    """What the runner knows of one user function: its policy and its input model."""
-
-    name: str
-    func: Callable[..., Any]
-    queue: str
-    timeout: int
-    retries: int
-    backoff: tuple[int, ...]
-    input_model: type[pydantic.BaseModel]
-    description: str = ""
-    # When the function takes one pydantic model, it is called with that model, not kwargs.
-    takes_model: bool = False
-    # At most this many attempts run at once across all workers (None: no limit).
-    concurrency: int | None = None
-    # Invocations beyond this many waiting jobs are refused with 429 (None: no limit).
-    max_queued: int | None = None
-
-    @property
-    def path(self) -> str:
-        """The dotted import path of the user's function."""
-        return f"{self.func.__module__}.{self.func.__qualname__}"
-
-    @functools.cached_property
-    def _input_schema(self) -> dict[str, Any]:
-        # Generating it costs ~15 times a copy, and GET /functions lists every function's schema.
-        return self.input_model.model_json_schema()
-
-    def input_schema(self) -> dict[str, Any]:
-        """JSON Schema of the input, generated from the signature (once; each caller gets its own copy)."""
-        return copy.deepcopy(self._input_schema)
-
-    def validate(self, payload: Any, context: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Check `payload` against the signature; return it as JSON-ready kwargs."""
-        model = self._validated(payload, context)
-        try:
-            return model.model_dump(mode="json")
-        except ValueError as exc:  # pydantic serializes at most ~255 levels of nested `Any` values
-            raise InvalidInput(f"Input for {self.name!r} is invalid: {exc}.",
-                               details=[{"field": "(body)", "message": str(exc), "type": "too_deep"}]) from None
-
-    def call(self, payload: Any, context: dict[str, Any] | None = None) -> Any:
-        """Re-validate `payload` (the worker never trusts the queue) and run the function."""
-        model = self._validated(payload, context)
-        if self.takes_model:
-            return self.func(model)
-        return self.func(**{name: getattr(model, name) for name in type(model).model_fields})
-
-    def policy(self) -> dict[str, Any]:
-        """How the function runs, as shown to users: queue, timeout, retry policy and limits."""
-        return {
-            "queue": self.queue,
-            "timeout": self.timeout,
-            "retries": self.retries,
-            "backoff": list(self.backoff),
-            "concurrency": self.concurrency,
-            "max_queued": self.max_queued,
-        }
-
-    def _validated(self, payload: Any, context: dict[str, Any] | None) -> pydantic.BaseModel:
-        if not isinstance(payload, dict):
-            raise InvalidInput("The input must be a JSON object.", details=[])
-        try:
-            return self.input_model.model_validate(payload, context=context)
-        except pydantic.ValidationError as exc:
-            details = field_errors(exc)
-            summary = _summarize(details, exc.error_count())
-            raise InvalidInput(f"Input for {self.name!r} is invalid: {summary}.", details=details) from None
 
 
-def field_errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
-    """Each failed field of a validation error as `{"field", "message", "type"}` (InvalidInput's details).
-
-    At most MAX_DETAILS of them, then one entry of type `more_errors` that counts the rest: a body
-    of 80,000 unknown keys (869 KB) made a 6.9 MB answer. Field paths are cut to MAX_FIELD_CHARS.
-    """
-    errors = exc.errors(include_url=False, include_context=False, include_input=False)
-    details = [
-        {"field": _field_path(error["loc"]), "message": error["msg"], "type": error["type"]}
-        for error in errors[:MAX_DETAILS]
-    ]
-    if len(errors) > MAX_DETAILS:
-        more = len(errors) - MAX_DETAILS
-        details.append({"field": "(more)", "message": f"{more} more errors not listed", "type": MORE_ERRORS_TYPE})
-    return details
 
 
-def _field_path(location: tuple[int | str, ...]) -> str:
-    path = ".".join(str(part) for part in location) or "(body)"
-    return path if len(path) <= MAX_FIELD_CHARS else path[: MAX_FIELD_CHARS - 1] + "…"
 
 
-def _summarize(details: list[dict[str, Any]], total: int) -> str:
-    parts = [f"{error['field']}: {error['message']}" for error in details[:3]]
-    more = total - len(parts)
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _exactly_one_of(groups: tuple[tuple[str, ...], ...]) -> Any:
-    def check(model: pydantic.BaseModel) -> pydantic.BaseModel:
-        for group in groups:
-            given = [name for name in group if getattr(model, name) is not None]
-            if len(given) != 1:
-                found = ", ".join(given) if given else "none"
-                raise ValueError(f"give exactly one of {', '.join(group)} (given: {found})")
-        return model
-
-    return pydantic.model_validator(mode="after")(check)
 
 
-def build_input_model(
-    func: Callable[..., Any], exactly_one_of: tuple[tuple[str, ...], ...] = ()
-) -> tuple[type[pydantic.BaseModel], bool]:
-    """Turn a typed signature (or a single pydantic-model parameter) into an input model."""
-    try:
-        hints = typing.get_type_hints(func, include_extras=True)
-    except (NameError, TypeError) as exc:
-        raise FunctionDefinitionError(f"{func.__qualname__}: cannot resolve type hints: {exc}") from exc
-    parameters = list(inspect.signature(func).parameters.values())
-    if len(parameters) == 1:
-        only = hints.get(parameters[0].name)
-        if isinstance(only, type) and issubclass(only, pydantic.BaseModel):
-            return only, True
-    fields: dict[str, Any] = {}
-    for parameter in parameters:
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            raise FunctionDefinitionError(f"{func.__qualname__}: *args/**kwargs cannot form an input schema")
-        if parameter.name not in hints:
-            raise FunctionDefinitionError(f"{func.__qualname__}: parameter {parameter.name!r} has no type hint")
-        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
-        fields[parameter.name] = (hints[parameter.name], default)
-    unknown = {name for group in exactly_one_of for name in group} - set(fields)
-    if unknown:
-        raise FunctionDefinitionError(f"{func.__qualname__}: exactly_one_of names unknown {sorted(unknown)}")
-    model_name = "".join(part.title() for part in func.__name__.split("_")) + "Input"
-    # The schema says it too, so clients generated from it know the rule.
-    alternatives: list[Any] = [{"oneOf": [{"required": [name]} for name in group]} for group in exactly_one_of]
-    config = pydantic.ConfigDict(extra="forbid", json_schema_extra={"allOf": alternatives} if alternatives else None)
-    validators = {"exactly_one_of": _exactly_one_of(exactly_one_of)} if exactly_one_of else {}
-    model = pydantic.create_model(model_name, __config__=config, __validators__=validators, **fields)
-    return model, False
 
 
 @overload

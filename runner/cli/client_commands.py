@@ -17,7 +17,9 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from runner.client.http_client import RunnerClient, Transport, normalize_base_url
+from runner.cli.output import console, detail_lines, duration, print_json, print_table, took, when
+from runner.client.http_client import RunnerClient
+from runner.client.transport import Transport, normalize_base_url
 from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from runner.errors import ApiError, ApiUnreachable
 from runner.status import TERMINAL_STATUSES
@@ -78,22 +80,8 @@ def _fail(message: str, code: int, details: list[str] | None = None) -> NoReturn
     sys.exit(code)
 
 
-def detail_lines(details: Any) -> list[str]:
-    """The API's `details` of an error, a line each: `field: message` for invalid input, `key: value` else."""
-    if details is None:
-        return []
-    if isinstance(details, list):
-        return [f"{item['field']}: {item['message']}" if isinstance(item, dict) and {"field", "message"} <= set(item)
-                else _plain(item) for item in details]
-    if isinstance(details, dict):
-        return [f"{key}: {_plain(value)}" for key, value in details.items()]
-    return [_plain(details)]
 
 
-def _plain(value: Any) -> str:
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return ", ".join(value)
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def handles_client_errors(command: F) -> F:
@@ -111,36 +99,14 @@ def handles_client_errors(command: F) -> F:
     return run  # type: ignore[return-value]
 
 
-# Piped output is not cut to 80 columns: tables keep one row per line for grep and friends.
-PIPED_WIDTH = 240
 
 
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    console = Console(stderr=stderr)
-    return console if console.is_terminal else Console(stderr=stderr, width=max(console.width, PIPED_WIDTH))
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]], wrap: tuple[str, ...] = ()) -> None:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        # Ids and names stay whole (copy-pasteable); only free text wraps on a narrow terminal.
-        table.add_column(column, no_wrap=column not in wrap, overflow="fold")
-    for row in rows:
-        table.add_row(*("" if value is None else str(value) for value in row))
-    _console().print(table)
 
 
-def _when(value: str | None) -> str:
-    """An ISO timestamp to the second, as `YYYY-MM-DD HH:MM:SS` (UTC, as the API gives it)."""
-    return value[:19].replace("T", " ") if value else ""
 
 
-def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 as_json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
@@ -154,13 +120,13 @@ def functions(as_json: bool) -> None:
     """List the functions the API serves."""
     listed = _client().functions()
     if as_json:
-        _print_json(listed)
+        print_json(listed)
         return
     rows = [
         [spec["name"], spec["queue"], f"{spec['timeout']} s", _retries(spec), spec.get("description", "")]
         for spec in listed
     ]
-    _table("Functions", ["name", "queue", "timeout", "retries", "description"], rows, wrap=("description",))
+    print_table("Functions", ["name", "queue", "timeout", "retries", "description"], rows, wrap=("description",))
 
 
 def _retries(spec: dict[str, Any]) -> str:
@@ -200,16 +166,16 @@ def invoke(name: str, data: str | None, data_file: str | None, wait: bool, timeo
     client = _client()
     accepted = client.invoke(name, _read_payload(data, data_file))
     if not wait:
-        _print_json(accepted)
+        print_json(accepted)
         return
     view = _follow_with_progress_bar(client, accepted, timeout)
     status = view.get("status")
     if status == "finished":
         # On stderr, like the progress bar: stdout is the result alone, for pipes.
-        click.echo(f"job {view['id']} finished{_took(view)}", err=True)
+        click.echo(f"job {view['id']} finished{took(view)}", err=True)
         for artifact in view.get("artifacts") or []:
             click.echo(f"  {artifact['name']}: {client.artifact_url(artifact)}", err=True)
-        _print_json(view.get("result"))
+        print_json(view.get("result"))
         return
     if status in TERMINAL_STATUSES:
         error = view.get("error") or {}
@@ -219,9 +185,6 @@ def invoke(name: str, data: str | None, data_file: str | None, wait: bool, timeo
           EXIT_STILL_RUNNING)
 
 
-def _took(view: dict[str, Any]) -> str:
-    seconds = _duration(view)
-    return f" in {seconds} s" if seconds else ""
 
 
 def _follow_with_progress_bar(client: RunnerClient, accepted: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -229,7 +192,7 @@ def _follow_with_progress_bar(client: RunnerClient, accepted: dict[str, Any], ti
 
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[message]}"))
-    with Progress(*columns, console=_console(stderr=True), transient=False) as bar:
+    with Progress(*columns, console=console(stderr=True), transient=False) as bar:
         task = bar.add_task(f"{accepted['function']} {accepted['status']}", total=100, message="")
 
         def show(view: dict[str, Any]) -> None:
@@ -252,7 +215,7 @@ def jobs(function_name: str | None, status: str | None, limit: int, cursor: str 
     """List recent jobs from the history, newest first."""
     page = _client().jobs(function=function_name, status=status, limit=limit, cursor=cursor)
     if as_json:
-        _print_json(page)
+        print_json(page)
         return
     if not page["jobs"]:
         selection = " ".join(f"--{name} {value}" for name, value in (("function", function_name), ("status", status))
@@ -260,21 +223,14 @@ def jobs(function_name: str | None, status: str | None, limit: int, cursor: str 
         click.echo(f"No jobs match {selection}." if selection else "No jobs yet: invoke a function first.")
         return
     rows = [
-        [view["id"], view["function"], view["status"], view["attempts"], _when(view.get("created_at")), _duration(view)]
+        [view["id"], view["function"], view["status"], view["attempts"], when(view.get("created_at")), duration(view)]
         for view in page["jobs"]
     ]
-    _table("Jobs", ["id", "function", "status", "attempts", "created (UTC)", "seconds"], rows)
+    print_table("Jobs", ["id", "function", "status", "attempts", "created (UTC)", "seconds"], rows)
     if page.get("next"):
         click.echo(f"More: python -m runner jobs --cursor {page['next']}")
 
 
-def _duration(view: dict[str, Any]) -> str:
-    from datetime import datetime
-
-    if not view.get("started_at") or not view.get("ended_at"):
-        return ""
-    seconds = (datetime.fromisoformat(view["ended_at"]) - datetime.fromisoformat(view["started_at"])).total_seconds()
-    return f"{seconds:.3f}"
 
 
 @click.command()
@@ -290,7 +246,7 @@ def job(job_id: str) -> None:
         if error.code != "job_not_found" or len(job_id) >= FULL_JOB_ID_LENGTH:
             raise
         view = client.job(_unique_job_id(client, job_id, error))
-    _print_json(view)
+    print_json(view)
 
 
 def _unique_job_id(client: RunnerClient, prefix: str, not_found: ApiError) -> str:
@@ -311,17 +267,17 @@ def workers(as_json: bool) -> None:
     """List the workers registered in Redis."""
     listed = _client().workers()
     if as_json:
-        _print_json(listed)
+        print_json(listed)
         return
     if not listed:
         click.echo("No workers are registered: start one with `runner worker` (or `python -m runner worker`).")
         return
     rows = [
         [w["name"], w["state"], ", ".join(w["queues"]), w.get("current_job"), w["successful_jobs"], w["failed_jobs"],
-         _when(w.get("last_heartbeat"))]
+         when(w.get("last_heartbeat"))]
         for w in listed
     ]
-    _table("Workers", ["name", "state", "queues", "current job", "ok", "failed", "last heartbeat (UTC)"], rows,
+    print_table("Workers", ["name", "state", "queues", "current job", "ok", "failed", "last heartbeat (UTC)"], rows,
            wrap=("queues",))
 
 
@@ -333,10 +289,10 @@ def queues(as_json: bool) -> None:
     """Show each queue's depth: queued, started, scheduled, deferred, failed, finished, canceled."""
     listed = _client().queues()
     if as_json:
-        _print_json(listed)
+        print_json(listed)
         return
     states = ["queued", "started", "scheduled", "deferred", "failed", "finished", "canceled"]
-    _table("Queues", ["queue", *states], [[q["name"], *(q[state] for state in states)] for q in listed])
+    print_table("Queues", ["queue", *states], [[q["name"], *(q[state] for state in states)] for q in listed])
 
 
 @click.command("requeue-failed")

@@ -22,7 +22,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
-from runner.authoring.registry import FunctionSpec
+from runner.authoring.spec import FunctionSpec
 
 # What RQ calls for every runner job (runner.worker.execution.run_invocation), with the function's
 # name and input as arguments: never a path taken from a request.

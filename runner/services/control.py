@@ -22,7 +22,8 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner.authoring.registry import FunctionSpec, Registry
+from runner.authoring.registry import Registry
+from runner.authoring.spec import FunctionSpec
 from runner.errors import JobNotFound, StateConflict
 from runner.journal import entries as journal
 from runner.journal.reads import read_history

@@ -12,7 +12,7 @@ from typing import Any
 
 from rq.queue import Queue
 
-from runner.authoring.registry import FunctionSpec
+from runner.authoring.spec import FunctionSpec
 from runner.journal import entries as journal
 from runner.redis_connection import NOT_ACCEPTED, REDIS_ERRORS, redis_unavailable
 from runner.rq_seam.job_hash import JobTemplate, job_fields, job_key, new_job, queue_job, template_for

@@ -24,7 +24,8 @@ from redis.client import Pipeline
 from rq import Retry
 from rq.job import Job
 
-from runner.authoring.registry import FunctionSpec, Registry
+from runner.authoring.registry import Registry
+from runner.authoring.spec import FunctionSpec
 from runner.errors import TooManyRequests
 from runner.rq_seam.keys import STATUS_FIELD, job_key
 from runner.services.lifecycle import JobEvent

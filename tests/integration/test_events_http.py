@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from runner.client.http_client import ServerEvent, parse_events
+from runner.client.events import ServerEvent, parse_events
 from tests.integration.conftest import Stack
 
 MAX_SECONDS = 3.0

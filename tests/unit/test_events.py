@@ -17,7 +17,7 @@ from werkzeug.test import TestResponse
 import api
 from api.events import StreamLimits, format_event, job_events
 from runner.authoring.registry import Registry
-from runner.client.http_client import ServerEvent, parse_events
+from runner.client.events import ServerEvent, parse_events
 from runner.config import Settings, SettingsError
 from runner.services.backends import Backends
 from runner.services.job_views import get_job_view

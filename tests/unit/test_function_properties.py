@@ -28,7 +28,8 @@ from PIL import Image
 
 from runner import PermanentError
 from runner.authoring import context
-from runner.authoring.registry import FunctionSpec, Registry
+from runner.authoring.registry import Registry
+from runner.authoring.spec import FunctionSpec
 from runner.errors import InvalidInput
 from runner.store.files import ArtifactStore, UploadStore
 from runner.store.models import InvocationRecord

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from runner.authoring.registry import FunctionSpec, Registry
+from runner.authoring.registry import Registry
+from runner.authoring.spec import FunctionSpec
 from runner.services.backends import Backends
 
 FUNCTIONS = Registry.discover("functions")

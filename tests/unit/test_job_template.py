@@ -8,7 +8,8 @@ import fakeredis
 import pytest
 from rq.job import JobStatus
 
-from runner.authoring.registry import FunctionSpec, Registry
+from runner.authoring.registry import Registry
+from runner.authoring.spec import FunctionSpec
 from runner.rq_seam.job_hash import ENTRY_POINT, new_job
 from runner.rq_seam.queues import queue_for
 from runner.services.backends import Backends

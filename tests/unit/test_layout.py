@@ -36,7 +36,8 @@ def test_what_function_authors_import_loads_no_engine_library(statement: str) ->
 def test_the_http_client_loads_no_engine_code() -> None:
     modules = loaded_after("import runner.client.http_client")
     ours = {name for name in modules if name.split(".")[0] == "runner"}
-    assert ours == {"runner", "runner.client", "runner.client.http_client", "runner.errors", "runner.status"}
+    assert {name for name in ours if not name.startswith("runner.client")} == {"runner", "runner.errors",
+                                                                               "runner.status"}
     assert top_level(modules).isdisjoint({*ENGINE_LIBRARIES, "pydantic", "flask"})
 
 
@@ -104,4 +105,4 @@ def test_the_subpackages_import_each_other_one_way() -> None:
 def test_no_module_of_runner_or_api_is_long() -> None:
     lengths = {str(path.relative_to(ROOT)): len(path.read_text().splitlines())
                for folder in ("runner", "api") for path in (ROOT / folder).rglob("*.py")}
-    assert {name: length for name, length in lengths.items() if length > 330} == {}
+    assert {name: length for name, length in lengths.items() if length > 320} == {}

@@ -13,7 +13,8 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from runner.authoring.registry import FunctionSpec, Registry, make_spec
+from runner.authoring.registry import Registry, make_spec
+from runner.authoring.spec import FunctionSpec
 from runner.errors import FunctionDefinitionError
 from runner.rq_seam.queues import queue_for
 from runner.services.lifecycle import JobEvent

@@ -19,7 +19,8 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from runner import PermanentError, save_artifact
-from runner.authoring.registry import FunctionSpec, Registry, make_spec
+from runner.authoring.registry import Registry, make_spec
+from runner.authoring.spec import FunctionSpec
 from runner.config import Settings
 from runner.rq_seam.queues import queue_for
 from runner.services.callbacks import CALLBACK_QUEUE, signature

@@ -11,7 +11,8 @@ import pydantic
 import pytest
 
 from runner import function
-from runner.authoring.registry import DEFAULT_QUEUE, DEFAULT_TIMEOUT, SPEC_ATTRIBUTE, FunctionSpec, Registry, make_spec
+from runner.authoring.registry import DEFAULT_QUEUE, DEFAULT_TIMEOUT, SPEC_ATTRIBUTE, Registry, make_spec
+from runner.authoring.spec import FunctionSpec
 from runner.errors import FunctionDefinitionError, FunctionNotFound, InvalidInput
 from runner.services.fleet import default_queues
 
