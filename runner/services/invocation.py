@@ -153,10 +153,10 @@ def job_exists(job_id: str, backends: Backends) -> bool:
 def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backends: Backends,
                         options: InvocationOptions, callback_url: str | None) -> NewInvocation:
     # History must be writable to accept: the row waits in the journal, but a database that does
-    # not answer now is a 503, as it was when the row was written first (a ping only after a
-    # second without an answer: a stream of invocations pays nothing).
+    # not answer now (or lacks its table) is a 503, as it was when the row was written first (a
+    # probe only after a second without an answer: a stream of invocations pays nothing).
     if not backends.store.answered_within(DATABASE_ANSWERED_WITHIN_SECONDS):
-        backends.store.ping()
+        backends.store.probe_history()
     try:
         reserve_waiting_place(backends.connection, spec, job_id)
     except REDIS_ERRORS as exc:

@@ -36,7 +36,7 @@ MIGRATION_LOCK_ID = 727_411_905
 APPLY_LOCK_ID = 727_411_906
 
 
-def database_unavailable(exc: BaseException | None = None) -> BackendUnavailable:
+def database_unavailable() -> BackendUnavailable:
     """The error every caller raises when the database cannot be reached."""
     return BackendUnavailable("The database is unavailable.", details={"dependency": "database"})
 
@@ -103,6 +103,12 @@ class Store:
         """Raise BackendUnavailable unless the database answers."""
         with self.session() as session:
             session.execute(sa.text("SELECT 1"))
+
+    def probe_history(self) -> None:
+        """Raise unless history can be written: BackendUnavailable when the database is away, the
+        driver's error when it lacks the table (not migrated; the API answers it with a 503)."""
+        with self.session() as session:
+            session.execute(sa.select(InvocationRecord.id).limit(0))
 
     def get(self, job_id: str) -> InvocationRecord | None:
         """The row of `job_id`, or None."""
