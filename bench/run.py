@@ -230,7 +230,7 @@ def http_invoke(runner: RunnerEngine, seconds: int, latency_count: int, rounds: 
     figures: dict[str, Any] = {}
     ours_port, bare_port = free_port(), free_port()
     runner.connection.flushall()
-    runner.services.backends.store.migrate()
+    runner.backends.store.migrate()
     ours = gunicorn("api:create_app()", runner.env(), ours_port, runner.workdir)
     bare = gunicorn("bench.bare_app:create_app()", runner.env(), bare_port, runner.workdir)
     urls = {"runner": f"http://127.0.0.1:{ours_port}/functions/noop/invocations",

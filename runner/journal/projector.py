@@ -45,6 +45,13 @@ MAX_BATCH = 500
 LEASE_SECONDS = 5.0
 # How long the lease holder blocks on an empty journal before it renews its lease.
 WAIT_SECONDS = 1.0
+# How long entries wait for company before they are applied: one transaction where there would be
+# several, and no projector work competing with a short job while it runs (single-job latency:
+# see README, Performance).
+HOLD_SECONDS = 0.02
+# While entries keep coming, the projector looks every HOLD_SECONDS instead of blocking until the
+# next one: a wake-up per entry would compete with the job that wrote it; idle, it blocks.
+BUSY_SECONDS = 1.0
 # After the database failed, the projector tries again this often.
 RETRY_SECONDS = 1.0
 
@@ -110,20 +117,26 @@ class Projector:
         self._release = connection.register_script(_RELEASE)
         self._last_id = "0-0"
 
-    def apply_batch(self, most: int = MAX_BATCH) -> int:
-        """Apply up to `most` entries from the head of the journal and delete them; how many there were.
-
-        BackendUnavailable when the database is away (the entries stay), Redis errors as raised."""
+    def read_batch(self, most: int = MAX_BATCH) -> list[tuple[bytes, Entry]]:
+        """Up to `most` entries from the head of the journal, with their stream ids."""
         found = cast(list[tuple[bytes, dict[bytes, bytes]]],
                      self.connection.xrange(JOURNAL_KEY, "-", "+", count=most))
-        if not found:
+        return [(stream_id, decode(stream_id, fields[ENTRY_FIELD.encode()])) for stream_id, fields in found]
+
+    def apply(self, batch: Sequence[tuple[bytes, Entry]]) -> int:
+        """Apply `batch` (from `read_batch`), then delete it; how many entries it had.
+        BackendUnavailable when the database is away (the entries stay), Redis errors as raised."""
+        if not batch:
             return 0
-        entries = [decode(stream_id, fields[ENTRY_FIELD.encode()]) for stream_id, fields in found]
+        entries = [entry for _stream_id, entry in batch]
         self.store.apply(fold(entries))
-        ids = [stream_id for stream_id, _fields in found]
-        self.connection.xdel(JOURNAL_KEY, *ids)
+        self.connection.xdel(JOURNAL_KEY, *[stream_id for stream_id, _entry in batch])
         self._last_id = stream_id_of(entries[-1].position)
         return len(entries)
+
+    def apply_batch(self, most: int = MAX_BATCH) -> int:
+        """Apply up to `most` entries from the head of the journal (see `apply`); how many there were."""
+        return self.apply(self.read_batch(most))
 
     def catch_up(self, most: int) -> int:
         """Apply what waits, up to `most` entries; how many were applied."""
@@ -148,15 +161,37 @@ class Projector:
         self.connection.xread({JOURNAL_KEY: self._last_id}, count=1, block=max(1, int(seconds * 1000)))
 
     def run(self, stop: threading.Event) -> None:
-        """Apply the journal while this projector holds the lease, until `stop` is set (a thread's body)."""
+        """Apply the journal while this projector holds the lease, until `stop` is set (a thread's body).
+
+        Entries wait up to HOLD_SECONDS for company, so a short job's new row, start and end become
+        one change (a read of history does not wait for it: it applies what waits itself)."""
         database_away = False
+        held_since: float | None = None
+        renew_lease_at = 0.0
+        busy_until = 0.0
         while not stop.is_set():
             try:
-                if not self.hold_lease():
-                    stop.wait(LEASE_SECONDS / 2)
+                now = time.monotonic()
+                if now >= renew_lease_at:
+                    if not self.hold_lease():
+                        stop.wait(LEASE_SECONDS / 2)
+                        continue
+                    renew_lease_at = now + LEASE_SECONDS / 5
+                batch = self.read_batch()
+                if not batch:
+                    held_since = None
+                    if now < busy_until:
+                        stop.wait(HOLD_SECONDS)  # entries came lately: look again soon, not woken by each
+                    else:
+                        self.wait_for_entries(WAIT_SECONDS)
                     continue
-                if self.apply_batch() == 0:
-                    self.wait_for_entries(WAIT_SECONDS)
+                busy_until = now + BUSY_SECONDS
+                held_since = held_since or now
+                if len(batch) < MAX_BATCH and now - held_since < HOLD_SECONDS:
+                    stop.wait(HOLD_SECONDS - (now - held_since))  # the jobs' own work goes first
+                    continue
+                self.apply(batch)
+                held_since = None
                 if database_away:
                     log.info("journal: the database answers again; applying the waiting entries")
                 database_away = False

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from redis.client import Pipeline
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 
 from runner.errors import BackendUnavailable, JobNotFound
-from runner.journal.reads import read_history
+from runner.journal.ends import ended_key
+from runner.journal.reads import apply_read, queue_read_of_waiting, read_history
 from runner.journal.rows import progress_of
 from runner.redis_connection import REDIS_ERRORS, redis_unavailable
 from runner.rq_seam.job_reads import fetch_with_latest_result
@@ -25,8 +24,6 @@ from runner.store.database import as_utc
 from runner.store.models import InvocationRow
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-ENDED_KEY_PREFIX = "runner:ended:"
-ENDED_TOKEN_TTL_SECONDS = 60
 # Longest a waiter blocks before it reads the job again (API connections time out after 2 s).
 WAIT_SLICE_SECONDS = 0.5
 
@@ -149,8 +146,16 @@ def get_job_view(job_id: str, backends: Backends, *, after_end_wait: float = 0.0
         raise JobNotFound(f"No job has the id {job_id!r}.")
     redis_error: Exception | None = None
     try:
-        return view_from_job(fetch_with_latest_result(job_id, backends.connection, wait_on=ended_key(job_id),
-                                                      wait_seconds=after_end_wait))
+        # A waiter reads the journal with the job: when the job has ended, its row's entries are
+        # applied before the view is returned, so history has the end too ("?wait=" answers once
+        # it is written) without a round trip of its own.
+        job, waiting = fetch_with_latest_result(job_id, backends.connection, wait_on=ended_key(job_id),
+                                                wait_seconds=after_end_wait,
+                                                also=queue_read_of_waiting if after_end_wait else None)
+        view = view_from_job(job)
+        if view.is_terminal and waiting:
+            apply_read(backends.store, waiting)
+        return view
     except (NoSuchJobError, DeserializationError):
         pass  # not in Redis (or not a runner job): the store decides
     except REDIS_ERRORS as exc:
@@ -171,23 +176,11 @@ def get_job_view(job_id: str, backends: Backends, *, after_end_wait: float = 0.0
     return view_from_record(record)
 
 
-def ended_key(job_id: str) -> str:
-    """The list that receives a token when the job's end has reached its SQL row (see `announce_ends`)."""
-    return f"{ENDED_KEY_PREFIX}{job_id}"
-
-
-def announce_ends(pipeline: Pipeline, ended: Iterable[str]) -> None:
-    """Wake whoever waits for these jobs (their terminal state is in Redis and in their rows), in `pipeline`."""
-    for job_id in ended:
-        pipeline.lpush(ended_key(job_id), "1")
-        pipeline.expire(ended_key(job_id), ENDED_TOKEN_TTL_SECONDS)
-
-
 def wait_for_job(job_id: str, backends: Backends, timeout: float, *, fresh: bool = False) -> JobView:
     """Wait until the job ends or `timeout` passes; return its latest view either way.
 
-    Workers announce each end once its row is written; ends nobody announces (a cancel, a job
-    settled by a worker's supervisor) are seen within WAIT_SLICE_SECONDS. `fresh`: the caller
+    Workers announce each end in the call that records it (runner.journal.ends); ends nobody
+    announces (a cancel) are seen within WAIT_SLICE_SECONDS. `fresh`: the caller
     has just enqueued the job, so it waits for the announcement before its first look.
     """
     deadline = time.monotonic() + timeout

@@ -22,11 +22,12 @@ from rq.queue import Queue
 from rq.utils import now
 
 from runner.journal import entries as journal
+from runner.journal.ends import announce_ends
 from runner.journal.rows import row_values
 from runner.rq_seam.bookkeeping import queue_failure, queue_meta, queue_requeue, queue_retry, queue_schedule
 from runner.rq_seam.job_hash import ENTRY_POINT
 from runner.rq_seam.job_reads import job_status
-from runner.services.job_views import announce_ends, error_from_text
+from runner.services.job_views import error_from_text
 from runner.services.lifecycle import JobEvent, emit, emit_into
 from runner.status import TERMINAL_STATUSES, JobStatus
 

@@ -65,10 +65,15 @@ class Duties:
         self._next_pass = 0.0
         self._projector: tuple[threading.Thread, threading.Event] | None = None
 
+    @property
+    def due(self) -> bool:
+        """Whether a pass is due (they are a few seconds apart)."""
+        return time.monotonic() >= self._next_pass
+
     def run(self) -> None:
         """Recover dead workers' jobs, keep scheduling alive and mark lost jobs (rate-limited)."""
         worker = self.worker
-        if time.monotonic() < self._next_pass:
+        if not self.due:
             return
         self._next_pass = time.monotonic() + min(RECOVERY_INTERVAL_SECONDS, worker.heartbeat_seconds)
         connection = worker.connection

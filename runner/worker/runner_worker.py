@@ -271,7 +271,7 @@ class RunnerWorker(SeamWorker):
 
     @property
     def should_run_maintenance_tasks(self) -> bool:
-        return True  # rate-limited by the duties themselves
+        return self.duties.due or bool(super().should_run_maintenance_tasks)
 
     def run_maintenance_tasks(self) -> None:
         self.duties.run()
