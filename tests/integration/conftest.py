@@ -332,7 +332,8 @@ class Stack:
             time.sleep(0.05)
 
     def row_count(self) -> int:
-        """How many invocation rows the store holds."""
+        """How many invocation rows the store holds (what waits in the journal applied first)."""
+        self.store.get("")
         with self.store.session() as session:
             return int(session.scalar(sa.select(sa.func.count()).select_from(InvocationRecord)) or 0)
 
