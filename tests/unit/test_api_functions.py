@@ -103,6 +103,16 @@ def test_the_202_shows_the_job_exactly_as_its_stored_row_does(invoke: Invoke, st
     assert (record.idempotency_key, record.callback_url, record.result, record.error) == (None, None, None, None)
 
 
+def test_the_job_in_redis_and_its_row_say_the_same_creation_time(
+    invoke: Invoke, client: FlaskClient, store: Store, connection: fakeredis.FakeRedis
+) -> None:
+    job_id = invoke("simple_calculation", {"expression": "1+1"}).get_json()["id"]
+    live = client.get(f"/jobs/{job_id}").get_json()  # from Redis
+    record = store.get(job_id)
+    assert record is not None
+    assert live["created_at"] == runner.services.job_views.view_from_record(record).created_at
+
+
 def test_invocation_runs_to_a_result(
     invoke: Invoke, client: FlaskClient, run_jobs: Callable[..., bool], store: Store
 ) -> None:
