@@ -38,8 +38,7 @@ class Backends:
     @cached_property
     def job_sends(self) -> GroupCommit[EncodedCommands]:
         """New jobs' commands (`encode_commands`) on their way to Redis: threads sending at once share a call."""
-        # A failed call may have run in part: sending its jobs again could queue some twice.
-        return GroupCommit(functools.partial(run_encoded, self.connection), retry_alone=lambda error: False)
+        return GroupCommit(functools.partial(run_encoded, self.connection))
 
     def validation_context(self) -> dict[str, object]:
         """What input validation may consult (stored uploads)."""

@@ -153,8 +153,8 @@ def test_redis_down_then_back(spawn: ProcessSet, tmp_path: Path) -> None:
         client = redis.Redis.from_url(server.url)
         queued = {job_id.decode() for job_id in client.lrange("rq:queue:demo_tasks", 0, -1)}
         assert set(accepted) <= queued, "an accepted invocation was lost"
-        # Through the API, as a user reads history: the last ones' rows may still be written behind
-        # (journaled in Redis for a few ms), and GET /jobs commits those before it reads.
+        # Through the API, as a user reads history: the last ones' rows may still wait in the journal
+        # (for a few ms), and GET /jobs applies those before it reads.
         listed = web.get("/jobs?limit=100").json()["jobs"]
         assert len(listed) == 2 + 6, "the refused invocation left a row, or an accepted one has none"
         assert store_rows(database_url) == 2 + 6

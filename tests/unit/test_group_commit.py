@@ -79,7 +79,7 @@ def hold_first_then_queue(writes: Writes, group: GroupCommit[str], others: list[
 def test_a_lone_caller_writes_its_item_by_itself() -> None:
     writes = Writes()
     writes.hold_first.set()
-    group = GroupCommit(writes, retry_alone=lambda error: True)
+    group = GroupCommit(writes)
     group.submit("a")
     group.submit("b")
     assert writes.batches == [["a"], ["b"]]
@@ -87,7 +87,7 @@ def test_a_lone_caller_writes_its_item_by_itself() -> None:
 
 def test_callers_that_arrive_during_a_write_share_the_next_one() -> None:
     writes = Writes()
-    group = GroupCommit(writes, retry_alone=lambda error: True)
+    group = GroupCommit(writes)
     others = [f"item-{n}" for n in range(6)]
     _, outcomes = hold_first_then_queue(writes, group, others)
     assert writes.batches[0] == ["first"]
@@ -98,7 +98,7 @@ def test_callers_that_arrive_during_a_write_share_the_next_one() -> None:
 def test_an_error_of_a_lone_write_reaches_its_caller() -> None:
     writes = Writes(fail_when=lambda batch: True)
     writes.hold_first.set()
-    group = GroupCommit(writes, retry_alone=lambda error: True)
+    group = GroupCommit(writes)
     with pytest.raises(ConnectionError, match="refused"):
         group.submit("a")
     writes.fail_when = lambda batch: False
@@ -106,25 +106,9 @@ def test_an_error_of_a_lone_write_reaches_its_caller() -> None:
     assert writes.written == {"b"}
 
 
-def test_after_a_shared_write_fails_on_one_item_each_caller_writes_alone_and_only_the_culprit_fails() -> None:
-    # One bad row spoils the transaction it shares (nothing was written); alone, the others go in.
+def test_when_a_shared_write_fails_every_caller_gets_the_error_and_nothing_is_written_again() -> None:
     writes = Writes(fail_when=lambda batch: "bad" in batch)
-    group = GroupCommit(writes, retry_alone=lambda error: True)
-    _, outcomes = hold_first_then_queue(writes, group, ["good-1", "bad", "good-2"])
-    assert writes.written == {"first", "good-1", "good-2"}
-    assert isinstance(outcomes["bad"], ConnectionError)
-    assert {item: outcomes[item] for item in ("first", "good-1", "good-2")} == dict.fromkeys(
-        ("first", "good-1", "good-2"), "returned")
-    assert sorted(writes.batches[1]) == ["bad", "good-1", "good-2"]  # shared first
-    assert sorted(map(tuple, writes.batches[2:])) == [("bad",), ("good-1",), ("good-2",)]  # then alone
-
-
-@pytest.mark.parametrize("retry_alone", [lambda error: False, lambda error: "refused" not in str(error)],
-                         ids=["never (a write that may have run in part)", "not for this error (the backend is away)"])
-def test_when_a_shared_write_is_not_retried_alone_every_caller_gets_the_error_and_nothing_is_written_again(
-        retry_alone: Callable[[BaseException], bool]) -> None:
-    writes = Writes(fail_when=lambda batch: "bad" in batch)
-    group = GroupCommit(writes, retry_alone=retry_alone)
+    group = GroupCommit(writes)
     _, outcomes = hold_first_then_queue(writes, group, ["good-1", "bad", "good-2"])
     assert len(writes.batches) == 2  # no second try: it could write the good ones twice
     assert outcomes["first"] == "returned"
@@ -135,7 +119,7 @@ def test_when_a_shared_write_is_not_retried_alone_every_caller_gets_the_error_an
 
 def test_a_forked_child_can_write_while_its_parent_is_mid_write() -> None:
     writes = Writes()
-    group = GroupCommit(writes, retry_alone=lambda error: True)
+    group = GroupCommit(writes)
     threads, _ = submit_in_threads(group, ["first"])
     assert writes.first_started.wait(WAIT_SECONDS)  # a thread of the parent holds the turn
     child = os.fork()
