@@ -137,6 +137,11 @@ def test_requeue_rejects_bad_filters(
     api_error(client.post("/queues/failed/requeue", json=body), status, code)
 
 
+def test_an_unknown_queue_lists_every_queue_a_worker_serves(client: FlaskClient, api_error: ApiError) -> None:
+    body = api_error(client.post("/queues/failed/requeue", json={"queue": "no_such_queue"}), 404, "queue_not_found")
+    assert {"default", "callbacks", "demo_tasks"} <= set(body["details"]["known"])
+
+
 def test_requeue_rejects_bodies_that_are_not_json_objects(client: FlaskClient, api_error: ApiError) -> None:
     api_error(client.post("/queues/failed/requeue", data="[1]", content_type="application/json"), 400)
     api_error(client.post("/queues/failed/requeue", data="{", content_type="application/json"), 400)
