@@ -21,12 +21,13 @@ from api.openapi_schemas import (
     ref,
 )
 from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Settings
+from runner.services.callback_target import MAX_URL_LENGTH
 from runner.services.callbacks import (
     CALLBACK_EVENTS,
     DELIVERY_BACKOFF,
+    DELIVERY_TIMEOUT_SECONDS,
     EVENT_HEADER,
     JOB_ID_HEADER,
-    MAX_URL_LENGTH,
     SIGNATURE_HEADER,
 )
 from runner.services.callbacks import HEADER as CALLBACK_HEADER
@@ -140,8 +141,9 @@ def completion_callback() -> dict[str, Any]:
         "requestBody": {"required": True, "content": {"application/json": {"schema": ref("JobView")}}},
         "responses": {
             "2XX": {"description": "Delivered."},
-            "default": {"description": f"A 429, a 5xx or no answer is retried after {retries} s; any other "
-                                       "status is final."},
+            "default": {"description": f"A 429, a 5xx or no answer (no status line and headers within "
+                                       f"{DELIVERY_TIMEOUT_SECONDS} s of the delivery's start, however slowly "
+                                       f"they trickle) is retried after {retries} s; any other status is final."},
         },
     }}}}
 

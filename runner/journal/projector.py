@@ -200,8 +200,8 @@ class Projector:
                     log.warning("journal: the database is unavailable; history writes wait in Redis")
                 database_away = True
                 stop.wait(RETRY_SECONDS)
-            except REDIS_ERRORS as exc:
-                log.warning("journal: Redis is unavailable (%s); retrying", exc)
+            except REDIS_ERRORS as exc:  # the worker running this thread says Redis is away, once per retry
+                log.debug("journal: Redis is unavailable (%s); retrying", exc)
                 stop.wait(RETRY_SECONDS)
             except Exception:  # a bug must not end history for good: the entries stay, and we try again
                 log.exception("journal: applying a batch failed; it stays in the journal")

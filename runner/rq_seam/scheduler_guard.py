@@ -4,18 +4,50 @@ RQ lets one scheduler process per queue hold a lock that outlives a killed sched
 minute, and other workers try to take over only every few minutes. A runner worker checks on
 each recovery pass instead: a lock held by a scheduler silent past the window is broken, and
 this worker's scheduler takes the free locks, starting (or restarting) its process.
+
+A scheduler process that loses Redis ends quietly (RQ's logs its traceback twice, once more
+through multiprocessing): the worker says Redis is away, and its recovery duty starts the
+scheduler again once Redis answers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from multiprocessing.process import BaseProcess
 from typing import Protocol
 
 import redis
-from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+from rq.scheduler import SCHEDULER_KEY_TEMPLATE, ForkProcess, RQScheduler
 from rq.utils import as_text, utcparse
 
+from runner.redis_connection import REDIS_ERRORS
+
 log = logging.getLogger(__name__)
+
+
+class RunnerScheduler(RQScheduler):
+    """RQ's scheduler, whose process ends without a traceback when Redis goes away."""
+
+    def start(self) -> BaseProcess:
+        # RQ's start, with run_scheduler as the process's body.
+        self._status = self.Status.STARTED
+        self._connection = None  # a Redis client is not carried into the fork
+        process = ForkProcess(target=run_scheduler, args=(self,), name="Scheduler")
+        self._process = process  # type: ignore[assignment]
+        process.start()
+        return process
+
+
+def run_scheduler(scheduler: RQScheduler) -> None:
+    """The scheduler process's body: RQ's (rq.scheduler.run), ended by a lost connection without a traceback."""
+    scheduler.log.info("Scheduler for %s started with PID %s", ", ".join(scheduler._queue_names), os.getpid())
+    try:
+        scheduler.work()
+    except REDIS_ERRORS as exc:
+        scheduler.log.debug("Scheduler with PID %d stopped: Redis is unavailable (%s)", os.getpid(), exc)
+        return
+    scheduler.log.info("Scheduler with PID %d has stopped", os.getpid())
 
 
 class SchedulingWorker(Protocol):

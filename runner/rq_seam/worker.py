@@ -23,6 +23,10 @@ this list against the classes). Here:
 - request_stop, request_force_stop: a graceful stop finishes within the grace period, then
   requeues uncounted.
 - kill_horse: the stop-job command interrupts the job in this process (there is no work horse).
+- _start_scheduler: RQ's, with a scheduler whose process ends quietly when Redis goes away
+  (runner.rq_seam.scheduler_guard.RunnerScheduler).
+- _pubsub_exception_handler: RQ logs an error every 2 s while Redis is away; the worker says it
+  once per retry (runner.worker.redis_outage), so this one retries quietly.
 
 And in runner.worker.runner_worker.RunnerWorker:
 - register_birth: writes the dead-worker window next to the heartbeats; registers for claims.
@@ -47,8 +51,10 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from redis.client import Pipeline
+import redis
+from redis.client import Pipeline, PubSub, PubSubWorkerThread
 from rq import SimpleWorker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -57,12 +63,15 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from runner.rq_seam.bookkeeping import RunnerJob, guarded_by_fence, queue_finish, queue_start, start_guard
+from runner.rq_seam.scheduler_guard import RunnerScheduler
 from runner.rq_seam.scripts import execute_as_script, script_pipeline
 
 log = logging.getLogger(__name__)
 
 # What to do once a job's commands were sent, told whether its guard held (the fence).
 AfterSent = Callable[[bool], None]
+# How long RQ's pubsub thread waits before it tries Redis again (RQ's own figure).
+PUBSUB_RETRY_SECONDS = 2.0
 
 
 def _nothing(_held: bool) -> None:
@@ -241,6 +250,33 @@ class SeamWorker(SimpleWorker):
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         self.interrupt_job()
+
+    def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO",
+                         date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+                         log_format: str = DEFAULT_LOGGING_FORMAT) -> None:
+        self.scheduler = RunnerScheduler(
+            self.queues, connection=self.connection, serializer=self.serializer, date_format=date_format,
+            logging_level=logging_level if logging_level is not None else self.log.level, log_format=log_format,
+        )
+        self.scheduler.acquire_locks()  # type: ignore[no-untyped-call]
+        if not self.scheduler.acquired_locks:
+            return
+        if not burst:
+            self.scheduler.start()
+            return
+        try:  # a burst worker enqueues what is due once, in this process
+            self.scheduler.register_birth()
+            self.scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+        finally:
+            self.scheduler.release_locks()  # type: ignore[no-untyped-call]
+            self.scheduler.register_death()
+
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: PubSub, pubsub_thread: PubSubWorkerThread) -> None:
+        if not isinstance(exc, redis.exceptions.ConnectionError):
+            super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+            return
+        log.debug("worker %s: pubsub thread lost Redis (%s); retrying", self.name, exc)
+        time.sleep(PUBSUB_RETRY_SECONDS)
 
     def note_stop_requested(self) -> None:
         """Record the stop's time in Redis (shown by RQ's tools)."""

@@ -90,8 +90,8 @@ class Duties:
             if worker.store is not None and connection.set(LOST_JOBS_PASS_KEY, worker.name, nx=True,
                                                            ex=max(1, int(worker.dead_after))):
                 mark_lost_jobs(worker.store, connection, worker.dead_after)
-        except REDIS_ERRORS as exc:
-            log.warning("worker %s: recovery pass skipped, Redis is unavailable (%s)", worker.name, exc)
+        except REDIS_ERRORS as exc:  # the worker says Redis is away, once per retry (runner.worker.redis_outage)
+            log.debug("worker %s: recovery pass skipped, Redis is unavailable (%s)", worker.name, exc)
         except BackendUnavailable as exc:
             log.warning("worker %s: lost jobs not looked for: %s", worker.name, exc.message)
 

@@ -11,6 +11,8 @@ parent runs none: it starts the work process, forwards stop signals to it, and c
   the parent kills it and requeues the job itself, uncounted.
 When the parent itself is killed, the kernel kills the work process too (PDEATHSIG), and
 peers recover its jobs from the silence of its heartbeats (runner.worker.recovery).
+A work process is started only once Redis answers: until then the parent pings it, one log line
+per retry (runner.worker.redis_outage), rather than start processes that cannot register.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from runner.worker.recovery import (
     settle_worker,
     started_entries,
 )
+from runner.worker.redis_outage import RedisOutage, pause
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +70,12 @@ class ProcessSupervisor:
     """Starts, watches and contains the work process of one worker."""
 
     def __init__(self, body: WorkBody, *, queue_names: list[str], connection: redis.Redis,
-                 grace_seconds: float) -> None:
+                 grace_seconds: float, outage: RedisOutage) -> None:
         self.body = body
         self.queue_names = queue_names
         self.connection = connection
         self.grace_seconds = grace_seconds
+        self.outage = outage
         self.slot = DeadlineSlot(mmap.mmap(-1, mmap.PAGESIZE))  # anonymous and shared with children
         self.child: WorkProcess | None = None
         self._stop_deadline: float | None = None
@@ -83,10 +87,24 @@ class ProcessSupervisor:
         signal.signal(signal.SIGINT, self._forward_stop)
         while True:
             if self.child is None:
+                if not self._wait_for_redis():
+                    return 0  # stopped before anything ran
                 self.child = self._start()
             code = self._wait_for_exit(self.child)
             if code is not None:
                 return code
+
+    def _wait_for_redis(self) -> bool:
+        """Ping Redis until it answers (True) or a stop comes (False)."""
+        while self._stop_deadline is None:
+            try:
+                self.connection.ping()
+            except REDIS_ERRORS as exc:
+                pause(self.outage.failed(exc), lambda: self._stop_deadline is not None)
+                continue
+            self.outage.answered()
+            return True
+        return False
 
     def _start(self) -> WorkProcess:
         self.slot.publish(0.0)
@@ -100,6 +118,8 @@ class ProcessSupervisor:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 die_with_parent(parent)
                 code = self.body(name, self.slot)
+            except REDIS_ERRORS as exc:  # Redis went away as it started: the parent waits for it again
+                self.outage.failed(exc)
             except BaseException:
                 log.exception("work process %s failed", name)
             finally:

@@ -20,6 +20,7 @@ from runner.worker.execution import WorkerEnvironment, install_environment
 from runner.worker.in_process import MONITOR_TICK_SECONDS, DeadlineSlot
 from runner.worker.process_supervisor import ProcessSupervisor
 from runner.worker.process_ties import tie_children_to_this_process
+from runner.worker.redis_outage import RedisOutage
 from runner.worker.runner_worker import RunnerWorker
 
 
@@ -36,6 +37,7 @@ def build_worker(queue_names: Sequence[str], backends: Backends, registry: Regis
                           job_monitoring_interval=MONITOR_TICK_SECONDS,
                           worker_ttl=max(1, int(settings.worker_dead_after_seconds)))
     worker.store = backends.store
+    worker.outage = RedisOutage(settings.redis_url)
     worker.supervise(dead_after=settings.worker_dead_after_seconds, grace_seconds=settings.worker_grace_seconds)
     return worker
 
@@ -63,5 +65,5 @@ def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = 
         return 0 if burst or worker.stop_requested else 1
 
     supervisor = ProcessSupervisor(work, queue_names=queues, connection=backends.connection,
-                                   grace_seconds=settings.worker_grace_seconds)
+                                   grace_seconds=settings.worker_grace_seconds, outage=RedisOutage(settings.redis_url))
     return supervisor.run()

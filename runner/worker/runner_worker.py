@@ -12,7 +12,8 @@
   between jobs it recovers dead workers' jobs (runner.worker.duties).
 - SIGTERM: no new job; the current one may finish within `grace_seconds`, else it is put back at
   the front of its queue, uncounted. A second SIGTERM does that at once.
-- Redis going away does not end the worker: it keeps its job running and reconnects.
+- Redis going away does not end the worker: it keeps its job running and reconnects, saying so
+  once per retry (runner.worker.redis_outage).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from runner.worker.claims import (
 from runner.worker.duties import Duties
 from runner.worker.execution import begins_at_start
 from runner.worker.in_process import JobWatch
+from runner.worker.redis_outage import RedisOutage, pause
 from runner.worker.taking import JobTaker
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,6 @@ WAKE_WAIT_SECONDS = 0.2
 IDLE_WAKEUP_SECONDS = 2
 IDLE_HEARTBEAT_SECONDS = 1.0
 SUSPENSION_CHECK_SECONDS = 1.0
-# Longest wait between attempts to reach Redis again (short: workers resume soon after Redis does).
-RECONNECT_MAX_SECONDS = 5.0
 # Heartbeats go every third of the window and at most once a second.
 MIN_DEAD_AFTER_SECONDS = 3.0
 # Jobs of a few milliseconds are claimed several at a time; longer ones one by one, so that no job
@@ -71,6 +71,8 @@ class RunnerWorker(SeamWorker):
 
     grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
     store: Store | None = None
+    # Set by runner.worker.run.build_worker: says when Redis is away, and when to try again.
+    outage: RedisOutage
     _next_heartbeat: float = 0.0
     _next_idle_heartbeat: float = 0.0
     _next_suspension_check: float = 0.0
@@ -144,8 +146,8 @@ class RunnerWorker(SeamWorker):
                 register_again(self, self.worker_ttl + 60)
                 register_claimant(self.connection, self.name)
                 log.warning("worker %s had been presumed dead by its peers: registered again", self.name)
-        except REDIS_ERRORS as exc:
-            log.warning("worker %s: heartbeat not sent, Redis is unavailable (%s)", self.name, exc)
+        except REDIS_ERRORS as exc:  # the loop that takes jobs says Redis is away, once per retry
+            log.debug("worker %s: heartbeat not sent, Redis is unavailable (%s)", self.name, exc)
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         return max(int(super().get_heartbeat_ttl(job)), int(self.dead_after) + 60)
@@ -157,9 +159,10 @@ class RunnerWorker(SeamWorker):
             try:
                 super().set_current_job_working_time(self.current_job_working_time)
                 super().maintain_heartbeats(job)
-                self._next_heartbeat = time.monotonic() + self.heartbeat_seconds  # else: again next tick
-            except REDIS_ERRORS as exc:
-                log.warning("worker %s: job heartbeat not sent, Redis is unavailable (%s)", self.name, exc)
+                self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
+                self.outage.answered()
+            except REDIS_ERRORS as exc:  # tried again within a heartbeat interval, so peers hear from us in time
+                self._next_heartbeat = time.monotonic() + self.outage.failed(exc, most=self.heartbeat_seconds)
         self.duties.run()
 
     def set_current_job_working_time(self, current_job_working_time: float, pipeline: Any = None) -> None:
@@ -176,7 +179,6 @@ class RunnerWorker(SeamWorker):
     ) -> tuple[Job, Queue] | None:
         self.procline("Listening on " + ",".join(self.queue_names()))  # type: ignore[no-untyped-call]
         idle_since = time.monotonic()
-        reconnect_wait = 1.0
         while not self.stop_requested:
             try:
                 if time.monotonic() >= self._chores_due:
@@ -186,6 +188,7 @@ class RunnerWorker(SeamWorker):
                     if self.should_run_maintenance_tasks:
                         self.run_maintenance_tasks()
                 claimed = self.taker.next_job()
+                self.outage.answered()
                 if claimed is not None:
                     return claimed
                 if timeout is None or (max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time):
@@ -194,12 +197,8 @@ class RunnerWorker(SeamWorker):
                 # are seen within WAKE_WAIT_SECONDS.
                 self.taker.wait_for_work(min(WAKE_WAIT_SECONDS, max(0.001, self._chores_due - time.monotonic())))
             except REDIS_ERRORS as exc:
-                log.error("worker %s: Redis is unavailable (%s); retrying in %g s", self.name, exc, reconnect_wait)
                 self._lost_track_of_claims()
-                time.sleep(reconnect_wait)
-                reconnect_wait = min(reconnect_wait * 2, RECONNECT_MAX_SECONDS)
-                continue
-            reconnect_wait = 1.0
+                pause(self.outage.failed(exc), lambda: self.stop_requested)
         return None
 
     def _lost_track_of_claims(self) -> None:
@@ -213,8 +212,8 @@ class RunnerWorker(SeamWorker):
         self._next_suspension_check = time.monotonic() + SUSPENSION_CHECK_SECONDS
         try:
             super().check_for_suspension(burst)
-        except REDIS_ERRORS as exc:
-            log.warning("worker %s: cannot check for suspension, Redis is unavailable (%s)", self.name, exc)
+        except REDIS_ERRORS as exc:  # said by the loop that takes jobs
+            log.debug("worker %s: cannot check for suspension, Redis is unavailable (%s)", self.name, exc)
 
     # Running jobs
 
@@ -278,8 +277,8 @@ class RunnerWorker(SeamWorker):
         if super().should_run_maintenance_tasks:  # RQ's own chores (registry cleanup), every ten minutes
             try:
                 super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
-            except REDIS_ERRORS as exc:
-                log.warning("worker %s: RQ maintenance skipped, Redis is unavailable (%s)", self.name, exc)
+            except REDIS_ERRORS as exc:  # said by the loop that takes jobs
+                log.debug("worker %s: RQ maintenance skipped, Redis is unavailable (%s)", self.name, exc)
 
     # Stopping
 

@@ -12,13 +12,16 @@ import pytest
 from rq.registry import FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from runner.rq_seam.queues import queue_for
-from runner.services.callbacks import CALLBACK_QUEUE
+from runner.services.callbacks import CALLBACK_QUEUE, DELIVERY_TIMEOUT_SECONDS
 from tests.integration.conftest import Stack, wait_until
-from tests.receiver import CallbackReceiver
+from tests.receiver import CallbackReceiver, TricklingReceiver
 
 SECRET = "integration-callback-secret"
 # The first delivery retry comes 5 s after a failed attempt (runner.services.callbacks.DELIVERY_BACKOFF).
 FIRST_RETRY_SECONDS = 5
+# How far past the delivery's deadline the worker may hang up (a tick of the watchdog, a loaded machine).
+DEADLINE_MARGIN = 1.5
+OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +96,22 @@ def test_a_receiver_that_fails_once_gets_the_same_signed_body_again(callback_sta
     print(f"\ncallback retry came {gap:.2f} s after a 500")
     # RQ keeps retry times in whole seconds (rounded down), so the retry may come up to 1 s early.
     assert FIRST_RETRY_SECONDS - 1 <= gap < FIRST_RETRY_SECONDS + 3
+
+
+def test_a_receiver_that_trickles_its_answer_holds_a_worker_10_s_at_most_then_is_retried(callback_stack: Stack) -> None:
+    # The receiver: a byte every 5 s, which no per-read timeout of 10 s ever trips. The status
+    # line never completes within the deadline, so the delivery fails and is retried; the retry is answered.
+    delivered = FinishedJobRegistry(CALLBACK_QUEUE, connection=callback_stack.redis)
+    delivered_before = delivered.count
+    with TricklingReceiver(OK_ANSWER, interval=5, then=OK_ANSWER) as receiver:
+        job_id = callback_stack.post("/functions/simple_calculation/invocations", json={"expression": "2+3"},
+                                     headers={"X-Callback-Url": f"{receiver.url}/hook"}).json()["id"]
+        first, second = receiver.wait_for(2, timeout=DELIVERY_TIMEOUT_SECONDS + FIRST_RETRY_SECONDS + 15)
+    assert first.closed is not None and second.closed is not None
+    held, gap = first.closed - first.opened, second.opened - first.closed
+    print(f"\ntrickling receiver held the worker {held:.2f} s; the retry came {gap:.2f} s later")
+    assert held < DELIVERY_TIMEOUT_SECONDS + DEADLINE_MARGIN
+    assert FIRST_RETRY_SECONDS - 1 <= gap < FIRST_RETRY_SECONDS + 3  # DELIVERY_BACKOFF's first step
+    assert f"X-Runner-Job-Id: {job_id}".encode() in second.request
+    assert first.request.partition(b"\r\n\r\n")[2] == second.request.partition(b"\r\n\r\n")[2]
+    wait_until(lambda: delivered.count == delivered_before + 1, 10, "the retried delivery to finish")

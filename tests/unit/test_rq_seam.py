@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import ast
 import inspect
+import logging
 import re
+import signal
 from pathlib import Path
 
 import fakeredis
 import pytest
+import redis
 import rq
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
@@ -22,6 +25,7 @@ from rq.worker import BaseWorker
 import runner.rq_seam.worker as seam_worker
 from runner.rq_seam import keys
 from runner.rq_seam.job_reads import fetch_with_latest_result, job_status
+from runner.rq_seam.scheduler_guard import RunnerScheduler, run_scheduler
 from runner.rq_seam.scripts import KEY_COUNTS
 from runner.worker.runner_worker import RunnerWorker
 
@@ -177,3 +181,51 @@ def test_rqs_key_strings_are_spelled_in_the_seam_alone() -> None:
                  for path in (ROOT / folder).rglob("*.py") if "rq_seam" not in path.parts
                  for number, line in enumerate(path.read_text().splitlines(), 1) if spelled.search(line)]
     assert offenders == []
+
+
+def test_what_runner_scheduler_repeats_of_rqs_scheduler_and_worker_is_rqs() -> None:
+    # RunnerScheduler.start is RQ's start with another process body; SeamWorker._start_scheduler is
+    # RQ's with another scheduler class; both handlers take RQ's arguments.
+    start = inspect.getsource(RQScheduler.start)
+    assert "self._connection = None" in start and "ForkProcess(target=run, args=(self,), name='Scheduler')" in start
+    assert "self.scheduler = RQScheduler(" in inspect.getsource(BaseWorker._start_scheduler)
+    assert list(inspect.signature(BaseWorker._start_scheduler).parameters) == [
+        "self", "burst", "logging_level", "date_format", "log_format"]
+    assert list(inspect.signature(BaseWorker._pubsub_exception_handler).parameters) == [
+        "self", "exc", "pubsub", "pubsub_thread"]
+    assert "exception_handler=self._pubsub_exception_handler" in inspect.getsource(BaseWorker.subscribe)
+
+
+def test_a_scheduler_process_that_loses_redis_ends_without_a_traceback(
+    closed_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = RunnerScheduler(["q"], connection=redis.Redis(port=closed_port, socket_connect_timeout=1))
+    caplog.set_level(logging.DEBUG, logger="rq.scheduler")
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        run_scheduler(scheduler)  # what its process runs: returns instead of raising
+    finally:  # the scheduler installs its own stop handlers
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
+    assert any("Redis is unavailable" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+
+
+def test_the_worker_runs_the_quiet_scheduler_and_its_pubsub_thread_retries_quietly(
+    closed_port: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection = fakeredis.FakeRedis()
+    worker = RunnerWorker([Queue("q", connection=connection)], connection=connection)
+    worker._start_scheduler(burst=True)  # burst: enqueues what is due here, starts no process
+    assert type(worker.scheduler) is RunnerScheduler
+    slept: list[float] = []
+    monkeypatch.setattr(seam_worker.time, "sleep", slept.append)
+    caplog.set_level(logging.DEBUG)
+    worker._pubsub_exception_handler(redis.exceptions.ConnectionError("gone"), None, None)  # type: ignore[arg-type]
+    assert slept == [seam_worker.PUBSUB_RETRY_SECONDS]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    with pytest.raises(ValueError):  # anything else ends the thread, as RQ's handler does
+        try:  # the handler is called from redis-py's `except` block, and re-raises what it holds
+            raise ValueError("bug")
+        except ValueError as exc:
+            worker._pubsub_exception_handler(exc, None, None)  # type: ignore[arg-type]
