@@ -65,7 +65,10 @@ def test_cancel_a_scheduled_job(stack: Stack) -> None:
     assert stack.job(job_id)["status"] == "scheduled"
     assert stack.post(f"/jobs/{job_id}/cancel").json()["status"] == "canceled"
     assert stack.wait_for_row(job_id, lambda row: row.status == "canceled").ended_at is not None
-    assert stack.post(f"/jobs/{job_id}/retry").json()["status"] == "queued"
+    retried = stack.post(f"/jobs/{job_id}/retry")
+    # A live worker may take the job between the requeue and the read that answers: the answer is
+    # the job as it is by then (tests/unit/test_control.py pins "queued" with no worker running).
+    assert (retried.status_code, retried.json()["status"]) in {(202, "queued"), (202, "started"), (202, "finished")}
     assert stack.wait_until_terminal(job_id)["status"] == "finished"
 
 
