@@ -17,7 +17,9 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 # WEB_CONCURRENCY (set by Procfile platforms) overrides this; threads let `?wait=` requests
 # wait without holding a whole process.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
+# gthread whose main loop reads each request whole before a thread serves it: slow or idle
+# clients cost a socket, not a thread (api.buffering_worker; RUNNER_WEB_*_TIMEOUT bound them).
+worker_class = "api.buffering_worker.BufferingWorker"
 threads = int(os.environ.get("RUNNER_WEB_THREADS", "8"))
 # Longer than the longest `?wait=` (60 s), so a waiting request is not killed as hung.
 timeout = 90
