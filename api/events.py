@@ -7,13 +7,16 @@ the terminal status (`finished`, `failed`, `stopped`, `canceled`) whose data is 
 A stream holds one gunicorn thread, so it is bounded: after RUNNER_SSE_MAX_SECONDS it sends a
 `timeout` event (with a `retry:` hint) and closes, and each web process serves at most
 RUNNER_SSE_MAX_STREAMS streams at once (503 beyond that). Comment lines every
-RUNNER_SSE_HEARTBEAT_SECONDS keep proxies from closing an idle stream and let the server notice
-a client that went away. Redis is polled with one HMGET of the job's status and meta.
+RUNNER_SSE_HEARTBEAT_SECONDS keep proxies from closing an idle stream. A client that goes away
+frees its slot at the next poll (RUNNER_SSE_POLL_SECONDS), not at the next heartbeat: each poll
+peeks at the connection, and a closed one ends the stream (a reconnect loop held every slot for
+15 s before). Redis is polled with one HMGET of the job's status and meta.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -115,8 +118,9 @@ def job_events(
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    client_gone: Callable[[], bool] = lambda: False,
 ) -> Iterator[str]:
-    """The stream of a job whose current view is `view`: state, changes, then its end or a timeout."""
+    """The stream of a job whose current view is `view`: state, changes, then its end, a timeout, or the client gone."""
     started = last_write = clock()
     yield format_event("state", view.to_dict())
     if view.is_terminal:
@@ -133,6 +137,8 @@ def job_events(
             )
             return
         sleep(limits.poll_seconds if seen is not None else max(limits.poll_seconds, STORE_POLL_SECONDS))
+        if client_gone():
+            return
         current = _fingerprint(backends, view.id)
         if current is None or current != seen:
             seen = current
@@ -168,10 +174,27 @@ def job_event_stream(job_id: str) -> Response:
             details={"max_streams": limits.max_streams},
             retry_after=2,
         )
-    response = Response(job_events(view, backends, limits), mimetype=EVENT_STREAM_MEDIA_TYPE, headers=headers)
+    events = job_events(view, backends, limits, client_gone=_departure_check(request.environ.get("gunicorn.socket")))
+    response = Response(events, mimetype=EVENT_STREAM_MEDIA_TYPE, headers=headers)
     # The WSGI server closes the response when the stream ends or the client goes away.
     response.call_on_close(_releaser(slots))
     return response
+
+
+def _departure_check(sock: socket.socket | None) -> Callable[[], bool]:
+    """Whether the client closed the connection: a peek that reads the end of its stream (or fails)."""
+    if sock is None:  # not under gunicorn (the test client): only a failed write tells
+        return lambda: False
+
+    def gone() -> bool:
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False  # open, and nothing sent: still there
+        except OSError:
+            return True  # reset
+
+    return gone
 
 
 def _releaser(slots: threading.BoundedSemaphore) -> Callable[[], None]:
