@@ -23,8 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
-from flask.blueprints import BlueprintSetupState
+from flask import Blueprint, Response, request
 
 from api.errors import error_body
 from api.state import runner_state
@@ -34,6 +33,7 @@ from runner.redis_connection import REDIS_ERRORS
 from runner.rq_seam.job_reads import watched_fields
 from runner.services.backends import Backends
 from runner.services.job_views import JobView, get_job_view
+from runner.services.slots import Slots
 
 blueprint = Blueprint("events", __name__)
 
@@ -43,7 +43,6 @@ RECONNECT_MILLISECONDS = 1000
 HEARTBEAT = ": keep-alive\n\n"
 # A job Redis has forgotten is read from SQL: less often than Redis.
 STORE_POLL_SECONDS = 1.0
-SLOTS_EXTENSION = "runner_event_stream_slots"
 
 
 @dataclass(frozen=True)
@@ -64,13 +63,6 @@ class StreamLimits:
             poll_seconds=settings.sse_poll_seconds,
             max_streams=settings.sse_max_streams,
         )
-
-
-@blueprint.record_once
-def _configure(state: BlueprintSetupState) -> None:
-    # create_app stores the runner's state before it registers the blueprints.
-    limits = StreamLimits.from_settings(runner_state(state.app).backends.settings)
-    state.app.extensions[SLOTS_EXTENSION] = threading.BoundedSemaphore(limits.max_streams)
 
 
 def format_event(event: str, data: Any, *, retry_ms: int | None = None) -> str:
@@ -161,14 +153,14 @@ def job_events(
 
 @blueprint.get("/jobs/<job_id>/events")
 def job_event_stream(job_id: str) -> Response:
-    backends = runner_state().backends
+    state = runner_state()
+    backends = state.backends
     view = get_job_view(job_id, backends)  # unknown job: a 404 JSON error, before any streaming
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     if request.method == "HEAD":
         return Response(b"", mimetype=EVENT_STREAM_MEDIA_TYPE, headers=headers)
-    slots: threading.BoundedSemaphore = current_app.extensions[SLOTS_EXTENSION]
     limits = StreamLimits.from_settings(backends.settings)
-    if not slots.acquire(blocking=False):
+    if state.streams.take() is not None:
         raise TooManyStreams(
             "This server already serves its limit of event streams; retry shortly or poll GET /jobs/<id>.",
             details={"max_streams": limits.max_streams},
@@ -177,7 +169,7 @@ def job_event_stream(job_id: str) -> Response:
     events = job_events(view, backends, limits, client_gone=_departure_check(request.environ.get("gunicorn.socket")))
     response = Response(events, mimetype=EVENT_STREAM_MEDIA_TYPE, headers=headers)
     # The WSGI server closes the response when the stream ends or the client goes away.
-    response.call_on_close(_releaser(slots))
+    response.call_on_close(_releaser(state.streams))
     return response
 
 
@@ -197,12 +189,12 @@ def _departure_check(sock: socket.socket | None) -> Callable[[], bool]:
     return gone
 
 
-def _releaser(slots: threading.BoundedSemaphore) -> Callable[[], None]:
+def _releaser(slots: Slots) -> Callable[[], None]:
     released = threading.Event()
 
     def release() -> None:
         if not released.is_set():
             released.set()
-            slots.release()
+            slots.give_back()
 
     return release
