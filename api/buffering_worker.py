@@ -23,6 +23,7 @@ TLS and cleartext HTTP/2 are left to gthread's own handling (terminate TLS at a 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import selectors
@@ -40,7 +41,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from api.gunicorn_errors import write_json_error
 from api.request_framing import FramingLimits, RequestFramer, Unframeable
-from runner.config import Settings
+from runner.config import Settings, SettingsError
 
 HEADER_TIMEOUT_ENV = "RUNNER_WEB_HEADER_TIMEOUT"
 BODY_TIMEOUT_ENV = "RUNNER_WEB_BODY_TIMEOUT"
@@ -77,9 +78,12 @@ class FrontLimits:
 
         def positive(name: str, default: float) -> float:
             raw = env.get(name, "").strip()
-            value = float(raw) if raw else default
-            if not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds (or bytes a second)")
+            try:
+                value = float(raw) if raw else default
+            except ValueError:
+                value = math.nan
+            if not value > 0 or math.isinf(value):
+                raise SettingsError(f"{name}={raw!r} is not a positive number")
             return value
 
         largest = max(settings.max_payload_bytes, settings.max_upload_bytes) + BODY_SLACK_BYTES

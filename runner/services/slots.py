@@ -29,8 +29,8 @@ class Slots:
 
     @property
     def full(self) -> bool:
-        """True when no slot is free for anyone."""
-        return self._in_use >= self.limit
+        """True when the slots are all taken (a bound of 0 turns them off: never full, never taken)."""
+        return 0 < self.limit <= self._in_use
 
     def refusal(self, client: str = "") -> str | None:
         """Which bound a new holder for `client` would pass ("client" first, then "process"); None when it fits."""

@@ -71,3 +71,9 @@ def test_a_wait_beyond_the_bound_answers_at_once_with_the_job_as_it_is(client: F
     response = client.post("/functions/simple_calculation/invocations?wait=30", json={"expression": "1+1"})
     assert response.status_code == 202 and response.headers["Wait-Skipped"] == "client-limit"
     assert response.get_json()["status"] == "queued"
+
+
+def test_a_bound_of_zero_turns_waiting_off_without_saturating() -> None:
+    slots = Slots(0, per_client=2)
+    assert slots.take("a") == "process"
+    assert not slots.full  # /readyz stays 200: nothing to saturate
