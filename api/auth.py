@@ -19,6 +19,7 @@ from pathlib import Path
 
 from flask import Flask, Response, request
 
+from api.clients import remember_key
 from api.dashboard import DASHBOARD_PREFIX
 from api.docs import DOCS_PREFIX
 from api.errors import error_response
@@ -88,6 +89,7 @@ class ApiKeyCheck:
             return _challenge(dashboard, "The Authorization header carries no usable key.", malformed=True)
         if not self.accepts(candidate):
             return _challenge(dashboard, "The API key is not valid.", invalid=True)
+        remember_key(candidate)  # the caller, for per-client bounds
         return None
 
 

@@ -7,21 +7,23 @@ the terminal status (`finished`, `failed`, `stopped`, `canceled`) whose data is 
 A stream holds one gunicorn thread, so it is bounded: after RUNNER_SSE_MAX_SECONDS it sends a
 `timeout` event (with a `retry:` hint) and closes, and each web process serves at most
 RUNNER_SSE_MAX_STREAMS streams at once (503 beyond that). Comment lines every
-RUNNER_SSE_HEARTBEAT_SECONDS keep proxies from closing an idle stream and let the server notice
-a client that went away. Redis is polled with one HMGET of the job's status and meta.
+RUNNER_SSE_HEARTBEAT_SECONDS keep proxies from closing an idle stream. A client that goes away
+frees its slot at the next poll (RUNNER_SSE_POLL_SECONDS), not at the next heartbeat: each poll
+peeks at the connection, and a closed one ends the stream (a reconnect loop held every slot for
+15 s before). Redis is polled with one HMGET of the job's status and meta.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
-from flask.blueprints import BlueprintSetupState
+from flask import Blueprint, Response, request
 
 from api.errors import error_body
 from api.state import runner_state
@@ -31,6 +33,7 @@ from runner.redis_connection import REDIS_ERRORS
 from runner.rq_seam.job_reads import watched_fields
 from runner.services.backends import Backends
 from runner.services.job_views import JobView, get_job_view
+from runner.services.slots import Slots
 
 blueprint = Blueprint("events", __name__)
 
@@ -40,7 +43,6 @@ RECONNECT_MILLISECONDS = 1000
 HEARTBEAT = ": keep-alive\n\n"
 # A job Redis has forgotten is read from SQL: less often than Redis.
 STORE_POLL_SECONDS = 1.0
-SLOTS_EXTENSION = "runner_event_stream_slots"
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,6 @@ class StreamLimits:
             poll_seconds=settings.sse_poll_seconds,
             max_streams=settings.sse_max_streams,
         )
-
-
-@blueprint.record_once
-def _configure(state: BlueprintSetupState) -> None:
-    # create_app stores the runner's state before it registers the blueprints.
-    limits = StreamLimits.from_settings(runner_state(state.app).backends.settings)
-    state.app.extensions[SLOTS_EXTENSION] = threading.BoundedSemaphore(limits.max_streams)
 
 
 def format_event(event: str, data: Any, *, retry_ms: int | None = None) -> str:
@@ -115,8 +110,9 @@ def job_events(
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    client_gone: Callable[[], bool] = lambda: False,
 ) -> Iterator[str]:
-    """The stream of a job whose current view is `view`: state, changes, then its end or a timeout."""
+    """The stream of a job whose current view is `view`: state, changes, then its end, a timeout, or the client gone."""
     started = last_write = clock()
     yield format_event("state", view.to_dict())
     if view.is_terminal:
@@ -133,6 +129,8 @@ def job_events(
             )
             return
         sleep(limits.poll_seconds if seen is not None else max(limits.poll_seconds, STORE_POLL_SECONDS))
+        if client_gone():
+            return
         current = _fingerprint(backends, view.id)
         if current is None or current != seen:
             seen = current
@@ -155,31 +153,48 @@ def job_events(
 
 @blueprint.get("/jobs/<job_id>/events")
 def job_event_stream(job_id: str) -> Response:
-    backends = runner_state().backends
+    state = runner_state()
+    backends = state.backends
     view = get_job_view(job_id, backends)  # unknown job: a 404 JSON error, before any streaming
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     if request.method == "HEAD":
         return Response(b"", mimetype=EVENT_STREAM_MEDIA_TYPE, headers=headers)
-    slots: threading.BoundedSemaphore = current_app.extensions[SLOTS_EXTENSION]
     limits = StreamLimits.from_settings(backends.settings)
-    if not slots.acquire(blocking=False):
+    if state.streams.take() is not None:
         raise TooManyStreams(
             "This server already serves its limit of event streams; retry shortly or poll GET /jobs/<id>.",
             details={"max_streams": limits.max_streams},
             retry_after=2,
         )
-    response = Response(job_events(view, backends, limits), mimetype=EVENT_STREAM_MEDIA_TYPE, headers=headers)
+    events = job_events(view, backends, limits, client_gone=_departure_check(request.environ.get("gunicorn.socket")))
+    response = Response(events, mimetype=EVENT_STREAM_MEDIA_TYPE, headers=headers)
     # The WSGI server closes the response when the stream ends or the client goes away.
-    response.call_on_close(_releaser(slots))
+    response.call_on_close(_releaser(state.streams))
     return response
 
 
-def _releaser(slots: threading.BoundedSemaphore) -> Callable[[], None]:
+def _departure_check(sock: socket.socket | None) -> Callable[[], bool]:
+    """Whether the client closed the connection: a peek that reads the end of its stream (or fails)."""
+    if sock is None:  # not under gunicorn (the test client): only a failed write tells
+        return lambda: False
+
+    def gone() -> bool:
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False  # open, and nothing sent: still there
+        except OSError:
+            return True  # reset
+
+    return gone
+
+
+def _releaser(slots: Slots) -> Callable[[], None]:
     released = threading.Event()
 
     def release() -> None:
         if not released.is_set():
             released.set()
-            slots.release()
+            slots.give_back()
 
     return release

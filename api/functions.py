@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, request, url_for
 
+from api.clients import client_identity
 from api.jobs import job_location
 from api.payload import read_json_object, read_number
 from api.schedule import read_schedule
@@ -18,6 +19,8 @@ from runner.services.invocation import InvocationOptions, accept_invocation
 from runner.services.job_views import get_job_view, view_from_record, wait_for_job
 
 REPLAYED_HEADER = "Idempotent-Replayed"
+# Set when `?wait=` was not honoured because the process's or the client's waits were all taken.
+WAIT_SKIPPED_HEADER = "Wait-Skipped"
 
 blueprint = Blueprint("functions", __name__)
 
@@ -58,8 +61,12 @@ def invoke(name: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     if accepted.row is None:
         headers[REPLAYED_HEADER] = "true"
     if wait:
-        view = wait_for_job(accepted.job_id, state.backends, wait, fresh=not accepted.replayed)
-        return view.to_dict(), 200 if view.is_terminal else 202, headers
+        with state.waits.holding(client_identity()) as refused:
+            if refused is None:
+                view = wait_for_job(accepted.job_id, state.backends, wait, fresh=not accepted.replayed)
+                return view.to_dict(), 200 if view.is_terminal else 202, headers
+        # Beyond the bounds a wait answers at once, as one that timed out would (see runner.services.slots).
+        headers[WAIT_SKIPPED_HEADER] = f"{refused}-limit"
     # A replay shows the first job as it is now; a new job is exactly what was just recorded.
     view = get_job_view(accepted.job_id, state.backends) if accepted.row is None else view_from_record(accepted.row)
     return view.to_dict(), 202, headers

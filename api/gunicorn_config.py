@@ -14,11 +14,14 @@ from typing import Any
 from api import gunicorn_errors, gunicorn_listen
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
-# WEB_CONCURRENCY (set by Procfile platforms) overrides this; threads let `?wait=` requests
-# wait without holding a whole process.
+# WEB_CONCURRENCY (set by Procfile platforms) overrides this.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
-threads = int(os.environ.get("RUNNER_WEB_THREADS", "8"))
+# gthread whose main loop reads each request whole before a thread serves it: slow or idle
+# clients cost a socket, not a thread (api.buffering_worker; RUNNER_WEB_*_TIMEOUT bound them).
+worker_class = "api.buffering_worker.BufferingWorker"
+# Each `?wait=` and each event stream holds a thread while it lasts: RUNNER_WAIT_MAX_PER_PROCESS (4)
+# and RUNNER_SSE_MAX_STREAMS (4) bound them, and the other 8 threads serve everything else.
+threads = int(os.environ.get("RUNNER_WEB_THREADS", "16"))
 # Longer than the longest `?wait=` (60 s), so a waiting request is not killed as hung.
 timeout = 90
 graceful_timeout = 30
@@ -62,5 +65,10 @@ def _report_backends(worker: Any) -> None:
     warning = open_access_warning(backends.settings, worker.cfg.address)
     if warning is not None:
         worker.log.warning(warning)
+    settings = backends.settings
+    if settings.wait_max_per_process + settings.sse_max_streams >= worker.cfg.threads:
+        worker.log.warning("RUNNER_WAIT_MAX_PER_PROCESS (%d) + RUNNER_SSE_MAX_STREAMS (%d) leave none of the %d "
+                           "threads (RUNNER_WEB_THREADS) for other requests while they are all in use.",
+                           settings.wait_max_per_process, settings.sse_max_streams, worker.cfg.threads)
     for problem in startup_problems(backends):
         worker.log.error("%s Until then the API answers 503.", problem)

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint
 
 from api.state import runner_state
-from runner.errors import BackendUnavailable
+from runner.errors import BackendUnavailable, ProcessSaturated
 from runner.redis_connection import check_redis
 from runner.services.backend_checks import check_database
 
@@ -21,7 +21,8 @@ def healthz() -> dict[str, Any]:
 
 @blueprint.get("/readyz")
 def readyz() -> dict[str, Any]:
-    backends = runner_state().backends
+    state = runner_state()
+    backends = state.backends
     checks: dict[str, str] = {}
     try:
         check_redis(backends.connection)
@@ -33,4 +34,12 @@ def readyz() -> dict[str, Any]:
     down = [f"{name} {result}" for name, result in checks.items() if result != "ok"]
     if down:
         raise BackendUnavailable(f"Not ready: {' and '.join(down)}.", details={"checks": checks})
+    # Each wait and each stream holds a thread: a process whose slots for them are all taken is saturated.
+    slots = {"waits": state.waits, "streams": state.streams}
+    for name, held in slots.items():
+        checks[name] = f"{held.in_use} of {held.limit} in use"
+    full = [name for name, held in slots.items() if held.full]
+    if full:
+        raise ProcessSaturated(f"Not ready: this process is saturated, its {' and '.join(full)} are all in use.",
+                               details={"checks": checks, "saturated": full}, retry_after=1)
     return {"status": "ready", "checks": checks}

@@ -11,7 +11,7 @@ from typing import Any
 
 from api.artifacts import CONTENT_SECURITY_POLICY
 from api.cross_site import STATE_CHANGING_METHODS
-from api.functions import REPLAYED_HEADER
+from api.functions import REPLAYED_HEADER, WAIT_SKIPPED_HEADER
 from api.openapi_schemas import (
     LOCATION,
     documented_error,
@@ -69,7 +69,8 @@ def invocation_parameters(settings: Settings) -> list[dict[str, Any]]:
     return [
         _query("wait", {"type": "number", "minimum": 0, "maximum": settings.max_wait_seconds},
                f"Seconds to wait for the job to end (200 when it did); more than {settings.max_wait_seconds:g} "
-               "(RUNNER_MAX_WAIT_SECONDS) waits that long."),
+               "(RUNNER_MAX_WAIT_SECONDS) waits that long. Beyond the waits a process or a client may have "
+               f"under way, the answer is at once (`{WAIT_SKIPPED_HEADER}`)."),
         _query("delay", {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SCHEDULE_AHEAD.total_seconds()},
                f"Run the job this many seconds from now (at most {days} days); not with `at`."),
         _query("at", {"type": "string", "format": "date-time", "pattern": AT_PATTERN},
@@ -106,7 +107,11 @@ def _artifact_headers() -> dict[str, Any]:
 def _invocation_headers() -> dict[str, Any]:
     replayed = header(f"`true` when the {IDEMPOTENCY_HEADER} named an earlier invocation: this is its job.",
                       {"type": "string", "enum": ["true"]}, required=False)
-    return {**LOCATION, REPLAYED_HEADER: replayed}
+    skipped = header("Set when `wait` was not honoured: this process (`process-limit`, "
+                     "RUNNER_WAIT_MAX_PER_PROCESS) or this client (`client-limit`, RUNNER_WAIT_MAX_PER_CLIENT) "
+                     "already has its waits under way; the job view is as it is now.",
+                     {"type": "string", "enum": ["process-limit", "client-limit"]}, required=False)
+    return {**LOCATION, REPLAYED_HEADER: replayed, WAIT_SKIPPED_HEADER: skipped}
 
 
 def invocation_responses() -> dict[str, Any]:
@@ -251,8 +256,13 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "responses": {"200": json_response("Alive.", ref("Health"))},
         },
         ("GET", "/readyz"): {
-            "summary": "Readiness: Redis and the database answer", "tags": ["operations"],
-            "responses": {"200": json_response("Ready.", ref("Readiness")), **documented_errors(503)},
+            "summary": "Readiness: Redis and the database answer, and this process is not saturated",
+            "tags": ["operations"],
+            "responses": {"200": json_response("Ready.", ref("Readiness")),
+                          "503": documented_error(503, "Redis or the database is unavailable, or every wait slot "
+                                                  "(RUNNER_WAIT_MAX_PER_PROCESS) or event stream slot "
+                                                  "(RUNNER_SSE_MAX_STREAMS) of this process is in use.",
+                                                  ("backend_unavailable", "saturated"))},
         },
         ("GET", "/metrics"): {
             "summary": "Prometheus metrics", "tags": ["operations"],

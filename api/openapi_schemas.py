@@ -102,10 +102,11 @@ class Health(pydantic.BaseModel):
 
 
 class Readiness(pydantic.BaseModel):
-    """Redis and the database answer."""
+    """Redis and the database answer, and this process has free slots for waits and event streams."""
 
     status: Literal["ready"]
-    checks: dict[str, Literal["ok"]]
+    # "redis" and "database": "ok"; "waits" and "streams": "<held> of <limit> in use".
+    checks: dict[str, str]
 
 
 # Component name -> the type whose JSON Schema it is.

@@ -1,14 +1,15 @@
-"""What the app factory hands to the views: the registry and the live backends."""
+"""What the app factory hands to the views: the registry, the backends, the process's slots for long requests."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import current_app
 from flask.sansio.app import App
 
 from runner.authoring.registry import Registry
 from runner.services.backends import Backends
+from runner.services.slots import Slots
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,14 @@ class RunnerState:
 
     registry: Registry
     backends: Backends
+    # `?wait=` requests and event streams each hold a thread while they last: bounded per process.
+    waits: Slots = field(init=False)
+    streams: Slots = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.backends.settings
+        object.__setattr__(self, "waits", Slots(settings.wait_max_per_process, settings.wait_max_per_client))
+        object.__setattr__(self, "streams", Slots(settings.sse_max_streams))
 
 
 def runner_state(app: App | None = None) -> RunnerState:

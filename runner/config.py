@@ -30,6 +30,9 @@ DEFAULT_SSE_MAX_SECONDS = 300.0
 DEFAULT_SSE_HEARTBEAT_SECONDS = 15.0
 DEFAULT_SSE_POLL_SECONDS = 0.2
 DEFAULT_SSE_MAX_STREAMS = 4
+# `?wait=` requests waiting at once in one web process, and for one client (API key, or address) in it.
+DEFAULT_WAIT_MAX_PER_PROCESS = 4
+DEFAULT_WAIT_MAX_PER_CLIENT = 2
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 # Fields for which zero makes no sense (a stream that ends at once, a poll that never sleeps).
@@ -71,6 +74,8 @@ class Settings:
     sse_heartbeat_seconds: float = DEFAULT_SSE_HEARTBEAT_SECONDS
     sse_poll_seconds: float = DEFAULT_SSE_POLL_SECONDS
     sse_max_streams: int = DEFAULT_SSE_MAX_STREAMS
+    wait_max_per_process: int = DEFAULT_WAIT_MAX_PER_PROCESS
+    wait_max_per_client: int = DEFAULT_WAIT_MAX_PER_CLIENT
     # INFO: a line per job event (runner.events) and RQ's own; WARNING keeps only what needs a look.
     log_level: str = "INFO"
 
@@ -103,6 +108,8 @@ class Settings:
             "sse_heartbeat_seconds": "RUNNER_SSE_HEARTBEAT_SECONDS",
             "sse_poll_seconds": "RUNNER_SSE_POLL_SECONDS",
             "sse_max_streams": "RUNNER_SSE_MAX_STREAMS",
+            "wait_max_per_process": "RUNNER_WAIT_MAX_PER_PROCESS",
+            "wait_max_per_client": "RUNNER_WAIT_MAX_PER_CLIENT",
             "log_level": LOG_LEVEL_VARIABLE,
         }
         values: dict[str, object] = {}

@@ -18,7 +18,8 @@ Hierarchy::
     │   └── IdempotencyConflict  an Idempotency-Key was reused for another function or body (409)
     ├── TooManyRequests          the function's queue is full (`max_queued`); retry later (429)
     └── BackendUnavailable       Redis or the database cannot be reached (503)
-        └── TooManyStreams       this web process already serves its limit of event streams (503)
+        ├── TooManyStreams       this web process already serves its limit of event streams (503)
+        └── ProcessSaturated     /readyz: this web process's slots for long requests are all taken (503)
 
     PermanentError               raised by a function: the input can never succeed, do not retry
     FunctionDefinitionError      a module in functions/ declares a function the runner cannot use
@@ -163,6 +164,12 @@ class TooManyStreams(BackendUnavailable):
     """Raised when a web process already holds its limit of open event streams; retry shortly."""
 
     code = "too_many_streams"
+
+
+class ProcessSaturated(BackendUnavailable):
+    """Raised by /readyz when every wait slot (or every event stream slot) of this web process is taken."""
+
+    code = "saturated"
 
 
 class ClientError(Exception):

@@ -167,9 +167,9 @@ class ProcessSet:
         self.processes.append(process)
         return process
 
-    def start_web(self, env: Mapping[str, str], port: int, name: str = "web") -> ManagedProcess:
-        """gunicorn with the project's gunicorn.conf.py, 2 workers, on 127.0.0.1:port."""
-        argv = [PYTHON, "-m", "gunicorn", "api:create_app()", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    def start_web(self, env: Mapping[str, str], port: int, name: str = "web", workers: int = 2) -> ManagedProcess:
+        """gunicorn with the project's gunicorn.conf.py, 2 workers (or `workers`), on 127.0.0.1:port."""
+        argv = [PYTHON, "-m", "gunicorn", "api:create_app()", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
         return self.start(name, argv, env)
 
     def start_worker(self, env: Mapping[str, str], name: str) -> ManagedProcess:
@@ -228,6 +228,7 @@ class Stack:
         *,
         extra_env: Mapping[str, str] | None = None,
         workers: int = STACK_WORKERS,
+        web_workers: int = 2,
     ) -> None:
         self.backend = backend
         self.database_url = database_url
@@ -244,11 +245,12 @@ class Stack:
         self.processes = ProcessSet(directory / "logs")
         self.http = requests.Session()
         self.workers = workers
+        self.web_workers = web_workers
 
     def start(self) -> None:
         """Migrate, start web + workers, and wait until /readyz is 200 and the workers registered."""
         run_migrate(self.env)
-        self.processes.start_web(self.env, self.port)
+        self.processes.start_web(self.env, self.port, workers=self.web_workers)
         for number in range(1, self.workers + 1):
             self.processes.start_worker(self.env, f"worker.{number}")
         deadline = time.monotonic() + READY_TIMEOUT
@@ -349,6 +351,7 @@ def build_stack(
     postgres: PostgresServer | None,
     extra_env: Mapping[str, str] | None = None,
     workers: int = STACK_WORKERS,
+    web_workers: int = 2,
 ) -> Stack:
     """Flush Redis, make a fresh database and start a stack on them (the caller stops it)."""
     redis.Redis.from_url(redis_server.url).flushall()
@@ -357,7 +360,8 @@ def build_stack(
         database_url = postgres.create_database(f"runner_it_{uuid.uuid4().hex[:12]}")
     else:
         database_url = sqlite_url(directory)
-    stack = Stack(backend, redis_server.url, database_url, directory, extra_env=extra_env, workers=workers)
+    stack = Stack(backend, redis_server.url, database_url, directory, extra_env=extra_env, workers=workers,
+                  web_workers=web_workers)
     try:
         stack.start()
     except BaseException:
@@ -406,18 +410,18 @@ def sqlite_stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFac
 def stack_factory(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., Stack]]:
-    """Build SQLite stacks with extra environment (`extra_env=`) or worker count (`workers=`).
+    """Build SQLite stacks with extra environment (`extra_env=`), workers (`workers=`), web processes (`web_workers=`).
 
     One at a time: each new stack flushes Redis, and the workers of an older one would take its
     jobs, so building a stack stops the one built before. The last is stopped with the module.
     """
     current: list[Stack] = []
 
-    def build(extra_env: Mapping[str, str] | None = None, workers: int = STACK_WORKERS) -> Stack:
+    def build(extra_env: Mapping[str, str] | None = None, workers: int = STACK_WORKERS, web_workers: int = 2) -> Stack:
         while current:
             current.pop().stop()
         stack = build_stack("sqlite", redis_server, tmp_path_factory.mktemp("stack-custom"), None,
-                            extra_env=extra_env, workers=workers)
+                            extra_env=extra_env, workers=workers, web_workers=web_workers)
         current.append(stack)
         return stack
 

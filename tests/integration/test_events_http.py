@@ -159,3 +159,47 @@ def test_open_streams_leave_the_api_responsive(events_stack: Stack, tmp_path: Pa
         gate.touch()
     assert events_stack.wait_until_terminal(job_id)["status"] == "finished"
 
+
+
+# Issue 19, item 10: a stream whose client went away freed its slot only at the next heartbeat (15 s).
+SLOT_BOUND_SECONDS = 1.0
+
+
+def open_stream(stack: Stack, job_id: str, deadline: float) -> EventReader:
+    """A stream that got a slot (retrying 503s until `deadline`), its first event read."""
+    while True:
+        reader = EventReader(stack, job_id)
+        if reader.response.status_code == 200:
+            assert reader.next().event == "state"
+            return reader
+        assert reader.response.status_code == 503, reader.response.text
+        reader.close()
+        if time.monotonic() > deadline:
+            pytest.fail(f"no stream slot came free within {SLOT_BOUND_SECONDS} s of the clients going away")
+        time.sleep(0.02)
+
+
+def test_streams_closed_by_their_clients_free_their_slots_at_once(
+        stack_factory: Callable[..., Stack], tmp_path: Path) -> None:
+    slots = 4
+    # One web process, so its slots are the ones counted; the heartbeat stays at its default, 15 s.
+    stack = stack_factory(extra_env={"RUNNER_SSE_MAX_STREAMS": str(slots)}, web_workers=1)
+    gate = tmp_path / "gate"
+    job_id = gated_job(stack, gate)
+    freed_within = []
+    try:
+        readers = [open_stream(stack, job_id, time.monotonic() + 5) for _ in range(slots)]
+        assert stack.get(f"/jobs/{job_id}/events").status_code == 503  # every slot taken
+        for _ in range(8):  # a reconnect loop: drop every stream, open as many again
+            for reader in readers:
+                reader.close()
+            dropped = time.monotonic()
+            readers = [open_stream(stack, job_id, dropped + SLOT_BOUND_SECONDS) for _ in range(slots)]
+            freed_within.append(time.monotonic() - dropped)
+    finally:
+        for reader in readers:
+            reader.close()
+        gate.touch()
+    print(f"\n{slots} streams dropped and reopened 8 times: every slot free again within "
+          f"{max(freed_within):.2f} s (median {sorted(freed_within)[4]:.2f} s); heartbeat 15 s")
+    assert stack.wait_until_terminal(job_id)["status"] == "finished"

@@ -245,3 +245,15 @@ def test_the_event_parser_skips_comments_and_joins_data_lines() -> None:
     lines = [": keep-alive", "", "event: a", "data: 1", "data: 2", "", "data: {}", "", "retry: x", ""]
     assert list(parse_events(iter(lines))) == [ServerEvent("a", "1\n2"), ServerEvent("message", "{}")]
     assert json.loads(ServerEvent("a", '{"x": 1}').data) == {"x": 1}
+
+
+def test_a_stream_ends_at_the_first_poll_after_its_client_went_away(backends: Backends, invoke: Invoke) -> None:
+    job_id = invoke("simple_calculation", {"expression": "1"}).get_json()["id"]
+    fake = FakeTime()
+    polls_before_leaving = 3
+    gone = iter([False] * polls_before_leaving + [True])
+    limits = StreamLimits(max_seconds=300, heartbeat_seconds=15, poll_seconds=0.2, max_streams=1)
+    events, _ = collect(job_events(get_job_view(job_id, backends), backends, limits, clock=fake.clock,
+                                   sleep=fake.sleep, client_gone=lambda: next(gone)))
+    assert [event.event for event in events] == ["state"]  # no timeout, no heartbeat: it just ends
+    assert fake.sleeps == polls_before_leaving + 1

@@ -31,7 +31,8 @@ def assert_unavailable(api_error: ApiError, response: Any) -> dict[str, Any]:
 def test_readyz_when_both_answer(client: FlaskClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ready", "checks": {"redis": "ok", "database": "ok"}}
+    assert response.get_json() == {"status": "ready", "checks": {"redis": "ok", "database": "ok",
+                                                              "waits": "0 of 4 in use", "streams": "0 of 4 in use"}}
 
 
 # Redis away
