@@ -18,6 +18,7 @@ api.request_framing), or one over the largest body any route takes, is handed ov
 arrived; the thread then reads the rest from the socket itself, within HEADER_TIMEOUT.
 
 TLS and cleartext HTTP/2 are left to gthread's own handling (terminate TLS at a proxy).
+What the front assumes of the pinned gunicorn is pinned in tests/unit/test_gunicorn_front.py.
 """
 
 from __future__ import annotations
