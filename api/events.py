@@ -43,6 +43,7 @@ RECONNECT_MILLISECONDS = 1000
 HEARTBEAT = ": keep-alive\n\n"
 # A job Redis has forgotten is read from SQL: less often than Redis.
 STORE_POLL_SECONDS = 1.0
+_NOTHING_SEEN = object()
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,9 @@ def job_events(
     if view.is_terminal:
         yield format_event(view.status, view.to_dict())
         return
-    seen = _fingerprint(backends, view.id)
+    # Nothing seen yet, so the first poll reads the view again: a job that ended between the
+    # caller's read of `view` and this stream's first fingerprint would otherwise never change.
+    seen: tuple[Any, ...] | None | object = _NOTHING_SEEN
     while True:
         if clock() - started >= limits.max_seconds:
             yield format_event(

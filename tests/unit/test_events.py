@@ -139,6 +139,21 @@ def test_the_stream_follows_status_and_progress_until_the_job_ends(
     assert fake.sleeps == len(steps)
 
 
+def test_a_job_that_ends_between_the_first_read_and_the_stream_still_ends_it(
+    backends: Backends, invoke: Invoke, run_jobs: RunJobs
+) -> None:
+    # The endpoint reads the view (queued), then the job ends before the stream's first poll.
+    job_id = invoke("simple_calculation", {"expression": "6*7"}).get_json()["id"]
+    view = get_job_view(job_id, backends)
+    assert run_jobs()
+    fake = FakeTime()
+    events, _ = collect(job_events(view, backends, LIMITS, clock=fake.clock, sleep=fake.sleep))
+    assert [event.event for event in events][0] == "state"
+    assert events[-1].event == "finished"
+    assert events[-1].json()["result"]["result"] == 42
+    assert fake.sleeps == 1  # caught at the first poll, not at the time limit
+
+
 def test_a_stream_ends_with_a_timeout_event_after_its_time_limit(backends: Backends, invoke: Invoke) -> None:
     job_id = invoke("simple_calculation", {"expression": "1"}).get_json()["id"]
     fake = FakeTime()
