@@ -43,17 +43,25 @@ def test_invoke_wait_prints_the_result(sqlite_stack: Stack) -> None:
 
 def test_invoke_wait_shows_live_progress_from_the_event_stream(sqlite_stack: Stack, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
+    web_log = next(p for p in sqlite_stack.processes.processes if p.name == "web").log_path
+    held: list[str] = []
 
-    def open_gate_at_halfway() -> None:
-        # The job id is not known here: open the gate once any gated job reports 50%.
+    def open_gate_once_the_cli_follows() -> None:
+        # The job id is not known here: find the gated job once it reports 50%.
         def halfway() -> bool:
             jobs = sqlite_stack.get("/jobs", params={"function": "gated_progress", "status": "started"}).json()
-            return any(sqlite_stack.job(job["id"])["progress"]["percent"] == 50 for job in jobs["jobs"])
+            held.extend(job["id"] for job in jobs["jobs"] if sqlite_stack.job(job["id"])["progress"]["percent"] == 50)
+            return bool(held)
 
         wait_until(halfway, 15, "a gated job at 50%")  # on timeout the job fails, and so does the test
+        # The CLI reads the job once (urllib), then follows its stream unless it has ended. Released
+        # before that read, a job could end first on a loaded machine, and the CLI would never stream.
+        first_read = f'"GET /jobs/{held[0]} HTTP/1.1" 200'
+        wait_until(lambda: any(first_read in line and "Python-urllib" in line
+                               for line in web_log.read_text().splitlines()), 30, "the CLI's first read of the job")
         gate.touch()
 
-    opener = threading.Thread(target=open_gate_at_halfway, daemon=True)
+    opener = threading.Thread(target=open_gate_once_the_cli_follows, daemon=True)
     opener.start()
     done = run_cli(sqlite_stack, "invoke", "gated_progress", "--data", json.dumps({"gate": str(gate)}), "--wait",
                    "--timeout", "30")
@@ -61,10 +69,8 @@ def test_invoke_wait_shows_live_progress_from_the_event_stream(sqlite_stack: Sta
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"released": True}
     assert "100%" in done.stderr and "released" in done.stderr
-    job_id = sqlite_stack.get("/jobs", params={"function": "gated_progress", "limit": 1}).json()["jobs"][0]["id"]
-    web_log = next(p for p in sqlite_stack.processes.processes if p.name == "web").log_path
     # Followed through the stream, not by polling (gunicorn logs the stream once it has closed it).
-    wait_until(lambda: f"/jobs/{job_id}/events" in web_log.read_text(), 5, "the stream's access log line")
+    wait_until(lambda: f"/jobs/{held[0]}/events" in web_log.read_text(), 5, "the stream's access log line")
 
 
 def test_a_failed_job_exits_1_with_its_error(sqlite_stack: Stack) -> None:
