@@ -512,3 +512,32 @@ def test_follow_reconnects_a_few_times_when_the_connection_breaks(
         with pytest.raises(ApiUnreachable):
             client.follow("j1", 5)
         assert transport.attempts == 4  # the first try and three reconnects
+
+
+def test_schedules_are_created_listed_paused_resumed_and_deleted(cli: Callable[..., Result],
+                                                                 client: FlaskClient) -> None:
+    created = cli("schedules", "create", "simple_calculation", "--cron", "0 3 * * *", "--timezone",
+                  "Europe/Paris", "--data", '{"expression": "1+1"}')
+    assert created.exit_code == 0, created.output
+    schedule = json.loads(created.output)
+    assert (schedule["cron"], schedule["timezone"], schedule["input"]) == ("0 3 * * *", "Europe/Paris",
+                                                                         {"expression": "1+1"})
+    listed = cli("schedules")
+    assert listed.exit_code == 0 and schedule["id"] in listed.output and "0 3 * * * (Europe/Paris)" in listed.output
+    assert json.loads(cli("schedules", "--json").output) == client.get("/schedules").get_json()["schedules"]
+    assert json.loads(cli("schedules", "pause", schedule["id"]).output)["paused"] is True
+    assert "paused" in cli("schedules").output
+    assert json.loads(cli("schedules", "resume", schedule["id"]).output)["next_run_at"] is not None
+    assert json.loads(cli("schedules", "show", schedule["id"]).output)["id"] == schedule["id"]
+    deleted = cli("schedules", "delete", schedule["id"])
+    assert deleted.exit_code == 0 and f"Deleted schedule {schedule['id']}" in deleted.output
+    assert client.get("/schedules").get_json() == {"schedules": []}
+    assert "No schedules yet" in cli("schedules").output
+
+
+def test_a_bad_schedule_is_the_apis_error_and_exit_1(cli: Callable[..., Result]) -> None:
+    result = cli("schedules", "create", "simple_calculation", "--every", "0", "--data", '{"expression": "1"}')
+    assert result.exit_code == 1
+    assert "422 invalid_input" in result.output and "every" in result.output
+    missing = cli("schedules", "delete", "nope")
+    assert missing.exit_code == 1 and "404 schedule_not_found" in missing.output
