@@ -83,9 +83,15 @@ def run_due(backends: Backends, registry: Registry, now: datetime) -> list[TickO
 
 def run_tick(backends: Backends, registry: Registry, schedule_id: str, tick: int,
              now: datetime) -> TickOutcome | None:
-    """Run one due tick (or skip it) and move its schedule on; None when the schedule is gone."""
+    """Run one due tick (or skip it) and move its schedule on; None when it is no longer due (another
+    ticker ran it, or it was paused or deleted)."""
     connection = backends.connection
-    raw = connection.hget(SCHEDULES_KEY, schedule_id)
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hget(SCHEDULES_KEY, schedule_id)
+        pipe.zscore(DUE_KEY, schedule_id)
+        raw, score = pipe.execute()
+    if score is None or int(score) != tick:  # run, paused or deleted since it was seen due
+        return None
     if raw is None:
         connection.eval(_FORGET, 1, DUE_KEY, schedule_id, tick)
         return None

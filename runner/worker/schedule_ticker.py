@@ -68,6 +68,7 @@ class ScheduleTicker:
     def run(self, stop: threading.Event) -> None:
         """Tick while holding the lease, until `stop` is set (a thread's body)."""
         renew_at = 0.0
+        waiting = False
         while not stop.is_set():
             try:
                 if time.monotonic() >= renew_at:
@@ -75,9 +76,15 @@ class ScheduleTicker:
                         stop.wait(LEASE_SECONDS / 2)
                         continue
                     renew_at = time.monotonic() + LEASE_SECONDS / 5
-                stop.wait(self.run_pass())
+                pause = self.run_pass()
+                if waiting:
+                    log.info("schedules: ticks run again")
+                waiting = False
+                stop.wait(pause)
             except (BackendUnavailable, IdempotencyConflict) as exc:  # the ticks stay due for the next pass
-                log.warning("schedules: ticks wait: %s", exc.message)
+                if not waiting:  # once per outage, as the projector says it
+                    log.warning("schedules: ticks wait: %s", exc.message)
+                waiting = True
                 stop.wait(RETRY_SECONDS)
             except REDIS_ERRORS as exc:  # the worker says Redis is away, once per retry
                 log.debug("schedules: Redis is unavailable (%s); retrying", exc)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -541,3 +542,18 @@ def test_a_bad_schedule_is_the_apis_error_and_exit_1(cli: Callable[..., Result])
     assert "422 invalid_input" in result.output and "every" in result.output
     missing = cli("schedules", "delete", "nope")
     assert missing.exit_code == 1 and "404 schedule_not_found" in missing.output
+
+
+def test_jobs_lists_only_a_schedules_runs(cli: Callable[..., Result], client: FlaskClient, backends: Backends,
+                                          registry: Registry) -> None:
+    from runner.services.schedule_ticks import run_due
+    from runner.services.schedules import DUE_KEY
+
+    schedule = client.post("/schedules", json={"function": "simple_calculation", "input": {"expression": "1"},
+                                               "every": 60}).get_json()
+    invoke_job(client, "2")
+    backends.connection.zadd(DUE_KEY, {schedule["id"]: 1_900_000_000})
+    [outcome] = run_due(backends, registry, datetime.fromtimestamp(1_900_000_000, UTC))
+    listed = json.loads(cli("jobs", "--schedule", schedule["id"], "--json").output)["jobs"]
+    assert [view["id"] for view in listed] == [outcome.job_id]
+    assert "No jobs match --schedule nope." in cli("jobs", "--schedule", "nope").output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +20,9 @@ from runner.errors import FunctionDefinitionError
 from runner.services.backends import Backends
 from runner.services.schedule_sync import declared_schedule_id, register_declared, restore_if_lost
 from runner.services.schedule_ticks import LATE_AFTER_SECONDS, run_due, run_tick, tick_job_id
-from runner.services.schedules import DUE_KEY, create_schedule, set_paused
+from runner.services.schedules import DUE_KEY, RESTORED_KEY, create_schedule, set_paused
 from runner.store.sql_store import Store
+from runner.worker.schedule_ticker import LEASE_KEY, ScheduleTicker, start_ticker_thread, stop_ticker_thread
 
 EVERY_MINUTE = {"function": "simple_calculation", "input": {"expression": "1+1"}, "every": 60}
 
@@ -315,3 +317,29 @@ def test_a_tick_job_is_a_runner_job(backends: Backends, registry: Registry, run_
     assert (view["status"], view["result"]["result"], view["schedule"]) == ("finished", 2, schedule_id)
     job = Job.fetch(outcome.job_id, connection=backends.connection, serializer=JSONSerializer)
     assert job.meta["schedule"] == schedule_id
+
+
+# The ticker thread
+
+
+def test_one_ticker_of_several_holds_the_lease(backends: Backends, registry: Registry) -> None:
+    tickers = [ScheduleTicker(backends, registry, f"worker:{number}") for number in range(3)]
+    assert [ticker.lease.hold() for ticker in tickers] == [True, False, False]
+    tickers[0].lease.release()
+    assert tickers[2].lease.hold()
+
+
+def test_the_ticker_thread_runs_a_due_tick_and_hands_its_lease_back(backends: Backends, registry: Registry,
+                                                                    store: Store) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    schedule_id = due_schedule(backends, registry, now)
+    thread, stop = start_ticker_thread(backends, registry, "worker:test")
+    try:
+        deadline = time.monotonic() + 10
+        while not jobs_of(store, schedule_id) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop_ticker_thread(thread, stop, backends.connection, "worker:test")
+    assert jobs_of(store, schedule_id) == [tick_job_id(schedule_id, int(now.timestamp()))]
+    assert not thread.is_alive() and backends.connection.get(LEASE_KEY) is None
+    assert backends.connection.exists(RESTORED_KEY)
