@@ -65,11 +65,16 @@ def check_timing(cron: Any, timezone: Any, every: Any) -> Timing:
     if not expression.startswith("@") and len(expression.split()) != CRON_FIELDS:
         raise TimingError("cron", f"must have {CRON_FIELDS} fields (minute hour day month weekday), "
                                   f"got {len(expression.split())}")
+    timing = Timing(expression, zone, None)
     try:
         croniter(expression)
     except (CroniterError, ValueError) as exc:
         raise TimingError("cron", f"is not a usable cron expression: {exc}") from None
-    return Timing(expression, zone, None)
+    try:  # `0 0 30 2 *` parses, but no date ever matches it
+        timing.next_after(datetime.now(UTC))
+    except (CroniterError, ValueError):
+        raise TimingError("cron", "matches no date (e.g. the 30th of February)") from None
+    return timing
 
 
 def check_timezone(timezone: Any) -> str:

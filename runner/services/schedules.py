@@ -36,6 +36,9 @@ SCHEDULES_KEY = "runner:schedules"
 DUE_KEY = "runner:schedules:due"
 RESTORED_KEY = "runner:schedules:restored"
 CatchUp = Literal["once", "skip"]
+# The widths of their SQL columns (runner.store.models.ScheduleRecord).
+MAX_CRON_CHARS = 255
+MAX_TIMEZONE_CHARS = 64
 
 
 class ScheduleRequest(pydantic.BaseModel):
@@ -46,8 +49,10 @@ class ScheduleRequest(pydantic.BaseModel):
     function: str = pydantic.Field(min_length=1, description="The function to run.")
     input: dict[str, Any] = pydantic.Field(default_factory=dict,
                                            description="Its input, validated now as an invocation's is.")
-    cron: str | None = pydantic.Field(None, description="A cron expression (five fields), e.g. `*/5 * * * *`.")
-    timezone: str | None = pydantic.Field(None, description="The IANA time zone `cron` is read in (UTC by default).")
+    cron: str | None = pydantic.Field(None, max_length=MAX_CRON_CHARS,
+                                      description="A cron expression (five fields), e.g. `*/5 * * * *`.")
+    timezone: str | None = pydantic.Field(None, max_length=MAX_TIMEZONE_CHARS,
+                                          description="The IANA time zone `cron` is read in (UTC by default).")
     every: pydantic.StrictInt | None = pydantic.Field(None, ge=1,
                                                       description="Seconds between runs, instead of `cron`.")
     catch_up: CatchUp = pydantic.Field("once", description="A tick missed while no worker ran: run it `once` "

@@ -76,6 +76,8 @@ def test_an_unknown_schedule_is_a_404(client: FlaskClient, api_error: Callable[.
     ({"every": None, "cron": "not a cron"}, "cron"),
     ({"every": None, "cron": "61 * * * *"}, "cron"),
     ({"every": None, "cron": "* * * * * *"}, "cron"),
+    ({"every": None, "cron": "0 0 30 2 *"}, "cron"),
+    ({"every": None, "cron": "0 " * 200}, "cron"),
     ({"every": None, "cron": "0 3 * * *", "timezone": "Mars/Olympus_Mons"}, "timezone"),
     ({"cron": "0 3 * * *"}, "every"),
     ({"every": None}, "cron"),
