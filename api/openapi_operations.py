@@ -290,7 +290,8 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "summary": "This document", "tags": ["operations"],
             "responses": {"200": json_response("The OpenAPI 3.1 document.", {"type": "object"})},
         },
-        **schedule_operations(),
+        **schedule_operations([parameter for parameter in invocation_parameters(settings)
+                               if parameter["name"] == CALLBACK_HEADER]),
     }
 
 

@@ -11,16 +11,19 @@ SCHEDULE_DESCRIPTION = (
     "`every` S seconds (S >= 1; ticks on whole multiples of S since the Unix epoch). The input is checked "
     "now as an invocation's is (422 with the same details). Each tick is one ordinary job, however many "
     "workers run, whose view says `schedule`; `GET /jobs?schedule=<id>` lists them. A tick missed while no "
-    "worker ran runs once, late (`catch_up: once`, the default), or is skipped (`catch_up: skip`)."
+    "worker ran runs once, late (`catch_up: once`, the default), or is skipped (`catch_up: skip`). An "
+    "`X-Callback-Url` header is checked as an invocation's and each run calls it back."
 )
 
 
-def schedule_operations() -> dict[tuple[str, str], dict[str, Any]]:
-    """The operations of /schedules, keyed as api.openapi_operations keys them."""
+def schedule_operations(callback_header: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The operations of /schedules, keyed as api.openapi_operations keys them; `callback_header` is the
+    invocations' X-Callback-Url parameter, which a schedule takes for each of its runs."""
     not_found = documented_error(404, "No schedule has that id.", ("schedule_not_found",))
     return {
         ("POST", "/schedules"): {
             "summary": "Create a schedule", "tags": ["schedules"], "description": SCHEDULE_DESCRIPTION,
+            "parameters": callback_header,
             "requestBody": {"required": True, "content": {"application/json": {"schema": ref("NewSchedule")}}},
             "responses": {
                 "201": json_response("The schedule, with its `next_run_at`.", ref("Schedule"),

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, request
 from api.payload import read_json_object
 from api.state import runner_state
 from runner.services import schedules
+from runner.services.callbacks import HEADER as CALLBACK_HEADER
 
 blueprint = Blueprint("schedules", __name__)
 
@@ -17,7 +18,8 @@ blueprint = Blueprint("schedules", __name__)
 @blueprint.post("/schedules")
 def create_schedule() -> tuple[dict[str, Any], int, dict[str, str]]:
     state = runner_state()
-    view = schedules.create_schedule(read_json_object(request), state.registry, state.backends)
+    view = schedules.create_schedule(read_json_object(request), state.registry, state.backends,
+                                     callback_url=request.headers.get(CALLBACK_HEADER))
     return asdict(view), 201, {"Location": f"{request.script_root}/schedules/{view.id}"}
 
 

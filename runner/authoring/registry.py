@@ -23,6 +23,18 @@ SPEC_ATTRIBUTE = "__runner_function__"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+
+
+
+
+
+
+
+
+
+
+
+
 @overload
 def function(func: F, /) -> F: ...
 

@@ -28,6 +28,8 @@ JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WAIT_SLICE_SECONDS = 0.5
 
 
+
+
 @dataclass
 class JobView:
     """What a user sees of a job."""

@@ -110,10 +110,10 @@ def run_tick(backends: Backends, registry: Registry, schedule_id: str, tick: int
 def _start_job(backends: Backends, registry: Registry, schedule: Schedule, tick: int) -> str | None:
     """The job of the tick (the one already made, if another ticker ran it); None when refused for good."""
     options = InvocationOptions(idempotency_key=f"{IDEMPOTENCY_PREFIX}{schedule.id}:{tick}", schedule=schedule.id,
-                                job_id=tick_job_id(schedule.id, tick))
+                                job_id=tick_job_id(schedule.id, tick), callback_url=schedule.callback_url)
     try:
         return accept_invocation(registry.get(schedule.function), schedule.input, backends, options).job_id
-    except (FunctionNotFound, InvalidInput) as exc:  # the code changed since: this tick can never run
+    except (FunctionNotFound, InvalidInput) as exc:  # the code (or the callback's host) changed: this tick cannot run
         log.error("schedule %s: tick %s not run: %s", schedule.id, _iso(tick), exc.message)
     except TooManyRequests as exc:  # the function's queue is full: this tick is dropped, as a 429 would be
         log.warning("schedule %s: tick %s not run: %s", schedule.id, _iso(tick), exc.message)

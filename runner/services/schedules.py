@@ -28,6 +28,7 @@ from runner.authoring.timing import Timing, TimingError, check_timing
 from runner.errors import InvalidInput, ScheduleNotFound
 from runner.redis_connection import REDIS_ERRORS, redis_unavailable
 from runner.services.backends import Backends
+from runner.services.callbacks import check_callback_url
 from runner.services.invocation import validated_input
 from runner.store import schedule_rows
 from runner.store.models import utcnow
@@ -72,6 +73,7 @@ class Schedule:
     input: dict[str, Any]
     timing: Timing
     catch_up: str = "once"
+    callback_url: str | None = None
     paused: bool = False
     declared: bool = False
     created_at: datetime | None = None
@@ -80,7 +82,8 @@ class Schedule:
         """Its SQL row's columns (and, as JSON, its Redis copy)."""
         return {"id": self.id, "function": self.function, "input": self.input, "cron": self.timing.cron,
                 "timezone": self.timing.timezone, "every": self.timing.every, "catch_up": self.catch_up,
-                "paused": self.paused, "declared": self.declared, "created_at": self.created_at or utcnow()}
+                "callback_url": self.callback_url, "paused": self.paused, "declared": self.declared,
+                "created_at": self.created_at or utcnow()}
 
     def to_json(self) -> str:
         """Its Redis copy."""
@@ -94,7 +97,8 @@ class Schedule:
         created_at = datetime.fromisoformat(created) if isinstance(created, str) else created
         return cls(id=str(values["id"]), function=str(values["function"]), input=dict(values["input"] or {}),
                    timing=Timing(values.get("cron"), str(values.get("timezone") or "UTC"), values.get("every")),
-                   catch_up=str(values.get("catch_up") or "once"), paused=bool(values.get("paused")),
+                   catch_up=str(values.get("catch_up") or "once"), callback_url=values.get("callback_url"),
+                   paused=bool(values.get("paused")),
                    declared=bool(values.get("declared")),
                    created_at=created_at.replace(tzinfo=UTC) if created_at and not created_at.tzinfo else created_at)
 
@@ -103,7 +107,8 @@ class Schedule:
         created_at = self.created_at.isoformat() if self.created_at else None
         return ScheduleView(
             id=self.id, function=self.function, input=self.input, cron=self.timing.cron,
-            timezone=self.timing.timezone, every=self.timing.every, catch_up=self.catch_up, paused=self.paused,
+            timezone=self.timing.timezone, every=self.timing.every, catch_up=self.catch_up,
+            callback_url=self.callback_url, paused=self.paused,
             declared=self.declared, created_at=created_at,
             next_run_at=None if next_run is None else datetime.fromtimestamp(next_run, UTC).isoformat(),
             jobs_url=f"/jobs?schedule={self.id}",
@@ -121,6 +126,8 @@ class ScheduleView:
     timezone: str
     every: int | None
     catch_up: str
+    # Each run's completion callback (the X-Callback-Url the schedule was created with), or null.
+    callback_url: str | None
     paused: bool
     # Declared in code with `@function(schedule=...)` (workers register it again as they start).
     declared: bool
@@ -146,13 +153,15 @@ def read_request(body: Any) -> ScheduleRequest:
     return request
 
 
-def create_schedule(body: Any, registry: Registry, backends: Backends) -> ScheduleView:
-    """Check a new schedule as an invocation is checked (its input included), store and start it."""
+def create_schedule(body: Any, registry: Registry, backends: Backends,
+                    callback_url: str | None = None) -> ScheduleView:
+    """Check a new schedule as an invocation is checked (its input and callback URL included), store and start it."""
     request = read_request(body)
     spec = registry.get(request.function)  # FunctionNotFound: 404, as for an invocation
     validated_input(spec, request.input, backends)
     schedule = Schedule(id=uuid.uuid4().hex, function=spec.name, input=request.input, timing=request.timing(),
-                        catch_up=request.catch_up, created_at=utcnow())
+                        catch_up=request.catch_up, callback_url=check_callback_url(callback_url, backends.settings),
+                        created_at=utcnow())
     return save(schedule, backends)
 
 

@@ -113,6 +113,8 @@ class ScheduleRecord(Base):
     timezone: Mapped[str] = mapped_column(String(64))
     every: Mapped[int | None] = mapped_column(Integer, nullable=True)
     catch_up: Mapped[str] = mapped_column(String(8))
+    # Each run's X-Callback-Url, as the schedule's creation sent it.
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     # Declared with `@function(schedule=...)` rather than created over HTTP.
     declared: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -345,3 +346,20 @@ def test_the_ticker_thread_runs_a_due_tick_and_hands_its_lease_back(backends: Ba
     assert jobs_of(store, schedule_id) == [tick_job_id(schedule_id, int(now.timestamp()))]
     assert not thread.is_alive() and backends.connection.get(LEASE_KEY) is None
     assert backends.connection.exists(RESTORED_KEY)
+
+
+def test_a_schedules_callback_url_is_checked_as_an_invocations_and_given_to_each_run(
+        backends: Backends, registry: Registry, client: FlaskClient, invoke: Callable[..., Any],
+        api_error: Callable[..., dict[str, Any]]) -> None:
+    unsafe = {"X-Callback-Url": "http://127.0.0.1:9/hook"}  # loopback: refused unless allowed
+    refused = api_error(client.post("/schedules", json=EVERY_MINUTE, headers=unsafe), 422, "invalid_input")
+    assert refused == api_error(invoke("simple_calculation", {"expression": "1"}, headers=unsafe), 422,
+                                "invalid_input")
+    allowed = Backends(backends.connection, backends.store, replace(backends.settings, callback_allow_private=True))
+    schedule = create_schedule(EVERY_MINUTE, registry, allowed, callback_url="http://127.0.0.1:9/hook")
+    assert schedule.callback_url == "http://127.0.0.1:9/hook"
+    tick = at("2030-01-01T00:01:00+00:00")
+    allowed.connection.zadd(DUE_KEY, {schedule.id: int(tick.timestamp())})
+    [outcome] = run_due(allowed, registry, tick)
+    job = Job.fetch(str(outcome.job_id), connection=allowed.connection, serializer=JSONSerializer)
+    assert job.meta["callback_url"] == "http://127.0.0.1:9/hook"

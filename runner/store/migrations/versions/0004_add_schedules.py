@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("timezone", sa.String(64), nullable=False),
         sa.Column("every", sa.Integer(), nullable=True),
         sa.Column("catch_up", sa.String(8), nullable=False),
+        sa.Column("callback_url", sa.Text(), nullable=True),
         sa.Column("paused", sa.Boolean(), nullable=False),
         sa.Column("declared", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
