@@ -363,3 +363,16 @@ def test_a_schedules_callback_url_is_checked_as_an_invocations_and_given_to_each
     [outcome] = run_due(allowed, registry, tick)
     job = Job.fetch(str(outcome.job_id), connection=allowed.connection, serializer=JSONSerializer)
     assert job.meta["callback_url"] == "http://127.0.0.1:9/hook"
+
+
+def test_a_tick_job_retried_after_redis_forgot_it_still_says_its_schedule(
+        backends: Backends, registry: Registry, run_jobs: Callable[..., bool], client: FlaskClient) -> None:
+    tick = at("2030-01-01T00:01:00+00:00")
+    schedule_id = due_schedule(backends, registry, tick, input={"expression": "1/0"})
+    [outcome] = run_due(backends, registry, tick)
+    run_jobs(["demo_tasks"])
+    assert client.get(f"/jobs/{outcome.job_id}").json["status"] == "failed"
+    backends.connection.delete(f"rq:job:{outcome.job_id}")
+    retried = client.post(f"/jobs/{outcome.job_id}/retry")
+    assert retried.status_code == 202 and retried.json["schedule"] == schedule_id
+    assert client.get(f"/jobs/{outcome.job_id}").json["schedule"] == schedule_id
