@@ -11,8 +11,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from tests.integration.conftest import PYTHON, Stack, wait_until
 
 WATCH_SECONDS = 10.0
@@ -50,20 +48,6 @@ def settled(stack: Stack, schedule_id: str, log: Path) -> list[dict[str, Any]]:
 
     wait_until(all_finished, 20, "every job of the schedule finished")
     return schedule_jobs(stack, schedule_id)
-
-
-def test_the_declared_schedule_is_registered_by_the_workers_and_kept_in_sql(stack: Stack) -> None:
-    def registered() -> bool:
-        return stack.get("/schedules/fn-nightly_probe").status_code == 200
-
-    wait_until(registered, 10, "the workers registered nightly_probe's schedule")
-    schedule = stack.get("/schedules/fn-nightly_probe").json()
-    assert (schedule["function"], schedule["cron"], schedule["timezone"], schedule["input"], schedule["declared"]) == (
-        "nightly_probe", "0 3 * * *", "Europe/Paris", {"note": "nightly"}, True)
-    assert schedule["next_run_at"] is not None
-    with stack.store.session() as session:  # SQLite and PostgreSQL alike
-        rows = session.execute(sa.text("SELECT id, function, declared FROM schedules")).all()
-    assert ("fn-nightly_probe", "nightly_probe", True) in [tuple(row) for row in rows]
 
 
 def test_two_workers_run_one_job_per_tick_and_none_twice(sqlite_stack: Stack, tmp_path: Path) -> None:
