@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -220,7 +220,7 @@ def list_schedules(backends: Backends) -> list[ScheduleView]:
 def set_paused(schedule_id: str, paused: bool, backends: Backends) -> ScheduleView:
     """Pause a schedule (no tick runs) or resume it (from its next tick after now)."""
     schedule, _score = find(schedule_id, backends)
-    return save(Schedule(**{**schedule.__dict__, "paused": paused}), backends)
+    return save(replace(schedule, paused=paused), backends)
 
 
 def delete_schedule(schedule_id: str, backends: Backends) -> None:

@@ -6,9 +6,9 @@ dies. The lease keeps the work to one process, not the promise: two tickers that
 holder paused past its lease) still make one job per tick (runner.services.schedule_ticks).
 The thread never touches the job loop: it shares only the worker's connection pool.
 
-Its pass, while it holds the lease: register the schedules declared in code (once per process),
-restore Redis's schedules from SQL when Redis lost them, then run what is due, and sleep until
-the next tick (at most POLL_SECONDS, so schedules created meanwhile are seen).
+Every ticker first registers the schedules declared in code (once per process). Its pass, while
+it holds the lease: restore Redis's schedules from SQL when Redis lost them, then run what is due,
+and sleep until the next tick (at most POLL_SECONDS, so schedules created meanwhile are seen).
 """
 
 from __future__ import annotations
@@ -48,12 +48,16 @@ class ScheduleTicker:
         self.lease = Lease(backends.connection, LEASE_KEY, name, LEASE_SECONDS)
         self._declared = False
 
-    def run_pass(self) -> float:
-        """One pass as the lease holder; how long to sleep before the next."""
+    def register_declared(self) -> None:
+        """Register the schedules this process's functions declare (once it has worked; lease or not,
+        so that a new declaration is registered however long an older worker keeps the lease)."""
         if not self._declared:
             for schedule_id in register_declared(self.registry, self.backends):
                 log.info("schedules: %s registered from its function's declaration", schedule_id)
             self._declared = True
+
+    def run_pass(self) -> float:
+        """One pass as the lease holder; how long to sleep before the next."""
         restore_if_lost(self.backends)
         run_due(self.backends, self.registry, utcnow())
         return self.seconds_to_next_tick()
@@ -71,6 +75,7 @@ class ScheduleTicker:
         waiting = False
         while not stop.is_set():
             try:
+                self.register_declared()
                 if time.monotonic() >= renew_at:
                     if not self.lease.hold():
                         stop.wait(LEASE_SECONDS / 2)

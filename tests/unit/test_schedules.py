@@ -21,7 +21,7 @@ from runner.errors import FunctionDefinitionError
 from runner.services.backends import Backends
 from runner.services.schedule_sync import declared_schedule_id, register_declared, restore_if_lost
 from runner.services.schedule_ticks import LATE_AFTER_SECONDS, run_due, run_tick, tick_job_id
-from runner.services.schedules import DUE_KEY, RESTORED_KEY, create_schedule, set_paused
+from runner.services.schedules import DUE_KEY, RESTORED_KEY, SCHEDULES_KEY, create_schedule, set_paused
 from runner.store.sql_store import Store
 from runner.worker.schedule_ticker import LEASE_KEY, ScheduleTicker, start_ticker_thread, stop_ticker_thread
 
@@ -376,3 +376,17 @@ def test_a_tick_job_retried_after_redis_forgot_it_still_says_its_schedule(
     retried = client.post(f"/jobs/{outcome.job_id}/retry")
     assert retried.status_code == 202 and retried.json["schedule"] == schedule_id
     assert client.get(f"/jobs/{outcome.job_id}").json["schedule"] == schedule_id
+
+
+def test_a_ticker_without_the_lease_still_registers_its_declared_schedules(backends: Backends) -> None:
+    ScheduleTicker(backends, Registry(), "worker:old").lease.hold()  # an older worker keeps the lease
+    registry = declared_registry(schedule=600, schedule_input={"expression": "1"})
+    thread, stop = start_ticker_thread(backends, registry, "worker:new")
+    try:
+        deadline = time.monotonic() + 10
+        while not backends.connection.hexists(SCHEDULES_KEY, "fn-nightly") and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop_ticker_thread(thread, stop, backends.connection, "worker:new")
+    assert backends.connection.hexists(SCHEDULES_KEY, "fn-nightly")
+    assert backends.connection.get(LEASE_KEY) == b"worker:old"
