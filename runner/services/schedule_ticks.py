@@ -11,7 +11,8 @@ tick is run twice, and none is dropped while some ticker runs.
 
 A tick more than LATE_AFTER_SECONDS old was missed while no ticker ran: the schedule's
 `catch_up` says whether it runs once, late (`once`, one job however many ticks were missed), or
-is skipped (`skip`). Either way the next tick is the first one after now.
+is skipped (`skip`). Either way the next tick is the first one after now. A tick less late (a
+slow pass) is run, and its schedule moves to the tick after it, so each of its ticks gets a job.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def run_tick(backends: Backends, registry: Registry, schedule_id: str, tick: int
         log.info("schedule %s: tick %s missed while no worker ran; skipped", schedule_id, _iso(tick))
     else:
         job_id = _start_job(backends, registry, schedule, tick)
-    next_tick = int(schedule.timing.next_after(now).timestamp())
+    # A tick run on time is followed by the next one, even if that is due already (a slow pass runs
+    # each); a late one by the first after now (the ticks between were missed with it).
+    next_tick = int(schedule.timing.next_after(now if late else datetime.fromtimestamp(tick, UTC)).timestamp())
     moved = connection.eval(_ADVANCE, 1, DUE_KEY, schedule_id, tick, next_tick)
     return TickOutcome(schedule_id, tick, job_id, next_tick if moved else None)
 

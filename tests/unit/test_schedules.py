@@ -390,3 +390,15 @@ def test_a_ticker_without_the_lease_still_registers_its_declared_schedules(backe
         stop_ticker_thread(thread, stop, backends.connection, "worker:new")
     assert backends.connection.hexists(SCHEDULES_KEY, "fn-nightly")
     assert backends.connection.get(LEASE_KEY) == b"worker:old"
+
+
+def test_a_slow_pass_runs_each_tick_it_is_late_for(backends: Backends, registry: Registry, store: Store) -> None:
+    tick = at("2030-01-01T00:01:00+00:00")
+    schedule_id = due_schedule(backends, registry, tick, every=1)
+    now = tick + timedelta(seconds=3.5)  # the ticker was 3.5 s late (not missed: LATE_AFTER_SECONDS is more)
+    passes = 0
+    while run_due(backends, registry, now):
+        passes += 1
+    first = int(tick.timestamp())
+    assert jobs_of(store, schedule_id) == sorted(tick_job_id(schedule_id, first + n) for n in range(4))
+    assert passes == 4 and next_tick(backends.connection, schedule_id) == first + 4
