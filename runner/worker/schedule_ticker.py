@@ -87,7 +87,10 @@ class ScheduleTicker:
                 waiting = False
                 stop.wait(pause)
             except (BackendUnavailable, IdempotencyConflict) as exc:  # the ticks stay due for the next pass
-                if not waiting:  # once per outage, as the projector says it
+                redis_away = isinstance(exc.details, dict) and exc.details.get("dependency") == "redis"
+                if redis_away:  # the worker says Redis is away, once per retry
+                    log.debug("schedules: ticks wait: %s", exc.message)
+                elif not waiting:  # once per outage, as the projector says it
                     log.warning("schedules: ticks wait: %s", exc.message)
                 waiting = True
                 stop.wait(RETRY_SECONDS)
