@@ -39,10 +39,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     install_auth(app, settings)
     install_cross_site_guard(app)
 
-    from api import functions, health, jobs, uploads
+    from api import functions, health, jobs, schedules, uploads
 
     app.register_blueprint(functions.blueprint)
     app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(schedules.blueprint)
     app.register_blueprint(uploads.blueprint)
     app.register_blueprint(health.blueprint)
     from api import docs, events, openapi, ops

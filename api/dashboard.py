@@ -17,7 +17,8 @@ rq-dashboard 0.9.0 is mounted as a blueprint with these corrections for this run
   queue is 404; an empty one does nothing (RQ's compact answered a Redis error for it);
 - it lists every queue a worker serves (`callbacks` and `default` too), not only those Redis has
   seen a job on, and its Jobs tab opens on the busiest queue instead of the (often empty) `default`;
-- deleting is disabled.
+- deleting is disabled;
+- a Schedules page (/dashboard/schedules, api.dashboard_schedules) lists the runner's schedules.
 
 The blueprint adds no auth of its own: the app's `before_request` hooks run before it, and with
 them api.cross_site, which refuses its buttons (POST) when another site's page sends them (a
@@ -43,6 +44,7 @@ from rq.worker import BaseWorker
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.wrappers import Response as BaseResponse
 
+from api.dashboard_schedules import schedules_page
 from api.payload import refuse_parameter
 from api.state import runner_state
 from runner.errors import JobNotFound
@@ -92,6 +94,8 @@ def register_dashboard(app: Flask, backends: Backends) -> None:
     for endpoint, view in list(app.view_functions.items()):
         if endpoint.startswith(f"{BLUEPRINT_NAME}."):
             app.view_functions[endpoint] = _unknown_job_is_not_found(view)
+    # The runner's own page, under the dashboard's name so its hooks (and only its) apply.
+    app.add_url_rule(f"{DASHBOARD_PREFIX}/schedules", f"{BLUEPRINT_NAME}.schedules", schedules_page)
 
 
 def _guard_request() -> None:

@@ -80,6 +80,7 @@ def list_jobs() -> dict[str, Any]:
     records, next_cursor = read_history(backends.connection, backends.store).list(
         function=request.args.get("function") or None,
         status=status,
+        schedule=request.args.get("schedule") or None,
         limit=read_int(request, "limit", default=DEFAULT_PAGE_SIZE, minimum=1, maximum=MAX_PAGE_SIZE),
         cursor=request.args.get("cursor") or None,
     )

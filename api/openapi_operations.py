@@ -12,6 +12,7 @@ from typing import Any
 from api.artifacts import CONTENT_SECURITY_POLICY
 from api.cross_site import STATE_CHANGING_METHODS
 from api.functions import REPLAYED_HEADER, WAIT_SKIPPED_HEADER
+from api.openapi_schedules import schedule_operations
 from api.openapi_schemas import (
     LOCATION,
     documented_error,
@@ -177,6 +178,7 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "parameters": [
                 _query("function", {"type": "string"}, "Only jobs of this function."),
                 _query("status", {"type": "string", "enum": sorted(STATUS_WORDS)}, "Only jobs in this status."),
+                _query("schedule", {"type": "string"}, "Only the jobs of this schedule's ticks."),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE,
                                  "default": DEFAULT_PAGE_SIZE}, "Page size."),
                 _query("cursor", {"type": "string"}, "`next` of the previous page."),
@@ -288,6 +290,8 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "summary": "This document", "tags": ["operations"],
             "responses": {"200": json_response("The OpenAPI 3.1 document.", {"type": "object"})},
         },
+        **schedule_operations([parameter for parameter in invocation_parameters(settings)
+                               if parameter["name"] == CALLBACK_HEADER]),
     }
 
 

@@ -15,6 +15,7 @@ import pydantic
 from api.ops import RequeueFilter
 from runner.services.fleet import QueueDepths, RequeueOutcome, WorkerInfo
 from runner.services.job_views import JOB_ID_PATTERN, JobView
+from runner.services.schedules import ScheduleRequest, ScheduleView
 from runner.status import STATUS_WORDS
 from runner.store.files import UploadInfo
 
@@ -24,7 +25,7 @@ ERROR_DESCRIPTIONS = {
     401: "Missing or wrong API key (only when RUNNER_API_KEYS or RUNNER_API_KEYS_FILE is set).",
     403: "A browser sent this state-changing request from another site's page (its `Origin` or "
          "`Sec-Fetch-Site` says so); refused with or without an API key.",
-    404: "Unknown function, job, upload, artifact, queue or route.",
+    404: "Unknown function, job, schedule, upload, artifact, queue or route.",
     409: "The job's state forbids the operation.",
     413: "The body is larger than the limit.",
     415: "The body is not of the content type the operation takes.",
@@ -83,6 +84,12 @@ class JobList(pydantic.BaseModel):
     next: str | None = pydantic.Field(description="The `cursor` of the next page; null on the last page.")
 
 
+class ScheduleList(pydantic.BaseModel):
+    """Every schedule, oldest first."""
+
+    schedules: list[ScheduleView]
+
+
 class WorkerList(pydantic.BaseModel):
     """Every worker registered in Redis."""
 
@@ -115,6 +122,9 @@ COMPONENT_TYPES: dict[str, Any] = {
     "FunctionList": FunctionList,
     "JobList": JobList,
     "Upload": UploadInfo,
+    "NewSchedule": ScheduleRequest,
+    "Schedule": ScheduleView,
+    "ScheduleList": ScheduleList,
     "WorkerList": WorkerList,
     "QueueList": QueueList,
     "RequeueFilter": RequeueFilter,
@@ -159,6 +169,8 @@ JOB_VIEW_PROPERTIES: dict[str, Any] = {
     "created_at": TIMESTAMP,
     "started_at": TIMESTAMP,
     "ended_at": TIMESTAMP,
+    "schedule": {"anyOf": [{"type": "string"}, {"type": "null"}],
+                 "description": "The id of the schedule whose tick made the job; null for other jobs."},
 }
 
 

@@ -8,6 +8,7 @@ Hierarchy::
     ├── UploadNotFound           no stored upload has that id (404; 422 inside an invocation)
     ├── ArtifactNotFound         the job wrote no artifact of that name (404)
     ├── QueueNotFound            no function declares that queue and Redis knows none of that name (404)
+    ├── ScheduleNotFound         no schedule has that id (404)
     ├── MalformedRequest         body is not JSON, not an object, or a bad query parameter (400)
     ├── RequestForbidden         refused whoever asks: a state-changing request from another site (403)
     ├── UnsupportedMediaType     body sent with a content type other than JSON (415)
@@ -72,6 +73,12 @@ class ArtifactNotFound(RunnerError):
     """Raised when a job has no artifact of the requested name."""
 
     code = "artifact_not_found"
+
+
+class ScheduleNotFound(RunnerError):
+    """Raised when a schedule id names no schedule."""
+
+    code = "schedule_not_found"
 
 
 class MalformedRequest(RunnerError):

@@ -9,7 +9,10 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
-from runner.authoring.spec import FunctionSpec, build_input_model
+import pydantic
+
+from runner.authoring.spec import DeclaredSchedule, FunctionSpec, build_input_model
+from runner.authoring.timing import TimingError, check_timing
 from runner.errors import FunctionDefinitionError, FunctionNotFound
 
 DEFAULT_QUEUE = "default"
@@ -47,6 +50,9 @@ def function(
     exactly_one_of: Sequence[Sequence[str]] = ...,
     concurrency: int | None = ...,
     max_queued: int | None = ...,
+    schedule: str | int | None = ...,
+    schedule_input: dict[str, Any] | None = ...,
+    schedule_timezone: str | None = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -62,17 +68,23 @@ def function(
     exactly_one_of: Sequence[Sequence[str]] = (),
     concurrency: int | None = None,
     max_queued: int | None = None,
+    schedule: str | int | None = None,
+    schedule_input: dict[str, Any] | None = None,
+    schedule_timezone: str | None = None,
 ) -> F | Callable[[F], F]:
     """Declare a function: record its queue, timeout and retry policy. Connects to nothing.
 
     `exactly_one_of` lists groups of optional parameters of which an invocation must give
     exactly one (checked with the rest of the input, before anything is enqueued).
     `concurrency` caps how many of its jobs run at once; `max_queued` caps how many may wait.
+    `schedule` (a cron expression, or every so many seconds) runs it with `schedule_input` on
+    that schedule, in `schedule_timezone` (UTC by default); workers register it when they start.
     """
 
     def declare(target: F) -> F:
         spec = make_spec(target, queue=queue, timeout=timeout, retries=retries, backoff=backoff, name=name,
-                         exactly_one_of=exactly_one_of, concurrency=concurrency, max_queued=max_queued)
+                         exactly_one_of=exactly_one_of, concurrency=concurrency, max_queued=max_queued,
+                         schedule=schedule, schedule_input=schedule_input, schedule_timezone=schedule_timezone)
         setattr(target, SPEC_ATTRIBUTE, spec)
         return target
 
@@ -90,6 +102,9 @@ def make_spec(
     exactly_one_of: Sequence[Sequence[str]] = (),
     concurrency: int | None = None,
     max_queued: int | None = None,
+    schedule: str | int | None = None,
+    schedule_input: dict[str, Any] | None = None,
+    schedule_timezone: str | None = None,
 ) -> FunctionSpec:
     """Check a declaration and build its spec; bad policies fail loudly at import."""
     label = name or func.__name__
@@ -106,6 +121,7 @@ def make_spec(
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise FunctionDefinitionError(f"{label}: {limit_name} must be a whole number >= 1 (or None)")
     model, takes_model = build_input_model(func, tuple(tuple(group) for group in exactly_one_of))
+    declared = _declared_schedule(label, model, schedule, schedule_input, schedule_timezone)
     doc = inspect.getdoc(func) or ""
     return FunctionSpec(
         name=label,
@@ -119,7 +135,27 @@ def make_spec(
         takes_model=takes_model,
         concurrency=concurrency,
         max_queued=max_queued,
+        schedule=declared,
     )
+
+
+def _declared_schedule(label: str, model: type[pydantic.BaseModel], schedule: str | int | None,
+                       schedule_input: dict[str, Any] | None, timezone: str | None) -> DeclaredSchedule | None:
+    if schedule is None:
+        if schedule_input is not None or timezone is not None:
+            raise FunctionDefinitionError(f"{label}: schedule_input and schedule_timezone need a schedule")
+        return None
+    try:
+        timing = (check_timing(None, timezone, schedule) if isinstance(schedule, int)
+                  else check_timing(schedule, timezone, None))
+    except TimingError as exc:
+        raise FunctionDefinitionError(f"{label}: schedule {exc.field}: {exc.message}") from None
+    payload = dict(schedule_input or {})
+    try:  # checked again at each run; a declaration that could never run fails at import
+        model.model_validate(payload)
+    except pydantic.ValidationError as exc:
+        raise FunctionDefinitionError(f"{label}: schedule_input does not fit the signature: {exc}") from None
+    return DeclaredSchedule(timing=timing, input=payload)
 
 
 class Registry:

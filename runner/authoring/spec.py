@@ -13,6 +13,7 @@ from typing import Any
 
 import pydantic
 
+from runner.authoring.timing import Timing
 from runner.errors import FunctionDefinitionError, InvalidInput
 
 # A 422 lists this many failed fields, then counts the rest in one final entry of this type.
@@ -24,6 +25,14 @@ MORE_ERRORS_TYPE = "more_errors"
 
 # A field path (an unknown key, say) is cut to this many characters in an error.
 MAX_FIELD_CHARS = 200
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: its input is a dict, and specs are cache keys
+class DeclaredSchedule:
+    """A schedule declared with the function (`@function(schedule=...)`)."""
+
+    timing: Timing
+    input: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,8 @@ class FunctionSpec:
     concurrency: int | None = None
     # Invocations beyond this many waiting jobs are refused with 429 (None: no limit).
     max_queued: int | None = None
+    # Runs of the function declared in code (registered by workers as they start).
+    schedule: DeclaredSchedule | None = None
 
     @property
     def path(self) -> str:

@@ -65,7 +65,7 @@ def register_client_commands(group: click.Group) -> None:
         group.add_command(command)
 
 
-def _client() -> RunnerClient:
+def api_client() -> RunnerClient:
     ctx = click.get_current_context()
     url = str(ctx.meta[URL_KEY])
     # Tests hand in a transport (e.g. a Flask test client) as the context object.
@@ -118,7 +118,7 @@ as_json_option = click.option("--json", "as_json", is_flag=True, help="Print the
 @handles_client_errors
 def functions(as_json: bool) -> None:
     """List the functions the API serves."""
-    listed = _client().functions()
+    listed = api_client().functions()
     if as_json:
         print_json(listed)
         return
@@ -136,7 +136,7 @@ def _retries(spec: dict[str, Any]) -> str:
     )
 
 
-def _read_payload(data: str | None, data_file: str | None) -> Any:
+def read_payload(data: str | None, data_file: str | None) -> Any:
     if data is not None and data_file is not None:
         raise click.UsageError("Give --data or --data-file, not both.")
     if data_file is not None:
@@ -163,8 +163,8 @@ def _read_payload(data: str | None, data_file: str | None) -> Any:
 @handles_client_errors
 def invoke(name: str, data: str | None, data_file: str | None, wait: bool, timeout: float) -> None:
     """Invoke function NAME; with --wait, show its progress and print its result."""
-    client = _client()
-    accepted = client.invoke(name, _read_payload(data, data_file))
+    client = api_client()
+    accepted = client.invoke(name, read_payload(data, data_file))
     if not wait:
         print_json(accepted)
         return
@@ -206,20 +206,22 @@ def _follow_with_progress_bar(client: RunnerClient, accepted: dict[str, Any], ti
 @click.command()
 @click.option("--function", "function_name", help="Only jobs of this function.")
 @click.option("--status", help="Only jobs in this status (queued, started, finished, failed, ...).")
+@click.option("--schedule", help="Only the jobs of this schedule's ticks.")
 @click.option("--limit", default=DEFAULT_PAGE_SIZE, show_default=True, type=click.IntRange(1, MAX_PAGE_SIZE))
 @click.option("--cursor", help="`next` cursor printed by the previous page.")
 @as_json_option
 @url_option
 @handles_client_errors
-def jobs(function_name: str | None, status: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+def jobs(function_name: str | None, status: str | None, schedule: str | None, limit: int, cursor: str | None,
+         as_json: bool) -> None:
     """List recent jobs from the history, newest first."""
-    page = _client().jobs(function=function_name, status=status, limit=limit, cursor=cursor)
+    page = api_client().jobs(function=function_name, status=status, schedule=schedule, limit=limit, cursor=cursor)
     if as_json:
         print_json(page)
         return
     if not page["jobs"]:
-        selection = " ".join(f"--{name} {value}" for name, value in (("function", function_name), ("status", status))
-                             if value)
+        filters = (("function", function_name), ("status", status), ("schedule", schedule))
+        selection = " ".join(f"--{name} {value}" for name, value in filters if value)
         click.echo(f"No jobs match {selection}." if selection else "No jobs yet: invoke a function first.")
         return
     rows = [
@@ -239,7 +241,7 @@ def jobs(function_name: str | None, status: str | None, limit: int, cursor: str 
 @handles_client_errors
 def job(job_id: str) -> None:
     """Show one job (JOB_ID, or the start of one) as JSON: status, progress, result or error."""
-    client = _client()
+    client = api_client()
     try:
         view = client.job(job_id)
     except ApiError as error:
@@ -265,7 +267,7 @@ def _unique_job_id(client: RunnerClient, prefix: str, not_found: ApiError) -> st
 @handles_client_errors
 def workers(as_json: bool) -> None:
     """List the workers registered in Redis."""
-    listed = _client().workers()
+    listed = api_client().workers()
     if as_json:
         print_json(listed)
         return
@@ -287,7 +289,7 @@ def workers(as_json: bool) -> None:
 @handles_client_errors
 def queues(as_json: bool) -> None:
     """Show each queue's depth: queued, started, scheduled, deferred, failed, finished, canceled."""
-    listed = _client().queues()
+    listed = api_client().queues()
     if as_json:
         print_json(listed)
         return
@@ -302,7 +304,7 @@ def queues(as_json: bool) -> None:
 @handles_client_errors
 def requeue_failed(queue: str | None, function_name: str | None) -> None:
     """Put failed jobs back on their queue (each with its retry policy again)."""
-    outcome = _client().requeue_failed(queue=queue, function=function_name)
+    outcome = api_client().requeue_failed(queue=queue, function=function_name)
     count = int(outcome["requeued"])
     click.echo(f"Requeued {count} failed job{'s' if count != 1 else ''}.")
     for job_id in outcome.get("job_ids", []):

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from runner.cli.client_commands import register_client_commands
+from runner.cli.schedule_commands import schedules
 from runner.config import LOG_LEVEL_VARIABLE, Settings, SettingsError, masked_url, read_log_level
 from runner.errors import BackendUnavailable
 
@@ -109,3 +110,4 @@ def migrate() -> None:
 
 # Client commands (functions, invoke, jobs, job, workers, queues, requeue-failed) and --url.
 register_client_commands(main)
+main.add_command(schedules)

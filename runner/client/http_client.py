@@ -105,10 +105,10 @@ class RunnerClient:
 
     def jobs(
         self, *, function: str | None = None, status: str | None = None, limit: int | None = None,
-        cursor: str | None = None,
+        cursor: str | None = None, schedule: str | None = None,
     ) -> dict[str, Any]:
         """A page of history: {"jobs": [...], "next": cursor or None}."""
-        params = {"function": function, "status": status, "limit": limit, "cursor": cursor}
+        params = {"function": function, "status": status, "schedule": schedule, "limit": limit, "cursor": cursor}
         return dict(self._json("GET", "/jobs", params=params))
 
     def job_ids_starting_with(self, prefix: str, *, newest: int = PREFIX_SEARCH_JOBS) -> list[str]:
@@ -134,6 +134,24 @@ class RunnerClient:
     def queues(self) -> list[dict[str, Any]]:
         """Every known queue with its depths."""
         return list(self._json("GET", "/queues")["queues"])
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule, oldest first."""
+        return list(self._json("GET", "/schedules")["schedules"])
+
+    def create_schedule(self, definition: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a schedule ({function, input, cron, timezone} or {function, input, every}); its view."""
+        return dict(self._json("POST", "/schedules", payload=dict(definition)))
+
+    def schedule_action(self, schedule_id: str, action: str) -> dict[str, Any] | None:
+        """`show`, `pause`, `resume` (the schedule's view) or `delete` (None) one schedule."""
+        path = f"/schedules/{urllib.parse.quote(schedule_id, safe='')}"
+        if action == "show":
+            return dict(self._json("GET", path))
+        if action == "delete":
+            self._json("DELETE", path)
+            return None
+        return dict(self._json("POST", f"{path}/{action}"))
 
     def requeue_failed(self, *, queue: str | None = None, function: str | None = None) -> dict[str, Any]:
         """Requeue failed jobs; {"requeued": n, "job_ids": [...]}."""

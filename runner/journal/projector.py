@@ -36,6 +36,7 @@ from runner.journal.entries import (
     stream_id_of,
 )
 from runner.redis_connection import REDIS_ERRORS
+from runner.redis_lease import Lease
 from runner.store.sql_store import Store
 from runner.store.statements import RowChange
 
@@ -54,28 +55,6 @@ HOLD_SECONDS = 0.02
 BUSY_SECONDS = 1.0
 # After the database failed, the projector tries again this often.
 RETRY_SECONDS = 1.0
-
-# KEYS[1]: the lease; ARGV[1]: our name, ARGV[2]: milliseconds. Take the lease when free, or renew it when ours.
-_TAKE_OR_RENEW = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-# KEYS[1]: the lease; ARGV[1]: our name. Give the lease back if we hold it.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
 
 def fold(entries: Sequence[Entry]) -> list[RowChange]:
     """One change per row for a run of entries in journal order, later values winning.
@@ -113,8 +92,7 @@ class Projector:
         self.connection = connection
         self.store = store
         self.name = name or f"projector-{uuid.uuid4().hex}"
-        self._take_or_renew = connection.register_script(_TAKE_OR_RENEW)
-        self._release = connection.register_script(_RELEASE)
+        self._lease = Lease(connection, LEASE_KEY, self.name, LEASE_SECONDS)
         self._last_id = "0-0"
 
     def read_batch(self, most: int = MAX_BATCH) -> list[tuple[bytes, Entry]]:
@@ -150,11 +128,11 @@ class Projector:
 
     def hold_lease(self) -> bool:
         """Take the lease, or keep it; whether this projector holds it now."""
-        return bool(self._take_or_renew(keys=[LEASE_KEY], args=[self.name, int(LEASE_SECONDS * 1000)]))
+        return self._lease.hold()
 
     def release_lease(self) -> None:
         """Give the lease back (at exit), so another projector takes over at once."""
-        self._release(keys=[LEASE_KEY], args=[self.name])
+        self._lease.release()
 
     def wait_for_entries(self, seconds: float) -> None:
         """Block until an entry newer than the last one applied arrives, or `seconds` pass."""

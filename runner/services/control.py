@@ -34,7 +34,7 @@ from runner.rq_seam.job_hash import ENTRY_POINT, job_key
 from runner.rq_seam.job_reads import job_status
 from runner.rq_seam.queues import queue_for
 from runner.services.backends import Backends
-from runner.services.invocation import job_meta, submit_job
+from runner.services.invocation import job_meta, submit_job, validated_input
 from runner.services.job_views import JOB_ID_PATTERN, JobView, get_job_view, wait_for_job
 from runner.services.limits import release_waiting_place, reserve_waiting_place
 from runner.status import TERMINAL_STATUSES, JobStatus
@@ -219,9 +219,9 @@ def _resubmit_forgotten(job_id: str, backends: Backends, registry: Registry) -> 
         raise _not_retryable(record.status)
     spec = registry.get(record.function)
     # The function may have changed since: its input must still fit the signature.
-    arguments = spec.validate(record.input, backends.validation_context())
+    arguments = validated_input(spec, record.input, backends)
     reserve_waiting_place(backends.connection, spec, job_id)
-    meta = job_meta(spec, attempts=record.attempts, callback_url=record.callback_url)
+    meta = job_meta(spec, attempts=record.attempts, callback_url=record.callback_url, schedule=record.schedule)
     values = {"status": JobStatus.QUEUED.value, "progress_percent": 0, "progress_message": "queued", "result": None,
               "error": None, "started_at": None, "ended_at": None}
     try:

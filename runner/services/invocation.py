@@ -44,6 +44,9 @@ class InvocationOptions:
     callback_url: str | None = None
     # When to run it (timezone-aware); None runs it as soon as a worker is free.
     run_at: datetime | None = None
+    # A schedule's tick: the schedule's id, and the job id its tick names (runner.services.schedule_ticks).
+    schedule: str | None = None
+    job_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def schedule_time(run_at: datetime) -> datetime:
 
 
 def job_meta(spec: FunctionSpec, *, attempts: int = 0, callback_url: str | None = None,
-             scheduled: bool = False) -> dict[str, Any]:
+             scheduled: bool = False, schedule: str | None = None) -> dict[str, Any]:
     """The job.meta a runner job starts with."""
     meta: dict[str, Any] = {
         "function": spec.name,
@@ -76,6 +79,8 @@ def job_meta(spec: FunctionSpec, *, attempts: int = 0, callback_url: str | None 
     }
     if callback_url:
         meta["callback_url"] = callback_url
+    if schedule:
+        meta["schedule"] = schedule
     return meta
 
 
@@ -123,9 +128,9 @@ def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
                       options: InvocationOptions | None = None) -> Accepted:
     """Validate, dedupe by idempotency key, record and enqueue; nothing invalid is ever enqueued."""
     options = options or InvocationOptions()
-    arguments = spec.validate(payload, backends.validation_context())
+    arguments = validated_input(spec, payload, backends)
     callback_url = check_callback_url(options.callback_url, backends.settings)
-    job_id = new_job_id()
+    job_id = options.job_id or new_job_id()
     claim: Claim | None = None
     if options.idempotency_key is not None:
         claim = Claim(job_id, spec.name, fingerprint(spec.name, arguments), time.time())
@@ -140,6 +145,11 @@ def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
         if claim is not None and options.idempotency_key is not None:
             release(backends.connection, options.idempotency_key, claim)
         raise
+
+
+def validated_input(spec: FunctionSpec, payload: Any, backends: Backends) -> dict[str, Any]:
+    """An invocation's input checked against the function's signature (InvalidInput, a 422, if not)."""
+    return spec.validate(payload, backends.validation_context())
 
 
 def job_exists(job_id: str, backends: Backends) -> bool:
@@ -163,8 +173,9 @@ def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, An
         raise redis_unavailable(NOT_ACCEPTED) from exc
     status = "scheduled" if options.run_at is not None else "queued"
     row = NewInvocation(id=job_id, function=spec.name, queue=spec.queue, status=status, input=arguments,
-                        created_at=utcnow(), idempotency_key=options.idempotency_key, callback_url=callback_url)
-    meta = job_meta(spec, callback_url=callback_url, scheduled=options.run_at is not None)
+                        created_at=utcnow(), idempotency_key=options.idempotency_key, callback_url=callback_url,
+                        schedule=options.schedule)
+    meta = job_meta(spec, callback_url=callback_url, scheduled=options.run_at is not None, schedule=options.schedule)
     accepted = JobEvent("accepted", job_id, spec.name, spec.queue, status=status)
     try:
         submit_job(spec, job_id, arguments, backends, meta=meta, run_at=options.run_at, event=accepted, row=row)
@@ -177,5 +188,5 @@ def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, An
 
 def enqueue_invocation(spec: FunctionSpec, payload: Any, backends: Backends) -> NewInvocation:
     """Validate `payload`, journal its row and enqueue its job; return the row. Nothing invalid is enqueued."""
-    return _record_and_enqueue(spec, new_job_id(), spec.validate(payload, backends.validation_context()),
+    return _record_and_enqueue(spec, new_job_id(), validated_input(spec, payload, backends),
                                backends, InvocationOptions(), None)

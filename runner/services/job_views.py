@@ -47,6 +47,8 @@ class JobView:
     created_at: str | None
     started_at: str | None
     ended_at: str | None
+    # The schedule whose tick made the job, or None.
+    schedule: str | None
 
     @property
     def is_terminal(self) -> bool:
@@ -96,6 +98,7 @@ def view_from_job(job: Job) -> JobView:
         created_at=iso_time(job.created_at),
         started_at=iso_time(job.started_at),
         ended_at=iso_time(job.ended_at),
+        schedule=meta.get("schedule"),
     )
 
 
@@ -133,6 +136,7 @@ def view_from_record(record: InvocationRow) -> JobView:
         created_at=iso_time(record.created_at),
         started_at=iso_time(record.started_at),
         ended_at=iso_time(record.ended_at),
+        schedule=record.schedule,
     )
 
 

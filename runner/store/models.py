@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -45,9 +45,12 @@ class InvocationRecord(Base):
     # (runner.journal.entries): a write older on either count is not applied.
     fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     journal_position: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The schedule whose tick made the job (None for an invocation over HTTP).
+    schedule: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
         Index("ix_invocations_created", "created_at", "id"),
+        Index("ix_invocations_schedule_created", "schedule", "created_at"),
         Index("ix_invocations_function_created", "function", "created_at"),
         Index("ix_invocations_status_created", "status", "created_at"),
         Index("ix_invocations_idempotency_key", "idempotency_key"),
@@ -74,6 +77,7 @@ class NewInvocation:
     artifacts: Any | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    schedule: str | None = None
 
     @property
     def progress_message(self) -> str:
@@ -92,7 +96,29 @@ class NewInvocation:
             values["idempotency_key"] = self.idempotency_key
         if self.callback_url is not None:
             values["callback_url"] = self.callback_url
+        if self.schedule is not None:
+            values["schedule"] = self.schedule
         return values
+
+
+class ScheduleRecord(Base):
+    """A schedule's definition, kept in SQL so it outlives Redis (its live state: runner.services.schedules)."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    function: Mapped[str] = mapped_column(String(128))
+    input: Mapped[Any] = mapped_column(JSON)
+    cron: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    timezone: Mapped[str] = mapped_column(String(64))
+    every: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    catch_up: Mapped[str] = mapped_column(String(8))
+    # Each run's X-Callback-Url, as the schedule's creation sent it.
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Declared with `@function(schedule=...)` rather than created over HTTP.
+    declared: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 # What a job view reads an invocation's row from: the stored record, or the row as first written.

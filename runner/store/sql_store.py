@@ -159,6 +159,7 @@ class Store:
         *,
         function: str | None = None,
         status: str | None = None,
+        schedule: str | None = None,
         limit: int = 20,
         cursor: str | None = None,
     ) -> tuple[list[InvocationRecord], str | None]:
@@ -168,6 +169,8 @@ class Store:
             query = query.where(InvocationRecord.function == function)
         if status:
             query = query.where(InvocationRecord.status == status)
+        if schedule:
+            query = query.where(InvocationRecord.schedule == schedule)
         if cursor:
             created_at, last_id = decode_cursor(cursor)
             query = query.where(

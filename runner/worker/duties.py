@@ -5,6 +5,8 @@
   same queues take turns: about one pass a second between them.
 - History: run the journal's projector in a thread (runner.journal.projector), and mark rows
   whose job Redis lost (runner.worker.lost_jobs).
+- Schedules: run their due ticks in another thread (runner.worker.schedule_ticker), one worker
+  of the fleet at a time.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from runner.errors import BackendUnavailable
 from runner.journal.projector import start_projector_thread, stop_projector_thread
 from runner.redis_connection import REDIS_ERRORS
 from runner.rq_seam.scheduler_guard import SchedulingWorker, keep_scheduler_running
+from runner.services.backends import Backends
 from runner.store.sql_store import Store
+from runner.worker.execution import current_environment
 from runner.worker.liveness import Liveness
 from runner.worker.lost_jobs import mark_lost_jobs
 from runner.worker.recovery import recover_abandoned_jobs
+from runner.worker.schedule_ticker import start_ticker_thread, stop_ticker_thread
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,7 @@ class DutifulWorker(SchedulingWorker, Protocol):
     execution: Execution | None
     dead_after: float
     store: Store | None
+    backends: Backends | None
 
     @property
     def heartbeat_seconds(self) -> float: ...
@@ -64,6 +70,7 @@ class Duties:
         self.worker = worker
         self._next_pass = 0.0
         self._projector: tuple[threading.Thread, threading.Event] | None = None
+        self._ticker: tuple[threading.Thread, threading.Event] | None = None
 
     @property
     def due(self) -> bool:
@@ -95,15 +102,22 @@ class Duties:
         except BackendUnavailable as exc:
             log.warning("worker %s: lost jobs not looked for: %s", worker.name, exc.message)
 
-    def start_projector(self) -> None:
-        """Apply the journal from a thread of this process whenever this worker holds its lease."""
+    def start_threads(self) -> None:
+        """Apply the journal, and run schedules' ticks, from threads of this process whenever this
+        worker holds their leases."""
         worker = self.worker
         if worker.store is not None and self._projector is None:
             self._projector = start_projector_thread(worker.connection, worker.store, f"worker:{worker.name}")
+        if worker.backends is not None and self._ticker is None:
+            self._ticker = start_ticker_thread(worker.backends, current_environment().registry,
+                                               f"worker:{worker.name}")
 
-    def stop_projector(self) -> None:
-        """Stop the projector thread, after applying what waits (briefly) and handing the lease over."""
-        worker, projector, self._projector = self.worker, self._projector, None
+    def stop_threads(self) -> None:
+        """Stop the ticker, then the projector thread, after applying what waits (briefly); hand the leases over."""
+        worker, ticker, self._ticker = self.worker, self._ticker, None
+        if ticker is not None:
+            stop_ticker_thread(*ticker, worker.connection, f"worker:{worker.name}")
+        projector, self._projector = self._projector, None
         if projector is not None and worker.store is not None:
             thread, stop = projector
             stop_projector_thread(thread, stop, worker.connection, worker.store, f"worker:{worker.name}",

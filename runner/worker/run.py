@@ -37,6 +37,7 @@ def build_worker(queue_names: Sequence[str], backends: Backends, registry: Regis
                           job_monitoring_interval=MONITOR_TICK_SECONDS,
                           worker_ttl=max(1, int(settings.worker_dead_after_seconds)))
     worker.store = backends.store
+    worker.backends = backends
     worker.outage = RedisOutage(settings.redis_url)
     worker.supervise(dead_after=settings.worker_dead_after_seconds, grace_seconds=settings.worker_grace_seconds)
     return worker

@@ -8,6 +8,7 @@
 - Each start and end is one script call (runner.rq_seam.worker) that carries the attempt's
   history into the journal (runner.worker.attempts); a projector thread applies the journal to
   SQL while this worker holds its lease (runner.journal.projector).
+- A thread runs schedules' due ticks while this worker holds their lease (runner.worker.schedule_ticker).
 - Heartbeats every third of `dead_after`, written next to the window so peers judge by it;
   between jobs it recovers dead workers' jobs (runner.worker.duties).
 - SIGTERM: no new job; the current one may finish within `grace_seconds`, else it is put back at
@@ -36,14 +37,10 @@ from runner.redis_connection import REDIS_ERRORS
 from runner.rq_seam.keys import DEAD_AFTER_FIELD
 from runner.rq_seam.registration import register_again
 from runner.rq_seam.worker import AfterSent, CanceledBeforeStart, SeamWorker
+from runner.services.backends import Backends
 from runner.store.sql_store import Store
 from runner.worker import attempts
-from runner.worker.claims import (
-    forget_claimant,
-    register_claimant,
-    release_claim,
-    return_claims,
-)
+from runner.worker.claims import forget_claimant, register_claimant, release_claim, return_claims
 from runner.worker.duties import Duties
 from runner.worker.execution import begins_at_start
 from runner.worker.in_process import JobWatch
@@ -71,6 +68,8 @@ class RunnerWorker(SeamWorker):
 
     grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
     store: Store | None = None
+    # Set by runner.worker.run.build_worker: the connections the schedule ticker invokes through.
+    backends: Backends | None = None
     # Set by runner.worker.run.build_worker: says when Redis is away, and when to try again.
     outage: RedisOutage
     _next_heartbeat: float = 0.0
@@ -126,7 +125,7 @@ class RunnerWorker(SeamWorker):
             pipeline.hset(self.key, DEAD_AFTER_FIELD, self.dead_after)
             register_claimant(pipeline, self.name)
             pipeline.execute()
-        self.duties.start_projector()
+        self.duties.start_threads()
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         if pipeline is not None:
@@ -303,7 +302,7 @@ class RunnerWorker(SeamWorker):
         with suppress(*REDIS_ERRORS):
             self.send_held()
             return_claims(self.connection, self.name)  # jobs claimed ahead and never started
-        self.duties.stop_projector()
+        self.duties.stop_threads()
         with suppress(*REDIS_ERRORS):
             self.register_death()  # type: ignore[no-untyped-call]
             forget_claimant(self.connection, self.name)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -512,3 +513,47 @@ def test_follow_reconnects_a_few_times_when_the_connection_breaks(
         with pytest.raises(ApiUnreachable):
             client.follow("j1", 5)
         assert transport.attempts == 4  # the first try and three reconnects
+
+
+def test_schedules_are_created_listed_paused_resumed_and_deleted(cli: Callable[..., Result],
+                                                                 client: FlaskClient) -> None:
+    created = cli("schedules", "create", "simple_calculation", "--cron", "0 3 * * *", "--timezone",
+                  "Europe/Paris", "--data", '{"expression": "1+1"}')
+    assert created.exit_code == 0, created.output
+    schedule = json.loads(created.output)
+    assert (schedule["cron"], schedule["timezone"], schedule["input"]) == ("0 3 * * *", "Europe/Paris",
+                                                                         {"expression": "1+1"})
+    listed = cli("schedules")
+    assert listed.exit_code == 0 and schedule["id"] in listed.output and "0 3 * * * (Europe/Paris)" in listed.output
+    assert json.loads(cli("schedules", "--json").output) == client.get("/schedules").get_json()["schedules"]
+    assert json.loads(cli("schedules", "pause", schedule["id"]).output)["paused"] is True
+    assert "paused" in cli("schedules").output
+    assert json.loads(cli("schedules", "resume", schedule["id"]).output)["next_run_at"] is not None
+    assert json.loads(cli("schedules", "show", schedule["id"]).output)["id"] == schedule["id"]
+    deleted = cli("schedules", "delete", schedule["id"])
+    assert deleted.exit_code == 0 and f"Deleted schedule {schedule['id']}" in deleted.output
+    assert client.get("/schedules").get_json() == {"schedules": []}
+    assert "No schedules yet" in cli("schedules").output
+
+
+def test_a_bad_schedule_is_the_apis_error_and_exit_1(cli: Callable[..., Result]) -> None:
+    result = cli("schedules", "create", "simple_calculation", "--every", "0", "--data", '{"expression": "1"}')
+    assert result.exit_code == 1
+    assert "422 invalid_input" in result.output and "every" in result.output
+    missing = cli("schedules", "delete", "nope")
+    assert missing.exit_code == 1 and "404 schedule_not_found" in missing.output
+
+
+def test_jobs_lists_only_a_schedules_runs(cli: Callable[..., Result], client: FlaskClient, backends: Backends,
+                                          registry: Registry) -> None:
+    from runner.services.schedule_ticks import run_due
+    from runner.services.schedules import DUE_KEY
+
+    schedule = client.post("/schedules", json={"function": "simple_calculation", "input": {"expression": "1"},
+                                               "every": 60}).get_json()
+    invoke_job(client, "2")
+    backends.connection.zadd(DUE_KEY, {schedule["id"]: 1_900_000_000})
+    [outcome] = run_due(backends, registry, datetime.fromtimestamp(1_900_000_000, UTC))
+    listed = json.loads(cli("jobs", "--schedule", schedule["id"], "--json").output)["jobs"]
+    assert [view["id"] for view in listed] == [outcome.job_id]
+    assert "No jobs match --schedule nope." in cli("jobs", "--schedule", "nope").output

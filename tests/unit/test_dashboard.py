@@ -340,3 +340,18 @@ def test_compacting_drops_dead_ids_only_and_an_empty_or_unknown_queue_is_no_500(
     compacted = client.post("/dashboard/queue/demo_tasks/compact")
     assert compacted.get_json() == {"status": "OK", "removed": 2}
     assert queue.get_job_ids() == [jobs[0].id, jobs[2].id, jobs[4].id]
+
+
+def test_the_schedules_page_lists_every_schedule_html_escaped(client: FlaskClient) -> None:
+    assert "No schedules yet" in client.get("/dashboard/schedules").get_data(as_text=True)
+    body = {"function": "simple_calculation", "input": {"expression": "<b>1</b>"}, "cron": "0 3 * * *",
+            "timezone": "Europe/Paris"}
+    schedule = client.post("/schedules", json=body).get_json()
+    client.post("/schedules", json={**body, "every": 30, "cron": None, "timezone": None})
+    client.post(f"/schedules/{schedule['id']}/pause")
+    page = client.get("/dashboard/schedules")
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert schedule["id"] in text and "0 3 * * * (Europe/Paris)" in text and "every 30 s" in text
+    assert "paused" in text and "active" in text and f"/jobs?schedule={schedule['id']}" in text
+    assert "<b>1</b>" not in text and "&lt;b&gt;1&lt;/b&gt;" in text
