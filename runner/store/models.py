@@ -37,6 +37,8 @@ class InvocationRecord(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     artifacts: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    # The jobs it waited for (`?after=`), in the order given; NULL when none.
+    after_ids: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -74,10 +76,11 @@ class NewInvocation:
     artifacts: Any | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    after_ids: list[str] | None = None
 
     @property
     def progress_message(self) -> str:
-        """A new job's progress says what it is waiting for: "queued" or "scheduled"."""
+        """A new job's progress says what it is waiting for: "queued", "scheduled" or "deferred"."""
         return self.status
 
     def column_values(self) -> dict[str, Any]:
@@ -92,6 +95,8 @@ class NewInvocation:
             values["idempotency_key"] = self.idempotency_key
         if self.callback_url is not None:
             values["callback_url"] = self.callback_url
+        if self.after_ids:
+            values["after_ids"] = self.after_ids
         return values
 
 
