@@ -28,12 +28,16 @@ RunJobs = Callable[..., bool]
 RECORDS = {"records": [{"region": "eu", "amount": 3}, {"region": "us", "amount": 5}]}
 
 
-def pass_deadline(connection: fakeredis.FakeRedis, job_id: str) -> None:
-    """Move the job's deadline into the past, as if its `expires` seconds had gone by."""
+def pass_deadline(connection: fakeredis.FakeRedis, job_id: str, *, swept: bool = True) -> None:
+    """Move the job's deadline into the past, as if its `expires` seconds had gone by (`swept`: where the
+    flows pass looks too; without, only the worker that takes the job can tell)."""
     job = rq_job(connection, job_id)
     job.meta[DEADLINE_META] = time.time() - 1
     connection.hset(job_key(job_id), "meta", JSONSerializer.dumps(job.meta))
-    connection.zadd(EXPIRING_KEY, {job_id: time.time() - 1})
+    if swept:
+        connection.zadd(EXPIRING_KEY, {job_id: time.time() - 1})
+    else:
+        connection.zrem(EXPIRING_KEY, job_id)
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "abc", "inf", "nan", "2592001", "1e12"])
@@ -59,14 +63,14 @@ def test_a_job_past_its_deadline_never_runs_and_ends_canceled_expired(
     assert response.status_code == 202
     job_id = response.get_json()["id"]
     assert connection.zscore(EXPIRING_KEY, job_id) is not None
-    pass_deadline(connection, job_id)
+    pass_deadline(connection, job_id, swept=False)
     run_jobs()  # the worker takes it, sees the deadline passed, and cancels it instead of running it
     view = client.get(f"/jobs/{job_id}").get_json()
     assert (view["status"], view["attempts"], view["result"], view["started_at"]) == ("canceled", 0, None, None)
     assert view["error"]["type"] == "Expired", view
     row = stored_row(store, job_id)
     assert (row.status, row.error["type"], row.attempts) == ("canceled", "Expired", 0)
-    assert connection.llen("runner:claims:" + "x") == 0 and not list(connection.scan_iter("runner:claims:*"))
+    assert [connection.llen(key) for key in connection.scan_iter("runner:claims:*")] in ([], [0])
 
 
 def test_a_job_within_its_deadline_runs_and_drops_its_deadline(
