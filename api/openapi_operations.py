@@ -31,8 +31,10 @@ from runner.services.callbacks import (
     SIGNATURE_HEADER,
 )
 from runner.services.callbacks import HEADER as CALLBACK_HEADER
+from runner.services.dependencies import MAX_AFTER
 from runner.services.idempotency import HEADER as IDEMPOTENCY_HEADER
 from runner.services.invocation import MAX_SCHEDULE_AHEAD
+from runner.services.job_views import JOB_ID_PATTERN
 from runner.status import STATUS_WORDS
 
 # RFC 3339 with a zone, as `?at=` takes it (Python's `datetime.fromisoformat`).
@@ -40,16 +42,21 @@ AT_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?
 # 1 to 255 printable ASCII characters (HTTP drops spaces at either end of a header value).
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
 CALLBACK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[\x21-\x7e]+$"
+AFTER_PATTERN = rf"^{JOB_ID_PATTERN.pattern[1:-1]}(,{JOB_ID_PATTERN.pattern[1:-1]}){{0,{MAX_AFTER - 1}}}$"
 
 INVOCATION_DESCRIPTION = (
     "Validates the body against the function's input schema and enqueues a job (nothing invalid is "
     "enqueued); answers 202 with the job and its `Location`.\n\n"
     "- `?wait=S` waits up to S seconds for the job to end: 200 when it did, 202 otherwise.\n"
     "- `?delay=S` or `?at=<date-time>` schedules the job (status `scheduled`); an `at` already passed runs now.\n"
+    "- `?after=<id>,<id>` defers the job (status `deferred`) until those jobs have finished; one that fails, "
+    "is canceled or stopped cancels it (error type `DependencyFailed`); unknown ids are a 422.\n"
+    "- `?expires=S`: a job not started S seconds after acceptance is canceled (error type `Expired`).\n"
     f"- `{IDEMPOTENCY_HEADER}`: the same key, function and input within RUNNER_IDEMPOTENCY_TTL seconds answer "
     f"with the first job (`{REPLAYED_HEADER}: true`) instead of enqueueing another; the same key with another "
     "function or input is a 409 `idempotency_conflict`.\n"
-    f"- `{CALLBACK_HEADER}`: when the job finishes, fails or is stopped, its final view is POSTed there "
+    f"- `{CALLBACK_HEADER}`: when the job finishes, fails, is stopped or canceled by the runner, its final view "
+    "is POSTed there "
     "(signed with RUNNER_CALLBACK_SECRET in `X-Runner-Signature` when set).\n"
     "- A function with `max_queued` refuses invocations beyond that many waiting jobs with 429."
 )
@@ -76,6 +83,10 @@ def invocation_parameters(settings: Settings) -> list[dict[str, Any]]:
         _query("at", {"type": "string", "format": "date-time", "pattern": AT_PATTERN},
                f"Run the job at this RFC 3339 time with a zone (`…T09:30:00Z`, `…T09:30:00+02:00`), at most {days} "
                "days ahead; a time already passed runs the job now. Not with `delay`."),
+        _query("after", {"type": "string", "pattern": AFTER_PATTERN},
+               f"Ids of the jobs to wait for, separated by commas (at most {MAX_AFTER}); not with `delay` or `at`."),
+        _query("expires", {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SCHEDULE_AHEAD.total_seconds()},
+               f"Cancel the job (`Expired`) if not started this many seconds after acceptance (at most {days} days)."),
         _header(IDEMPOTENCY_HEADER,
                 {"type": "string", "minLength": 1, "maxLength": 255, "pattern": IDEMPOTENCY_KEY_PATTERN},
                 "Deduplicates retries of one invocation: 1 to 255 printable ASCII characters."),
