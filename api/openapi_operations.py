@@ -135,8 +135,8 @@ def invocation_responses() -> dict[str, Any]:
         "409": documented_error(409, f"The {IDEMPOTENCY_HEADER} was used for another function or input (or a "
                                    "request with it is still being processed).", ("idempotency_conflict",)),
         **documented_errors(413, 415),
-        "422": documented_error(422, f"The input fails the schema (`details` names each field), or the "
-                                   f"{CALLBACK_HEADER} is refused."),
+        "422": documented_error(422, f"The input fails the schema (`details` names each field), the "
+                                   f"{CALLBACK_HEADER} is refused, or `after` names an unknown job."),
         "429": documented_error(429, "The function already has `max_queued` jobs waiting; retry after "
                                    "`Retry-After` seconds."),
         **documented_errors(503),
