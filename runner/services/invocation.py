@@ -13,6 +13,7 @@ from typing import Any
 from rq.queue import Queue
 
 from runner.authoring.spec import FunctionSpec
+from runner.errors import BackendUnavailable
 from runner.journal import entries as journal
 from runner.redis_connection import NOT_ACCEPTED, REDIS_ERRORS, redis_unavailable
 from runner.rq_seam.dependencies import queue_deferred
@@ -162,8 +163,8 @@ def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
         # Its parents may have ended already: it is released or canceled now, not at the next flows pass.
         try:
             settle_deferred(backends.connection, backends.store, job_id)
-        except REDIS_ERRORS:
-            pass  # accepted all the same: the workers' flows pass settles it
+        except (*REDIS_ERRORS, BackendUnavailable):
+            return Accepted(row.id, row)  # accepted all the same, its 202 says deferred: a flows pass settles it
         return Accepted(row.id, row, settled=True)
     return Accepted(row.id, row)
 
