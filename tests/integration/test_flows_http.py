@@ -17,7 +17,7 @@ RECORDS = [{"region": "eu", "amount": 3}, {"region": "us", "amount": 5}, {"regio
 # How soon a deferred job must be settled once its last parent ended: a flows pass every 0.5 s, a
 # loaded machine (the measured figure is printed).
 SETTLE_SECONDS = 5.0
-# How soon another tenant's job must start while one tenant floods the function (0.01 s measured alone;
+# How soon another tenant's job must start while one tenant floods the function (0.01 to 0.2 s measured;
 # generous for a loaded machine: with one slot for all tenants it would wait for the flood's gate).
 OTHER_TENANT_STARTS_WITHIN = 5.0
 FLOOD = 20
@@ -104,12 +104,17 @@ def test_a_job_after_a_retried_one_runs_once_it_finally_succeeds(flows_stack: St
     assert (done["status"], done["result"]["result"]) == ("finished", 42), done
 
 
+def at_the_gate(stack: Stack, job_ids: list[str]) -> list[str]:
+    """The jobs among `job_ids` whose attempt runs (holds its slot) now."""
+    return [job_id for job_id in job_ids if stack.job(job_id)["progress"]["message"] == "at the gate"]
+
+
 def test_one_tenants_flood_does_not_delay_another_tenant(flows_stack: Stack, tmp_path: Path) -> None:
     gates = {name: tmp_path / f"gate-{name}" for name in ("flood", "other")}
     flood = [accepted(flows_stack.invoke("tenant_gate", {"tenant": "a", "gate": str(gates["flood"])}))["id"]
              for _ in range(FLOOD)]
-    first = flows_stack.wait_for(flood[0], lambda v: v["progress"]["message"] == "at the gate")
-    assert first["status"] == "started"
+    # Whichever of them took tenant a's one slot first (two workers race for it).
+    wait_until(lambda: len(at_the_gate(flows_stack, flood)) == 1, 15, "one job of tenant a at the gate")
     sent = time.monotonic()
     other = accepted(flows_stack.invoke("tenant_gate", {"tenant": "b", "gate": str(gates["other"])}))["id"]
     flows_stack.wait_for(other, lambda v: v["progress"]["message"] == "at the gate",
@@ -117,8 +122,7 @@ def test_one_tenants_flood_does_not_delay_another_tenant(flows_stack: Stack, tmp
     started_after = time.monotonic() - sent
     print(f"\ntenant b's job held its slot {started_after:.2f} s after it was sent, behind {FLOOD} of tenant a")
     # Tenant a still runs one job at a time, however many workers are free.
-    running = [job_id for job_id in flood if flows_stack.job(job_id)["progress"]["message"] == "at the gate"]
-    assert running == [flood[0]]
+    assert len(at_the_gate(flows_stack, flood)) == 1
     for gate in gates.values():
         gate.touch()
     views = [flows_stack.wait_until_terminal(job_id, timeout=60) for job_id in [*flood, other]]
