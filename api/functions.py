@@ -9,7 +9,7 @@ from flask import Blueprint, request, url_for
 from api.clients import client_identity
 from api.jobs import job_location
 from api.payload import read_json_object, read_number
-from api.schedule import read_schedule
+from api.schedule import read_after, read_expires, read_schedule
 from api.state import runner_state
 from runner.authoring.spec import FunctionSpec
 from runner.services.callbacks import HEADER as CALLBACK_HEADER
@@ -55,6 +55,8 @@ def invoke(name: str) -> tuple[dict[str, Any], int, dict[str, str]]:
         idempotency_key=check_key(request.headers.get(IDEMPOTENCY_HEADER)),
         callback_url=request.headers.get(CALLBACK_HEADER),
         run_at=read_schedule(request),
+        expires=read_expires(request),
+        after=read_after(request),
     )
     accepted = accept_invocation(spec, read_json_object(request), state.backends, options)
     headers = {"Location": job_location(accepted.job_id)}
@@ -67,6 +69,7 @@ def invoke(name: str) -> tuple[dict[str, Any], int, dict[str, str]]:
                 return view.to_dict(), 200 if view.is_terminal else 202, headers
         # Beyond the bounds a wait answers at once, as one that timed out would (see runner.services.slots).
         headers[WAIT_SKIPPED_HEADER] = f"{refused}-limit"
-    # A replay shows the first job as it is now; a new job is exactly what was just recorded.
-    view = get_job_view(accepted.job_id, state.backends) if accepted.row is None else view_from_record(accepted.row)
+    # A replay (or a job settled since, `after`) shows the job as it is now; a new job is what was just recorded.
+    fresh = accepted.row is not None and not accepted.settled
+    view = view_from_record(accepted.row) if fresh and accepted.row else get_job_view(accepted.job_id, state.backends)
     return view.to_dict(), 202, headers

@@ -11,7 +11,12 @@ from typing import Any
 
 from api.artifacts import CONTENT_SECURITY_POLICY
 from api.cross_site import STATE_CHANGING_METHODS
-from api.functions import REPLAYED_HEADER, WAIT_SKIPPED_HEADER
+from api.openapi_invocations import (
+    INVOCATION_DESCRIPTION,
+    completion_callback,
+    invocation_parameters,
+    invocation_responses,
+)
 from api.openapi_schedules import schedule_operations
 from api.openapi_schemas import (
     LOCATION,
@@ -19,73 +24,12 @@ from api.openapi_schemas import (
     documented_errors,
     header,
     json_response,
+    query_parameter,
     ref,
 )
 from runner.config import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Settings
-from runner.services.callback_target import MAX_URL_LENGTH
-from runner.services.callbacks import (
-    CALLBACK_EVENTS,
-    DELIVERY_BACKOFF,
-    DELIVERY_TIMEOUT_SECONDS,
-    EVENT_HEADER,
-    JOB_ID_HEADER,
-    SIGNATURE_HEADER,
-)
 from runner.services.callbacks import HEADER as CALLBACK_HEADER
-from runner.services.idempotency import HEADER as IDEMPOTENCY_HEADER
-from runner.services.invocation import MAX_SCHEDULE_AHEAD
 from runner.status import STATUS_WORDS
-
-# RFC 3339 with a zone, as `?at=` takes it (Python's `datetime.fromisoformat`).
-AT_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
-# 1 to 255 printable ASCII characters (HTTP drops spaces at either end of a header value).
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
-CALLBACK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[\x21-\x7e]+$"
-
-INVOCATION_DESCRIPTION = (
-    "Validates the body against the function's input schema and enqueues a job (nothing invalid is "
-    "enqueued); answers 202 with the job and its `Location`.\n\n"
-    "- `?wait=S` waits up to S seconds for the job to end: 200 when it did, 202 otherwise.\n"
-    "- `?delay=S` or `?at=<date-time>` schedules the job (status `scheduled`); an `at` already passed runs now.\n"
-    f"- `{IDEMPOTENCY_HEADER}`: the same key, function and input within RUNNER_IDEMPOTENCY_TTL seconds answer "
-    f"with the first job (`{REPLAYED_HEADER}: true`) instead of enqueueing another; the same key with another "
-    "function or input is a 409 `idempotency_conflict`.\n"
-    f"- `{CALLBACK_HEADER}`: when the job finishes, fails or is stopped, its final view is POSTed there "
-    "(signed with RUNNER_CALLBACK_SECRET in `X-Runner-Signature` when set).\n"
-    "- A function with `max_queued` refuses invocations beyond that many waiting jobs with 429."
-)
-
-
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
-
-
-def _header(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
-
-
-def invocation_parameters(settings: Settings) -> list[dict[str, Any]]:
-    """The query and header parameters every `POST /functions/<name>/invocations` takes."""
-    days = MAX_SCHEDULE_AHEAD.days
-    return [
-        _query("wait", {"type": "number", "minimum": 0, "maximum": settings.max_wait_seconds},
-               f"Seconds to wait for the job to end (200 when it did); more than {settings.max_wait_seconds:g} "
-               "(RUNNER_MAX_WAIT_SECONDS) waits that long. Beyond the waits a process or a client may have "
-               f"under way, the answer is at once (`{WAIT_SKIPPED_HEADER}`)."),
-        _query("delay", {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SCHEDULE_AHEAD.total_seconds()},
-               f"Run the job this many seconds from now (at most {days} days); not with `at`."),
-        _query("at", {"type": "string", "format": "date-time", "pattern": AT_PATTERN},
-               f"Run the job at this RFC 3339 time with a zone (`…T09:30:00Z`, `…T09:30:00+02:00`), at most {days} "
-               "days ahead; a time already passed runs the job now. Not with `delay`."),
-        _header(IDEMPOTENCY_HEADER,
-                {"type": "string", "minLength": 1, "maxLength": 255, "pattern": IDEMPOTENCY_KEY_PATTERN},
-                "Deduplicates retries of one invocation: 1 to 255 printable ASCII characters."),
-        _header(CALLBACK_HEADER,
-                {"type": "string", "format": "uri", "maxLength": MAX_URL_LENGTH, "pattern": CALLBACK_URL_PATTERN},
-                "An http(s) URL that gets a POST of the job's final view when it ends; its host must resolve to "
-                "public addresses only (unless RUNNER_CALLBACK_ALLOW_PRIVATE is on), or the invocation is a 422."),
-    ]
-
 
 ARTIFACT_DESCRIPTION = (
     "Every answer carries `X-Content-Type-Options: nosniff` and a Content-Security-Policy that lets no "
@@ -103,55 +47,6 @@ def _artifact_headers() -> dict[str, Any]:
         "Content-Security-Policy": header("No script, fetch, form or framing; a sandbox.",
                                           {"type": "string", "enum": [CONTENT_SECURITY_POLICY]}),
     }
-
-
-def _invocation_headers() -> dict[str, Any]:
-    replayed = header(f"`true` when the {IDEMPOTENCY_HEADER} named an earlier invocation: this is its job.",
-                      {"type": "string", "enum": ["true"]}, required=False)
-    skipped = header("Set when `wait` was not honoured: this process (`process-limit`, "
-                     "RUNNER_WAIT_MAX_PER_PROCESS) or this client (`client-limit`, RUNNER_WAIT_MAX_PER_CLIENT) "
-                     "already has its waits under way; the job view is as it is now.",
-                     {"type": "string", "enum": ["process-limit", "client-limit"]}, required=False)
-    return {**LOCATION, REPLAYED_HEADER: replayed, WAIT_SKIPPED_HEADER: skipped}
-
-
-def invocation_responses() -> dict[str, Any]:
-    """What `POST /functions/<name>/invocations` answers."""
-    return {
-        "202": json_response("Accepted: the job is queued or scheduled (or, with `wait`, has not ended yet).",
-                             ref("JobView"), _invocation_headers()),
-        "200": json_response("The job ended within `wait`.", ref("JobView"), _invocation_headers()),
-        **documented_errors(400, 401, 404),
-        "409": documented_error(409, f"The {IDEMPOTENCY_HEADER} was used for another function or input (or a "
-                                   "request with it is still being processed).", ("idempotency_conflict",)),
-        **documented_errors(413, 415),
-        "422": documented_error(422, f"The input fails the schema (`details` names each field), or the "
-                                   f"{CALLBACK_HEADER} is refused."),
-        "429": documented_error(429, "The function already has `max_queued` jobs waiting; retry after "
-                                   "`Retry-After` seconds."),
-        **documented_errors(503),
-    }
-
-
-def completion_callback() -> dict[str, Any]:
-    """The POST a job's `X-Callback-Url` receives when the job ends (an OpenAPI callback)."""
-    retries = ", ".join(str(seconds) for seconds in DELIVERY_BACKOFF)
-    return {"completion": {f"{{$request.header.{CALLBACK_HEADER}}}": {"post": {
-        "summary": "The job's final view, when it finishes, fails or is stopped",
-        "parameters": [
-            _header(JOB_ID_HEADER, {"type": "string"}, "The job's id."),
-            _header(EVENT_HEADER, {"type": "string", "enum": sorted(CALLBACK_EVENTS)}, "How the job ended."),
-            _header(SIGNATURE_HEADER, {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
-                    "HMAC-SHA256 of the exact body with RUNNER_CALLBACK_SECRET (only when that is set)."),
-        ],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": ref("JobView")}}},
-        "responses": {
-            "2XX": {"description": "Delivered."},
-            "default": {"description": f"A 429, a 5xx or no answer (no status line and headers within "
-                                       f"{DELIVERY_TIMEOUT_SECONDS} s of the delivery's start, however slowly "
-                                       f"they trickle) is retried after {retries} s; any other status is final."},
-        },
-    }}}}
 
 
 def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
@@ -176,12 +71,13 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/jobs"): {
             "summary": "The job history, newest first", "tags": ["jobs"],
             "parameters": [
-                _query("function", {"type": "string"}, "Only jobs of this function."),
-                _query("status", {"type": "string", "enum": sorted(STATUS_WORDS)}, "Only jobs in this status."),
-                _query("schedule", {"type": "string"}, "Only the jobs of this schedule's ticks."),
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE,
+                query_parameter("function", {"type": "string"}, "Only jobs of this function."),
+                query_parameter("status", {"type": "string", "enum": sorted(STATUS_WORDS)},
+                                "Only jobs in this status."),
+                query_parameter("schedule", {"type": "string"}, "Only the jobs of this schedule's ticks."),
+                query_parameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE,
                                  "default": DEFAULT_PAGE_SIZE}, "Page size."),
-                _query("cursor", {"type": "string"}, "`next` of the previous page."),
+                query_parameter("cursor", {"type": "string"}, "`next` of the previous page."),
             ],
             "responses": {"200": json_response("A page of jobs.", ref("JobList")), **documented_errors(400, 503)},
         },
@@ -232,7 +128,8 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/jobs/{job_id}/artifacts/{name}"): {
             "summary": "A file a job wrote", "tags": ["jobs"],
             "description": ARTIFACT_DESCRIPTION,
-            "parameters": [_query("inline", {"type": "string", "enum": ["1", "0", "true", "false", "yes", "no"]},
+            "parameters": [query_parameter("inline",
+                                           {"type": "string", "enum": ["1", "0", "true", "false", "yes", "no"]},
                                   "`1` serves any artifact for display (`Content-Disposition: inline`), `0` as a "
                                   "download; by default text, CSV, JSON, raster images, audio and video are shown "
                                   "and everything else (HTML, SVG, XML, PDF, unknown types) is downloaded.")],

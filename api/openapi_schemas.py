@@ -64,8 +64,15 @@ class Function(pydantic.BaseModel):
     concurrency: Limit | None = pydantic.Field(
         description="At most this many attempts run at once across all workers (null: no limit)."
     )
+    concurrency_key: str | None = pydantic.Field(
+        description="The input field whose each value gets its own `concurrency` slots (null: one limit for all)."
+    )
     max_queued: Limit | None = pydantic.Field(
         description="Invocations beyond this many waiting jobs are refused with 429 (null: no limit)."
+    )
+    expires: float | None = pydantic.Field(
+        gt=0, description="Seconds after acceptance past which a job that has not started is canceled "
+                          "(error type `Expired`); `?expires=` overrides it (null: never)."
     )
     input_schema: dict[str, Any] = pydantic.Field(description="JSON Schema of the input, from the signature.")
     invocations_url: str
@@ -152,7 +159,8 @@ JOB_VIEW_PROPERTIES: dict[str, Any] = {
              "required": ["type", "message"], "additionalProperties": {"type": "string"}},
             {"type": "null"},
         ],
-        "description": "The exception's type and message once the job has failed or was stopped; null otherwise.",
+        "description": "The exception's type and message once the job has failed or was stopped, or why the "
+                       "runner canceled it (`Expired`, `DependencyFailed`); null otherwise.",
     },
     "attempts": {"type": "integer", "minimum": 0, "description": "Attempts started so far (retries included)."},
     "input": {"description": "The validated input (a JSON object for a runner function)."},
@@ -171,6 +179,10 @@ JOB_VIEW_PROPERTIES: dict[str, Any] = {
     "ended_at": TIMESTAMP,
     "schedule": {"anyOf": [{"type": "string"}, {"type": "null"}],
                  "description": "The id of the schedule whose tick made the job; null for other jobs."},
+    "after": {"type": "array", "items": {"type": "string"},
+              "description": "The jobs it waits for (`?after=`), in the order given; empty when none."},
+    "waiting_for": {"type": "array", "items": {"type": "string"},
+                    "description": "While it is `deferred`: those of `after` that have not finished yet."},
 }
 
 
@@ -184,7 +196,8 @@ def component_schemas() -> dict[str, Any]:
     job_view = components["JobView"]
     for field_name, narrowed in JOB_VIEW_PROPERTIES.items():
         job_view["properties"][field_name] = {"title": job_view["properties"][field_name]["title"], **narrowed}
-    # GET /jobs/<id> sends these fields and no other.
+    # GET /jobs/<id> sends these fields, every one of them (those with defaults too), and no other.
+    job_view["required"] = list(job_view["properties"])
     job_view["additionalProperties"] = False
     return components
 
@@ -228,3 +241,13 @@ def documented_errors(*statuses: int) -> dict[str, Any]:
 
 
 DEFAULT_RESPONSE = json_response("An error, in the Error shape.", ref("Error"))
+
+
+def query_parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """An optional query parameter."""
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def header_parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """An optional request header."""
+    return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}

@@ -1,4 +1,5 @@
-"""`?delay=S` and `?at=<ISO 8601>`: when an invocation should run."""
+"""`?delay=S`, `?at=<ISO 8601>`, `?after=<id>,...` and `?expires=S`: when an invocation should run, and
+until when it may start."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from flask import Request
 
 from api.payload import parse_number, refuse_parameter
 from runner.errors import MalformedRequest
+from runner.services.dependencies import MAX_AFTER
 from runner.services.invocation import MAX_SCHEDULE_AHEAD
 from runner.store.models import utcnow
 
@@ -16,14 +18,41 @@ from runner.store.models import utcnow
 DECODED_PLUS_OFFSET = re.compile(r" (\d{2}(:?\d{2})?)$")
 
 
-def read_delay(raw: str) -> timedelta:
-    """`delay` as a positive number of seconds, at most MAX_SCHEDULE_AHEAD."""
+def read_seconds(name: str, raw: str) -> float:
+    """Query parameter `name` as a positive number of seconds, at most MAX_SCHEDULE_AHEAD (30 days)."""
     limit = MAX_SCHEDULE_AHEAD.total_seconds()
     reason = f"must be a number of seconds, more than 0 and at most {limit:g} ({MAX_SCHEDULE_AHEAD.days} days)"
-    seconds = parse_number("delay", raw, reason)
+    seconds = parse_number(name, raw, reason)
     if not 0 < seconds <= limit:
-        raise refuse_parameter("delay", raw, reason)
-    return timedelta(seconds=seconds)
+        raise refuse_parameter(name, raw, reason)
+    return seconds
+
+
+def read_delay(raw: str) -> timedelta:
+    """`delay` as a positive number of seconds, at most MAX_SCHEDULE_AHEAD."""
+    return timedelta(seconds=read_seconds("delay", raw))
+
+
+def read_expires(request: Request) -> float | None:
+    """`expires`: seconds after acceptance past which the job never starts (None when absent)."""
+    raw = request.args.get("expires")
+    return None if raw is None else read_seconds("expires", raw)
+
+
+def read_after(request: Request) -> tuple[str, ...]:
+    """`after`: the ids of the jobs the invocation waits for, without repeats (() when absent).
+
+    None, or more than MAX_AFTER, is a 400; an id no job has is the 422 of
+    runner.services.dependencies.check_after."""
+    raw = request.args.get("after")
+    if raw is None:
+        return ()
+    ids = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    if not ids or len(ids) > MAX_AFTER:
+        raise refuse_parameter("after", raw[:200], f"must be 1 to {MAX_AFTER} job ids, separated by commas")
+    if request.args.get("delay") is not None or request.args.get("at") is not None:
+        raise MalformedRequest("Give 'after' or a time ('delay', 'at'), not both.", details={"after": raw[:200]})
+    return ids
 
 
 def read_at(raw: str) -> datetime:

@@ -1,4 +1,5 @@
-"""What a function may ask of the worker that runs it: progress, its attempt, files, the history.
+"""What a function may ask of the worker that runs it: progress, its attempt, files, the history, the
+results of the jobs it waited for.
 
 A worker installs its environment once (its uploads, artifacts and store) and opens a job
 context around each job it runs (runner.worker.execution). These functions only look them up,
@@ -34,6 +35,9 @@ class JobContext(Protocol):
 
     def save_artifact(self, name: str, content: bytes, media_type: str | None) -> dict[str, Any]:
         """Keep a file the job produced; its listing entry."""
+
+    def parent_results(self) -> dict[str, Any]:
+        """The results of the jobs this one waited for (`?after=`), by job id."""
 
 
 class Environment(Protocol):
@@ -78,6 +82,14 @@ def current_attempt() -> int:
     """Which attempt of the current job this is (1 for the first; 1 outside a worker)."""
     job = _job.get()
     return 1 if job is None else job.attempt
+
+
+def parent_results() -> dict[str, Any]:
+    """{job id: result} of the jobs the running job waited for (`?after=`): fan-in; {} outside a worker.
+
+    Every job it waited for has finished when it starts (a failed one cancels it instead)."""
+    job = _job.get()
+    return {} if job is None else job.parent_results()
 
 
 def save_artifact(name: str, data: bytes | str, media_type: str | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar, overload
 
 import pydantic
 
-from runner.authoring.spec import DeclaredSchedule, FunctionSpec, build_input_model
+from runner.authoring.spec import MAX_EXPIRES_SECONDS, DeclaredSchedule, FunctionSpec, build_input_model
 from runner.authoring.timing import TimingError, check_timing
 from runner.errors import FunctionDefinitionError, FunctionNotFound
 
@@ -21,18 +21,6 @@ QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SPEC_ATTRIBUTE = "__runner_function__"
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 @overload
@@ -53,6 +41,8 @@ def function(
     schedule: str | int | None = ...,
     schedule_input: dict[str, Any] | None = ...,
     schedule_timezone: str | None = ...,
+    concurrency_key: str | None = ...,
+    expires: float | None = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -71,12 +61,16 @@ def function(
     schedule: str | int | None = None,
     schedule_input: dict[str, Any] | None = None,
     schedule_timezone: str | None = None,
+    concurrency_key: str | None = None,
+    expires: float | None = None,
 ) -> F | Callable[[F], F]:
     """Declare a function: record its queue, timeout and retry policy. Connects to nothing.
 
     `exactly_one_of` lists groups of optional parameters of which an invocation must give
     exactly one (checked with the rest of the input, before anything is enqueued).
-    `concurrency` caps how many of its jobs run at once; `max_queued` caps how many may wait.
+    `concurrency` caps how many of its jobs run at once (per value of the input field
+    `concurrency_key`, when given); `max_queued` caps how many may wait. A job not started within
+    `expires` seconds of its acceptance is canceled (error type `Expired`).
     `schedule` (a cron expression, or every so many seconds) runs it with `schedule_input` on
     that schedule, in `schedule_timezone` (UTC by default); workers register it when they start.
     """
@@ -84,7 +78,8 @@ def function(
     def declare(target: F) -> F:
         spec = make_spec(target, queue=queue, timeout=timeout, retries=retries, backoff=backoff, name=name,
                          exactly_one_of=exactly_one_of, concurrency=concurrency, max_queued=max_queued,
-                         schedule=schedule, schedule_input=schedule_input, schedule_timezone=schedule_timezone)
+                         schedule=schedule, schedule_input=schedule_input, schedule_timezone=schedule_timezone,
+                         concurrency_key=concurrency_key, expires=expires)
         setattr(target, SPEC_ATTRIBUTE, spec)
         return target
 
@@ -105,6 +100,8 @@ def make_spec(
     schedule: str | int | None = None,
     schedule_input: dict[str, Any] | None = None,
     schedule_timezone: str | None = None,
+    concurrency_key: str | None = None,
+    expires: float | None = None,
 ) -> FunctionSpec:
     """Check a declaration and build its spec; bad policies fail loudly at import."""
     label = name or func.__name__
@@ -120,8 +117,15 @@ def make_spec(
     for limit_name, limit in (("concurrency", concurrency), ("max_queued", max_queued)):
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise FunctionDefinitionError(f"{label}: {limit_name} must be a whole number >= 1 (or None)")
+    if expires is not None and (not isinstance(expires, int | float) or isinstance(expires, bool)
+                                or not 0 < expires <= MAX_EXPIRES_SECONDS):
+        raise FunctionDefinitionError(f"{label}: expires must be seconds, more than 0 and at most "
+                                      f"{MAX_EXPIRES_SECONDS} (or None)")
     model, takes_model = build_input_model(func, tuple(tuple(group) for group in exactly_one_of))
     declared = _declared_schedule(label, model, schedule, schedule_input, schedule_timezone)
+    if concurrency_key is not None and (concurrency is None or concurrency_key not in model.model_fields):
+        raise FunctionDefinitionError(f"{label}: concurrency_key must name an input field, "
+                                      "and needs concurrency")
     doc = inspect.getdoc(func) or ""
     return FunctionSpec(
         name=label,
@@ -136,6 +140,8 @@ def make_spec(
         concurrency=concurrency,
         max_queued=max_queued,
         schedule=declared,
+        concurrency_key=concurrency_key,
+        expires=float(expires) if expires is not None else None,
     )
 
 

@@ -26,6 +26,11 @@ MORE_ERRORS_TYPE = "more_errors"
 # A field path (an unknown key, say) is cut to this many characters in an error.
 MAX_FIELD_CHARS = 200
 
+# The longest `expires` (a function's default, or `?expires=`): a job may wait this long to start.
+MAX_EXPIRES_SECONDS = 30 * 24 * 3600
+# A `concurrency_key` value is part of a Redis key: longer values are refused (422).
+MAX_CONCURRENCY_KEY_CHARS = 200
+
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: its input is a dict, and specs are cache keys
 class DeclaredSchedule:
@@ -55,6 +60,10 @@ class FunctionSpec:
     max_queued: int | None = None
     # Runs of the function declared in code (registered by workers as they start).
     schedule: DeclaredSchedule | None = None
+    # With `concurrency`: the input field whose value gets its own `concurrency` slots (a tenant, say).
+    concurrency_key: str | None = None
+    # A job not started this many seconds after its acceptance never starts (None: it waits for ever).
+    expires: float | None = None
 
     @property
     def path(self) -> str:
@@ -74,10 +83,27 @@ class FunctionSpec:
         """Check `payload` against the signature; return it as JSON-ready kwargs."""
         model = self._validated(payload, context)
         try:
-            return model.model_dump(mode="json")
+            arguments: dict[str, Any] = model.model_dump(mode="json")
         except ValueError as exc:  # pydantic serializes at most ~255 levels of nested `Any` values
             raise InvalidInput(f"Input for {self.name!r} is invalid: {exc}.",
                                details=[{"field": "(body)", "message": str(exc), "type": "too_deep"}]) from None
+        self.concurrency_key_of(arguments)  # an invocation without its key is refused here, not in a worker
+        return arguments
+
+    def concurrency_key_of(self, arguments: dict[str, Any]) -> str | None:
+        """The value of the `concurrency_key` field in `arguments` (None without a key); InvalidInput when it
+        is missing, empty, not a string or number, or too long."""
+        if self.concurrency_key is None:
+            return None
+        value = arguments.get(self.concurrency_key)
+        text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+        if not text or len(text) > MAX_CONCURRENCY_KEY_CHARS:
+            message = (f"needs a string or whole number of 1 to {MAX_CONCURRENCY_KEY_CHARS} characters: "
+                       f"{self.name!r} runs at most {self.concurrency} job(s) at once per value of it")
+            raise InvalidInput(f"Input for {self.name!r} is invalid: {self.concurrency_key}: {message}.",
+                               details=[{"field": self.concurrency_key, "message": message,
+                                         "type": "concurrency_key"}])
+        return text
 
     def call(self, payload: Any, context: dict[str, Any] | None = None) -> Any:
         """Re-validate `payload` (the worker never trusts the queue) and run the function."""
@@ -94,7 +120,9 @@ class FunctionSpec:
             "retries": self.retries,
             "backoff": list(self.backoff),
             "concurrency": self.concurrency,
+            "concurrency_key": self.concurrency_key,
             "max_queued": self.max_queued,
+            "expires": self.expires,
         }
 
     def _validated(self, payload: Any, context: dict[str, Any] | None) -> pydantic.BaseModel:

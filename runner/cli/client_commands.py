@@ -159,12 +159,17 @@ def read_payload(data: str | None, data_file: str | None) -> Any:
 @click.option("--wait", is_flag=True, help="Follow the job (live progress) and print its result.")
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.1),
               help="With --wait: seconds to follow the job before giving up.")
+@click.option("--after", multiple=True, metavar="JOB_ID",
+              help="Run once this job has finished (repeat it, or separate ids with commas): fan-in.")
+@click.option("--expires", type=float, metavar="SECONDS", help="Cancel the job if it has not started by then.")
 @url_option
 @handles_client_errors
-def invoke(name: str, data: str | None, data_file: str | None, wait: bool, timeout: float) -> None:
+def invoke(name: str, data: str | None, data_file: str | None, wait: bool, timeout: float,
+           after: tuple[str, ...], expires: float | None) -> None:
     """Invoke function NAME; with --wait, show its progress and print its result."""
     client = api_client()
-    accepted = client.invoke(name, read_payload(data, data_file))
+    parents = [job_id.strip() for value in after for job_id in value.split(",") if job_id.strip()]
+    accepted = client.invoke(name, read_payload(data, data_file), after=parents, expires=expires)
     if not wait:
         print_json(accepted)
         return
@@ -183,8 +188,6 @@ def invoke(name: str, data: str | None, data_file: str | None, wait: bool, timeo
         _fail(f"job {view['id']} {status}{detail}", EXIT_API_ERROR)
     _fail(f"job {view['id']} is still {status} after {timeout:g} s; see `python -m runner job {view['id']}`.",
           EXIT_STILL_RUNNING)
-
-
 
 
 def _follow_with_progress_bar(client: RunnerClient, accepted: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from runner.client.events import ServerEvent, parse_events
@@ -94,10 +94,13 @@ class RunnerClient:
         """Every registered function."""
         return list(self._json("GET", "/functions")["functions"])
 
-    def invoke(self, name: str, payload: Any) -> dict[str, Any]:
-        """Invoke a function; the accepted job's view (follow it with `follow`)."""
+    def invoke(self, name: str, payload: Any, *, after: Sequence[str] = (),
+               expires: float | None = None) -> dict[str, Any]:
+        """Invoke a function, once the jobs `after` names have finished, if it starts within `expires`
+        seconds; the accepted job's view (follow it with `follow`)."""
         path = f"/functions/{urllib.parse.quote(name, safe='')}/invocations"
-        return dict(self._json("POST", path, payload=payload))
+        params = {"after": ",".join(after) or None, "expires": expires}
+        return dict(self._json("POST", path, payload=payload, params=params))
 
     def job(self, job_id: str) -> dict[str, Any]:
         """One job's view."""

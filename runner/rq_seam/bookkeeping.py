@@ -130,7 +130,10 @@ def queue_meta(pipeline: Pipeline, job: Job) -> None:
 def queue_requeue(pipeline: Pipeline, job: Job, queue: Queue, *, at_front: bool = False) -> None:
     """Queue `job` on `queue` again, its whole hash saved (from a registry, or after an attempt)."""
     job.started_at = job.ended_at = None
-    queue.enqueue_job(job, pipeline=pipeline, at_front=at_front)
+    # RQ's enqueue_job minus its dependency check (a WATCH, refused inside this pipeline's MULTI): a
+    # job that waited for others goes back only once they ended (runner.services.dependencies).
+    pipeline.sadd(queue.redis_queues_keys, queue.key)
+    queue._enqueue_job(job, pipeline=pipeline, at_front=at_front)
 
 
 def queue_schedule(pipeline: Pipeline, job: Job, queue: Queue, when: datetime) -> None:

@@ -10,7 +10,7 @@ RQ's `Queue.enqueue_job` writes (tests/unit/test_job_template.py compares them f
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -40,8 +40,8 @@ class JobTemplate:
 
 
 def new_job(queue: Queue, spec: FunctionSpec, job_id: str, arguments: dict[str, Any], *,
-            meta: dict[str, Any], result_ttl: int, failure_ttl: int) -> Job:
-    """The RQ job of an invocation, as RQ builds it (not saved)."""
+            meta: dict[str, Any], result_ttl: int, failure_ttl: int, depends_on: Sequence[str] = ()) -> Job:
+    """The RQ job of an invocation, as RQ builds it (not saved); `depends_on`: the jobs it waits for."""
     return queue.create_job(
         ENTRY_POINT,
         args=(spec.name, arguments),
@@ -52,6 +52,7 @@ def new_job(queue: Queue, spec: FunctionSpec, job_id: str, arguments: dict[str, 
         failure_ttl=failure_ttl,
         description=f"{spec.name}()",
         meta=meta,
+        depends_on=list(depends_on) or None,
     )
 
 

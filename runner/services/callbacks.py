@@ -4,7 +4,8 @@
 a port other than 0, resolvable, and, unless RUNNER_CALLBACK_ALLOW_PRIVATE is on, only public
 addresses, the IPv4 address inside an IPv6 one included). The request thread waits for the host's
 addresses API_RESOLVE_SECONDS at most: a host whose DNS answers slower is accepted unjudged, and
-judged at delivery. When the job finishes, fails or is stopped, a lifecycle listener enqueues a
+judged at delivery. When the job finishes, fails, is stopped or is canceled by the runner (expired,
+its dependency failed), a lifecycle listener enqueues a
 separate job on the `callbacks` queue whose entry point is `deliver_callback` below, never anything
 named by a request. Delivery resolves the host again, checks every address again with the same
 judgement (a DNS answer may have changed since) and connects to a checked address only, all within
@@ -44,7 +45,7 @@ EVENT_HEADER = "X-Runner-Event"
 SIGNATURE_HEADER = "X-Runner-Signature"
 CALLBACK_QUEUE = "callbacks"
 DELIVERY_ENTRY_POINT = "runner.services.callbacks.deliver_callback"
-CALLBACK_EVENTS = frozenset({"finished", "failed", "stopped"})
+CALLBACK_EVENTS = frozenset({"finished", "failed", "stopped", "canceled"})
 # The longest an API request waits for the callback host's addresses; a slower DNS: accepted unjudged.
 API_RESOLVE_SECONDS = 2.0
 # All of one delivery: resolving the host, connecting, sending, the answer's status line and headers.

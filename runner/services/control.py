@@ -29,7 +29,7 @@ from runner.journal import entries as journal
 from runner.journal.reads import read_history
 from runner.journal.rows import row_values
 from runner.redis_connection import REDIS_ERRORS, redis_unavailable
-from runner.rq_seam.bookkeeping import RunnerJob, fence_of, queue_meta, queue_requeue
+from runner.rq_seam.bookkeeping import RunnerJob, fence_of, queue_requeue
 from runner.rq_seam.job_hash import ENTRY_POINT, job_key
 from runner.rq_seam.job_reads import job_status
 from runner.rq_seam.queues import queue_for
@@ -37,6 +37,7 @@ from runner.services.backends import Backends
 from runner.services.invocation import job_meta, submit_job, validated_input
 from runner.services.job_views import JOB_ID_PATTERN, JobView, get_job_view, wait_for_job
 from runner.services.limits import release_waiting_place, reserve_waiting_place
+from runner.services.unstarted import WAITING, queue_cancel
 from runner.status import TERMINAL_STATUSES, JobStatus
 from runner.store.models import utcnow
 
@@ -44,7 +45,7 @@ LOCK_KEY = "runner:control:{job_id}"
 LOCK_SECONDS = 10
 # How long cancel waits for a running job's worker to report it stopped.
 STOP_WAIT_SECONDS = 3.0
-CANCELABLE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED})
+CANCELABLE = WAITING
 RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 
 
@@ -102,12 +103,7 @@ def cancel_job(job_id: str, backends: Backends) -> JobView:
                     return _cancel_forgotten(job_id, backends)
                 status = JobStatus(job_status(job))
                 if status in CANCELABLE:
-                    job.cancel(pipeline=pipeline)
-                    job.meta["progress"] = {**(job.meta.get("progress") or {"percent": 0}), "message": "canceled"}
-                    queue_meta(pipeline, job)
-                    if job.func_name == ENTRY_POINT:
-                        journal.append(pipeline, job_id, row_values(job, JobStatus.CANCELED, ended_at=utcnow()),
-                                       fence=fence)
+                    queue_cancel(pipeline, job, fence)
                 else:
                     pipeline.reset()
             if status in CANCELABLE:
@@ -189,7 +185,7 @@ def requeue_ended_job(job_id: str, backends: Backends, registry: Registry, *, re
                 job.retry_intervals = list(spec.backoff) or [0]
                 if reserve:
                     reserve_waiting_place(backends.connection, spec, job_id)
-            for stale in ("error", "waiting_for_slot"):
+            for stale in ("error", "waiting_for_slot", "expires_at"):
                 job.meta.pop(stale, None)
             job.meta["progress"] = {"percent": 0, "message": "queued"}
             for source in (job.failed_job_registry, CanceledJobRegistry(job.origin, backends.connection,

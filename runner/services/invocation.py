@@ -13,16 +13,21 @@ from typing import Any
 from rq.queue import Queue
 
 from runner.authoring.spec import FunctionSpec
+from runner.errors import BackendUnavailable
 from runner.journal import entries as journal
 from runner.redis_connection import NOT_ACCEPTED, REDIS_ERRORS, redis_unavailable
+from runner.rq_seam.dependencies import queue_deferred
 from runner.rq_seam.job_hash import JobTemplate, job_fields, job_key, new_job, queue_job, template_for
 from runner.rq_seam.queues import queue_for
 from runner.rq_seam.scripts import encode_commands, script_pipeline
 from runner.services.backends import Backends
 from runner.services.callbacks import check_callback_url
+from runner.services.dependencies import check_after, settle_deferred, watch_deferred
+from runner.services.expiry import DEADLINE_META, queue_deadline, set_deadline
 from runner.services.idempotency import Claim, claim_or_find, fingerprint, release
 from runner.services.lifecycle import JobEvent, emit, emit_into
 from runner.services.limits import release_waiting_place, reserve_waiting_place
+from runner.status import JobStatus
 from runner.store.models import NewInvocation, utcnow
 
 # How far ahead `?delay=` / `?at=` may schedule a job.
@@ -47,6 +52,10 @@ class InvocationOptions:
     # A schedule's tick: the schedule's id, and the job id its tick names (runner.services.schedule_ticks).
     schedule: str | None = None
     job_id: str | None = None
+    # Seconds after acceptance past which it never starts (None: the function's `expires`).
+    expires: float | None = None
+    # The jobs it waits for (`?after=`): it runs once all of them finished.
+    after: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ class Accepted:
     job_id: str
     # The row as journaled, for a new job (its 202 is made from it); None for a replay.
     row: NewInvocation | None = None
+    # The job may have moved on since the row was journaled (a job with `after`, settled at once).
+    settled: bool = False
 
     @property
     def replayed(self) -> bool:
@@ -70,12 +81,12 @@ def schedule_time(run_at: datetime) -> datetime:
 
 
 def job_meta(spec: FunctionSpec, *, attempts: int = 0, callback_url: str | None = None,
-             scheduled: bool = False, schedule: str | None = None) -> dict[str, Any]:
-    """The job.meta a runner job starts with."""
+             status: str = JobStatus.QUEUED.value, schedule: str | None = None) -> dict[str, Any]:
+    """The job.meta a runner job starts with (its progress message says what it waits for: `status`)."""
     meta: dict[str, Any] = {
         "function": spec.name,
         "attempts": attempts,
-        "progress": {"percent": 0, "message": "scheduled" if scheduled else "queued"},
+        "progress": {"percent": 0, "message": status},
     }
     if callback_url:
         meta["callback_url"] = callback_url
@@ -87,8 +98,9 @@ def job_meta(spec: FunctionSpec, *, attempts: int = 0, callback_url: str | None 
 def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backends: Backends, *,
                meta: dict[str, Any], run_at: datetime | None = None, event: JobEvent | None = None,
                row: NewInvocation | None = None, row_values: dict[str, Any] | None = None,
-               fence: int = 0) -> None:
-    """Put the RQ job on its queue now, or in the scheduled registry until `run_at`; raises Redis errors.
+               fence: int = 0, after: tuple[str, ...] = ()) -> None:
+    """Put the RQ job on its queue now, in the scheduled registry until `run_at`, or deferred until
+    the jobs named in `after` end (runner.services.dependencies); raises Redis errors.
 
     The job's history goes with it, in the same script call: a new `row`, or `row_values` for the
     row of a job enqueued again (its journal entries carry `fence`). `event`, if given, is
@@ -98,7 +110,12 @@ def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backe
     settings = backends.settings
     created_at = row.created_at if row is not None else utcnow()
     with script_pipeline(backends.connection) as pipe:
-        if run_at is not None:
+        if after:
+            job = new_job(queue, spec, job_id, arguments, meta=meta, result_ttl=settings.result_ttl,
+                          failure_ttl=settings.failure_ttl, depends_on=after)
+            queue_deferred(pipe, queue, job)
+            watch_deferred(pipe, job_id)
+        elif run_at is not None:
             job = new_job(queue, spec, job_id, arguments, meta=meta, result_ttl=settings.result_ttl,
                           failure_ttl=settings.failure_ttl)
             queue.schedule_job(job, schedule_time(run_at), pipeline=pipe)
@@ -107,6 +124,8 @@ def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backe
             # enqueue_job: two dozen calls, nine replies).
             template = _template(queue, spec, settings.result_ttl, settings.failure_ttl)
             queue_job(pipe, queue, job_id, job_fields(template, spec, arguments, meta, created_at))
+        if meta.get(DEADLINE_META) is not None:
+            queue_deadline(pipe, job_id, float(meta[DEADLINE_META]))
         if row is not None:
             journal.append(pipe, job_id, row.column_values(), fence=fence, new=True)
         elif row_values is not None:
@@ -130,6 +149,7 @@ def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
     options = options or InvocationOptions()
     arguments = validated_input(spec, payload, backends)
     callback_url = check_callback_url(options.callback_url, backends.settings)
+    check_after(options.after, backends)
     job_id = options.job_id or new_job_id()
     claim: Claim | None = None
     if options.idempotency_key is not None:
@@ -140,11 +160,18 @@ def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
             return Accepted(earlier)
     try:
         row = _record_and_enqueue(spec, job_id, arguments, backends, options, callback_url)
-        return Accepted(row.id, row)
     except BaseException:
         if claim is not None and options.idempotency_key is not None:
             release(backends.connection, options.idempotency_key, claim)
         raise
+    if options.after:
+        # Its parents may have ended already: it is released or canceled now, not at the next flows pass.
+        try:
+            settle_deferred(backends.connection, backends.store, job_id)
+        except (*REDIS_ERRORS, BackendUnavailable):
+            return Accepted(row.id, row)  # accepted all the same, its 202 says deferred: a flows pass settles it
+        return Accepted(row.id, row, settled=True)
+    return Accepted(row.id, row)
 
 
 def validated_input(spec: FunctionSpec, payload: Any, backends: Backends) -> dict[str, Any]:
@@ -171,14 +198,19 @@ def _record_and_enqueue(spec: FunctionSpec, job_id: str, arguments: dict[str, An
         reserve_waiting_place(backends.connection, spec, job_id)
     except REDIS_ERRORS as exc:
         raise redis_unavailable(NOT_ACCEPTED) from exc
-    status = "scheduled" if options.run_at is not None else "queued"
+    status = (JobStatus.DEFERRED if options.after else
+              JobStatus.SCHEDULED if options.run_at is not None else JobStatus.QUEUED).value
     row = NewInvocation(id=job_id, function=spec.name, queue=spec.queue, status=status, input=arguments,
                         created_at=utcnow(), idempotency_key=options.idempotency_key, callback_url=callback_url,
-                        schedule=options.schedule)
-    meta = job_meta(spec, callback_url=callback_url, scheduled=options.run_at is not None, schedule=options.schedule)
+                        schedule=options.schedule, after_ids=list(options.after) or None)
+    meta = job_meta(spec, callback_url=callback_url, status=status, schedule=options.schedule)
+    expires = options.expires if options.expires is not None else spec.expires
+    if expires is not None:
+        set_deadline(meta, row.created_at.timestamp(), expires)
     accepted = JobEvent("accepted", job_id, spec.name, spec.queue, status=status)
     try:
-        submit_job(spec, job_id, arguments, backends, meta=meta, run_at=options.run_at, event=accepted, row=row)
+        submit_job(spec, job_id, arguments, backends, meta=meta, run_at=options.run_at, event=accepted, row=row,
+                   after=options.after)
     except REDIS_ERRORS as exc:  # neither the job nor its row is in
         with suppress(*REDIS_ERRORS):  # else pruned when the function is full
             release_waiting_place(backends.connection, spec.name, job_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -17,8 +17,10 @@ from runner.journal.ends import ended_key
 from runner.journal.reads import apply_read, queue_read_of_waiting, read_history
 from runner.journal.rows import progress_of
 from runner.redis_connection import REDIS_ERRORS, redis_unavailable
+from runner.rq_seam.dependencies import dependency_ids
 from runner.rq_seam.job_reads import fetch_with_latest_result
 from runner.services.backends import Backends
+from runner.services.parents import waiting_for
 from runner.status import STATUS_WORDS, TERMINAL_STATUSES, JobStatus
 from runner.store.database import as_utc
 from runner.store.models import InvocationRow
@@ -26,6 +28,8 @@ from runner.store.models import InvocationRow
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Longest a waiter blocks before it reads the job again (API connections time out after 2 s).
 WAIT_SLICE_SECONDS = 0.5
+# A view shows the error of a job in these states (a canceled one has one when the runner canceled it).
+ERROR_STATUSES = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 
 
 
@@ -49,6 +53,9 @@ class JobView:
     ended_at: str | None
     # The schedule whose tick made the job, or None.
     schedule: str | None
+    # The jobs it waits for (`?after=`), and those of them not finished yet while it is deferred.
+    after: list[str] = field(default_factory=list)
+    waiting_for: list[str] = field(default_factory=list)
 
     @property
     def is_terminal(self) -> bool:
@@ -61,7 +68,7 @@ class JobView:
         return {name: getattr(self, name) for name in _VIEW_FIELDS}
 
 
-_VIEW_FIELDS = tuple(field.name for field in fields(JobView))
+_VIEW_FIELDS = tuple(view_field.name for view_field in fields(JobView))
 
 
 def iso_time(value: datetime | None) -> str | None:
@@ -80,7 +87,7 @@ def view_from_job(job: Job) -> JobView:
     meta = job.get_meta(refresh=False)
     status = job.get_status(refresh=False) or JobStatus.QUEUED
     status_word = status.value if isinstance(status, Enum) else str(status)
-    error = meta.get("error") if status_word in (JobStatus.FAILED, JobStatus.STOPPED) else None
+    error = meta.get("error") if status_word in ERROR_STATUSES else None
     if status_word == JobStatus.FAILED and not error:
         error = error_from_traceback(job)
     args = job.args or ()
@@ -99,6 +106,7 @@ def view_from_job(job: Job) -> JobView:
         started_at=iso_time(job.started_at),
         ended_at=iso_time(job.ended_at),
         schedule=meta.get("schedule"),
+        after=dependency_ids(job),
     )
 
 
@@ -129,7 +137,7 @@ def view_from_record(record: InvocationRow) -> JobView:
         status=record.status,
         progress=progress_of(record.status, {"percent": record.progress_percent, "message": record.progress_message}),
         result=record.result,
-        error=record.error if record.status in (JobStatus.FAILED, JobStatus.STOPPED) else None,
+        error=record.error if record.status in ERROR_STATUSES else None,
         attempts=record.attempts,
         input=record.input,
         artifacts=_artifact_listing(record.id, record.artifacts),
@@ -137,6 +145,7 @@ def view_from_record(record: InvocationRow) -> JobView:
         started_at=iso_time(record.started_at),
         ended_at=iso_time(record.ended_at),
         schedule=record.schedule,
+        after=list(record.after_ids or ()),
     )
 
 
@@ -159,6 +168,8 @@ def get_job_view(job_id: str, backends: Backends, *, after_end_wait: float = 0.0
         view = view_from_job(job)
         if view.is_terminal and waiting:
             apply_read(backends.store, waiting)
+        if view.status == JobStatus.DEFERRED and view.after:
+            view.waiting_for = waiting_for(backends.connection, backends.store, view.after)
         return view
     except (NoSuchJobError, DeserializationError):
         pass  # not in Redis (or not a runner job): the store decides

@@ -1,6 +1,7 @@
-"""Job lifecycle events (accepted, started, retried, finished, failed, stopped) and their listeners.
+"""Job lifecycle events (accepted, started, retried, finished, failed, stopped, canceled) and their listeners.
 
-The API emits `accepted`; the worker emits the rest. Listeners (structured logs, metrics,
+The API emits `accepted`; the worker emits the rest (and `canceled` for a job the runner cancels:
+expired, or its dependency failed; runner.services.unstarted). Listeners (structured logs, metrics,
 completion callbacks) are plain functions named in `LISTENERS` and loaded once per process.
 A listener must not make a job fail: its errors are logged with their traceback, and the job
 goes on.
@@ -22,7 +23,7 @@ from runner.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("accepted", "started", "retried", "finished", "failed", "stopped")
+EVENTS = ("accepted", "started", "retried", "finished", "failed", "stopped", "canceled")
 
 # "module:function" of each listener, called in this order.
 LISTENERS: tuple[str, ...] = (

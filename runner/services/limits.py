@@ -9,6 +9,10 @@ Running jobs of a function with `concurrency` hold a slot: a member of another s
 score is the moment the slot expires by itself (the job's timeout plus a grace period), so a
 worker that dies without releasing its slot cannot block the function for ever. A job that finds
 no free slot is put back (scheduled `DEFER_SECONDS` later) without counting an attempt.
+
+With a `concurrency_key`, each value of that input field (a tenant, say) has a set of its own,
+so one value's flood of jobs leaves the others' slots free: its jobs wait as above, the others
+run. The API refuses an invocation without the field (422, runner.authoring.spec).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 
 WAITING_KEY = "runner:limits:waiting:{function}"
 RUNNING_KEY = "runner:limits:running:{function}"
+# The running jobs of one value of a function's `concurrency_key` field.
+RUNNING_PER_KEY = RUNNING_KEY + ":key:{value}"
 # Functions whose waiting jobs are counted, so a retried job is counted again.
 TRACKED_KEY = "runner:limits:tracked"
 # A job without a free slot tries again this much later (RQ's scheduler looks every second).
@@ -52,7 +58,7 @@ RETRY_AFTER_SECONDS = 5
 WAITING_FOR_SLOT = "waiting for a free slot"
 # A finished attempt returned normally, so run_invocation already freed its slot and waiting
 # place: only attempts that ended abnormally (in the worker's parent, or by recovery) need this.
-ENDED_EVENTS = frozenset({"failed", "stopped"})
+ENDED_EVENTS = frozenset({"failed", "stopped", "canceled"})
 
 
 def waiting_key(function: str) -> str:
@@ -60,9 +66,11 @@ def waiting_key(function: str) -> str:
     return WAITING_KEY.format(function=function)
 
 
-def running_key(function: str) -> str:
-    """The sorted set of a function's held concurrency slots."""
-    return RUNNING_KEY.format(function=function)
+def running_key(function: str, key: str | None = None) -> str:
+    """The sorted set of a function's held concurrency slots (of one value of its `concurrency_key`)."""
+    if key is None:
+        return RUNNING_KEY.format(function=function)
+    return RUNNING_PER_KEY.format(function=function, value=key)
 
 
 def _add_if_room(connection: redis.Redis, key: str, member: str, limit: int, score: float,
@@ -131,11 +139,12 @@ def release_waiting_place(connection: redis.Redis, function: str, job_id: str) -
     connection.zrem(waiting_key(function), job_id)
 
 
-def acquire_slot(connection: redis.Redis, spec: FunctionSpec, job_id: str) -> bool:
-    """Take one of the function's `concurrency` slots for `job_id` (True), or find none free (False)."""
+def acquire_slot(connection: redis.Redis, spec: FunctionSpec, job_id: str, limit_key: str | None = None) -> bool:
+    """Take one of the function's `concurrency` slots (of `limit_key`'s, its `concurrency_key` value)
+    for `job_id` (True), or find none free (False)."""
     if spec.concurrency is None:
         return True
-    key = running_key(spec.name)
+    key = running_key(spec.name, limit_key)
     now = time.time()
     expires = now + spec.timeout + SLOT_GRACE_SECONDS
     if _add_if_room(connection, key, job_id, spec.concurrency, expires, live_from=now):
@@ -148,9 +157,9 @@ def acquire_slot(connection: redis.Redis, spec: FunctionSpec, job_id: str) -> bo
     return _add_if_room(connection, key, job_id, spec.concurrency, expires, live_from=now)
 
 
-def release_slot(connection: redis.Redis, function: str, job_id: str) -> None:
+def release_slot(connection: redis.Redis, function: str, job_id: str, limit_key: str | None = None) -> None:
     """Give back the slot `job_id` holds (nothing happens when it holds none)."""
-    connection.zrem(running_key(function), job_id)
+    connection.zrem(running_key(function, limit_key), job_id)
 
 
 def deferral() -> Retry:
@@ -165,6 +174,8 @@ class SlotDecision:
     run: bool
     holds_slot: bool = False
     first_deferral: bool = False
+    # The value of the function's `concurrency_key` field the slot belongs to.
+    limit_key: str | None = None
 
 
 def take_slot(job: Job, registry: Registry, function_name: str) -> SlotDecision:
@@ -172,7 +183,9 @@ def take_slot(job: Job, registry: Registry, function_name: str) -> SlotDecision:
     if function_name not in registry:
         return SlotDecision(run=True)
     spec = registry.get(function_name)
-    if spec.concurrency is not None and not acquire_slot(job.connection, spec, job.id):
+    arguments = job.args[1] if len(job.args) > 1 and isinstance(job.args[1], dict) else {}
+    limit_key = spec.concurrency_key_of(arguments)  # checked by the API: raises only for a job enqueued otherwise
+    if spec.concurrency is not None and not acquire_slot(job.connection, spec, job.id, limit_key):
         first = not job.meta.get("waiting_for_slot")
         if first:
             # Saved by RQ when it schedules the job again; the live view says why it waits.
@@ -181,7 +194,7 @@ def take_slot(job: Job, registry: Registry, function_name: str) -> SlotDecision:
     job.meta.pop("waiting_for_slot", None)  # saved with the attempt count that follows
     if spec.max_queued is not None:
         release_waiting_place(job.connection, spec.name, job.id)  # it runs: it waits no more
-    return SlotDecision(run=True, holds_slot=spec.concurrency is not None)
+    return SlotDecision(run=True, holds_slot=spec.concurrency is not None, limit_key=limit_key)
 
 
 def track_limits(connection: redis.Redis, event: JobEvent) -> None:
@@ -189,6 +202,8 @@ def track_limits(connection: redis.Redis, event: JobEvent) -> None:
 
     An attempt frees its own slot when it returns or raises; this catches the attempts whose work
     horse was killed (stopped, timed out hard, crashed), which end in the worker's parent process.
+    (A slot of a `concurrency_key` value is not named by the event: a job that no longer runs
+    frees it the moment another job of that value finds no room, `acquire_slot`'s prune.)
     """
     if event.event == "retried":
         release_slot(connection, event.function, event.job_id)

@@ -37,6 +37,8 @@ class InvocationRecord(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     artifacts: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    # The jobs it waited for (`?after=`), in the order given; NULL when none.
+    after_ids: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -78,10 +80,11 @@ class NewInvocation:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     schedule: str | None = None
+    after_ids: list[str] | None = None
 
     @property
     def progress_message(self) -> str:
-        """A new job's progress says what it is waiting for: "queued" or "scheduled"."""
+        """A new job's progress says what it is waiting for: "queued", "scheduled" or "deferred"."""
         return self.status
 
     def column_values(self) -> dict[str, Any]:
@@ -98,6 +101,8 @@ class NewInvocation:
             values["callback_url"] = self.callback_url
         if self.schedule is not None:
             values["schedule"] = self.schedule
+        if self.after_ids:
+            values["after_ids"] = self.after_ids
         return values
 
 

@@ -27,6 +27,7 @@ from runner.journal.rows import row_values
 from runner.rq_seam.bookkeeping import queue_failure, queue_meta, queue_requeue, queue_retry, queue_schedule
 from runner.rq_seam.job_hash import ENTRY_POINT
 from runner.rq_seam.job_reads import job_status
+from runner.services.expiry import forget_deadline
 from runner.services.job_views import error_from_text
 from runner.services.lifecycle import JobEvent, emit, emit_into
 from runner.status import TERMINAL_STATUSES, JobStatus
@@ -74,6 +75,8 @@ def queue_history(pipeline: Pipeline, job: Job, status: str, event: JobEvent | N
     """Queue the row's journal entry (and the end token when `status` ends the job, and the
     listeners' writes of `event`); what to do once sent: tell the other listeners, if it held."""
     journal.append(pipeline, job.id, row_values(job, status, result=result), fence=fence_of(job))
+    if status == JobStatus.STARTED:
+        forget_deadline(pipeline, job)  # it started in time: it never expires now
     if status in TERMINAL_STATUSES:
         announce_ends(pipeline, [job.id])
     if event is None:

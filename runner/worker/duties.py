@@ -7,6 +7,9 @@
   whose job Redis lost (runner.worker.lost_jobs).
 - Schedules: run their due ticks in another thread (runner.worker.schedule_ticker), one worker
   of the fleet at a time.
+- Flows: cancel the jobs past their deadline that nobody started (runner.services.expiry), and
+  release or cancel the deferred jobs whose parents ended (runner.services.dependencies). One
+  worker of the fleet at a time, every FLOWS_INTERVAL_SECONDS: the most a job waits for that.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from runner.journal.projector import start_projector_thread, stop_projector_thre
 from runner.redis_connection import REDIS_ERRORS
 from runner.rq_seam.scheduler_guard import SchedulingWorker, keep_scheduler_running
 from runner.services.backends import Backends
+from runner.services.dependencies import settle_waiting
+from runner.services.expiry import expire_due
 from runner.store.sql_store import Store
 from runner.worker.execution import current_environment
 from runner.worker.liveness import Liveness
@@ -35,6 +40,8 @@ from runner.worker.schedule_ticker import start_ticker_thread, stop_ticker_threa
 log = logging.getLogger(__name__)
 
 RECOVERY_INTERVAL_SECONDS = 3.0
+FLOWS_INTERVAL_SECONDS = 0.5
+FLOWS_PASS_KEY = "runner:flows:pass"
 RECOVERY_PASS_KEY = "runner:recovery:pass:"
 LOST_JOBS_PASS_KEY = "runner:lost-jobs:pass"
 # How long a stopping worker's projector may spend applying what waits before it hands over.
@@ -69,6 +76,7 @@ class Duties:
     def __init__(self, worker: DutifulWorker) -> None:
         self.worker = worker
         self._next_pass = 0.0
+        self._next_flows_pass = 0.0
         self._projector: tuple[threading.Thread, threading.Event] | None = None
         self._ticker: tuple[threading.Thread, threading.Event] | None = None
 
@@ -80,6 +88,7 @@ class Duties:
     def run(self) -> None:
         """Recover dead workers' jobs, keep scheduling alive and mark lost jobs (rate-limited)."""
         worker = self.worker
+        self.settle_flows()
         if not self.due:
             return
         self._next_pass = time.monotonic() + min(RECOVERY_INTERVAL_SECONDS, worker.heartbeat_seconds)
@@ -101,6 +110,23 @@ class Duties:
             log.debug("worker %s: recovery pass skipped, Redis is unavailable (%s)", worker.name, exc)
         except BackendUnavailable as exc:
             log.warning("worker %s: lost jobs not looked for: %s", worker.name, exc.message)
+
+    def settle_flows(self) -> None:
+        """Expire and settle what waits (rate-limited, and one worker of the fleet at a time)."""
+        if time.monotonic() < self._next_flows_pass:
+            return
+        self._next_flows_pass = time.monotonic() + FLOWS_INTERVAL_SECONDS
+        worker = self.worker
+        connection = worker.connection
+        try:
+            if not connection.set(FLOWS_PASS_KEY, worker.name, nx=True, px=int(FLOWS_INTERVAL_SECONDS * 1000)):
+                return
+            expire_due(connection)
+            settle_waiting(connection, worker.store)
+        except REDIS_ERRORS as exc:  # said by the loop that takes jobs
+            log.debug("worker %s: flows pass skipped, Redis is unavailable (%s)", worker.name, exc)
+        except BackendUnavailable as exc:
+            log.warning("worker %s: flows pass cut short: %s", worker.name, exc.message)
 
     def start_threads(self) -> None:
         """Apply the journal, and run schedules' ticks, from threads of this process whenever this

@@ -25,7 +25,9 @@ from runner.journal import entries as journal
 from runner.journal.reads import read_history
 from runner.journal.rows import row_values
 from runner.rq_seam.bookkeeping import current_job, guarded_by_fence, queue_meta
+from runner.rq_seam.dependencies import dependency_ids
 from runner.rq_seam.scripts import execute_as_script, script_pipeline
+from runner.services.dependencies import parent_results
 from runner.services.limits import deferral, release_slot, take_slot
 from runner.status import JobStatus
 from runner.store.database import as_utc
@@ -116,14 +118,14 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
     if job is None:
         raise RuntimeError("run_invocation is only called by a runner worker")
     environment = current_environment()
-    holds_slot = False
+    holds_slot, limit_key = False, None
     if not getattr(job, "attempt_begun", False):
         slot = take_slot(job, environment.registry, function_name)
         if not slot.run:  # every `concurrency` slot is taken: scheduled again shortly, no attempt counted
             job.first_deferral = slot.first_deferral  # type: ignore[attr-defined]
             return deferral()
         _begin_here(job)
-        holds_slot = slot.holds_slot
+        holds_slot, limit_key = slot.holds_slot, slot.limit_key
     try:
         spec = environment.registry.get(function_name)
         with context.running(RunningJob(job, environment)):
@@ -138,7 +140,7 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
         raise
     finally:
         if holds_slot:
-            release_slot(job.connection, function_name, job.id)
+            release_slot(job.connection, function_name, job.id, limit_key)
     return result
 
 
@@ -190,6 +192,10 @@ class RunningJob:
         job.meta["progress"] = {"percent": percent, "message": message}
         milestone = percent // STORE_PROGRESS_STEP != int(previous.get("percent", 0)) // STORE_PROGRESS_STEP
         self._save_meta(journal_row=milestone)
+
+    def parent_results(self) -> dict[str, Any]:
+        job = self.job
+        return parent_results(job.connection, self.environment.store, dependency_ids(job))
 
     def save_artifact(self, name: str, content: bytes, media_type: str | None) -> dict[str, Any]:
         job = self.job

@@ -180,6 +180,7 @@ class RunnerWorker(SeamWorker):
         idle_since = time.monotonic()
         while not self.stop_requested:
             try:
+                self.duties.settle_flows()  # rate-limited: expired and deferred jobs wait for it
                 if time.monotonic() >= self._chores_due:
                     self._chores_due = time.monotonic() + self.dequeue_timeout
                     self.set_state(WorkerStatus.IDLE)

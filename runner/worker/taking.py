@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from functools import partial
 from typing import Any, Protocol
 
 import redis
@@ -21,6 +22,7 @@ from rq.queue import Queue
 from runner.rq_seam.bookkeeping import fence_of
 from runner.rq_seam.queues import queue_for
 from runner.rq_seam.worker import AfterSent
+from runner.services.expiry import expire, past_deadline
 from runner.worker.claims import Claimed, claim, pending_claim, queue_claim, read_jobs, release_claim, wait_for_wake_up
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,21 @@ class JobTaker:
         self._check_own_claims = False
 
     def next_job(self) -> tuple[Job, Queue] | None:
-        """The next job to start (claimed, with its queue), or None when every queue is empty."""
+        """The next job to start (claimed, with its queue), or None when every queue is empty.
+
+        A job past its deadline (runner.services.expiry) is canceled instead, its claim released in
+        the same transaction, and the next one taken: its hash, read with the claim, says so."""
+        while True:
+            taken = self._take()
+            if taken is None or not past_deadline(taken[0]):
+                return taken
+            job, worker = taken[0], self.worker
+            if expire(worker.connection, job.id, also=partial(release_claim, worker_name=worker.name, job_id=job.id)):
+                log.info("worker %s: job %s expired before it started; not run", worker.name, job.id)
+            else:  # it changed meanwhile (canceled, say): starting it decides
+                return taken
+
+    def _take(self) -> tuple[Job, Queue] | None:
         worker = self.worker
         pending = pending_claim(worker.connection, worker.name) if self._check_own_claims else None
         self._check_own_claims = pending is not None

@@ -258,3 +258,20 @@ def test_the_store_answers_after_redis_forgot_the_job(stack: Stack) -> None:
     listed_forgotten = listed[ids.index(job_id)]
     assert listed_forgotten["status"] == "finished"
     assert listed_forgotten["result"] == forgotten["result"]
+
+
+def test_a_fan_in_after_a_job_redis_forgot_reads_its_result_from_the_row(stack: Stack) -> None:
+    records = [{"amount": 2}, {"amount": 4}]
+    parent = stack.invoke("data_processing", {"records": records}, wait=10).json()
+    assert parent["status"] == "finished", parent
+    stack.wait_for_row(parent["id"], lambda row: row.status == "finished")
+    keys = [f"rq:job:{parent['id']}", *stack.redis.scan_iter(match=f"rq:results:{parent['id']}*")]
+    assert stack.redis.delete(*keys) >= 1
+
+    # Only the row knows the parent now: it is accepted, found finished, and its result read from SQL.
+    child = stack.invoke("combine_profiles", {}, after=parent["id"], wait=10)
+    view = child.json()
+    assert (child.status_code, view["status"], view["after"]) == (200, "finished", [parent["id"]]), view
+    assert view["result"]["rows"] == 2 and view["result"]["columns"]["amount"]["mean"] == 3.0
+    row = stack.wait_for_row(view["id"], lambda row: row.status == "finished")
+    assert row.after_ids == [parent["id"]]

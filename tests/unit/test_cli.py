@@ -123,6 +123,21 @@ def test_invoke_without_wait_prints_the_accepted_job(cli: Callable[..., Result],
     assert client.get(f"/jobs/{accepted['id']}").status_code == 200
 
 
+def test_invoke_after_and_expires_reach_the_api(
+    cli: Callable[..., Result], client: FlaskClient, transport: FlaskTransport
+) -> None:
+    first, second = invoke_job(client, "1"), invoke_job(client, "2")
+    result = cli("invoke", "simple_calculation", "--data", '{"expression": "3"}', "--after", f"{first},{second}",
+                 "--after", first, "--expires", "90")
+    assert result.exit_code == 0, result.stderr
+    accepted = json.loads(result.stdout)
+    assert (accepted["status"], accepted["after"], accepted["waiting_for"]) == ("deferred", [first, second],
+                                                                                [first, second])
+    assert transport.sent[-1][2] == {"after": f"{first},{second},{first}", "expires": "90.0"}
+    refused = cli("invoke", "simple_calculation", "--data", '{"expression": "3"}', "--after", "nosuchjob")
+    assert refused.exit_code != 0 and "nosuchjob" in refused.stderr
+
+
 def test_invoke_wait_follows_the_event_stream_and_prints_the_result(
     cli: Callable[..., Result], transport: FlaskTransport, run_jobs: RunJobs
 ) -> None:

@@ -76,6 +76,10 @@ class FakeJob:
     attempt: int = 1
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     progress: list[int] = field(default_factory=list)
+    parents: dict[str, Any] = field(default_factory=dict)
+
+    def parent_results(self) -> dict[str, Any]:
+        return self.parents
 
     def report_progress(self, percent: int, message: str) -> None:
         assert 0 <= percent <= 100 and isinstance(message, str)
@@ -96,7 +100,7 @@ class Worker:
         """Store `data` as an upload; its id."""
         return self.uploads.save(io.BytesIO(data), filename, MAX_UPLOAD_BYTES).id
 
-    def run(self, name: str, payload: dict[str, Any], attempt: int = 1) -> Any:
+    def run(self, name: str, payload: dict[str, Any], attempt: int = 1, parents: dict[str, Any] | None = None) -> Any:
         """Run `name` on `payload` as a worker does; inputs the schema refuses are not this test's business."""
         spec: FunctionSpec = FUNCTIONS.get(name)
         validation = {"uploads": self.uploads}
@@ -104,7 +108,7 @@ class Worker:
             spec.validate(payload, validation)
         except InvalidInput:
             assume(False)
-        job = FakeJob(self.artifacts, attempt=attempt)
+        job = FakeJob(self.artifacts, attempt=attempt, parents=parents or {})
         with context.running(job):
             try:
                 result = spec.call(payload, validation)
@@ -257,7 +261,9 @@ TABLE_FILES = st.one_of(
     st.builds(csv_text, st.lists(st.lists(CELLS, max_size=6), max_size=20), st.sampled_from([",", ";", "\t", "|"])),
     RECORDS.map(json.dumps),
     RECORDS.map(lambda records: "".join(json.dumps(record) + "\n" for record in records)),
-    st.builds(deep, SCALARS, st.integers(0, 2000)).map(lambda value: json.dumps([{"a": value}])),
+    # Spelled out, not json.dumps'd: encoding 2,000 levels would overflow the stack of the test itself.
+    st.builds(lambda value, levels: '[{"a": ' + "[" * levels + json.dumps(value) + "]" * levels + "}]",
+              SCALARS, st.integers(0, 2000)),
     st.sampled_from(["", "[", "[{}", "{}\n{", "[1]", "[{}] x", "[" + "{}," * 100 + "]", '[{"n": ' + "7" * 5000 + "}]"]),
 ).map(lambda text: text.encode("utf-8", "surrogatepass")) | st.binary(max_size=300) | st.builds(
     lambda text, codec: text.encode(codec, "replace"), ODD_TEXT, st.sampled_from(["utf-16", "cp1252", "shift_jis"]))
@@ -278,6 +284,28 @@ def test_data_processing_ends_in_a_result_or_a_permanent_error(
     outcome = worker.run("data_processing", payload)
     if not isinstance(outcome, PermanentError):
         assert outcome["rows"] >= 0
+
+
+# combine_profiles: its parents' results, as data_processing makes them (from records drawn as above)
+# or as anything else a job may have returned.
+STATS = st.dictionaries(st.sampled_from(["count", "missing", "min", "max", "mean", "type"]), SCALARS, max_size=6)
+PROFILES = st.fixed_dictionaries({"rows": EXTREME_INTEGERS | SCALARS,
+                                  "columns": st.dictionaries(NAMES, STATS | SCALARS, max_size=4) | SCALARS})
+
+
+@FAST
+@given(parents=st.dictionaries(st.text(min_size=1, max_size=8), PROFILES | JSON_VALUES, max_size=4),
+       real=st.lists(RECORDS, max_size=3), columns=st.none() | st.lists(NAMES, max_size=3))
+def test_combine_profiles_ends_in_a_result_or_a_permanent_error(
+    worker: Worker, parents: dict[str, Any], real: list[list[dict[str, Any]]], columns: list[str] | None
+) -> None:
+    for number, records in enumerate(real):
+        profile = worker.run("data_processing", {"records": records})
+        if not isinstance(profile, PermanentError):
+            parents[f"profile-{number}"] = profile
+    outcome = worker.run("combine_profiles", {"columns": columns}, parents=parents)
+    if not isinstance(outcome, PermanentError):
+        assert outcome["rows"] == sum(parent["rows"] for parent in parents.values())
 
 
 TEXT_FILES = st.binary(max_size=500) | st.builds(

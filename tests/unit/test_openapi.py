@@ -206,12 +206,14 @@ def test_every_invocation_documents_its_query_and_header_parameters(
         parameters = parameters_by_name(operation)
         query = {name for name, parameter in parameters.items() if parameter["in"] == "query"}
         headers = {name for name, parameter in parameters.items() if parameter["in"] == "header"}
-        assert (query, headers) == ({"wait", "delay", "at"}, {"Idempotency-Key", "X-Callback-Url"})
+        assert (query, headers) == ({"wait", "delay", "at", "after", "expires"}, {"Idempotency-Key", "X-Callback-Url"})
         assert not any(parameter["required"] for parameter in parameters.values() if parameter["in"] != "path")
         assert parameters["wait"]["schema"] == {"type": "number", "minimum": 0,
                                                 "maximum": backends.settings.max_wait_seconds}
         assert parameters["delay"]["schema"] == {"type": "number", "exclusiveMinimum": 0, "maximum": 30 * 24 * 3600}
         assert parameters["at"]["schema"]["format"] == "date-time"
+        assert parameters["expires"]["schema"] == parameters["delay"]["schema"]
+        assert re.match(parameters["after"]["schema"]["pattern"], "a1,b_2,c-3")
         key = parameters["Idempotency-Key"]["schema"]
         assert (key["type"], key["minLength"], key["maxLength"]) == ("string", 1, 255)
         callback = parameters["X-Callback-Url"]["schema"]

@@ -96,7 +96,7 @@ def test_decorator_records_policy_and_leaves_function_callable() -> None:
         (5, 30, 120),
     )
     assert spec.policy() == {"queue": "ai_processing", "timeout": 120, "retries": 3, "backoff": [5, 30, 120],
-                             "concurrency": None, "max_queued": None}
+                             "concurrency": None, "concurrency_key": None, "max_queued": None, "expires": None}
     assert spec.description == "Generate text from a prompt."
     assert spec.func is text_generation
     assert spec.path.endswith(".text_generation")

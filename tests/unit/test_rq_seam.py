@@ -17,6 +17,7 @@ import rq
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
+from rq.registry import DeferredJobRegistry
 from rq.results import Result
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
@@ -24,6 +25,8 @@ from rq.worker import BaseWorker
 
 import runner.rq_seam.worker as seam_worker
 from runner.rq_seam import keys
+from runner.rq_seam.bookkeeping import queue_requeue
+from runner.rq_seam.dependencies import dependency_ids
 from runner.rq_seam.job_reads import fetch_with_latest_result, job_status
 from runner.rq_seam.scheduler_guard import RunnerScheduler, run_scheduler
 from runner.rq_seam.scripts import KEY_COUNTS
@@ -229,3 +232,34 @@ def test_the_worker_runs_the_quiet_scheduler_and_its_pubsub_thread_retries_quiet
             raise ValueError("bug")
         except ValueError as exc:
             worker._pubsub_exception_handler(exc, None, None)  # type: ignore[arg-type]
+
+
+def test_what_the_seam_assumes_of_rqs_dependencies() -> None:
+    # runner.rq_seam.dependencies saves a deferred job as RQ does and settles it itself: pin what RQ does.
+    connection = fakeredis.FakeRedis()
+    queue = Queue("q", connection=connection, serializer=JSONSerializer)
+    parent = queue.enqueue("x.y")
+    child = queue.enqueue("x.y", depends_on=parent.id)
+    assert child.get_status() == JobStatus.DEFERRED and child.id in DeferredJobRegistry("q", connection=connection)
+    restored = Job(child.id, connection=connection, serializer=JSONSerializer)
+    restored.restore(connection.hgetall(keys.job_key(child.id)))
+    assert dependency_ids(restored) == [parent.id]  # read from the hash, no round trip
+    assert connection.smembers(Job.dependents_key_for(parent.id)) == {child.id.encode()}
+    # RQ's maintenance never drops a deferred job however long it waits.
+    DeferredJobRegistry("q", connection=connection).cleanup(float("inf"))
+    assert child.id in DeferredJobRegistry("q", connection=connection)
+    # A parent that failed releases nothing: RQ leaves its dependents deferred for ever (the runner cancels them).
+    parent.set_status(JobStatus.FAILED)
+    queue.enqueue_dependents(parent)
+    assert child.get_status() == JobStatus.DEFERRED
+    # RQ's enqueue_job WATCHes a job's dependencies, which a pipeline in MULTI refuses: queue_requeue skips it.
+    pipeline = connection.pipeline()
+    pipeline.multi()
+    with pytest.raises(redis.exceptions.RedisError):
+        queue.enqueue_job(restored, pipeline=pipeline)
+    pipeline.reset()
+    with connection.pipeline() as pipeline:
+        pipeline.multi()
+        queue_requeue(pipeline, restored, queue)
+        pipeline.execute()
+    assert child.get_status() == JobStatus.QUEUED and child.id in queue.get_job_ids()
