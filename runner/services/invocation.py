@@ -13,8 +13,9 @@ from typing import Any
 from rq.queue import Queue
 
 from runner.authoring.spec import FunctionSpec
+from runner.errors import NotReplicated
 from runner.journal import entries as journal
-from runner.redis_connection import NOT_ACCEPTED, REDIS_ERRORS, redis_unavailable
+from runner.redis_connection import NOT_ACCEPTED, REDIS_ERRORS, redis_unavailable, require_replicas
 from runner.rq_seam.job_hash import JobTemplate, job_fields, job_key, new_job, queue_job, template_for
 from runner.rq_seam.queues import queue_for
 from runner.rq_seam.scripts import encode_commands, script_pipeline
@@ -132,10 +133,17 @@ def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
         earlier = claim_or_find(backends.connection, options.idempotency_key, claim,
                                 backends.settings.idempotency_ttl, lambda job_id: job_exists(job_id, backends))
         if earlier is not None:  # only returned once its job exists
+            settings = backends.settings
+            if settings.redis_min_replicas:  # it may be the retry of a 503 NotReplicated
+                require_replicas(backends.connection, settings.redis_min_replicas, settings.redis_replica_timeout_ms)
             return Accepted(earlier)
     try:
         row = _record_and_enqueue(spec, job_id, arguments, backends, options, callback_url)
         return Accepted(row.id, row)
+    except NotReplicated as exc:
+        # The primary holds the job: the claim keeps naming it, so a retry gets it, never a second.
+        exc.details = {**exc.details, "job_id": job_id}
+        raise
     except BaseException:
         if claim is not None and options.idempotency_key is not None:
             release(backends.connection, options.idempotency_key, claim)
