@@ -11,6 +11,7 @@ the old primary is recovered as silent and runs again).
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -133,3 +134,27 @@ def test_invocations_survive_the_primary_killed_mid_stream(sentinel_group: Senti
     assert delayed.status_code == 202, delayed.text
     assert stack.wait_until_terminal(delayed.json()["id"], timeout=30)["result"] == 42
     assert stack.get("/dashboard/").status_code == 200
+
+
+def test_a_job_the_replica_did_not_acknowledge_is_a_503_and_a_retry_with_its_key_gets_it(
+        sentinel_group: SentinelGroup, failover_stack: Stack) -> None:
+    stack, replica = failover_stack, sentinel_group.replicas[0]
+    invoke = {"path": "/functions/retried_sum/invocations", "json": {"a": 1, "b": 2},
+              "headers": {"Idempotency-Key": "failover-retry"}}
+    assert replica.process is not None
+    replica.process.send_signal(signal.SIGSTOP)  # connected, but acknowledges nothing
+    try:
+        refused = stack.post(**invoke)
+        assert refused.status_code == 503 and refused.headers["Retry-After"], refused.text
+        details = refused.json()["details"]
+        assert (details["replicas_required"], details["replicas_acknowledged"]) == (1, 0)
+        # The primary holds the job: it runs, and the 503 named it.
+        assert stack.wait_until_terminal(details["job_id"])["result"] == 3
+        again = stack.post(**invoke)  # a retry is answered only once the replica has the job, too
+        assert again.status_code == 503 and again.json()["details"]["replicas_acknowledged"] == 0
+    finally:
+        replica.process.send_signal(signal.SIGCONT)
+    retried = stack.post(**invoke)
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["id"] == details["job_id"] and retried.headers["Idempotent-Replayed"] == "true"
+    assert stack.row_count() == 1  # one job, never a second
