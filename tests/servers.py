@@ -486,6 +486,22 @@ class PostgresServer:
             self.close()
             raise
 
+    def start_standby_of(self, primary: PostgresServer, timeout: float = 60) -> None:
+        """Start as a streaming standby of `primary` (pg_basebackup -R: its copy, and where to follow it)."""
+        base = self._prepare_base_dir()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # initdb's trust lines cover replication connections from 127.0.0.1.
+        self._run_logged([self._bin("pg_basebackup"), "-D", str(base / "data"), "-R", "-X", "stream", "-c", "fast",
+                          "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres", "--no-sync"],
+                         self.initdb_log_path, timeout=timeout)  # fmt: skip
+        self.start(timeout)  # the copy has its PG_VERSION: no initdb
+
+    def promote(self, timeout: float = 30) -> None:
+        """Make a standby a primary (pg_ctl promote -w)."""
+        assert self.data_dir is not None
+        self._run_logged([self._bin("pg_ctl"), "promote", "-w", "-t", str(int(timeout)), "-D", str(self.data_dir)],
+                         self.log_path, timeout=timeout + 5)
+
     def execute(self, sql: str, dbname: str = "postgres") -> None:
         """Run one SQL command as the ``postgres`` superuser; RuntimeError with psql's output when it fails."""
         if not self.running:
