@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from rq import Queue, Worker
+
+from runner.redis_connection import connect_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL_SECONDS = 0.001
@@ -82,7 +83,7 @@ class Engine:
     def __init__(self, redis_url: str, workdir: Path) -> None:
         self.redis_url = redis_url
         self.workdir = workdir
-        self.connection = redis.Redis.from_url(redis_url)
+        self.connection = connect_redis(redis_url, socket_timeout=None)  # the runner's URL forms, Sentinel's too
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def env(self) -> dict[str, str]:

@@ -337,6 +337,11 @@ def main() -> None:
         results["http"] = http_invoke(runner, args.http_seconds, args.latency, args.rounds)
         results["memory"] = memory(runner, args.memory_jobs)
         results["scaling"] = scaling(runner, args.drain_jobs)
+    from bench.replication import measure_wait  # it builds on this module's helpers
+
+    print("replication: invoke with RUNNER_REDIS_MIN_REPLICAS 0 and 1 (Redis WAIT), on a Sentinel URL", flush=True)
+    results["replication"] = measure_wait(workdir / "replication", requests_per_turn=args.latency,
+                                          seconds=args.http_seconds, rounds=args.rounds)
     results["ratios"] = ratios(results)
     results["targets"] = targets(results["ratios"])
     print_table(results)
@@ -407,6 +412,7 @@ def print_table(results: dict[str, Any]) -> None:
             print(f"HTTP {name}: {figures['rps']} req/s, p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
     print(f"HTTP ?wait= latency: {http.get('runner-http-wait-latency')}")
     print(f"memory: {results['memory']}  scaling: {results['scaling']}")
+    print(f"invoke with 0 / 1 replicas acknowledging (WAIT): {json.dumps(results.get('replication'))}")
     print("CPU per no-op job, ms (workers / this client: enqueue and waiting / Redis):")
     for name, used in results.get("cpu_per_job", {}).items():
         print(f"  {name}: {used['workers_ms']} / {used['client_ms']} / {used['redis_ms']}")

@@ -85,3 +85,18 @@ def test_not_replicated_is_a_503_that_says_the_job_may_still_run() -> None:
     assert isinstance(error, NotReplicated) and isinstance(error, BackendUnavailable)
     assert "may still run" in error.message and "Idempotency-Key" in error.message
     assert error.details == {"dependency": "redis", "replicas_required": 2, "replicas_acknowledged": 1}
+
+
+def test_rqs_scheduler_process_rebuilds_a_client_that_asks_the_same_sentinels() -> None:
+    # RQ's scheduler drops its client before it forks and rebuilds one from the pool's connection
+    # class and arguments (rq.connections.parse_connection): with a Sentinel client, these are the
+    # Sentinel-managed connections of our pool, so the scheduler follows a failover too.
+    from runner.rq_seam.scheduler_guard import RunnerScheduler
+
+    client = connect_redis("redis+sentinel://127.0.0.1:1/main/2", socket_timeout=None)
+    scheduler = RunnerScheduler(["default"], connection=client)
+    scheduler._connection = None  # what start() does before the fork
+    rebuilt = scheduler.connection.connection_pool
+    assert rebuilt.connection_class is SentinelManagedConnection
+    assert rebuilt.connection_kwargs["connection_pool"] is client.connection_pool.proxy
+    assert rebuilt.connection_kwargs["db"] == 2
