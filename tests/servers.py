@@ -31,6 +31,7 @@ from runner.dev.embedded_redis import EmbeddedRedis, free_port
 __all__ = [
     "PostgresServer",
     "RedisServer",
+    "NetworkNamespace",
     "SentinelGroup",
     "find_postgres_bin",
     "find_redis_sentinel",
@@ -321,12 +322,81 @@ class SentinelGroup:
         self.close()
 
 
+class NetworkNamespace:
+    """A test host of its own: a network namespace joined to this one by a veth pair, nothing else.
+
+    Processes started with `command(argv)` see only their loopback and the pair: they reach this
+    namespace at `host_address` (servers must listen there), and nothing else. `cut` takes the
+    pair's link down (packets are dropped, connections stay open), `restore` brings it back.
+    Needs root and iproute2's `ip`.
+    """
+
+    def __init__(self, index: int) -> None:
+        """Name (but do not create) namespace number `index` (1-250): 10.231.<index>.1 here, .2 there."""
+        suffix = f"{os.getpid() % 10000}{index}"
+        self.name = f"runner-test-{suffix}"
+        self.host_link, self.namespace_link = f"rth{suffix}"[:15], f"rtn{suffix}"[:15]
+        self.host_address, self.address = f"10.231.{index}.1", f"10.231.{index}.2"
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why namespaces cannot be made here (not root, no `ip`), or None when they can."""
+        if shutil.which("ip") is None:
+            return "iproute2's `ip` is not installed"
+        if os.geteuid() != 0:
+            return "network namespaces need root"
+        return None
+
+    def _ip(self, *arguments: str, namespace: bool = False) -> None:
+        prefix = ["ip", "-n", self.name] if namespace else ["ip"]
+        result = subprocess.run([*prefix, *arguments], capture_output=True, text=True, check=False, timeout=10)
+        if result.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(arguments)} failed: {result.stderr.strip()}")
+
+    def create(self) -> None:
+        """The namespace, the veth pair between it and this one, and their addresses."""
+        _register(self)
+        self._ip("netns", "add", self.name)
+        self._ip("link", "add", self.host_link, "type", "veth", "peer", "name", self.namespace_link)
+        self._ip("link", "set", self.namespace_link, "netns", self.name)
+        self._ip("addr", "add", f"{self.host_address}/30", "dev", self.host_link)
+        self._ip("link", "set", self.host_link, "up")
+        self._ip("addr", "add", f"{self.address}/30", "dev", self.namespace_link, namespace=True)
+        self._ip("link", "set", self.namespace_link, "up", namespace=True)
+        self._ip("link", "set", "lo", "up", namespace=True)
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """`argv` run inside the namespace (`ip netns exec` execs it: the pid is the command's)."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def cut(self) -> None:
+        """Take the link down: nothing passes either way until `restore`."""
+        self._ip("link", "set", self.host_link, "down")
+
+    def restore(self) -> None:
+        """Bring the link back up."""
+        self._ip("link", "set", self.host_link, "up")
+
+    def close(self) -> None:
+        """Delete the namespace (and with it the pair); idempotent."""
+        for arguments in (("netns", "delete", self.name), ("link", "delete", self.host_link)):
+            with contextlib.suppress(RuntimeError):
+                self._ip(*arguments)
+        _unregister(self)
+
+
 class PostgresServer:
     """A throwaway PostgreSQL cluster (initdb) on 127.0.0.1 with trust auth."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
-        """Configure (but do not start) a cluster whose logs go to ``directory``; data lives in /tmp/runner-pg-*."""
+    def __init__(self, directory: Path, port: int | None = None, *, listen_addresses: Sequence[str] = ("127.0.0.1",),
+                 trusted_networks: Sequence[str] = ()) -> None:
+        """Configure (but do not start) a cluster whose logs go to ``directory``; data lives in /tmp/runner-pg-*.
+
+        It listens on ``listen_addresses`` and trusts clients on 127.0.0.1 and in ``trusted_networks``.
+        """
         self.directory = Path(directory)
+        self.listen_addresses = list(listen_addresses)
+        self.trusted_networks = list(trusted_networks)
         self.port: int = port if port is not None else free_port()
         self.initdb_log_path = self.directory / "postgres-initdb.log"
         self.log_path = self.directory / "postgres.log"
@@ -448,11 +518,13 @@ class PostgresServer:
                     self.initdb_log_path,
                     timeout=max(1.0, deadline - time.monotonic()),
                 )  # fmt: skip
+                with open(data / "pg_hba.conf", "a") as hba:
+                    hba.writelines(f"host all all {network} trust\n" for network in self.trusted_networks)
             cmd = [
                 postgres,
                 "-D", str(data),
                 "-p", str(self.port),
-                "-c", "listen_addresses=127.0.0.1",
+                "-c", f"listen_addresses={','.join(self.listen_addresses)}",
                 "-c", f"unix_socket_directories={base}",
                 "-c", "fsync=off",
                 "-c", "synchronous_commit=off",

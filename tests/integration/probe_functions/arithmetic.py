@@ -1,11 +1,21 @@
-"""A quick function with a retry policy: an attempt whose end a Redis failover lost runs again."""
+"""Quick functions with a retry policy, for the fleet tests: failovers and workers cut off."""
 
 from __future__ import annotations
 
-from runner import function
+import time
+
+from runner import current_attempt, function, progress
 
 
 @function(queue="demo_tasks", timeout=30, retries=3)
 def retried_sum(a: int, b: int) -> int:
-    """a + b."""
+    """a + b (an attempt whose end a Redis failover lost runs again)."""
     return a + b
+
+
+@function(queue="demo_tasks", timeout=60, retries=2)
+def attempt_report(seconds: float = 0.0) -> dict:
+    """Say which attempt runs (in its progress too), take `seconds`, and say it again as the result."""
+    progress(50, f"attempt {current_attempt()}")
+    time.sleep(seconds)
+    return {"attempt": current_attempt()}
