@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
+
+from pydantic import Field
 
 from runner import current_attempt, function, progress
 
@@ -14,7 +17,7 @@ def retried_sum(a: int, b: int) -> int:
 
 
 @function(queue="demo_tasks", timeout=60, retries=2)
-def attempt_report(seconds: float = 0.0) -> dict:
+def attempt_report(seconds: Annotated[float, Field(ge=0, le=30)] = 0.0) -> dict:
     """Say which attempt runs (in its progress too), take `seconds`, and say it again as the result."""
     progress(50, f"attempt {current_attempt()}")
     time.sleep(seconds)
