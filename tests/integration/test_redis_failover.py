@@ -11,7 +11,10 @@ the old primary is recovered as silent and runs again).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,8 +25,17 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import Stack, require_service, sqlite_url
-from tests.servers import SentinelGroup, find_redis_sentinel, find_redis_server
+from tests.integration.conftest import (
+    PYTHON,
+    REPO_ROOT,
+    Stack,
+    base_environment,
+    log_tail,
+    require_service,
+    sqlite_url,
+    wait_until,
+)
+from tests.servers import SentinelGroup, find_redis_sentinel, find_redis_server, free_port
 
 CLIENTS = 4
 RESUME_WITHIN_SECONDS = 10.0
@@ -158,3 +170,25 @@ def test_a_job_the_replica_did_not_acknowledge_is_a_503_and_a_retry_with_its_key
     assert retried.status_code == 202, retried.text
     assert retried.json()["id"] == details["job_id"] and retried.headers["Idempotent-Replayed"] == "true"
     assert stack.row_count() == 1  # one job, never a second
+
+
+def test_the_dev_command_serves_on_a_sentinel_url(sentinel_group: SentinelGroup, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = base_environment(REDIS_URL=sentinel_group.url)
+    log_path = tmp_path / "dev.log"
+    with open(log_path, "ab") as log:
+        argv = [PYTHON, "-m", "runner", "dev", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+        dev = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: f"is up: {url}".encode() in log_path.read_bytes() or dev.poll() is not None, 60,
+                   "the dev command's banner")
+        assert f"Redis at {sentinel_group.url}".encode() in log_path.read_bytes(), log_tail(log_path)
+        answer = requests.post(f"{url}/functions/simple_calculation/invocations", params={"wait": 10},
+                               json={"expression": "2 + 3"}, timeout=20)
+        assert answer.status_code == 200 and answer.json()["result"]["result"] == 5, answer.text
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(dev.pid, signal.SIGKILL)
+        dev.wait(10)
