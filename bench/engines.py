@@ -88,7 +88,9 @@ class Engine:
 
     def env(self) -> dict[str, str]:
         """Environment of the worker processes."""
-        return {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REDIS_URL": self.redis_url, "REDIS_URL": self.redis_url}
+        # Untraced: the figures are the runner's with tracing off (OTEL_* unset; bench.run checks it).
+        untraced = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+        return {**untraced, "PYTHONPATH": str(ROOT), "BENCH_REDIS_URL": self.redis_url, "REDIS_URL": self.redis_url}
 
     def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
         """Start one process, output to a log file in the work folder."""

@@ -38,6 +38,7 @@ from bench.engines import (
     wait_until,
 )
 from runner.dev.embedded_redis import EmbeddedRedis, free_port
+from runner.tracing import tracing_configured
 
 RESULTS_DIR = ROOT / "bench" / "results"
 T = TypeVar("T")
@@ -316,12 +317,15 @@ def main() -> None:
     with EmbeddedRedis(workdir / "redis", appendonly=False) as server:
         url = server.url
         runner = RunnerEngine(url, workdir)
+        if tracing_configured(runner.env()):
+            raise SystemExit("tracing is on for the bench's processes: its figures are of tracing off")
         engines: list[Engine] = [runner, RawRQEngine(url, workdir, "rq.worker.Worker"),
                                  RawRQEngine(url, workdir, "rq.worker.SimpleWorker"), CeleryEngine(url, workdir)]
         results: dict[str, Any] = {
             "date": datetime.now(UTC).isoformat(),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "parameters": vars(args),
+            "tracing": "off",
         }
         print("throughput (2 worker processes)", flush=True)
         results["cpu_per_job"], results["throughput_noop_rounds"] = {}, {}

@@ -12,6 +12,7 @@ from typing import Any
 
 from rq.queue import Queue
 
+from runner import tracing
 from runner.authoring.spec import FunctionSpec
 from runner.errors import NotReplicated
 from runner.journal import entries as journal
@@ -77,6 +78,8 @@ def job_meta(spec: FunctionSpec, *, attempts: int = 0, callback_url: str | None 
     }
     if callback_url:
         meta["callback_url"] = callback_url
+    if traceparent := tracing.current_traceparent():  # its attempts join the request's trace
+        meta[tracing.TRACEPARENT] = traceparent
     return meta
 
 
@@ -110,7 +113,9 @@ def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backe
         if event is not None:
             emit_into(pipe, event)
         # Other threads' new jobs may travel in the same call (see group_commit).
-        backends.job_sends.submit(encode_commands(pipe))
+        with tracing.span("enqueue", kind="PRODUCER", attributes={"runner.job_id": job_id,
+                                                                   "messaging.destination.name": spec.queue}):
+            backends.job_sends.submit(encode_commands(pipe))
     if event is not None:
         emit(backends.connection, event, after_emit_into=True)
 

@@ -22,3 +22,11 @@ def attempt_report(seconds: Annotated[float, Field(ge=0, le=30)] = 0.0) -> dict:
     progress(50, f"attempt {current_attempt()}")
     time.sleep(seconds)
     return {"attempt": current_attempt()}
+
+
+@function(queue="demo_tasks", timeout=30, retries=1)
+def fails_first() -> dict:
+    """Fail the first attempt (a RuntimeError), finish the second."""
+    if current_attempt() == 1:
+        raise RuntimeError("the first attempt fails")
+    return {"attempt": current_attempt()}
