@@ -6,16 +6,19 @@ SDK exports) gets the spans of the web process and of the worker: they share one
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.integration.conftest import Stack, wait_until
+from tests.integration.conftest import Stack
 from tests.receiver import CallbackReceiver
 
 SpanInfo = dict[str, Any]
+EXPECTED_SPANS = ["POST /functions/<name>/invocations", "enqueue", "queue wait", "attempt 1", "queue wait", "attempt 2",
+                  "callback delivery"]
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +66,17 @@ def test_one_trace_runs_from_the_202_to_a_retried_jobs_end_and_its_callback(
         assert (view["status"], view["attempts"]) == ("finished", 2)
         callbacks.wait_for(1, timeout=20)
 
-    def of_job(span: SpanInfo) -> bool:
-        return span["attributes"].get("runner.job_id") == job_id
+    def trace_of_job() -> list[SpanInfo]:
+        spans = received_spans(collector)
+        enqueues = [s for s in spans if s["name"] == "enqueue" and s["attributes"].get("runner.job_id") == job_id]
+        return [s for s in spans if enqueues and s["trace"] == enqueues[0]["trace"]]
 
-    wait_until(lambda: any(of_job(s) and s["name"] == "callback delivery" for s in received_spans(collector)), 20,
-               "the callback delivery's span")
-    spans = received_spans(collector)
-    [enqueue] = [s for s in spans if of_job(s) and s["name"] == "enqueue"]
-    trace = [s for s in spans if s["trace"] == enqueue["trace"]]
+    # Each process exports its spans in its own batches: wait for all of them.
+    deadline = time.monotonic() + 30
+    while len(trace := trace_of_job()) < len(EXPECTED_SPANS) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(s["name"] for s in trace) == sorted(EXPECTED_SPANS)
+    [enqueue] = [s for s in trace if s["name"] == "enqueue"]
     by_name = {s["name"]: s for s in trace}
     request = by_name["POST /functions/<name>/invocations"]
     assert request["service"] == "runner-api" and request["parent"] == ""  # the root
@@ -85,6 +91,3 @@ def test_one_trace_runs_from_the_202_to_a_retried_jobs_end_and_its_callback(
     assert len(waits) == 2 and waits[0]["end"] <= first["start"] and waits[1]["end"] <= second["start"]
     assert first["end"] <= second["start"]
     assert by_name["callback delivery"]["start"] >= second["end"]
-    assert sorted(s["name"] for s in trace) == sorted([
-        "POST /functions/<name>/invocations", "enqueue", "queue wait", "attempt 1", "queue wait", "attempt 2",
-        "callback delivery"])
