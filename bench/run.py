@@ -196,7 +196,7 @@ def _answers(url: str) -> bool:
     try:
         requests.get(url, timeout=1)
         return True
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow to answer on a loaded machine
         return False
 
 
