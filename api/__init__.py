@@ -15,6 +15,7 @@ from api.cross_site import install_cross_site_guard
 from api.errors import register_error_handlers
 from api.payload import RunnerRequest
 from api.state import RunnerState
+from api.tracing import install_tracing
 from runner.authoring.registry import Registry
 from runner.config import Settings
 from runner.services.backends import open_backends
@@ -35,6 +36,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["runner"] = RunnerState(registry=registry, backends=backends)
+    # The request's span opens before anything else runs, so a refusal is traced too.
+    install_tracing(app)
     # First of the app's hooks: nothing else runs for a request without a valid API key.
     install_auth(app, settings)
     install_cross_site_guard(app)

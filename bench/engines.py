@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from rq import Queue, Worker
+
+from runner.redis_connection import connect_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL_SECONDS = 0.001
@@ -82,12 +83,14 @@ class Engine:
     def __init__(self, redis_url: str, workdir: Path) -> None:
         self.redis_url = redis_url
         self.workdir = workdir
-        self.connection = redis.Redis.from_url(redis_url)
+        self.connection = connect_redis(redis_url, socket_timeout=None)  # the runner's URL forms, Sentinel's too
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def env(self) -> dict[str, str]:
         """Environment of the worker processes."""
-        return {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REDIS_URL": self.redis_url, "REDIS_URL": self.redis_url}
+        # Untraced: the figures are the runner's with tracing off (OTEL_* unset; bench.run checks it).
+        untraced = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+        return {**untraced, "PYTHONPATH": str(ROOT), "BENCH_REDIS_URL": self.redis_url, "REDIS_URL": self.redis_url}
 
     def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
         """Start one process, output to a log file in the work folder."""

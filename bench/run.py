@@ -38,6 +38,7 @@ from bench.engines import (
     wait_until,
 )
 from runner.dev.embedded_redis import EmbeddedRedis, free_port
+from runner.tracing import tracing_configured
 
 RESULTS_DIR = ROOT / "bench" / "results"
 T = TypeVar("T")
@@ -195,7 +196,7 @@ def _answers(url: str) -> bool:
     try:
         requests.get(url, timeout=1)
         return True
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow to answer on a loaded machine
         return False
 
 
@@ -316,12 +317,15 @@ def main() -> None:
     with EmbeddedRedis(workdir / "redis", appendonly=False) as server:
         url = server.url
         runner = RunnerEngine(url, workdir)
+        if tracing_configured(runner.env()):
+            raise SystemExit("tracing is on for the bench's processes: its figures are of tracing off")
         engines: list[Engine] = [runner, RawRQEngine(url, workdir, "rq.worker.Worker"),
                                  RawRQEngine(url, workdir, "rq.worker.SimpleWorker"), CeleryEngine(url, workdir)]
         results: dict[str, Any] = {
             "date": datetime.now(UTC).isoformat(),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "parameters": vars(args),
+            "tracing": "off",
         }
         print("throughput (2 worker processes)", flush=True)
         results["cpu_per_job"], results["throughput_noop_rounds"] = {}, {}
@@ -337,6 +341,11 @@ def main() -> None:
         results["http"] = http_invoke(runner, args.http_seconds, args.latency, args.rounds)
         results["memory"] = memory(runner, args.memory_jobs)
         results["scaling"] = scaling(runner, args.drain_jobs)
+    from bench.replication import measure_wait  # it builds on this module's helpers
+
+    print("replication: invoke with RUNNER_REDIS_MIN_REPLICAS 0 and 1 (Redis WAIT), on a Sentinel URL", flush=True)
+    results["replication"] = measure_wait(workdir / "replication", requests_per_turn=args.latency,
+                                          seconds=args.http_seconds, rounds=args.rounds)
     results["ratios"] = ratios(results)
     results["targets"] = targets(results["ratios"])
     print_table(results)
@@ -407,6 +416,7 @@ def print_table(results: dict[str, Any]) -> None:
             print(f"HTTP {name}: {figures['rps']} req/s, p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
     print(f"HTTP ?wait= latency: {http.get('runner-http-wait-latency')}")
     print(f"memory: {results['memory']}  scaling: {results['scaling']}")
+    print(f"invoke with 0 / 1 replicas acknowledging (WAIT): {json.dumps(results.get('replication'))}")
     print("CPU per no-op job, ms (workers / this client: enqueue and waiting / Redis):")
     for name, used in results.get("cpu_per_job", {}).items():
         print(f"  {name}: {used['workers_ms']} / {used['client_ms']} / {used['redis_ms']}")

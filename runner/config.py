@@ -33,10 +33,13 @@ DEFAULT_SSE_MAX_STREAMS = 4
 # `?wait=` requests waiting at once in one web process, and for one client (API key, or address) in it.
 DEFAULT_WAIT_MAX_PER_PROCESS = 4
 DEFAULT_WAIT_MAX_PER_CLIENT = 2
+# How long an invocation waits for RUNNER_REDIS_MIN_REPLICAS replicas to acknowledge its job (Redis WAIT).
+DEFAULT_REDIS_REPLICA_TIMEOUT_MS = 1000
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 # Fields for which zero makes no sense (a stream that ends at once, a poll that never sleeps).
-POSITIVE_FIELDS = frozenset({"sse_max_seconds", "sse_heartbeat_seconds", "sse_poll_seconds", "sse_max_streams"})
+POSITIVE_FIELDS = frozenset({"redis_replica_timeout_ms", "sse_max_seconds", "sse_heartbeat_seconds",
+                             "sse_poll_seconds", "sse_max_streams"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_LEVEL_VARIABLE = "RUNNER_LOG_LEVEL"
 
@@ -50,6 +53,9 @@ class Settings:
     """Everything configurable, one field per environment variable."""
 
     redis_url: str = "redis://localhost:6379/0"
+    # 202 only once this many replicas hold the job (0: once the primary does).
+    redis_min_replicas: int = 0
+    redis_replica_timeout_ms: int = DEFAULT_REDIS_REPLICA_TIMEOUT_MS
     database_url: str = ""
     data_dir: str = DEFAULT_DATA_DIR
     functions_package: str = "functions"
@@ -85,6 +91,8 @@ class Settings:
         env = os.environ if environ is None else environ
         names = {
             "redis_url": "REDIS_URL",
+            "redis_min_replicas": "RUNNER_REDIS_MIN_REPLICAS",
+            "redis_replica_timeout_ms": "RUNNER_REDIS_REPLICA_TIMEOUT_MS",
             "database_url": "DATABASE_URL",
             "data_dir": "RUNNER_DATA_DIR",
             "functions_package": "RUNNER_FUNCTIONS_PACKAGE",

@@ -19,6 +19,7 @@ Hierarchy::
     │   └── IdempotencyConflict  an Idempotency-Key was reused for another function or body (409)
     ├── TooManyRequests          the function's queue is full (`max_queued`); retry later (429)
     └── BackendUnavailable       Redis or the database cannot be reached (503)
+        ├── NotReplicated        a new job is on the Redis primary, but too few replicas acknowledged it (503)
         ├── TooManyStreams       this web process already serves its limit of event streams (503)
         └── ProcessSaturated     /readyz: this web process's slots for long requests are all taken (503)
 
@@ -147,6 +148,14 @@ class BackendUnavailable(RunnerError):
     def __init__(self, message: str, details: Any = None, retry_after: int = 5) -> None:
         super().__init__(message, details)
         self.retry_after = retry_after
+
+
+class NotReplicated(BackendUnavailable):
+    """Raised when a new job reached the Redis primary but not RUNNER_REDIS_MIN_REPLICAS replicas in time.
+
+    The job may still run (the primary has it) or be lost in a failover: a retry with the same
+    Idempotency-Key answers with this job, once replicated, and never makes a second.
+    """
 
 
 class PermanentError(Exception):

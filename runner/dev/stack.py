@@ -30,6 +30,7 @@ from rq import Worker
 from runner.config import Settings, masked_url
 from runner.dev.embedded_redis import EmbeddedRedis
 from runner.errors import BackendUnavailable
+from runner.redis_connection import REDIS_ERRORS, connect_redis
 from runner.services.backend_checks import describe_unavailable
 from runner.store.sql_store import Store
 from runner.worker.process_ties import die_with_parent
@@ -123,7 +124,7 @@ class DevStack:
 
     def _wait_until_serving(self, redis_url: str) -> bool:
         """Block until the API answers and every worker registered; False when a stop came first."""
-        connection = redis.Redis.from_url(redis_url, socket_timeout=2)
+        connection = connect_redis(redis_url)  # REDIS_URL may name sentinels
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         try:
             while not self._stopping:
@@ -141,7 +142,7 @@ class DevStack:
     def _workers_registered(self, connection: redis.Redis) -> bool:
         try:
             return Worker.count(connection=connection) >= self.workers
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except REDIS_ERRORS:
             return False  # the workers say why in their own output
 
     def _check_children(self) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from functools import cached_property
 
 import redis
 
 from runner.config import Settings
-from runner.redis_connection import API_SOCKET_TIMEOUT, connect_redis
+from runner.redis_connection import API_SOCKET_TIMEOUT, connect_redis, require_replicas
 from runner.rq_seam.scripts import EncodedCommands, run_encoded
 from runner.services.group_commit import GroupCommit
 from runner.store.files import ArtifactStore, UploadStore
@@ -38,7 +37,12 @@ class Backends:
     @cached_property
     def job_sends(self) -> GroupCommit[EncodedCommands]:
         """New jobs' commands (`encode_commands`) on their way to Redis: threads sending at once share a call."""
-        return GroupCommit(functools.partial(run_encoded, self.connection))
+        return GroupCommit(self._send_jobs)
+
+    def _send_jobs(self, batches: list[EncodedCommands]) -> None:
+        run_encoded(self.connection, batches)
+        if self.settings.redis_min_replicas:  # one WAIT for the group: NotReplicated for each of its jobs
+            require_replicas(self.connection, self.settings.redis_min_replicas, self.settings.redis_replica_timeout_ms)
 
     def validation_context(self) -> dict[str, object]:
         """What input validation may consult (stored uploads)."""

@@ -28,6 +28,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from runner import tracing
 from runner.config import Settings
 from runner.errors import CallbackDeliveryError, InvalidInput
 from runner.rq_seam.bookkeeping import current_job
@@ -101,6 +102,8 @@ def enqueue_callbacks(connection: redis.Redis, event: JobEvent) -> None:
         result_ttl=DELIVERY_RESULT_TTL,
         failure_ttl=DELIVERY_FAILURE_TTL,
         description=f"callback {event.event} of {job.id}",
+        # The delivery joins its job's trace.
+        meta={tracing.TRACEPARENT: job.meta[tracing.TRACEPARENT]} if tracing.TRACEPARENT in job.meta else None,
     )
 
 
@@ -115,8 +118,12 @@ def deliver_callback(url: str, job_id: str, event: str, body: str) -> dict[str, 
     """POST a job's final view to its callback URL (the entry point of every callback job)."""
     settings = Settings.from_env()
     deadline = Deadline(DELIVERY_TIMEOUT_SECONDS)
+    delivery = current_job()
+    traceparent = delivery.meta.get(tracing.TRACEPARENT) if delivery is not None else None
     try:
-        return _deliver(url, job_id, event, body.encode(), settings, deadline)
+        with tracing.span("callback delivery", traceparent=traceparent, kind="CLIENT",
+                          attributes={"runner.job_id": job_id, "runner.event": event}):
+            return _deliver(url, job_id, event, body.encode(), settings, deadline)
     finally:
         deadline.close()
 

@@ -12,10 +12,11 @@ from typing import Any
 
 from rq.queue import Queue
 
+from runner import tracing
 from runner.authoring.spec import FunctionSpec
-from runner.errors import BackendUnavailable
+from runner.errors import BackendUnavailable, NotReplicated
 from runner.journal import entries as journal
-from runner.redis_connection import NOT_ACCEPTED, REDIS_ERRORS, redis_unavailable
+from runner.redis_connection import NOT_ACCEPTED, REDIS_ERRORS, redis_unavailable, require_replicas
 from runner.rq_seam.dependencies import queue_deferred
 from runner.rq_seam.job_hash import JobTemplate, job_fields, job_key, new_job, queue_job, template_for
 from runner.rq_seam.queues import queue_for
@@ -92,6 +93,8 @@ def job_meta(spec: FunctionSpec, *, attempts: int = 0, callback_url: str | None 
         meta["callback_url"] = callback_url
     if schedule:
         meta["schedule"] = schedule
+    if traceparent := tracing.current_traceparent():  # its attempts join the request's trace
+        meta[tracing.TRACEPARENT] = traceparent
     return meta
 
 
@@ -133,7 +136,9 @@ def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backe
         if event is not None:
             emit_into(pipe, event)
         # Other threads' new jobs may travel in the same call (see group_commit).
-        backends.job_sends.submit(encode_commands(pipe))
+        with tracing.span("enqueue", kind="PRODUCER", attributes={"runner.job_id": job_id,
+                                                                   "messaging.destination.name": spec.queue}):
+            backends.job_sends.submit(encode_commands(pipe))
     if event is not None:
         emit(backends.connection, event, after_emit_into=True)
 
@@ -157,9 +162,16 @@ def accept_invocation(spec: FunctionSpec, payload: Any, backends: Backends,
         earlier = claim_or_find(backends.connection, options.idempotency_key, claim,
                                 backends.settings.idempotency_ttl, lambda job_id: job_exists(job_id, backends))
         if earlier is not None:  # only returned once its job exists
+            settings = backends.settings
+            if settings.redis_min_replicas:  # it may be the retry of a 503 NotReplicated
+                require_replicas(backends.connection, settings.redis_min_replicas, settings.redis_replica_timeout_ms)
             return Accepted(earlier)
     try:
         row = _record_and_enqueue(spec, job_id, arguments, backends, options, callback_url)
+    except NotReplicated as exc:
+        # The primary holds the job: the claim keeps naming it, so a retry gets it, never a second.
+        exc.details = {**exc.details, "job_id": job_id}
+        raise
     except BaseException:
         if claim is not None and options.idempotency_key is not None:
             release(backends.connection, options.idempotency_key, claim)

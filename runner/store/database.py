@@ -16,8 +16,26 @@ def with_driver(url: str) -> str:
     """Pin PostgreSQL URLs to psycopg2, the driver we ship (SQLAlchemy 2.1 defaults to psycopg 3)."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url.removeprefix(prefix)
-    return url
+            url = "postgresql+psycopg2://" + url.removeprefix(prefix)
+    return hosts_in_query(url) if url.startswith("postgresql") else url
+
+
+def hosts_in_query(url: str) -> str:
+    """A libpq multi-host URL (`postgresql://u@h1:5432,h2:5432/db?...`) in SQLAlchemy's spelling (`?host=h1:5432&...`).
+
+    SQLAlchemy reads one host and port from the URL's authority (it takes `5432,h2:5432` for a
+    port); libpq, through psycopg2, tries the hosts in order, and with `target_session_attrs=read-write`
+    settles on the one that takes writes: a primary that fails over to a promoted standby.
+    """
+    scheme, _, rest = url.partition("://")
+    # As in runner.config.masked_url: the credentials end at the last '@' (a password may hold '/').
+    credentials, at, hosts_and_path = rest.rpartition("@")
+    hosts, _, path_and_query = hosts_and_path.partition("/")
+    if "," not in hosts:
+        return url
+    path, question, query = path_and_query.partition("?")
+    host_options = "&".join(f"host={host}" for host in hosts.split(","))
+    return f"{scheme}://{credentials}{at}/{path}?{host_options}{'&' + query if question and query else ''}"
 
 
 def create_db_engine(url: str) -> Engine:

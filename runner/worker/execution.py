@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from rq.job import Job
 
+from runner import tracing
 from runner.authoring import context
 from runner.authoring.registry import Registry
 from runner.errors import FunctionNotFound, InvalidInput, PermanentError, UploadNotFound
@@ -126,11 +127,14 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
             return deferral()
         _begin_here(job)
         holds_slot, limit_key = slot.holds_slot, slot.limit_key
+    traced = {"runner.job_id": job.id, "runner.function": function_name, "messaging.destination.name": job.origin}
+    tracing.record_queue_wait(job.meta.get(tracing.TRACEPARENT), job.enqueued_at, traced)
     try:
         spec = environment.registry.get(function_name)
-        with context.running(RunningJob(job, environment)):
+        with tracing.attempt_span(job.meta.get(tracing.TRACEPARENT), int(job.meta.get("attempts", 1)), traced), \
+                context.running(RunningJob(job, environment)):
             result = spec.call(payload, {"uploads": environment.uploads})
-        _ensure_json(result)
+            _ensure_json(result)
     except (PermanentError, InvalidInput, FunctionNotFound) as exc:
         job.retries_left = 0  # never retry input that can never succeed
         job.meta["error"] = error_info(exc)

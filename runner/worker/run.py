@@ -8,6 +8,7 @@ from contextlib import suppress
 
 from rq.serializers import JSONSerializer
 
+from runner import tracing
 from runner.authoring.registry import Registry
 from runner.config import Settings
 from runner.errors import BackendUnavailable
@@ -53,6 +54,7 @@ def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = 
     queues = list(queue_names) or default_queues(registry)
 
     def work(name: str, slot: DeadlineSlot) -> int:
+        tracing.start_tracing("runner-worker")  # here, in the work process: an exporter's thread is not forked
         # The worker blocks on Redis for new jobs; no socket timeout, so an idle worker is not an error.
         worker = build_worker(queues, open_backends(settings, socket_timeout=None), registry, name=name)
         if worker.store is not None:  # connected now, not at the first job (a database away waits)

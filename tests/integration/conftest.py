@@ -25,6 +25,7 @@ import requests
 import sqlalchemy as sa
 from rq import Worker
 
+from runner.redis_connection import connect_redis
 from runner.store.models import InvocationRecord
 from tests.history import ReadingStore
 from tests.servers import PostgresServer, RedisServer, find_postgres_bin, find_redis_server, free_port
@@ -235,7 +236,7 @@ class Stack:
         self.directory = directory
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.redis = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self.redis = connect_redis(redis_url, socket_timeout=5)  # REDIS_URL may name sentinels
         self.store = ReadingStore(database_url)
         self.store.connection = self.redis
         self.env = {

@@ -30,6 +30,8 @@ def test_reads_every_kind_of_value() -> None:
             "RUNNER_SSE_MAX_STREAMS": "7",
             "RUNNER_UPLOAD_TTL": "3600",
             "RUNNER_UPLOADS_MAX_TOTAL_BYTES": "0",
+            "RUNNER_REDIS_MIN_REPLICAS": "2",
+            "RUNNER_REDIS_REPLICA_TIMEOUT_MS": "250",
             "UNRELATED": "ignored",
         }
     )
@@ -44,6 +46,8 @@ def test_reads_every_kind_of_value() -> None:
     assert type(settings.sse_max_seconds) is float and type(settings.sse_max_streams) is int
     assert (settings.upload_ttl, settings.uploads_max_total_bytes) == (3600, 0)
     assert (Settings().upload_ttl, Settings().uploads_max_total_bytes) == (7 * 24 * 3600, 10 * 1024**3)
+    assert (settings.redis_min_replicas, settings.redis_replica_timeout_ms) == (2, 250)
+    assert (Settings().redis_min_replicas, Settings().redis_replica_timeout_ms) == (0, 1000)
 
 
 def test_blank_values_fall_back_to_defaults() -> None:
@@ -66,6 +70,10 @@ def test_blank_values_fall_back_to_defaults() -> None:
         ("RUNNER_SSE_POLL_SECONDS", "nan", "must be positive"),
         ("RUNNER_SSE_MAX_STREAMS", "0", "must be positive"),
         ("RUNNER_SSE_MAX_STREAMS", "2.5", "is not a number"),
+        ("RUNNER_REDIS_MIN_REPLICAS", "-1", "must not be negative"),
+        ("RUNNER_REDIS_MIN_REPLICAS", "one", "is not a number"),
+        # WAIT with 0 ms would wait for ever.
+        ("RUNNER_REDIS_REPLICA_TIMEOUT_MS", "0", "must be positive"),
     ],
 )
 def test_bad_numbers_are_refused(name: str, value: str, message: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from runner.errors import MalformedRequest
 from runner.store.cursors import decode_cursor, encode_cursor
-from runner.store.database import as_utc
+from runner.store.database import as_utc, with_driver
 from runner.store.models import InvocationRecord
 from runner.store.sql_store import Store
 from runner.store.statements import RowChange
@@ -243,3 +243,21 @@ def test_migrate_is_idempotent(store: Store) -> None:
     insert_rows(store, make_record())
     store.migrate()
     assert store.get("job1") is not None
+
+
+@pytest.mark.parametrize(("url", "given"), [
+    ("postgresql://u:p@h1:5432,h2:5433/db?target_session_attrs=read-write",
+     "postgresql+psycopg2://u:p@/db?host=h1:5432&host=h2:5433&target_session_attrs=read-write"),
+    ("postgres://h1,h2/db", "postgresql+psycopg2:///db?host=h1&host=h2"),
+    ("postgresql://u:p@ss/w@h1,h2:6/db", "postgresql+psycopg2://u:p@ss/w@/db?host=h1&host=h2:6"),
+    ("postgresql://u@db:5432/runner", "postgresql+psycopg2://u@db:5432/runner"),  # one host: as it was
+    ("sqlite:////srv/a,b/runner.db", "sqlite:////srv/a,b/runner.db"),
+])
+def test_a_libpq_multi_host_url_reaches_sqlalchemy_in_its_spelling(url: str, given: str) -> None:
+    assert with_driver(url) == given
+
+
+def test_an_engine_on_a_multi_host_url_gives_libpq_every_host() -> None:
+    store = Store("postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write")
+    _args, options = store.engine.dialect.create_connect_args(store.engine.url)
+    assert (options["host"], options["port"], options["target_session_attrs"]) == ("h1,h2", "5432,5433", "read-write")
