@@ -10,7 +10,7 @@ import redis
 import sqlalchemy as sa
 
 from runner.journal.reads import read_history
-from runner.store.models import InvocationRecord
+from runner.store.models import InvocationRecord, ListedInvocation
 from runner.store.sql_store import Store
 from runner.store.statements import RowChange
 
@@ -27,7 +27,7 @@ class ReadingStore(Store):
         self._caught_up()
         return super().get(job_id)
 
-    def list(self, **filters: Any) -> tuple[list[InvocationRecord], str | None]:  # type: ignore[override]
+    def list(self, **filters: Any) -> tuple[list[ListedInvocation], str | None]:  # type: ignore[override]
         self._caught_up()
         return super().list(**filters)
 

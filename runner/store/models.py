@@ -9,6 +9,10 @@ from typing import Any, TypeAlias
 from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# How much of a job's input and result a row of a page of history carries (GET /jobs): characters
+# of JSON text. A page of 100 rows then stays under a megabyte whatever the jobs took or returned.
+LISTED_JSON_CHARS = 4096
+
 
 def utcnow() -> datetime:
     """Now, timezone-aware, in UTC."""
@@ -97,3 +101,13 @@ class NewInvocation:
 
 # What a job view reads an invocation's row from: the stored record, or the row as first written.
 InvocationRow: TypeAlias = "InvocationRecord | NewInvocation"
+
+
+@dataclass(frozen=True, slots=True)
+class ListedInvocation:
+    """A row of a page of history: the record without its input and result (reading them raises),
+    and the first LISTED_JSON_CHARS + 1 characters of their JSON text (None for SQL NULL)."""
+
+    record: InvocationRecord
+    input_head: str | None
+    result_head: str | None
