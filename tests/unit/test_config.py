@@ -30,6 +30,7 @@ def test_reads_every_kind_of_value() -> None:
             "RUNNER_SSE_MAX_STREAMS": "7",
             "RUNNER_UPLOAD_TTL": "3600",
             "RUNNER_UPLOADS_MAX_TOTAL_BYTES": "0",
+            "RUNNER_HISTORY_DAYS": "30",
             "UNRELATED": "ignored",
         }
     )
@@ -44,6 +45,7 @@ def test_reads_every_kind_of_value() -> None:
     assert type(settings.sse_max_seconds) is float and type(settings.sse_max_streams) is int
     assert (settings.upload_ttl, settings.uploads_max_total_bytes) == (3600, 0)
     assert (Settings().upload_ttl, Settings().uploads_max_total_bytes) == (7 * 24 * 3600, 10 * 1024**3)
+    assert (settings.history_days, Settings().history_days) == (30, 0)  # 0: history is kept forever
 
 
 def test_blank_values_fall_back_to_defaults() -> None:
@@ -66,6 +68,10 @@ def test_blank_values_fall_back_to_defaults() -> None:
         ("RUNNER_SSE_POLL_SECONDS", "nan", "must be positive"),
         ("RUNNER_SSE_MAX_STREAMS", "0", "must be positive"),
         ("RUNNER_SSE_MAX_STREAMS", "2.5", "is not a number"),
+        ("RUNNER_HISTORY_DAYS", "0", "must be positive"),
+        ("RUNNER_HISTORY_DAYS", "-3", "must be positive"),
+        ("RUNNER_HISTORY_DAYS", "30d", "is not a number"),
+        ("RUNNER_HISTORY_DAYS", "40000", "at most 36500"),
     ],
 )
 def test_bad_numbers_are_refused(name: str, value: str, message: str) -> None:
