@@ -14,7 +14,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runner.authoring.context import current_attempt, invocation_history, progress, save_artifact, upload_path
+    from runner.authoring.context import (
+        current_attempt,
+        invocation_history,
+        invocation_summary,
+        progress,
+        save_artifact,
+        upload_path,
+    )
     from runner.authoring.inputs import UploadId
     from runner.authoring.registry import function
     from runner.errors import PermanentError
@@ -26,6 +33,7 @@ _PUBLIC = {
     "current_attempt": "runner.authoring.context",
     "function": "runner.authoring.registry",
     "invocation_history": "runner.authoring.context",
+    "invocation_summary": "runner.authoring.context",
     "progress": "runner.authoring.context",
     "save_artifact": "runner.authoring.context",
     "upload_path": "runner.authoring.context",
@@ -37,6 +45,7 @@ __all__ = [
     "current_attempt",
     "function",
     "invocation_history",
+    "invocation_summary",
     "progress",
     "save_artifact",
     "upload_path",

@@ -52,8 +52,10 @@ class InvocationRecord(Base):
 
     __table_args__ = (
         Index("ix_invocations_created", "created_at", "id"),
-        Index("ix_invocations_function_created", "function", "created_at"),
-        Index("ix_invocations_status_created", "status", "created_at"),
+        # The pages of GET /jobs, whole or filtered (migration 0006).
+        Index("ix_invocations_function_created", "function", "created_at", "id"),
+        Index("ix_invocations_status_created", "status", "created_at", "id"),
+        Index("ix_invocations_function_status_created", "function", "status", "created_at", "id"),
         Index("ix_invocations_idempotency_key", "idempotency_key"),
     )
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from runner.status import TERMINAL_STATUSES
+from runner.status import TERMINAL_WORDS
 from runner.store.database import UNAVAILABLE_ERRORS
 from runner.store.files import ArtifactStore
 from runner.store.sql_store import Store, database_unavailable
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 # Rows per batch: a delete of 500 rows takes a few milliseconds, so an invocation waiting behind it
 # (SQLite's one writer) waits about that long.
 PRUNE_BATCH_ROWS = 500
-ENDED_WORDS = sorted(status.value for status in TERMINAL_STATUSES)
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def cutoff_for(days: float, now: datetime) -> datetime:
 
 def _old_and_ended(cutoff: datetime) -> sa.ColumnElement[bool]:
     # ended_at >= created_at, so created_at < cutoff lets the (created_at, id) index drive the scan.
-    return sa.and_(INVOCATIONS.c.created_at < cutoff, INVOCATIONS.c.status.in_(ENDED_WORDS),
+    return sa.and_(INVOCATIONS.c.created_at < cutoff, INVOCATIONS.c.status.in_(TERMINAL_WORDS),
                    INVOCATIONS.c.ended_at < cutoff)
 
 

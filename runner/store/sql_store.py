@@ -176,12 +176,8 @@ class Store:
             query = query.where(InvocationRecord.status == status)
         if cursor:
             created_at, last_id = decode_cursor(cursor)
-            query = query.where(
-                sa.or_(
-                    InvocationRecord.created_at < created_at,
-                    sa.and_(InvocationRecord.created_at == created_at, InvocationRecord.id < last_id),
-                )
-            )
+            # A row comparison: PostgreSQL reads it as one range of the (created_at, id) indexes.
+            query = query.where(sa.tuple_(InvocationRecord.created_at, InvocationRecord.id) < (created_at, last_id))
         query = query.order_by(InvocationRecord.created_at.desc(), InvocationRecord.id.desc()).limit(limit + 1)
         with self.session() as session:
             rows = [ListedInvocation(record, input_head, result_head)
