@@ -195,7 +195,7 @@ def _answers(url: str) -> bool:
     try:
         requests.get(url, timeout=1)
         return True
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):  # a busy machine may take a while to answer
         return False
 
 

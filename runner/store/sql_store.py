@@ -167,6 +167,19 @@ class Store:
         Input and result come as the head of their JSON text, cut in SQL: a page over 1 MB inputs
         moves kilobytes, not megabytes, from the database (ListedInvocation).
         """
+        query = self.page_query(function=function, status=status, limit=limit + 1, cursor=cursor)
+        with self.session() as session:
+            rows = [ListedInvocation(record, input_head, result_head)
+                    for record, input_head, result_head in session.execute(query)]
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        return rows, encode_cursor(rows[-1].record)
+
+    @staticmethod
+    def page_query(*, function: str | None, status: str | None, limit: int,
+                   cursor: str | None) -> sa.Select[InvocationRecord, str | None, str | None]:
+        """The statement of a page of `list` (`limit` rows; the benchmark shows its plans)."""
         query = sa.select(InvocationRecord, _json_head(InvocationRecord.input), _json_head(InvocationRecord.result))
         query = query.options(defer(InvocationRecord.input, raiseload=True),
                               defer(InvocationRecord.result, raiseload=True))
@@ -178,14 +191,7 @@ class Store:
             created_at, last_id = decode_cursor(cursor)
             # A row comparison: PostgreSQL reads it as one range of the (created_at, id) indexes.
             query = query.where(sa.tuple_(InvocationRecord.created_at, InvocationRecord.id) < (created_at, last_id))
-        query = query.order_by(InvocationRecord.created_at.desc(), InvocationRecord.id.desc()).limit(limit + 1)
-        with self.session() as session:
-            rows = [ListedInvocation(record, input_head, result_head)
-                    for record, input_head, result_head in session.execute(query)]
-        if len(rows) <= limit:
-            return rows, None
-        rows = rows[:limit]
-        return rows, encode_cursor(rows[-1].record)
+        return query.order_by(InvocationRecord.created_at.desc(), InvocationRecord.id.desc()).limit(limit)
 
     def history(
         self, *, since: datetime | None = None, until: datetime | None = None, function: str | None = None
