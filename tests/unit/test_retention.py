@@ -84,6 +84,18 @@ def test_rows_go_in_batches_oldest_first_and_a_pass_can_stop_early(store: Store)
     assert ids(store) == {f"live{n}" for n in range(5)}
 
 
+def test_a_prune_rests_between_batches_as_long_as_each_took(store: Store) -> None:
+    insert_rows(store, *[row(f"job{n:02}", age_days=100 - n) for n in range(7)])
+    rests: list[float] = []
+    outcome = prune_history(store, None, CUTOFF, batch_rows=3, rest_ratio=2.0, sleep=rests.append)
+    assert outcome.rows == 7 and len(rests) == 2  # after the first and the second batch; none after the last
+    assert all(0 < rest < 10 for rest in rests)
+    rests.clear()
+    insert_rows(store, *[row(f"again{n}", age_days=100 - n) for n in range(4)])
+    prune_history(store, None, CUTOFF, batch_rows=3, rest_ratio=0, sleep=rests.append)
+    assert rests == []
+
+
 def test_a_row_retried_after_its_batch_was_selected_stays(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     insert_rows(store, row("old", age_days=40), row("retried", age_days=40))
     selected = retention._next_batch
