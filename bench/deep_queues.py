@@ -170,8 +170,9 @@ def deep_queue(env: dict[str, str], base: str, server: EmbeddedRedis, jobs: int,
         done = redis_counters(connection, pid)
     figures["drain_per_job"] = per_job(full, done, jobs)
     figures["bytes_per_finished_job_kept"] = per_job(empty, done, jobs)["bytes"]
-    # Jobs taken from the top of the queue (depth `jobs`) and from its bottom (depth ~1,000).
-    figures["drain_rate_deep"] = rate(drained, 0, high_end - high)
+    # Jobs taken near the top of the queue (after as many again while the workers warm up) and
+    # near its bottom (depth ~1,000).
+    figures["drain_rate_deep"] = rate(drained, high_end - high, 2 * (high_end - high))
     figures["drain_rate_shallow"] = rate(drained, jobs - low_end, jobs - low)
     print(f"  drained: {figures['drain_rate_deep']} jobs/s from depth {jobs}, {figures['drain_rate_shallow']} "
           f"near depth {low_end}; Redis per drained job {figures['drain_per_job']}; kept per finished job "

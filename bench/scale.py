@@ -275,8 +275,11 @@ def main() -> None:
             web.wait(15)
             store.engine.dispose()
     results["seconds"] = round(time.monotonic() - began)
+    # Other work on a shared machine stretches every wall-clock figure: say how busy it was.
+    results["machine"]["load_average_at_end"] = [round(load, 1) for load in os.getloadavg()]
     results["verdicts"] = verdicts(results)
-    print(f"\nbench-scale took {results['seconds']} s")
+    print(f"\nbench-scale took {results['seconds']} s (load average at the end: "
+          f"{results['machine']['load_average_at_end']} on {os.cpu_count()} cores)")
     for line in results["verdicts"]:
         print(f"  {line}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

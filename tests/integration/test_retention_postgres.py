@@ -1,10 +1,11 @@
 """Retention and summaries on a real PostgreSQL stack: `python -m runner prune` while invocations
-stream in, the workers' own pruning when RUNNER_HISTORY_DAYS is set, and GET /jobs cutting long
-inputs in SQL."""
+stream in, the workers' own pruning when RUNNER_HISTORY_DAYS is set, GET /jobs cutting long
+inputs in SQL, and the history summed up by PostgreSQL (generate_report's numbers)."""
 
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -12,9 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy
 import pytest
 import sqlalchemy as sa
 
+from runner.store.history_summary import summarize_history
 from runner.store.models import LISTED_JSON_CHARS, InvocationRecord
 from runner.worker.duties import PRUNE_PASS_KEY
 from tests.history import copy_rows
@@ -120,3 +123,31 @@ def test_list_rows_are_cut_in_sql_on_postgresql(pg_stack: Stack) -> None:
     assert (listed["result"], listed["result_truncated"]) == ({"short": True}, False)
     whole = pg_stack.job("big-input")
     assert (whole["input"], whole["input_truncated"]) == ({"note": text}, False)
+
+
+def test_history_is_summed_up_by_postgresql_as_numpy_would(pg_stack: Stack) -> None:
+    chance = random.Random(5)
+    micros = [chance.randrange(1, 300_000_000) for _ in range(301)]
+    at = datetime(2020, 1, 1, tzinfo=UTC)  # a period of its own: the other tests' rows are not in it
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for number, duration in enumerate(micros):
+            started = at + timedelta(minutes=number)
+            yield {"id": f"sum-{number}", "function": "summed", "queue": "q", "status": "finished",
+                   "input": {}, "attempts": 1 + number % 3, "progress_percent": 100, "progress_message": "",
+                   "created_at": started, "started_at": started,
+                   "ended_at": started + timedelta(microseconds=duration), "updated_at": started}
+        yield {"id": "sum-running", "function": "summed", "queue": "q", "status": "started", "input": {},
+               "attempts": 1, "progress_percent": 0, "progress_message": "", "created_at": at,
+               "started_at": at, "updated_at": at}
+
+    copy_rows(pg_stack.store, rows())
+    period = {"since": at, "until": at + timedelta(days=1)}
+    [totals] = summarize_history(pg_stack.store, **period)
+    assert (totals.function, totals.count, totals.statuses) == ("summed", 302, {"finished": 301, "started": 1})
+    assert totals.retries == sum(number % 3 for number in range(301))
+    seconds = [value / 1e6 for value in micros]
+    for percent in (50, 95):
+        assert totals.duration_percentiles[percent] == pytest.approx(numpy.percentile(seconds, percent), abs=1e-6)
+    [without] = summarize_history(pg_stack.store, leave_out="sum-running", **period)
+    assert without.count == 301
