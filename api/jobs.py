@@ -18,7 +18,7 @@ from runner.journal.reads import read_history
 from runner.redis_connection import REDIS_ERRORS
 from runner.services.backends import Backends
 from runner.services.control import cancel_job, retry_job
-from runner.services.job_views import JOB_ID_PATTERN, get_job_view, view_from_record
+from runner.services.job_views import JOB_ID_PATTERN, get_job_view, view_from_listing
 from runner.status import STATUS_WORDS
 
 blueprint = Blueprint("jobs", __name__)
@@ -84,4 +84,4 @@ def list_jobs() -> dict[str, Any]:
         limit=read_int(request, "limit", default=DEFAULT_PAGE_SIZE, minimum=1, maximum=MAX_PAGE_SIZE),
         cursor=request.args.get("cursor") or None,
     )
-    return {"jobs": [view_from_record(record).to_dict() for record in records], "next": next_cursor}
+    return {"jobs": [view_from_listing(record).to_dict() for record in records], "next": next_cursor}

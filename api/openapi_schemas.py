@@ -152,7 +152,9 @@ JOB_VIEW_PROPERTIES: dict[str, Any] = {
         "additionalProperties": False,
         "description": "Reads 100 once the job has finished.",
     },
-    "result": {"description": "The function's return value once the job has finished; null before."},
+    "result": {"description": "The function's return value once the job has finished; null before. In a row of "
+                          "`GET /jobs`, the first 4,096 characters of its JSON text when it is longer "
+                          "(`result_truncated`)."},
     "error": {
         "anyOf": [
             {"type": "object", "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
@@ -163,7 +165,12 @@ JOB_VIEW_PROPERTIES: dict[str, Any] = {
                        "runner canceled it (`Expired`, `DependencyFailed`); null otherwise.",
     },
     "attempts": {"type": "integer", "minimum": 0, "description": "Attempts started so far (retries included)."},
-    "input": {"description": "The validated input (a JSON object for a runner function)."},
+    "input": {"description": "The validated input (a JSON object for a runner function). In a row of `GET /jobs`, "
+                         "the first 4,096 characters of its JSON text when it is longer (`input_truncated`)."},
+    "input_truncated": {"type": "boolean", "description": "In a row of `GET /jobs`: `input` was cut (see it whole "
+                                                          "at `GET /jobs/<id>`). Always false elsewhere."},
+    "result_truncated": {"type": "boolean", "description": "In a row of `GET /jobs`: `result` was cut (see it "
+                                                           "whole at `GET /jobs/<id>`). Always false elsewhere."},
     "artifacts": {
         "type": "array",
         "description": "Files the job wrote; each is served at its `url`.",

@@ -150,7 +150,11 @@ class RunnerEngine(Engine):
     name = "runner"
     queue_key = "rq:queue:bench"
 
-    def __init__(self, redis_url: str, workdir: Path) -> None:
+    def __init__(self, redis_url: str, workdir: Path, database_url: str | None = None) -> None:
+        # SQLite in the work folder unless given (`make bench` gives a PostgreSQL it started too).
+        self.database_url = database_url or f"sqlite:///{workdir / 'runner.db'}"
+        if database_url:
+            self.name = "runner-postgres"
         super().__init__(redis_url, workdir)
         from runner.authoring.registry import Registry
         from runner.config import Settings
@@ -163,7 +167,7 @@ class RunnerEngine(Engine):
     def env(self) -> dict[str, str]:
         return {
             **super().env(),
-            "DATABASE_URL": f"sqlite:///{self.workdir / 'runner.db'}",
+            "DATABASE_URL": self.database_url,
             "RUNNER_DATA_DIR": str(self.workdir / "data"),
             "RUNNER_FUNCTIONS_PACKAGE": "functions,bench.noop_functions",
             "RUNNER_LOG_LEVEL": LOG_LEVEL,

@@ -1,7 +1,9 @@
 """`make bench`: our runner against raw RQ and Celery, on one machine, in one run.
 
-Starts its own Redis on a free loopback port; prints a table of figures and ratios and writes
-bench/results/<date>.json. Loads are bounded in count and time and stay on 127.0.0.1.
+Our runner twice: its store on SQLite, and on PostgreSQL (`runner-postgres`). Starts its own
+Redis on a free loopback port and its own PostgreSQL (tests/servers.py's, fsync off); prints a
+table of figures and ratios and writes bench/results/<date>.json. Loads are bounded in count and
+time and stay on 127.0.0.1.
 Usage: python -m bench.run [--jobs N] [--drain-jobs N] [--latency N] [--http-seconds S] [--memory-jobs N]
                            [--rounds N] [--quick]
 """
@@ -39,6 +41,7 @@ from bench.engines import (
 )
 from runner.dev.embedded_redis import EmbeddedRedis, free_port
 from runner.tracing import tracing_configured
+from tests.servers import PostgresServer
 
 RESULTS_DIR = ROOT / "bench" / "results"
 T = TypeVar("T")
@@ -314,12 +317,14 @@ def main() -> None:
         args.jobs, args.latency, args.http_seconds, args.memory_jobs, args.rounds = 200, 30, 2, 300, 1
         args.drain_jobs = 500
     workdir = Path(tempfile.mkdtemp(prefix="runner-bench-"))
-    with EmbeddedRedis(workdir / "redis", appendonly=False) as server:
+    # The store on PostgreSQL too, started as the tests start it (tests/servers.py: fsync off).
+    with EmbeddedRedis(workdir / "redis", appendonly=False) as server, PostgresServer(workdir / "postgres") as pg:
         url = server.url
         runner = RunnerEngine(url, workdir)
         if tracing_configured(runner.env()):
             raise SystemExit("tracing is on for the bench's processes: its figures are of tracing off")
-        engines: list[Engine] = [runner, RawRQEngine(url, workdir, "rq.worker.Worker"),
+        runner_pg = RunnerEngine(url, workdir, database_url=pg.create_database("runner_bench"))
+        engines: list[Engine] = [runner, runner_pg, RawRQEngine(url, workdir, "rq.worker.Worker"),
                                  RawRQEngine(url, workdir, "rq.worker.SimpleWorker"), CeleryEngine(url, workdir)]
         results: dict[str, Any] = {
             "date": datetime.now(UTC).isoformat(),
@@ -366,6 +371,10 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         "drain_vs_celery": ratio(results["drain"]["runner"], results["drain"]["celery-prefork"]),
         "drain_vs_rq_simpleworker": ratio(results["drain"]["runner"], results["drain"]["rq-simpleworker"]),
         "latency_p50_vs_celery": ratio(lat["runner"]["p50_ms"], lat["celery-prefork"]["p50_ms"], False),
+        "postgres_throughput_vs_celery": ratio(tp["runner-postgres"], tp["celery-prefork"]),
+        "postgres_drain_vs_celery": ratio(results["drain"]["runner-postgres"], results["drain"]["celery-prefork"]),
+        "postgres_latency_p50_vs_celery": ratio(lat["runner-postgres"]["p50_ms"], lat["celery-prefork"]["p50_ms"],
+                                                False),
         "memory_growth": round(results["memory"]["after_kib"] / max(1, results["memory"]["idle_kib"]) - 1, 3),
     }
     if "runner" in http and "bare-enqueue" in http:
@@ -383,6 +392,9 @@ TARGETS = {
     "drain_vs_celery": (">=", 1.2),
     "drain_vs_rq_simpleworker": (">=", 2.0),
     "http_p99_over_p50": ("<=", 3.0),
+    # The store on PostgreSQL (issue "Cost as the work grows").
+    "postgres_throughput_vs_celery": (">=", 1.3),
+    "postgres_latency_p50_vs_celery": (">=", 1.0),
     "memory_growth": ("<", 0.10),
 }
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from runner.authoring.context import (
         current_attempt,
         invocation_history,
+        invocation_summary,
         parent_results,
         progress,
         save_artifact,
@@ -34,6 +35,7 @@ _PUBLIC = {
     "function": "runner.authoring.registry",
     "invocation_history": "runner.authoring.context",
     "parent_results": "runner.authoring.context",
+    "invocation_summary": "runner.authoring.context",
     "progress": "runner.authoring.context",
     "save_artifact": "runner.authoring.context",
     "upload_path": "runner.authoring.context",
@@ -46,6 +48,7 @@ __all__ = [
     "function",
     "invocation_history",
     "parent_results",
+    "invocation_summary",
     "progress",
     "save_artifact",
     "upload_path",

@@ -18,6 +18,10 @@ DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 DEFAULT_UPLOAD_TTL = 7 * 24 * 3600
 DEFAULT_UPLOADS_MAX_TOTAL_BYTES = 10 * 1024 * 1024 * 1024
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600
+# Durations on the command line (`prune --older-than 30d`): a number and its unit; a century at most
+# (RUNNER_HISTORY_DAYS too), which keeps every cutoff a date.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_HISTORY_DAYS = 36_500
 # Pages of the job history (GET /jobs?limit=, `python -m runner jobs --limit`).
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -39,7 +43,7 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 # Fields for which zero makes no sense (a stream that ends at once, a poll that never sleeps).
 POSITIVE_FIELDS = frozenset({"redis_replica_timeout_ms", "sse_max_seconds", "sse_heartbeat_seconds",
-                             "sse_poll_seconds", "sse_max_streams"})
+                             "sse_poll_seconds", "sse_max_streams", "history_days"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_LEVEL_VARIABLE = "RUNNER_LOG_LEVEL"
 
@@ -72,6 +76,8 @@ class Settings:
     api_keys: str = field(default="", repr=False)
     api_keys_file: str = ""
     idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL
+    # Days of history kept: rows of jobs that ended earlier are pruned by the workers. 0 (unset): forever.
+    history_days: int = 0
     callback_secret: str = field(default="", repr=False)
     callback_allow_private: bool = False
     worker_dead_after_seconds: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS
@@ -108,6 +114,7 @@ class Settings:
             "api_keys": "RUNNER_API_KEYS",
             "api_keys_file": "RUNNER_API_KEYS_FILE",
             "idempotency_ttl": "RUNNER_IDEMPOTENCY_TTL",
+            "history_days": "RUNNER_HISTORY_DAYS",
             "callback_secret": "RUNNER_CALLBACK_SECRET",
             "callback_allow_private": "RUNNER_CALLBACK_ALLOW_PRIVATE",
             "worker_dead_after_seconds": "RUNNER_WORKER_DEAD_AFTER_SECONDS",
@@ -126,6 +133,8 @@ class Settings:
             if not raw:
                 continue
             values[item.name] = _convert(names[item.name], raw, item.type, positive=item.name in POSITIVE_FIELDS)
+        if int(str(values.get("history_days", 0))) > MAX_HISTORY_DAYS:
+            raise SettingsError(f"RUNNER_HISTORY_DAYS must be at most {MAX_HISTORY_DAYS} (a century)")
         if "log_level" in values:
             values["log_level"] = read_log_level(str(values["log_level"]))
         return cls(**values)  # type: ignore[arg-type]
@@ -172,6 +181,21 @@ def read_log_level(raw: str) -> str:
     if level not in LOG_LEVELS:
         raise SettingsError(f"{LOG_LEVEL_VARIABLE}={raw!r} is not one of {', '.join(LOG_LEVELS)}")
     return level
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `90s`, `15m`, `12h` or `30d`; ValueError saying why not."""
+    raw = text.strip().lower()
+    unit = DURATION_UNITS.get(raw[-1:])
+    try:
+        amount = float(raw[:-1]) if unit else float("nan")
+    except ValueError:
+        amount = float("nan")
+    seconds = amount * (unit or 0)
+    if not 0 < seconds <= MAX_HISTORY_DAYS * 86400:  # NaN (no unit, not a number) is not positive either
+        raise ValueError(f"{text!r} is not a duration: a positive number and s, m, h or d (90s, 12h, 30d), "
+                         f"at most {MAX_HISTORY_DAYS} days")
+    return seconds
 
 
 def _convert(name: str, raw: str, kind: object, *, positive: bool = False) -> object:

@@ -20,3 +20,5 @@ class JobStatus(StrEnum):
 
 TERMINAL_STATUSES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED})
 STATUS_WORDS = frozenset(status.value for status in JobStatus)
+# The terminal statuses as words, in a fixed order (SQL `IN` lists).
+TERMINAL_WORDS = tuple(sorted(status.value for status in TERMINAL_STATUSES))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -10,7 +13,7 @@ import redis
 import sqlalchemy as sa
 
 from runner.journal.reads import read_history
-from runner.store.models import InvocationRecord
+from runner.store.models import InvocationRecord, ListedInvocation
 from runner.store.sql_store import Store
 from runner.store.statements import RowChange
 
@@ -27,7 +30,7 @@ class ReadingStore(Store):
         self._caught_up()
         return super().get(job_id)
 
-    def list(self, **filters: Any) -> tuple[list[InvocationRecord], str | None]:  # type: ignore[override]
+    def list(self, **filters: Any) -> tuple[list[ListedInvocation], str | None]:  # type: ignore[override]
         self._caught_up()
         return super().list(**filters)
 
@@ -61,3 +64,48 @@ def delete_row(store: Store, job_id: str) -> None:
     store.get(job_id)  # the journal applied first, when it is a ReadingStore
     with store.session() as session:
         session.execute(sa.delete(InvocationRecord).where(InvocationRecord.id == job_id))
+
+
+# The columns `copy_rows` fills; the others take their defaults.
+COPIED_COLUMNS = ("id", "function", "queue", "status", "input", "result", "attempts", "progress_percent",
+                  "progress_message", "created_at", "started_at", "ended_at", "updated_at")
+
+
+def copy_rows(store: Store, rows: Iterable[Mapping[str, Any]], chunk: int = 50_000) -> int:
+    """Write many rows at once on PostgreSQL (COPY, `chunk` rows a statement); how many were written.
+    Each row maps COPIED_COLUMNS to values (input and result as JSON-ready values, times aware)."""
+    written = 0
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+
+    def flush() -> None:
+        buffer.seek(0)
+        connection = store.engine.raw_connection()
+        try:
+            with connection.cursor() as cursor:
+                cursor.copy_expert(f"COPY invocations ({', '.join(COPIED_COLUMNS)}) FROM STDIN "
+                                   "WITH (FORMAT csv, FORCE_NOT_NULL (progress_message))", buffer)
+            connection.commit()
+        finally:
+            connection.close()
+        buffer.seek(0)
+        buffer.truncate()
+
+    for number, row in enumerate(rows, 1):
+        writer.writerow([_csv_value(column, row.get(column)) for column in COPIED_COLUMNS])
+        written = number
+        if number % chunk == 0:
+            flush()
+    if buffer.tell():
+        flush()
+    return written
+
+
+def _csv_value(column: str, value: Any) -> Any:
+    if value is None:
+        return "" if column not in ("input", "result") else "null"
+    if column in ("input", "result"):
+        return json.dumps(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

@@ -50,6 +50,10 @@ class Environment(Protocol):
                 function: str | None) -> Iterator[dict[str, Any]]:
         """The invocation rows created in [since, until), oldest first."""
 
+    def summary(self, since: datetime | None, until: datetime | None, function: str | None,
+                leave_out: str | None) -> list[dict[str, Any]]:
+        """Per-function totals of the rows created in [since, until), computed by the database."""
+
 
 _job: ContextVar[JobContext | None] = ContextVar("runner_job", default=None)
 _environment: Environment | None = None
@@ -116,6 +120,16 @@ def invocation_history(
     # The caller is still running: its row would say `started` in a report of what has happened.
     own_id = job.job_id
     return (row for row in rows if row.get("id") != own_id)
+
+
+def invocation_summary(
+    since: datetime | None = None, until: datetime | None = None, function: str | None = None
+) -> list[dict[str, Any]]:
+    """Per-function totals of the runner's invocations created in [since, until), computed by the
+    database, without the calling job: `function`, `count`, `statuses` ({status: count}), `retries`
+    and `duration_percentiles` ({50: seconds, 95: seconds}, empty when no ended job started)."""
+    job = _job.get()
+    return _installed().summary(since, until, function, job.job_id if job is not None else None)
 
 
 def _installed() -> Environment:

@@ -1,4 +1,4 @@
-"""The command line: `python -m runner worker|dev|migrate`."""
+"""The command line: `python -m runner worker|dev|migrate|prune`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 
 from runner.cli.client_commands import register_client_commands
 from runner.cli.schedule_commands import schedules
-from runner.config import LOG_LEVEL_VARIABLE, Settings, SettingsError, masked_url, read_log_level
+from runner.config import LOG_LEVEL_VARIABLE, Settings, SettingsError, masked_url, parse_duration, read_log_level
 from runner.errors import BackendUnavailable
 
 
@@ -106,6 +106,55 @@ def migrate() -> None:
         raise _unavailable(exc, settings) from None
     where = masked_url(settings.effective_database_url)
     click.echo(f"The store at {where} is up to date (revision {head_revision()}).")
+
+
+class Duration(click.ParamType[float]):
+    """A duration on the command line: `90s`, `15m`, `12h`, `30d` (seconds)."""
+
+    name = "duration"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        """Seconds, or a usage error (exit status 2) saying what a duration looks like."""
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@main.command()
+@click.option("--older-than", type=Duration(), default=None,
+              help="Delete jobs that ended longer ago than this: 90s, 12h, 30d [default: RUNNER_HISTORY_DAYS].")
+@click.option("--dry-run", is_flag=True, help="Count the jobs that would go; delete nothing.")
+def prune(older_than: float | None, dry_run: bool) -> None:
+    """Delete the history (rows and artifacts) of jobs that ended long ago; queued and running jobs stay."""
+    _require_server("prune")
+    from datetime import UTC, datetime, timedelta
+
+    from runner.store.files import ArtifactStore
+    from runner.store.retention import count_prunable, prune_history
+    from runner.store.sql_store import Store
+
+    settings = _settings()
+    if older_than is None:
+        if not settings.history_days:
+            raise click.UsageError("Say how old a job must be to go: --older-than 30d, or set RUNNER_HISTORY_DAYS.")
+        older_than = settings.history_days * 86400.0
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+    store = Store(settings.effective_database_url)
+    try:
+        if dry_run:
+            click.echo(f"{count_prunable(store, cutoff)} jobs ended before {cutoff.isoformat()}: "
+                       "a prune would delete them (dry run, nothing deleted).")
+            return
+        outcome = prune_history(store, ArtifactStore(settings.effective_artifact_dir), cutoff)
+    except BackendUnavailable as exc:
+        raise _unavailable(exc, settings) from None
+    finally:
+        store.engine.dispose()
+    click.echo(f"Deleted {outcome.rows} jobs that ended before {cutoff.isoformat()} "
+               f"(and the artifacts of {outcome.artifact_folders}).")
 
 
 # Client commands (functions, invoke, jobs, job, workers, queues, requeue-failed) and --url.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, field, fields
@@ -23,7 +24,7 @@ from runner.services.backends import Backends
 from runner.services.parents import waiting_for
 from runner.status import STATUS_WORDS, TERMINAL_STATUSES, JobStatus
 from runner.store.database import as_utc
-from runner.store.models import InvocationRow
+from runner.store.models import LISTED_JSON_CHARS, InvocationRow, ListedInvocation
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Longest a waiter blocks before it reads the job again (API connections time out after 2 s).
@@ -53,6 +54,10 @@ class JobView:
     ended_at: str | None
     # The schedule whose tick made the job, or None.
     schedule: str | None
+    # True in a row of GET /jobs whose input (result) was cut: it then holds the first
+    # LISTED_JSON_CHARS characters of the value's JSON text; GET /jobs/<id> has it whole.
+    input_truncated: bool
+    result_truncated: bool
     # The jobs it waits for (`?after=`), and those of them not finished yet while it is deferred.
     after: list[str] = field(default_factory=list)
     waiting_for: list[str] = field(default_factory=list)
@@ -106,6 +111,8 @@ def view_from_job(job: Job) -> JobView:
         started_at=iso_time(job.started_at),
         ended_at=iso_time(job.ended_at),
         schedule=meta.get("schedule"),
+        input_truncated=False,
+        result_truncated=False,
         after=dependency_ids(job),
     )
 
@@ -130,21 +137,46 @@ def error_from_text(text: str) -> dict[str, str]:
 
 def view_from_record(record: InvocationRow) -> JobView:
     """The view of a job from its SQL row (Redis forgot it, or Redis is away)."""
+    return _view_of_row(record, record.input, record.result)
+
+
+def view_from_listing(listed: ListedInvocation) -> JobView:
+    """The view of a row of a page of history: input and result whole when their JSON text is
+    at most LISTED_JSON_CHARS characters long, else its head, flagged as cut."""
+    input_value, input_cut = _summary(listed.input_head)
+    result_value, result_cut = _summary(listed.result_head)
+    return _view_of_row(listed.record, input_value, result_value, input_truncated=input_cut,
+                        result_truncated=result_cut)
+
+
+def _summary(head: str | None) -> tuple[Any, bool]:
+    """The value whose JSON text starts with `head` (see Store.list), and whether it was cut."""
+    if head is None:
+        return None, False
+    if len(head) > LISTED_JSON_CHARS:
+        return head[:LISTED_JSON_CHARS], True
+    return json.loads(head), False
+
+
+def _view_of_row(record: InvocationRow, input_value: Any, result: Any, *, input_truncated: bool = False,
+                 result_truncated: bool = False) -> JobView:
     return JobView(
         id=record.id,
         function=record.function,
         queue=record.queue,
         status=record.status,
         progress=progress_of(record.status, {"percent": record.progress_percent, "message": record.progress_message}),
-        result=record.result,
+        result=result,
         error=record.error if record.status in ERROR_STATUSES else None,
         attempts=record.attempts,
-        input=record.input,
+        input=input_value,
         artifacts=_artifact_listing(record.id, record.artifacts),
         created_at=iso_time(record.created_at),
         started_at=iso_time(record.started_at),
         ended_at=iso_time(record.ended_at),
         schedule=record.schedule,
+        input_truncated=input_truncated,
+        result_truncated=result_truncated,
         after=list(record.after_ids or ()),
     )
 

@@ -258,6 +258,14 @@ class ArtifactStore:
         kind = media_type or mimetypes.guess_type(name)[0] or sniff_media_type(data[:SNIFF_BYTES], name)
         return {"name": name, "size": len(data), "media_type": kind}
 
+    def delete_job(self, job_id: str) -> bool:
+        """Delete every artifact of `job_id` (its history is pruned); whether it had any."""
+        folder = self.directory / job_id
+        if not JOB_FOLDER_PATTERN.match(job_id) or not folder.is_dir():
+            return False
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+
     def path(self, job_id: str, name: str) -> Path:
         """The file of one artifact; ArtifactNotFound when it does not exist."""
         missing = ArtifactNotFound(f"Job {job_id!r} has no artifact named {name!r}.")

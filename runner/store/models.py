@@ -9,6 +9,10 @@ from typing import Any, TypeAlias
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# How much of a job's input and result a row of a page of history carries (GET /jobs): characters
+# of JSON text. A page of 100 rows then stays under a megabyte whatever the jobs took or returned.
+LISTED_JSON_CHARS = 4096
+
 
 def utcnow() -> datetime:
     """Now, timezone-aware, in UTC."""
@@ -53,8 +57,10 @@ class InvocationRecord(Base):
     __table_args__ = (
         Index("ix_invocations_created", "created_at", "id"),
         Index("ix_invocations_schedule_created", "schedule", "created_at"),
-        Index("ix_invocations_function_created", "function", "created_at"),
-        Index("ix_invocations_status_created", "status", "created_at"),
+        # The pages of GET /jobs, whole or filtered (migration 0006).
+        Index("ix_invocations_function_created", "function", "created_at", "id"),
+        Index("ix_invocations_status_created", "status", "created_at", "id"),
+        Index("ix_invocations_function_status_created", "function", "status", "created_at", "id"),
         Index("ix_invocations_idempotency_key", "idempotency_key"),
     )
 
@@ -128,3 +134,13 @@ class ScheduleRecord(Base):
 
 # What a job view reads an invocation's row from: the stored record, or the row as first written.
 InvocationRow: TypeAlias = "InvocationRecord | NewInvocation"
+
+
+@dataclass(frozen=True, slots=True)
+class ListedInvocation:
+    """A row of a page of history: the record without its input and result (reading them raises),
+    and the first LISTED_JSON_CHARS + 1 characters of their JSON text (None for SQL NULL)."""
+
+    record: InvocationRecord
+    input_head: str | None
+    result_head: str | None

@@ -3,8 +3,10 @@
 - Recovery: settle the jobs of workers that stopped heartbeating (runner.worker.recovery), and
   keep some scheduler serving each queue (runner.rq_seam.scheduler_guard). Peers serving the
   same queues take turns: about one pass a second between them.
-- History: run the journal's projector in a thread (runner.journal.projector), and mark rows
-  whose job Redis lost (runner.worker.lost_jobs).
+- History: run the journal's projector in a thread (runner.journal.projector), mark rows
+  whose job Redis lost (runner.worker.lost_jobs), and, when RUNNER_HISTORY_DAYS is set, prune
+  rows of jobs that ended before then (runner.store.retention): one worker of the fleet every
+  PRUNE_INTERVAL_SECONDS, a bounded pass each, passes close together while a backlog lasts.
 - Schedules: run their due ticks in another thread (runner.worker.schedule_ticker), one worker
   of the fleet at a time.
 - Flows: cancel the jobs past their deadline that nobody started (runner.services.expiry), and
@@ -30,6 +32,8 @@ from runner.rq_seam.scheduler_guard import SchedulingWorker, keep_scheduler_runn
 from runner.services.backends import Backends
 from runner.services.dependencies import settle_waiting
 from runner.services.expiry import expire_due
+from runner.store.models import utcnow
+from runner.store.retention import Retention, cutoff_for, prune_history
 from runner.store.sql_store import Store
 from runner.worker.execution import current_environment
 from runner.worker.liveness import Liveness
@@ -44,6 +48,12 @@ FLOWS_INTERVAL_SECONDS = 0.5
 FLOWS_PASS_KEY = "runner:flows:pass"
 RECOVERY_PASS_KEY = "runner:recovery:pass:"
 LOST_JOBS_PASS_KEY = "runner:lost-jobs:pass"
+PRUNE_PASS_KEY = "runner:history:prune:pass"
+PRUNE_INTERVAL_SECONDS = 600
+# A pass deletes this many rows at most (a second or so of batches: it may run while a job runs),
+# and the next follows in PRUNE_BACKLOG_SECONDS when rows were left.
+PRUNE_PASS_ROWS = 5000
+PRUNE_BACKLOG_SECONDS = 3
 # How long a stopping worker's projector may spend applying what waits before it hands over.
 PROJECTOR_STOP_SECONDS = 5.0
 
@@ -79,6 +89,8 @@ class Duties:
         self._next_flows_pass = 0.0
         self._projector: tuple[threading.Thread, threading.Event] | None = None
         self._ticker: tuple[threading.Thread, threading.Event] | None = None
+        # Set when RUNNER_HISTORY_DAYS is (runner.worker.run.build_worker): this worker takes turns pruning.
+        self.retention: Retention | None = None
 
     @property
     def due(self) -> bool:
@@ -106,10 +118,23 @@ class Duties:
             if worker.store is not None and connection.set(LOST_JOBS_PASS_KEY, worker.name, nx=True,
                                                            ex=max(1, int(worker.dead_after))):
                 mark_lost_jobs(worker.store, connection, worker.dead_after)
+            if worker.store is not None and self.retention is not None and connection.set(
+                    PRUNE_PASS_KEY, worker.name, nx=True, ex=PRUNE_INTERVAL_SECONDS):
+                self._prune_history(worker.store, self.retention)
         except REDIS_ERRORS as exc:  # the worker says Redis is away, once per retry (runner.worker.redis_outage)
             log.debug("worker %s: recovery pass skipped, Redis is unavailable (%s)", worker.name, exc)
         except BackendUnavailable as exc:
-            log.warning("worker %s: lost jobs not looked for: %s", worker.name, exc.message)
+            log.warning("worker %s: history not checked (lost jobs, pruning): %s", worker.name, exc.message)
+
+    def _prune_history(self, store: Store, retention: Retention) -> None:
+        worker = self.worker
+        outcome = prune_history(store, retention.artifacts, cutoff_for(retention.days, utcnow()),
+                                most_rows=PRUNE_PASS_ROWS)
+        if outcome.rows:
+            log.info("worker %s: pruned %d jobs that ended over %d days ago (and the artifacts of %d)",
+                     worker.name, outcome.rows, retention.days, outcome.artifact_folders)
+        if not outcome.complete:
+            worker.connection.expire(PRUNE_PASS_KEY, PRUNE_BACKLOG_SECONDS)
 
     def settle_flows(self) -> None:
         """Expire and settle what waits (rate-limited, and one worker of the fleet at a time)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from runner.services.limits import deferral, release_slot, take_slot
 from runner.status import JobStatus
 from runner.store.database import as_utc
 from runner.store.files import ArtifactStore, UploadStore
+from runner.store.history_summary import summarize_history
 from runner.store.sql_store import Store
 from runner.worker.attempts import count_attempt, event_of, fence_of, queue_history
 
@@ -62,11 +63,7 @@ class WorkerEnvironment:
     def history(self, since: datetime | None, until: datetime | None,
                 function: str | None) -> Iterator[dict[str, Any]]:
         """The invocation rows created in [since, until), oldest first."""
-        if self.store is None:
-            raise PermanentError("This worker has no store to read the history from.")
-        # The running job's own start, say, may wait in the journal.
-        store = self.store if self.connection is None else read_history(self.connection, self.store)
-        for record in store.history(since=since, until=until, function=function):
+        for record in self._history_store().history(since=since, until=until, function=function):
             yield {
                 "id": record.id,
                 "function": record.function,
@@ -77,6 +74,19 @@ class WorkerEnvironment:
                 "started_at": as_utc(record.started_at),
                 "ended_at": as_utc(record.ended_at),
             }
+
+
+    def summary(self, since: datetime | None, until: datetime | None, function: str | None,
+                leave_out: str | None) -> list[dict[str, Any]]:
+        """Per-function totals of the rows created in [since, until), computed by the database."""
+        return [asdict(totals) for totals in summarize_history(self._history_store(), since=since, until=until,
+                                                                function=function, leave_out=leave_out)]
+
+    def _history_store(self) -> Store:
+        if self.store is None:
+            raise PermanentError("This worker has no store to read the history from.")
+        # The running job's own start, say, may wait in the journal.
+        return self.store if self.connection is None else read_history(self.connection, self.store)
 
 
 _environment: WorkerEnvironment | None = None

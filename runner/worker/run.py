@@ -17,6 +17,7 @@ from runner.rq_seam.queues import queue_for
 from runner.services.backends import Backends, open_backends
 from runner.services.fleet import default_queues
 from runner.services.lifecycle import load_listeners
+from runner.store.retention import Retention
 from runner.worker.execution import WorkerEnvironment, install_environment
 from runner.worker.in_process import MONITOR_TICK_SECONDS, DeadlineSlot
 from runner.worker.process_supervisor import ProcessSupervisor
@@ -39,6 +40,8 @@ def build_worker(queue_names: Sequence[str], backends: Backends, registry: Regis
                           worker_ttl=max(1, int(settings.worker_dead_after_seconds)))
     worker.store = backends.store
     worker.backends = backends
+    if settings.history_days:
+        worker.duties.retention = Retention(settings.history_days, backends.artifacts)
     worker.outage = RedisOutage(settings.redis_url)
     worker.supervise(dead_after=settings.worker_dead_after_seconds, grace_seconds=settings.worker_grace_seconds)
     return worker

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from rq.serializers import JSONSerializer
 from werkzeug.test import TestResponse
 
 from runner.rq_seam.queues import queue_for
-from runner.store.models import InvocationRecord
+from runner.store.models import LISTED_JSON_CHARS, InvocationRecord
 from runner.store.sql_store import Store
 from tests.history import insert_rows
 
@@ -172,6 +173,31 @@ def test_list_is_newest_first(client: FlaskClient, history: list[InvocationRecor
     assert [job["id"] for job in body["jobs"]] == newest_first(history)
     assert body["next"] is None
     assert all(job["created_at"].endswith("+00:00") for job in body["jobs"])
+
+
+def test_list_rows_cut_long_input_and_result_and_say_so_the_job_has_them_whole(
+    client: FlaskClient, store: Store
+) -> None:
+    # {"text": "..."} is 12 characters of JSON around the text: exactly LISTED_JSON_CHARS, then one more.
+    whole = {"text": "w" * (LISTED_JSON_CHARS - 12)}
+    over = {"text": "o" * (LISTED_JSON_CHARS - 11)}
+    huge = {"text": "h" * 1_000_000}
+    for index, (input_value, result) in enumerate([(whole, [whole]), (over, over), (huge, None)]):
+        record = make_record(index, status="finished")
+        record.input, record.result = input_value, result
+        insert_rows(store, record)
+    rows = {job["id"]: job for job in client.get("/jobs").get_json()["jobs"]}
+    assert (rows["job000"]["input"], rows["job000"]["input_truncated"]) == (whole, False)
+    assert rows["job000"]["result_truncated"] is True
+    assert rows["job000"]["result"] == json.dumps([whole])[:LISTED_JSON_CHARS]
+    assert (rows["job001"]["input_truncated"], rows["job001"]["result_truncated"]) == (True, True)
+    assert rows["job001"]["input"] == json.dumps(over)[:LISTED_JSON_CHARS]
+    assert (rows["job002"]["input"], rows["job002"]["input_truncated"]) == (json.dumps(huge)[:LISTED_JSON_CHARS], True)
+    assert (rows["job002"]["result"], rows["job002"]["result_truncated"]) == (None, False)
+    for job_id, input_value, result in [("job001", over, over), ("job002", huge, None)]:
+        view = client.get(f"/jobs/{job_id}").get_json()
+        assert (view["input"], view["result"]) == (input_value, result)
+        assert (view["input_truncated"], view["result_truncated"]) == (False, False)
 
 
 def test_list_of_invocations_made_through_the_api(invoke: Invoke, client: FlaskClient) -> None:

@@ -32,6 +32,7 @@ def test_reads_every_kind_of_value() -> None:
             "RUNNER_UPLOADS_MAX_TOTAL_BYTES": "0",
             "RUNNER_REDIS_MIN_REPLICAS": "2",
             "RUNNER_REDIS_REPLICA_TIMEOUT_MS": "250",
+            "RUNNER_HISTORY_DAYS": "30",
             "UNRELATED": "ignored",
         }
     )
@@ -48,6 +49,7 @@ def test_reads_every_kind_of_value() -> None:
     assert (Settings().upload_ttl, Settings().uploads_max_total_bytes) == (7 * 24 * 3600, 10 * 1024**3)
     assert (settings.redis_min_replicas, settings.redis_replica_timeout_ms) == (2, 250)
     assert (Settings().redis_min_replicas, Settings().redis_replica_timeout_ms) == (0, 1000)
+    assert (settings.history_days, Settings().history_days) == (30, 0)  # 0: history is kept forever
 
 
 def test_blank_values_fall_back_to_defaults() -> None:
@@ -74,6 +76,10 @@ def test_blank_values_fall_back_to_defaults() -> None:
         ("RUNNER_REDIS_MIN_REPLICAS", "one", "is not a number"),
         # WAIT with 0 ms would wait for ever.
         ("RUNNER_REDIS_REPLICA_TIMEOUT_MS", "0", "must be positive"),
+        ("RUNNER_HISTORY_DAYS", "0", "must be positive"),
+        ("RUNNER_HISTORY_DAYS", "-3", "must be positive"),
+        ("RUNNER_HISTORY_DAYS", "30d", "is not a number"),
+        ("RUNNER_HISTORY_DAYS", "40000", "at most 36500"),
     ],
 )
 def test_bad_numbers_are_refused(name: str, value: str, message: str) -> None:

@@ -41,7 +41,7 @@ def test_the_same_request_twice_makes_one_job(client: FlaskClient, store: Store,
     assert second.headers["Location"] == first.headers["Location"]
     assert enqueued_ids() == [first.get_json()["id"]]
     rows, _ = store.list()
-    assert [(row.id, row.idempotency_key) for row in rows] == [(first.get_json()["id"], KEY)]
+    assert [(row.record.id, row.record.idempotency_key) for row in rows] == [(first.get_json()["id"], KEY)]
 
 
 def test_the_same_input_written_differently_is_the_same_request(client: FlaskClient) -> None:

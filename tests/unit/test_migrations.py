@@ -26,4 +26,4 @@ def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:
     store.migrate()
     with store.engine.connect() as connection:
         version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert version == "0005"
+    assert version == "0006"

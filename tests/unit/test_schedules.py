@@ -39,7 +39,7 @@ def next_tick(connection: fakeredis.FakeRedis, schedule_id: str) -> int | None:
 
 def jobs_of(store: Store, schedule_id: str) -> list[str]:
     rows, _next = store.list(schedule=schedule_id, limit=100)
-    return sorted(row.id for row in rows)
+    return sorted(row.record.id for row in rows)
 
 
 # The routes

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy.orm.exc import DetachedInstanceError
 
 from runner.errors import MalformedRequest
 from runner.store.cursors import decode_cursor, encode_cursor
 from runner.store.database import as_utc, with_driver
-from runner.store.models import InvocationRecord
+from runner.store.models import LISTED_JSON_CHARS, InvocationRecord
 from runner.store.sql_store import Store
 from runner.store.statements import RowChange
 from tests.history import insert_rows
@@ -113,7 +115,7 @@ def test_changes_of_many_shapes_go_in_one_transaction(store: Store) -> None:
         change("c", insert=True, position=4, function="f", queue="q", status="queued", input={}, created_at=CREATED),
         change("a", status="finished", result=1, fence=1, position=5),
     ])
-    rows = {row.id: row for row in store.list()[0]}
+    rows = {row.record.id: row.record for row in store.list()[0]}
     assert (rows["a"].status, rows["b"].progress_message, rows["c"].status) == ("finished", "half", "queued")
 
 
@@ -128,7 +130,8 @@ def test_appliers_on_many_threads_at_once_all_land(store: Store) -> None:
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert {row.id: row.result for row in store.list(limit=100)[0]} == {f"job{n}": n for n in range(40)}
+    results = {row.record.id: json.loads(row.result_head or "null") for row in store.list(limit=100)[0]}
+    assert results == {f"job{n}": n for n in range(40)}
 
 
 def test_timestamps_come_back_timezone_aware_after_as_utc(store: Store) -> None:
@@ -168,16 +171,16 @@ def test_list_newest_first_with_filters_and_limit(store: Store) -> None:
     ):
         insert_rows(store, make_record(f"job{index}", created_at=CREATED + timedelta(seconds=index), function=function,
                               status=status))
-    assert [r.id for r in store.list()[0]] == ["job4", "job3", "job2", "job1", "job0"]
-    assert [r.id for r in store.list(function="a")[0]] == ["job4", "job2", "job0"]
-    assert [r.id for r in store.list(status="finished")[0]] == ["job2", "job1"]
-    assert [r.id for r in store.list(function="b", status="failed")[0]] == ["job3"]
+    assert [r.record.id for r in store.list()[0]] == ["job4", "job3", "job2", "job1", "job0"]
+    assert [r.record.id for r in store.list(function="a")[0]] == ["job4", "job2", "job0"]
+    assert [r.record.id for r in store.list(status="finished")[0]] == ["job2", "job1"]
+    assert [r.record.id for r in store.list(function="b", status="failed")[0]] == ["job3"]
     rows, cursor = store.list(limit=2)
-    assert [r.id for r in rows] == ["job4", "job3"] and cursor is not None
+    assert [r.record.id for r in rows] == ["job4", "job3"] and cursor is not None
     rows, cursor = store.list(limit=2, cursor=cursor)
-    assert [r.id for r in rows] == ["job2", "job1"] and cursor is not None
+    assert [r.record.id for r in rows] == ["job2", "job1"] and cursor is not None
     rows, cursor = store.list(limit=2, cursor=cursor)
-    assert ([r.id for r in rows], cursor) == (["job0"], None)
+    assert ([r.record.id for r in rows], cursor) == (["job0"], None)
 
 
 def test_list_with_exactly_limit_rows_has_no_next_page(store: Store) -> None:
@@ -195,7 +198,7 @@ def test_list_pages_through_rows_that_share_a_timestamp(store: Store) -> None:
     cursor: str | None = None
     for _ in range(5):
         rows, cursor = store.list(limit=2, cursor=cursor)
-        seen += [r.id for r in rows]
+        seen += [r.record.id for r in rows]
         if cursor is None:
             break
     assert seen == sorted(ids, reverse=True)
@@ -261,3 +264,17 @@ def test_an_engine_on_a_multi_host_url_gives_libpq_every_host() -> None:
     store = Store("postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write")
     _args, options = store.engine.dialect.create_connect_args(store.engine.url)
     assert (options["host"], options["port"], options["target_session_attrs"]) == ("h1,h2", "5432,5433", "read-write")
+
+
+def test_a_page_carries_the_head_of_input_and_result_and_never_the_whole(store: Store) -> None:
+    big = {"text": "x" * (3 * LISTED_JSON_CHARS)}
+    insert_rows(store, make_record("small", input={"n": 1}, result=[1, 2]),
+                make_record("big", input=big, result=[big], status="finished"),
+                make_record("none", result=None))
+    rows = {row.record.id: row for row in store.list()[0]}
+    assert (rows["small"].input_head, rows["small"].result_head) == ('{"n": 1}', "[1, 2]")
+    assert rows["big"].input_head == json.dumps(big)[: LISTED_JSON_CHARS + 1]
+    assert rows["big"].result_head == json.dumps([big])[: LISTED_JSON_CHARS + 1]
+    assert json.loads(rows["none"].result_head or "null") is None
+    with pytest.raises(DetachedInstanceError):  # a page never reads a whole value by accident
+        _ = rows["big"].record.input
