@@ -99,9 +99,10 @@ def worker(queues: tuple[str, ...], burst: bool, minimum: int | None, maximum: i
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="Run this many fixed workers [default: one pool that autoscales from 1 to the CPU count].")
 @click.option("--data-dir", default=None, help="Where Redis and SQLite keep their files [default: .runner].")
-def dev(host: str, port: int, workers: int, data_dir: str | None) -> None:
+def dev(host: str, port: int, workers: int | None, data_dir: str | None) -> None:
     """Run API + workers (+ Redis when REDIS_URL is unset) on this machine."""
     _require_server("dev")
     from runner.dev.stack import run_dev
