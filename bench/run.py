@@ -350,7 +350,8 @@ def main() -> None:
         print_table(results)
     print_autoscale(results["autoscale"])
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    target = RESULTS_DIR / f"{datetime.now(UTC).strftime('%Y-%m-%d')}.json"
+    suffix = "-autoscale" if args.autoscale_only else ""  # a partial run keeps the day's full one
+    target = RESULTS_DIR / f"{datetime.now(UTC).strftime('%Y-%m-%d')}{suffix}.json"
     target.write_text(json.dumps(results, indent=2))
     print(f"\nwritten {target.relative_to(ROOT)}")
     shutil.rmtree(workdir, ignore_errors=True)

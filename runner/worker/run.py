@@ -63,6 +63,7 @@ def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = 
             with suppress(BackendUnavailable):
                 worker.store.ping()
         worker.watch.deadline_slot = slot
+        worker.first_claim_first = pool is not None  # a pool forks a work process for a job that waits
         worker.pid = os.getppid()  # registered as the worker command's pid: the one to signal
         tie_children_to_this_process()
         worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import fakeredis
+import pytest
 from flask.testing import FlaskClient
 from rq import Worker
 from werkzeug.test import TestResponse
@@ -15,9 +16,12 @@ from runner.authoring.registry import Registry, make_spec
 from runner.redis_connection import connect_redis
 from runner.rq_seam.keys import queue_key, registry_key
 from runner.rq_seam.queues import queue_for
+from runner.rq_seam.scheduler_guard import RunnerScheduler
+from runner.services.backends import Backends
 from runner.services.scaling import SCHEDULED_HORIZON_SECONDS, concurrency_caps, read_load
 from runner.worker.pool import PoolSize
 from runner.worker.redis_outage import RedisOutage
+from runner.worker.run import build_worker
 from tests.unit.test_metrics import scrape, value
 
 
@@ -157,3 +161,31 @@ def test_at_zero_the_pool_waits_in_one_blocking_call_until_a_job_is_pushed(
     assert time.monotonic() - started < 1  # the token ended the wait at once
     assert calls.count("BLPOP") == 1
     assert waiting.target(current=0, busy=0) == 1
+
+
+def test_at_zero_the_wait_ends_when_a_scheduled_job_comes_within_the_horizon(connection: fakeredis.FakeRedis) -> None:
+    due = time.time() + SCHEDULED_HORIZON_SECONDS + 0.3
+    connection.zadd(registry_key("scheduled", "demo_tasks"), {"later": due})
+    waiting = pool(connection)
+    assert waiting.target(current=0, busy=0) == 0  # not due within the horizon yet
+    started = time.monotonic()
+    waiting.wait_for_work()
+    assert 0.2 <= time.monotonic() - started < 2
+    assert waiting.target(current=0, busy=0) == 1
+
+
+def test_a_pool_work_process_claims_before_it_starts_the_scheduler(
+    backends: Backends, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+    monkeypatch.setattr(RunnerScheduler, "start", lambda scheduler: started.append("scheduler"))
+    worker = build_worker(["demo_tasks"], backends, registry)
+    worker.first_claim_first = True
+    worker.register_birth()
+    worker._start_scheduler(burst=False)  # what RQ's work() calls before its loop
+    assert (started, worker.deferring_start, worker.should_run_maintenance_tasks) == ([], True, False)
+    worker.start_deferred_scheduler()  # before the first claim: still waits
+    assert started == []
+    worker.start_deferred_scheduler()  # before the second
+    assert (started, worker.deferring_start) == (["scheduler"], False)
+    worker.teardown()
