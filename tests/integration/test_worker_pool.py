@@ -45,12 +45,19 @@ def work_processes(parent: int) -> list[int]:
     return found
 
 
-def start_pool(spawn: ProcessSet, stack: Stack, *, minimum: int = 0, maximum: int = MAX,
+def start_pool(spawn: ProcessSet, stack: Stack, *, minimum: int = 0, maximum: int = MAX, idle: bool = True,
                **env: str) -> ManagedProcess:
-    """A pool on QUEUE, with RUNNER_SCALE_DOWN_AFTER of a second unless `env` says otherwise."""
+    """A pool on QUEUE, with RUNNER_SCALE_DOWN_AFTER of a second unless `env` says otherwise; when `idle`
+    (nothing queued), returned once it waits for work."""
     environment = {**stack.env, "RUNNER_SCALE_DOWN_AFTER": SCALE_DOWN_AFTER, **env}
-    return spawn.start("pool", [PYTHON, "-m", "runner", "worker", "--min", str(minimum), "--max", str(maximum),
+    pool = spawn.start("pool", [PYTHON, "-m", "runner", "worker", "--min", str(minimum), "--max", str(maximum),
                                 QUEUE], environment)
+    if not idle:
+        return pool
+    # Started once its parent waits in its one blocking call (with no work process yet, only it blocks).
+    wait_until(lambda: any(client.get("cmd") == "blpop" for client in stack.redis.client_list()), 30,
+               "the pool to wait for work")
+    return pool
 
 
 def scale_events(pool: ManagedProcess) -> list[dict[str, object]]:
@@ -105,7 +112,6 @@ def statuses(stack: Stack, jobs: list[tuple[str, Path]]) -> list[str]:
 
 def test_an_idle_pool_stays_at_zero(spawn: ProcessSet, stack: Stack) -> None:
     pool = start_pool(spawn, stack)
-    wait_until(lambda: "work process" not in pool.log_tail() and pool.alive(), 5, "the pool to start")
     time.sleep(3)  # observation window: nothing may start while nothing is queued
     assert pool.alive(), pool.log_tail()
     assert work_processes(pool.pid) == []
@@ -174,7 +180,8 @@ def test_sigterm_during_a_burst_lets_running_jobs_finish_and_loses_none(
     waiting = [(job_id, gate) for job_id, gate in jobs if (job_id, gate) not in running]
 
     pool.signal(signal.SIGTERM)
-    time.sleep(0.5)  # the stop reaches every work process before the gates open
+    wait_until(lambda: pool.log_tail().count("warm shut down requested") == 2, 10,
+               "the stop to reach both work processes")
     for _job_id, gate in running:
         gate.touch()
     assert pool.wait(20) == 0, pool.log_tail()
@@ -182,7 +189,7 @@ def test_sigterm_during_a_burst_lets_running_jobs_finish_and_loses_none(
     assert statuses(stack, waiting) == ["queued", "queued"]
 
     # Nothing lost: a new pool runs what waited.
-    start_pool(spawn, stack, maximum=2)
+    start_pool(spawn, stack, maximum=2, idle=False)
     for job_id, gate in waiting:
         gate.touch()
         assert stack.wait_until_terminal(job_id, timeout=20)["status"] == "finished"
