@@ -76,6 +76,7 @@ def _gunicorn(engine: PoolEngine) -> tuple[Any, str]:
     from bench.run import gunicorn
 
     port = free_port()
+    engine.backends.store.migrate()  # before the web process starts: a store without tables only answers 503
     return gunicorn("api:create_app()", engine.env(), port, engine.workdir), f"http://127.0.0.1:{port}"
 
 

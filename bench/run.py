@@ -196,7 +196,7 @@ def _answers(url: str) -> bool:
     try:
         requests.get(url, timeout=1)
         return True
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):  # a loaded machine may take a second to answer
         return False
 
 

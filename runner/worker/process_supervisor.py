@@ -93,6 +93,7 @@ class ProcessSupervisor:
         self._restart_delay = 0.1
         self._restart_at = 0.0
         self._code = 0
+        self._target = 0
         self._waiting = False
 
     def run(self) -> int:
@@ -118,6 +119,7 @@ class ProcessSupervisor:
         else:
             busy = sum(1 for child in staying if child.slot.read())
             target = self.pool.target(len(staying), busy)
+        self._target = target
         if target > len(staying):
             if not self._wait_for_redis():
                 return False
@@ -132,7 +134,8 @@ class ProcessSupervisor:
         return True
 
     def _pause(self) -> None:
-        if self.children or self.pool is None or self._stop_deadline is not None:
+        # The pool blocks only at zero by choice: not while a crashed work process waits for its restart.
+        if self.children or self.pool is None or self._stop_deadline is not None or self._target:
             time.sleep(WATCH_SECONDS)
             return
         self._waiting = True
@@ -239,4 +242,5 @@ class ProcessSupervisor:
             with suppress(ProcessLookupError):
                 os.kill(child.pid, signum)
         if self._waiting:
+            self._waiting = False  # a second signal must not break into the first one's handling
             raise _StopWaiting
