@@ -54,11 +54,11 @@ class PoolSize:
         self._read_at = float("-inf")
         self._surplus_since: float | None = None
 
-    def target(self, current: int, busy: int) -> int:
-        """How many work processes to have now, given `current` (not retiring) of which `busy` run a job."""
+    def target(self, current: int) -> int:
+        """How many work processes to have now, given `current` of them (not retiring)."""
         now = time.monotonic()
         if now >= self._read_at:
-            self._read(busy, now)
+            self._read(current, now)
         wanted = self._wanted
         if wanted >= current:
             self._surplus_since = None
@@ -73,7 +73,7 @@ class PoolSize:
         self._log("scale_down", current, wanted)
         return wanted
 
-    def _read(self, busy: int, now: float) -> None:
+    def _read(self, current: int, now: float) -> None:
         try:
             self.loads = read_load(self.connection, self.queue_names, self.caps, count_workers=False)
         except REDIS_ERRORS as exc:  # keep the size until Redis answers again
@@ -82,8 +82,10 @@ class PoolSize:
         self.outage.answered()
         self._read_at = now + READ_SECONDS
         desired = sum(load.desired_workers for load in self.loads)
-        # Jobs running on other machines' workers need no process here.
-        elsewhere = max(0, sum(load.running for load in self.loads) - busy)
+        # Jobs running on other machines' workers need no process here: beyond what this pool's own
+        # processes can be running, running jobs are elsewhere. (A process's own slot says whether it
+        # runs a job, but jobs of a few milliseconds come and go between two looks.)
+        elsewhere = max(0, sum(load.running for load in self.loads) - current)
         self._wanted = max(self.minimum, min(self.maximum, desired - elsewhere))
 
     def wait_for_work(self) -> None:

@@ -114,11 +114,7 @@ class ProcessSupervisor:
     def _resize(self) -> bool:
         """Start or retire work processes to match the target; False when a stop came first."""
         staying = [child for child in self.children.values() if not child.retiring]
-        if self.pool is None:
-            target = 1
-        else:
-            busy = sum(1 for child in staying if child.slot.read())
-            target = self.pool.target(len(staying), busy)
+        target = 1 if self.pool is None else self.pool.target(len(staying))
         self._target = target
         if target > len(staying):
             if not self._wait_for_redis():

@@ -123,24 +123,26 @@ def pool(connection: fakeredis.FakeRedis, *, minimum: int = 0, maximum: int = 3,
 
 
 def test_the_pool_stays_between_min_and_max(connection: fakeredis.FakeRedis) -> None:
-    assert pool(connection).target(current=0, busy=0) == 0
-    assert pool(connection, minimum=2).target(current=0, busy=0) == 2
+    assert pool(connection).target(current=0) == 0
+    assert pool(connection, minimum=2).target(current=0) == 2
     connection.rpush(queue_key("demo_tasks"), *[f"job-{n}" for n in range(10)])
-    assert pool(connection).target(current=0, busy=0) == 3
+    assert pool(connection).target(current=0) == 3
 
 
 def test_the_pool_leaves_jobs_running_elsewhere_to_their_workers(connection: fakeredis.FakeRedis) -> None:
     now = time.time()
     connection.zadd(registry_key("started", "demo_tasks"), {f"job-{n}:exec": now + 60 for n in range(3)})
     connection.rpush(queue_key("demo_tasks"), "queued-job")
-    # 3 running, 1 of them here: the other 2 need no process of this pool, the queued one does.
-    assert pool(connection).target(current=1, busy=1) == 2
+    # 3 running, at most 1 of them here: the other 2 need no process of this pool, the queued one does.
+    assert pool(connection).target(current=1) == 2
+    # On one machine every running job is one of the pool's own: each keeps its process.
+    assert pool(connection, maximum=5).target(current=3) == 4
 
 
 def test_the_pool_shrinks_only_after_the_surplus_lasted(connection: fakeredis.FakeRedis) -> None:
     patient = pool(connection, scale_down_after=30.0)
-    assert patient.target(current=3, busy=0) == 3
-    assert pool(connection, scale_down_after=0.0).target(current=3, busy=0) == 0
+    assert patient.target(current=3) == 3
+    assert pool(connection, scale_down_after=0.0).target(current=3) == 0
 
 
 def test_at_zero_the_pool_waits_in_one_blocking_call_until_a_job_is_pushed(
@@ -160,18 +162,18 @@ def test_at_zero_the_pool_waits_in_one_blocking_call_until_a_job_is_pushed(
     waiting.wait_for_work()
     assert time.monotonic() - started < 1  # the token ended the wait at once
     assert calls.count("BLPOP") == 1
-    assert waiting.target(current=0, busy=0) == 1
+    assert waiting.target(current=0) == 1
 
 
 def test_at_zero_the_wait_ends_when_a_scheduled_job_comes_within_the_horizon(connection: fakeredis.FakeRedis) -> None:
     due = time.time() + SCHEDULED_HORIZON_SECONDS + 0.3
     connection.zadd(registry_key("scheduled", "demo_tasks"), {"later": due})
     waiting = pool(connection)
-    assert waiting.target(current=0, busy=0) == 0  # not due within the horizon yet
+    assert waiting.target(current=0) == 0  # not due within the horizon yet
     started = time.monotonic()
     waiting.wait_for_work()
     assert 0.2 <= time.monotonic() - started < 2
-    assert waiting.target(current=0, busy=0) == 1
+    assert waiting.target(current=0) == 1
 
 
 def test_a_pool_work_process_claims_before_it_starts_the_scheduler(
