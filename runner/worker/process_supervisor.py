@@ -165,6 +165,11 @@ class ProcessSupervisor:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                if self.pool is not None:
+                    # A session of its own: where the kernel shares CPU between sessions (autogroup), M work
+                    # processes get the share of M workers, not of one (autoscaled/fixed throughput 0.6 -> ~1
+                    # on a loaded machine). Stop signals come from the parent, which forwards them.
+                    os.setsid()
                 die_with_parent(parent)
                 code = self.body(name, slot)
             except REDIS_ERRORS as exc:  # Redis went away as it started: the parent waits for it again
