@@ -117,6 +117,11 @@ def test_an_idle_pool_stays_at_zero(spawn: ProcessSet, stack: Stack) -> None:
     assert work_processes(pool.pid) == []
     assert Worker.all(connection=stack.redis) == []
     assert scale_events(pool) == []
+    # A stop breaks into its one blocking wait (which would last up to 30 s): it exits at once.
+    stopped_at = time.monotonic()
+    pool.signal(signal.SIGTERM)
+    assert pool.wait(5) == 0, pool.log_tail()
+    assert time.monotonic() - stopped_at < 2
 
 
 def test_a_burst_rises_to_max_never_above_every_job_finishes_and_the_pool_drains_to_zero(
