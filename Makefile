@@ -24,7 +24,7 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt pyproject.toml | $
 	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet --no-deps -e .
 	touch $(VENV)/.runtime-installed $@
 
-## Run API + 2 workers (+ its own Redis, SQLite) on http://127.0.0.1:8000
+## Run API + workers autoscaling from 1 to the CPU count (+ its own Redis, SQLite) on http://127.0.0.1:8000
 dev: $(VENV)/.runtime-installed
 	$(BIN)/python -m runner dev $(ARGS)
 

@@ -55,10 +55,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(docs.blueprint)
-    from api import metrics
+    from api import metrics, scaling
     from api.dashboard import register_dashboard
 
     app.register_blueprint(metrics.blueprint)
+    app.register_blueprint(scaling.blueprint)
     register_dashboard(app, backends)
     register_error_handlers(app)
     return app

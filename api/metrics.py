@@ -7,7 +7,7 @@ worker or web machine: a fresh registry per request holds one collector that rea
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import redis
 from flask import Blueprint, Response
@@ -25,6 +25,7 @@ from runner.services.metrics import (
     read_job_metrics,
     read_queue_metrics,
 )
+from runner.services.scaling import concurrency_caps, read_load
 
 blueprint = Blueprint("metrics", __name__)
 
@@ -36,10 +37,12 @@ def _bound_label(bound: float) -> str:
 class RunnerCollector(Collector):
     """Job counters, duration histograms, queue depths and workers, read from Redis on each collect."""
 
-    def __init__(self, connection: redis.Redis, functions: Iterable[str], queues: Iterable[str]) -> None:
+    def __init__(self, connection: redis.Redis, functions: Iterable[str], queues: Iterable[str],
+                 caps: Mapping[str, int | None]) -> None:
         self.connection = connection
         self.functions = sorted(functions)
         self.queues = sorted(queues)
+        self.caps = caps
 
     def collect(self) -> Iterator[Metric]:
         jobs = read_job_metrics(self.connection)
@@ -88,6 +91,21 @@ class RunnerCollector(Collector):
         workers = GaugeMetricFamily("runner_workers", "Live RQ workers (their heartbeat has not expired).",
                                     value=fleet.workers_alive)
         yield from (depth, age, registries, queue_workers, workers)
+        yield from self._scaling_metrics([queue.name for queue in fleet.queues])
+
+    def _scaling_metrics(self, queues: list[str]) -> Iterator[Metric]:
+        # Queued, the oldest's age and workers are the queue gauges above; these are GET /scaling's others.
+        running = GaugeMetricFamily("runner_queue_running", "Jobs running (live entries of the started registry).",
+                                    labels=["queue"])
+        due = GaugeMetricFamily("runner_queue_scheduled_due", "Scheduled jobs due within 60 s.", labels=["queue"])
+        desired = GaugeMetricFamily("runner_queue_desired_workers",
+                                    "Workers the queue wants: queued + running + due, capped by concurrency.",
+                                    labels=["queue"])
+        for load in read_load(self.connection, queues, self.caps, count_workers=False):
+            running.add_metric([load.queue], load.running)
+            due.add_metric([load.queue], load.scheduled_due)
+            desired.add_metric([load.queue], load.desired_workers)
+        yield from (running, due, desired)
 
 
 @blueprint.get("/metrics")
@@ -95,5 +113,6 @@ def metrics() -> Response:
     state = runner_state()
     registry = CollectorRegistry(auto_describe=False)
     functions = [spec.name for spec in state.registry]
-    registry.register(RunnerCollector(state.backends.connection, functions, default_queues(state.registry)))
+    registry.register(RunnerCollector(state.backends.connection, functions, default_queues(state.registry),
+                                      concurrency_caps(state.registry)))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -177,6 +177,11 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "tags": ["operations"],
             "responses": {"200": json_response("Every queue.", ref("QueueList")), **documented_errors(503)},
         },
+        ("GET", "/scaling"): {
+            "summary": "Per queue: jobs queued, running, due within 60 s, the oldest's age, workers, workers wanted",
+            "tags": ["operations"],
+            "responses": {"200": json_response("Every queue.", ref("ScalingList")), **documented_errors(503)},
+        },
         ("POST", "/queues/failed/requeue"): {
             "summary": "Requeue failed jobs (all, or of one queue and/or function)", "tags": ["operations"],
             "requestBody": {"required": False, "content": {"application/json": {"schema": ref("RequeueFilter")}}},

@@ -15,6 +15,7 @@ import pydantic
 from api.ops import RequeueFilter
 from runner.services.fleet import QueueDepths, RequeueOutcome, WorkerInfo
 from runner.services.job_views import JOB_ID_PATTERN, JobView
+from runner.services.scaling import QueueLoad
 from runner.services.schedules import ScheduleRequest, ScheduleView
 from runner.status import STATUS_WORDS
 from runner.store.files import UploadInfo
@@ -109,6 +110,13 @@ class QueueList(pydantic.BaseModel):
     queues: list[QueueDepths]
 
 
+class ScalingList(pydantic.BaseModel):
+    """Every known queue's load and the workers it wants (`desired_workers`: queued + running + due within
+    60 s, capped by the `concurrency` of the queue's functions when each has one)."""
+
+    queues: list[QueueLoad]
+
+
 class Health(pydantic.BaseModel):
     """The process is alive."""
 
@@ -134,6 +142,7 @@ COMPONENT_TYPES: dict[str, Any] = {
     "ScheduleList": ScheduleList,
     "WorkerList": WorkerList,
     "QueueList": QueueList,
+    "ScalingList": ScalingList,
     "RequeueFilter": RequeueFilter,
     "RequeueOutcome": RequeueOutcome,
     "Health": Health,

@@ -5,7 +5,7 @@ Redis on a free loopback port and its own PostgreSQL (tests/servers.py's, fsync 
 table of figures and ratios and writes bench/results/<date>.json. Loads are bounded in count and
 time and stay on 127.0.0.1.
 Usage: python -m bench.run [--jobs N] [--drain-jobs N] [--latency N] [--http-seconds S] [--memory-jobs N]
-                           [--rounds N] [--quick]
+                           [--rounds N] [--idle-seconds S] [--quick] [--autoscale-only]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import requests
 
+from bench.autoscale import autoscaling
 from bench.engines import (
     ROOT,
     CeleryEngine,
@@ -311,11 +312,13 @@ def main() -> None:
     parser.add_argument("--http-seconds", type=int, default=10)
     parser.add_argument("--memory-jobs", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=3, help="throughput, latency and HTTP turns per engine")
+    parser.add_argument("--idle-seconds", type=float, default=60.0, help="how long an idle pool's CPU is measured")
     parser.add_argument("--quick", action="store_true", help="small counts, to check the harness")
+    parser.add_argument("--autoscale-only", action="store_true", help="only the autoscaling section")
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.latency, args.http_seconds, args.memory_jobs, args.rounds = 200, 30, 2, 300, 1
-        args.drain_jobs = 500
+        args.drain_jobs, args.idle_seconds = 500, 20.0
     workdir = Path(tempfile.mkdtemp(prefix="runner-bench-"))
     # The store on PostgreSQL too, started as the tests start it (tests/servers.py: fsync off).
     with EmbeddedRedis(workdir / "redis", appendonly=False) as server, PostgresServer(workdir / "postgres") as pg:
@@ -332,30 +335,37 @@ def main() -> None:
             "parameters": vars(args),
             "tracing": "off",
         }
-        print("throughput (2 worker processes)", flush=True)
-        results["cpu_per_job"], results["throughput_noop_rounds"] = {}, {}
-        results["throughput_noop"] = throughput(engines, args.jobs, "noop", server.pid or 0, args.rounds,
-                                                results["cpu_per_job"], results["throughput_noop_rounds"])
-        results["throughput_calc"] = throughput(engines, args.jobs, "calc", server.pid or 0, args.rounds)
-        print(f"drain ({args.drain_jobs} jobs queued first, then 2 worker processes)", flush=True)
-        results["drain_rounds"] = {}
-        results["drain"] = drain(engines, args.drain_jobs, args.rounds, results["drain_rounds"])
-        print(f"latency ({args.latency} sequential jobs, in {args.rounds} turns)", flush=True)
-        results["latency"] = latency(engines, args.latency, args.rounds)
-        print("http invoke (concurrency 16)", flush=True)
-        results["http"] = http_invoke(runner, args.http_seconds, args.latency, args.rounds)
-        results["memory"] = memory(runner, args.memory_jobs)
-        results["scaling"] = scaling(runner, args.drain_jobs)
-    from bench.replication import measure_wait  # it builds on this module's helpers
+        if not args.autoscale_only:
+            print("throughput (2 worker processes)", flush=True)
+            results["cpu_per_job"], results["throughput_noop_rounds"] = {}, {}
+            results["throughput_noop"] = throughput(engines, args.jobs, "noop", server.pid or 0, args.rounds,
+                                                    results["cpu_per_job"], results["throughput_noop_rounds"])
+            results["throughput_calc"] = throughput(engines, args.jobs, "calc", server.pid or 0, args.rounds)
+            print(f"drain ({args.drain_jobs} jobs queued first, then 2 worker processes)", flush=True)
+            results["drain_rounds"] = {}
+            results["drain"] = drain(engines, args.drain_jobs, args.rounds, results["drain_rounds"])
+            print(f"latency ({args.latency} sequential jobs, in {args.rounds} turns)", flush=True)
+            results["latency"] = latency(engines, args.latency, args.rounds)
+            print("http invoke (concurrency 16)", flush=True)
+            results["http"] = http_invoke(runner, args.http_seconds, args.latency, args.rounds)
+            results["memory"] = memory(runner, args.memory_jobs)
+            results["scaling"] = scaling(runner, args.drain_jobs)
+        print("autoscaling (a pool of 0..max(2, cores) against warm and fixed workers)", flush=True)
+        results["autoscale"] = autoscaling(url, workdir, jobs=args.jobs, rounds=args.rounds,
+                                           idle_seconds=args.idle_seconds, percentiles=percentiles)
+    if not args.autoscale_only:
+        from bench.replication import measure_wait  # it builds on this module's helpers
 
-    print("replication: invoke with RUNNER_REDIS_MIN_REPLICAS 0 and 1 (Redis WAIT), on a Sentinel URL", flush=True)
-    results["replication"] = measure_wait(workdir / "replication", requests_per_turn=args.latency,
-                                          seconds=args.http_seconds, rounds=args.rounds)
-    results["ratios"] = ratios(results)
-    results["targets"] = targets(results["ratios"])
-    print_table(results)
+        print("replication: invoke with RUNNER_REDIS_MIN_REPLICAS 0 and 1 (Redis WAIT), on a Sentinel URL", flush=True)
+        results["replication"] = measure_wait(workdir / "replication", requests_per_turn=args.latency,
+                                              seconds=args.http_seconds, rounds=args.rounds)
+        results["ratios"] = ratios(results)
+        results["targets"] = targets(results["ratios"])
+        print_table(results)
+    print_autoscale(results["autoscale"])
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    target = RESULTS_DIR / f"{datetime.now(UTC).strftime('%Y-%m-%d')}.json"
+    suffix = "-autoscale" if args.autoscale_only else ""  # a partial run keeps the day's full one
+    target = RESULTS_DIR / f"{datetime.now(UTC).strftime('%Y-%m-%d')}{suffix}.json"
     target.write_text(json.dumps(results, indent=2))
     print(f"\nwritten {target.relative_to(ROOT)}")
     shutil.rmtree(workdir, ignore_errors=True)
@@ -435,6 +445,20 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"ratios: {json.dumps(results['ratios'])}")
     for verdict in results["targets"].values():
         print(f"  {verdict}")
+
+
+def print_autoscale(figures: dict[str, Any]) -> None:
+    """The autoscaling section, with its targets."""
+    cold, throughput = figures["cold_start"], figures["throughput"]
+    print(f"\nautoscaling, pool 0..{figures['max']}:")
+    print(f"  cold start from zero p50 / p99: {cold['cold']['p50_ms']} / {cold['cold']['p99_ms']} ms; warm worker: "
+          f"{cold['warm']['p50_ms']} / {cold['warm']['p99_ms']} ms; p50 difference {cold['cold_minus_warm_p50_ms']} ms "
+          f"(target <= 100): {'met' if cold['cold_minus_warm_p50_ms'] <= 100 else 'NOT met'}")
+    print(f"  burst of 200 jobs: {figures['max']} workers busy after {figures['burst_to_max_busy_seconds']} s")
+    fixed = f"{throughput['autoscaled']} / {throughput['fixed']} jobs/s = {throughput['ratio']}"
+    print(f"  throughput autoscaled / fixed {figures['max']}: {fixed} (target >= 0.95): "
+          f"{'met' if throughput['ratio'] >= 0.95 else 'NOT met'}")
+    print(f"  idle pool at zero: {figures['idle_cpu_seconds']} CPU s over {figures['idle_seconds']:g} s")
 
 
 if __name__ == "__main__":

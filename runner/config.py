@@ -29,6 +29,8 @@ MAX_PAGE_SIZE = 100
 DEFAULT_WORKER_DEAD_AFTER_SECONDS = 15.0
 # How long SIGTERM lets a worker finish its current job before the job is put back on its queue.
 DEFAULT_WORKER_GRACE_SECONDS = 25.0
+# A worker pool (`python -m runner worker --min N --max M`) keeps a surplus worker this long before it goes.
+DEFAULT_SCALE_DOWN_AFTER_SECONDS = 60.0
 # Event streams (`GET /jobs/<id>/events`): each holds a gunicorn thread, so each is bounded.
 DEFAULT_SSE_MAX_SECONDS = 300.0
 DEFAULT_SSE_HEARTBEAT_SECONDS = 15.0
@@ -43,7 +45,7 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 # Fields for which zero makes no sense (a stream that ends at once, a poll that never sleeps).
 POSITIVE_FIELDS = frozenset({"redis_replica_timeout_ms", "sse_max_seconds", "sse_heartbeat_seconds",
-                             "sse_poll_seconds", "sse_max_streams", "history_days"})
+                             "sse_poll_seconds", "sse_max_streams", "history_days", "workers_max"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_LEVEL_VARIABLE = "RUNNER_LOG_LEVEL"
 
@@ -82,6 +84,10 @@ class Settings:
     callback_allow_private: bool = False
     worker_dead_after_seconds: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS
     worker_grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
+    # Unset: `python -m runner worker` runs one worker; set, a pool between them (runner.worker.pool).
+    workers_min: int | None = None
+    workers_max: int | None = None
+    scale_down_after_seconds: float = DEFAULT_SCALE_DOWN_AFTER_SECONDS
     sse_max_seconds: float = DEFAULT_SSE_MAX_SECONDS
     sse_heartbeat_seconds: float = DEFAULT_SSE_HEARTBEAT_SECONDS
     sse_poll_seconds: float = DEFAULT_SSE_POLL_SECONDS
@@ -119,6 +125,9 @@ class Settings:
             "callback_allow_private": "RUNNER_CALLBACK_ALLOW_PRIVATE",
             "worker_dead_after_seconds": "RUNNER_WORKER_DEAD_AFTER_SECONDS",
             "worker_grace_seconds": "RUNNER_WORKER_GRACE_SECONDS",
+            "workers_min": "RUNNER_WORKERS_MIN",
+            "workers_max": "RUNNER_WORKERS_MAX",
+            "scale_down_after_seconds": "RUNNER_SCALE_DOWN_AFTER",
             "sse_max_seconds": "RUNNER_SSE_MAX_SECONDS",
             "sse_heartbeat_seconds": "RUNNER_SSE_HEARTBEAT_SECONDS",
             "sse_poll_seconds": "RUNNER_SSE_POLL_SECONDS",
@@ -137,6 +146,9 @@ class Settings:
             raise SettingsError(f"RUNNER_HISTORY_DAYS must be at most {MAX_HISTORY_DAYS} (a century)")
         if "log_level" in values:
             values["log_level"] = read_log_level(str(values["log_level"]))
+        low, high = values.get("workers_min"), values.get("workers_max")
+        if isinstance(low, int) and isinstance(high, int) and low > high:
+            raise SettingsError(f"RUNNER_WORKERS_MIN={low} is above RUNNER_WORKERS_MAX={high}")
         return cls(**values)  # type: ignore[arg-type]
 
     @property
@@ -205,7 +217,7 @@ def _convert(name: str, raw: str, kind: object, *, positive: bool = False) -> ob
             raise SettingsError(f"{name}={raw!r} is not one of 1/0, true/false, yes/no, on/off")
         return word in TRUE_WORDS
     try:
-        if kind in ("int", int):
+        if kind in ("int", int, "int | None"):
             value: object = int(raw)
         elif kind in ("float", float):
             value = float(raw)

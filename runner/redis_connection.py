@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import redis
+from redis.driver_info import DriverInfo
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from runner.config import SettingsError, masked_url
@@ -107,7 +108,11 @@ def connect_redis(url: str, *, socket_timeout: float | None = API_SOCKET_TIMEOUT
     if not url:
         raise BackendUnavailable("REDIS_URL is not set.", details={"dependency": "redis"})
     options: dict[str, Any] = {"socket_connect_timeout": API_SOCKET_TIMEOUT, "socket_timeout": socket_timeout,
-                               "health_check_interval": 30}
+                               "health_check_interval": 30,
+                               # Named here, redis-py does not read its own version from the package metadata
+                               # for every new connection (an email-header parse, 3 ms each: a work process
+                               # forked at zero opens several).
+                               "driver_info": DriverInfo(name="redis-py", lib_version=redis.__version__)}
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **options)
     parsed = parse_sentinel_url(url)

@@ -58,17 +58,40 @@ def _unavailable(exc: BackendUnavailable, settings: Settings) -> click.ClickExce
     return click.ClickException(describe_unavailable(dependency, configured_url(dependency, settings), exc.__cause__))
 
 
+def pool_bounds(minimum: int | None, maximum: int | None, settings: Settings) -> tuple[int, int] | None:
+    """The (min, max) of a worker pool from --min/--max, else RUNNER_WORKERS_MIN/MAX; None for one worker."""
+    minimum = minimum if minimum is not None else settings.workers_min
+    maximum = maximum if maximum is not None else settings.workers_max
+    if minimum is None and maximum is None:
+        return None
+    low = minimum or 0
+    high = maximum if maximum is not None else max(low, os.cpu_count() or 1)
+    if high < 1 or low > high:
+        raise click.UsageError(f"A worker pool needs 0 <= min <= max and max >= 1 (got min {low}, max {high}).")
+    return low, high
+
+
 @main.command()
 @click.argument("queues", nargs=-1)
 @click.option("--burst", is_flag=True, help="Stop once the queues are empty.")
-def worker(queues: tuple[str, ...], burst: bool) -> None:
-    """Run a worker on QUEUES (default: every function's queue, by priority, then `default`)."""
+@click.option("--min", "minimum", type=click.IntRange(0), default=None,
+              help="Run a pool of at least this many workers [default: RUNNER_WORKERS_MIN, else 0].")
+@click.option("--max", "maximum", type=click.IntRange(1), default=None,
+              help="Run a pool of at most this many workers [default: RUNNER_WORKERS_MAX, else the CPU count].")
+def worker(queues: tuple[str, ...], burst: bool, minimum: int | None, maximum: int | None) -> None:
+    """Run a worker on QUEUES (default: every function's queue, by priority, then `default`).
+
+    With --min/--max (or RUNNER_WORKERS_MIN/MAX), a pool whose size follows the load, down to zero.
+    """
     _require_server("worker")
     from runner.worker.run import run_worker
 
     settings = _settings()
+    pool = pool_bounds(minimum, maximum, settings)
+    if pool is not None and burst:
+        raise click.UsageError("--burst runs one worker; it does not combine with a pool (--min/--max).")
     try:
-        code = run_worker(queues, settings, burst=burst)
+        code = run_worker(queues, settings, burst=burst, pool=pool)
     except BackendUnavailable as exc:
         raise _unavailable(exc, settings) from None
     raise SystemExit(code)
@@ -77,9 +100,10 @@ def worker(queues: tuple[str, ...], burst: bool) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="Run this many fixed workers [default: one pool that autoscales from 1 to the CPU count].")
 @click.option("--data-dir", default=None, help="Where Redis and SQLite keep their files [default: .runner].")
-def dev(host: str, port: int, workers: int, data_dir: str | None) -> None:
+def dev(host: str, port: int, workers: int | None, data_dir: str | None) -> None:
     """Run API + workers (+ Redis when REDIS_URL is unset) on this machine."""
     _require_server("dev")
     from runner.dev.stack import run_dev

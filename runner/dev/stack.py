@@ -72,8 +72,11 @@ def _answers(url: str) -> bool:
 class DevStack:
     """Starts and stops every process of the dev stack."""
 
-    def __init__(self, *, host: str, port: int, workers: int, data_dir: Path) -> None:
-        self.host, self.port, self.workers = host, port, workers
+    def __init__(self, *, host: str, port: int, workers: int | None, data_dir: Path) -> None:
+        self.host, self.port = host, port
+        # None: one worker pool that autoscales from 1 to the CPU count; a number: that many fixed workers.
+        self.pool_max = None if workers is not None else (os.cpu_count() or 1)
+        self.workers = workers if workers is not None else 1
         self.data_dir = data_dir.resolve()
         self.redis: EmbeddedRedis | None = None
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -112,8 +115,12 @@ class DevStack:
         web = [sys.executable, "-m", "gunicorn", "api:create_app()", "--config", GUNICORN_CONFIG,
                "--bind", f"{self.host}:{self.port}", "--workers", "2"]
         self._spawn("web", web, env)
-        for number in range(1, self.workers + 1):
-            self._spawn(f"worker.{number}", [sys.executable, "-m", "runner", "worker"], env)
+        if self.pool_max is not None:
+            self._spawn("worker", [sys.executable, "-m", "runner", "worker", "--min", "1", "--max",
+                                   str(self.pool_max)], env)
+        else:
+            for number in range(1, self.workers + 1):
+                self._spawn(f"worker.{number}", [sys.executable, "-m", "runner", "worker"], env)
         if self._wait_until_serving(env["REDIS_URL"]):
             self._print_banner(env["REDIS_URL"], database_url, settings)
 
@@ -158,13 +165,18 @@ class DevStack:
             "",
             f"Async Task Runner is up: {self.url}",
             f"  dashboard {self.url}/dashboard/   API docs {self.url}/docs",
-            f"  {redis_note}; store {masked_url(database_url)}; {self.workers} workers",
+            f"  {redis_note}; store {masked_url(database_url)}; {self._workers_note()}",
             f"  try: curl -s -X POST '{self.url}/functions/simple_calculation/invocations?wait=10'{auth} "
             "-H 'Content-Type: application/json' -d '{\"expression\": \"2*(3+4)\"}'",
             "  Ctrl-C stops everything.",
             "",
         ]
         print("\n".join(lines), flush=True)
+
+    def _workers_note(self) -> str:
+        if self.pool_max is None:
+            return f"{self.workers} workers"
+        return f"workers autoscale from 1 to {self.pool_max} (python -m runner worker --min 1 --max {self.pool_max})"
 
     def wait(self) -> int:
         """Block until Ctrl-C/SIGTERM or a child dies; return the exit code."""
@@ -210,7 +222,7 @@ class DevStack:
             self.redis.stop()
 
 
-def run_dev(*, host: str, port: int, workers: int, data_dir: Path) -> int:
+def run_dev(*, host: str, port: int, workers: int | None, data_dir: Path) -> int:
     """Run the dev stack until interrupted."""
     stack = DevStack(host=host, port=port, workers=workers, data_dir=data_dir)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

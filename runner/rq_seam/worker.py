@@ -24,7 +24,8 @@ this list against the classes). Here:
   requeues uncounted.
 - kill_horse: the stop-job command interrupts the job in this process (there is no work horse).
 - _start_scheduler: RQ's, with a scheduler whose process ends quietly when Redis goes away
-  (runner.rq_seam.scheduler_guard.RunnerScheduler).
+  (runner.rq_seam.scheduler_guard.RunnerScheduler); with `first_claim_first` (a pool's work process,
+  forked for a job that waits), started after the first claim (`start_deferred_scheduler`).
 - _pubsub_exception_handler: RQ logs an error every 2 s while Redis is away; the worker says it
   once per retry (runner.worker.redis_outage), so this one retries quietly.
 
@@ -92,6 +93,11 @@ class SeamWorker(SimpleWorker):
     dead_after: float = 15.0
     # A finished job's commands, held to go out with the worker's next move (see take_held).
     _held: tuple[Pipeline, AfterSent] | None = None
+    # Claim first, then start the scheduler (and the subclass's chores): a work process a pool forks at
+    # zero takes the job that woke it ~20 ms sooner (runner.worker.pool; `make bench`, cold start).
+    first_claim_first: bool = False
+    _deferred_scheduler: tuple[str | None, str, str] | None = None
+    _claims_before_scheduler = 1
 
     # Hooks for the subclass
 
@@ -254,6 +260,9 @@ class SeamWorker(SimpleWorker):
     def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO",
                          date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
                          log_format: str = DEFAULT_LOGGING_FORMAT) -> None:
+        if self.first_claim_first and not burst:
+            self._deferred_scheduler = (logging_level, date_format, log_format)
+            return
         self.scheduler = RunnerScheduler(
             self.queues, connection=self.connection, serializer=self.serializer, date_format=date_format,
             logging_level=logging_level if logging_level is not None else self.log.level, log_format=log_format,
@@ -270,6 +279,22 @@ class SeamWorker(SimpleWorker):
         finally:
             self.scheduler.release_locks()  # type: ignore[no-untyped-call]
             self.scheduler.register_death()
+
+    @property
+    def deferring_start(self) -> bool:
+        """Whether the scheduler waits for the first claim (`first_claim_first`)."""
+        return self._deferred_scheduler is not None
+
+    def start_deferred_scheduler(self) -> None:
+        """Called before each claim: start a deferred scheduler once the first claim is made."""
+        if self._deferred_scheduler is None:
+            return
+        if self._claims_before_scheduler:
+            self._claims_before_scheduler -= 1
+            return
+        (logging_level, date_format, log_format), self._deferred_scheduler = self._deferred_scheduler, None
+        self.first_claim_first = False
+        self._start_scheduler(False, logging_level, date_format, log_format)
 
     def _pubsub_exception_handler(self, exc: Exception, pubsub: PubSub, pubsub_thread: PubSubWorkerThread) -> None:
         if not isinstance(exc, redis.exceptions.ConnectionError):

@@ -159,7 +159,7 @@ def read_queue_metrics(
 ) -> FleetMetrics:
     """Depth, oldest-job age and registry sizes of these queues and of every queue RQ knows."""
     now = now or utcnow()
-    workers_by_queue, alive = _workers(connection)
+    workers_by_queue, alive = live_workers_by_queue(connection)
     known = {_text(raw).removeprefix(QUEUE_KEY_PREFIX)
              for raw in connection.smembers(QUEUES_KEY)}
     names = sorted(set(queue_names) | known | set(workers_by_queue))
@@ -174,7 +174,7 @@ def read_queue_metrics(
     width = 2 + len(REGISTRY_KEY_TEMPLATES)
     rows = [replies[index * width:(index + 1) * width] for index in range(len(names))]
     heads = [row[1].decode() if row[1] is not None else None for row in rows]
-    enqueued = _enqueued_at(connection, [head for head in heads if head])
+    enqueued = enqueued_at(connection, [head for head in heads if head])
     queues = []
     for name, row, head in zip(names, rows, heads, strict=True):
         since = enqueued.get(head) if head else None
@@ -190,7 +190,8 @@ def read_queue_metrics(
     return FleetMetrics(queues=queues, workers_alive=alive)
 
 
-def _enqueued_at(connection: redis.Redis, job_ids: list[str]) -> dict[str, datetime]:
+def enqueued_at(connection: redis.Redis, job_ids: list[str]) -> dict[str, datetime]:
+    """When each of these jobs was enqueued (a job gone from Redis is left out), in one round trip."""
     pipe = connection.pipeline(transaction=False)
     for job_id in job_ids:
         pipe.hget(job_key(job_id), ENQUEUED_AT_FIELD)
@@ -201,7 +202,8 @@ def _enqueued_at(connection: redis.Redis, job_ids: list[str]) -> dict[str, datet
     return stamps
 
 
-def _workers(connection: redis.Redis) -> tuple[dict[str, int], int]:
+def live_workers_by_queue(connection: redis.Redis) -> tuple[dict[str, int], int]:
+    """Live workers per queue they serve, and how many are alive."""
     # RQ's set of worker keys keeps dead workers until a cleanup; a worker is alive while its
     # hash exists (it expires when heartbeats stop), so read the hashes themselves.
     keys = sorted(_text(raw) for raw in connection.smembers(WORKERS_KEY))

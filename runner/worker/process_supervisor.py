@@ -1,7 +1,9 @@
-"""`python -m runner worker`: a small parent process that keeps one long-lived work process going.
+"""`python -m runner worker`: a small parent process that keeps one long-lived work process going, or
+with `--min N --max M` a pool of N..M of them sized after the load (runner.worker.pool).
 
-The work process (runner.worker.in_process) runs jobs in its own process, one after another. This
-parent runs none: it starts the work process, forwards stop signals to it, and contains it:
+A work process (runner.worker.in_process) runs jobs in its own process, one after another. This
+parent runs none: it has imported the functions, so a work process it forks starts in milliseconds;
+it starts the work processes, forwards stop signals to them, and contains each:
 - it dies (a job crashed the interpreter, or called os._exit): the parent settles that
   worker's jobs at once (retried per their policy, or failed with `WorkerDied`), returns its
   claims, and starts a fresh work process;
@@ -34,6 +36,7 @@ from rq.utils import as_text
 from runner.redis_connection import REDIS_ERRORS
 from runner.rq_seam.keys import EXECUTION_WORKER_FIELD, execution_key
 from runner.worker.in_process import DeadlineSlot
+from runner.worker.pool import PoolSize
 from runner.worker.process_ties import die_with_parent
 from runner.worker.recovery import (
     WORKER_DIED_REASON,
@@ -56,43 +59,88 @@ MAX_RESTART_DELAY_SECONDS = 5.0
 
 @dataclass
 class WorkProcess:
-    """One running work process."""
+    """One running work process, and the deadline its running job publishes."""
 
     pid: int
     name: str
     started: float
+    slot: DeadlineSlot
+    killed_for: str | None = None
+    retiring: bool = False
 
 
 WorkBody = Callable[[str, DeadlineSlot], int]
 
 
+class _StopWaiting(BaseException):
+    """A stop came while the parent of an empty pool waited for work."""
+
+
 class ProcessSupervisor:
-    """Starts, watches and contains the work process of one worker."""
+    """Starts, watches and contains the work processes of one worker: one, or a pool's N..M."""
 
     def __init__(self, body: WorkBody, *, queue_names: list[str], connection: redis.Redis,
-                 grace_seconds: float, outage: RedisOutage) -> None:
+                 grace_seconds: float, outage: RedisOutage, pool: PoolSize | None = None) -> None:
         self.body = body
         self.queue_names = queue_names
         self.connection = connection
         self.grace_seconds = grace_seconds
         self.outage = outage
-        self.slot = DeadlineSlot(mmap.mmap(-1, mmap.PAGESIZE))  # anonymous and shared with children
-        self.child: WorkProcess | None = None
+        # None: one work process, and the worker ends when it ends by itself (today's worker).
+        self.pool = pool
+        self.children: dict[int, WorkProcess] = {}
         self._stop_deadline: float | None = None
         self._restart_delay = 0.1
+        self._restart_at = 0.0
+        self._code = 0
+        self._target = 0
+        self._waiting = False
 
     def run(self) -> int:
-        """Keep a work process running until it ends on its own or after a stop; return its exit code."""
+        """Keep the work processes running until a stop (or, alone, until it ends by itself); the exit code."""
         signal.signal(signal.SIGTERM, self._forward_stop)
         signal.signal(signal.SIGINT, self._forward_stop)
         while True:
-            if self.child is None:
-                if not self._wait_for_redis():
+            if self._stop_deadline is None and time.monotonic() >= self._restart_at:
+                if not self._resize():
                     return 0  # stopped before anything ran
-                self.child = self._start()
-            code = self._wait_for_exit(self.child)
-            if code is not None:
-                return code
+            for child in list(self.children.values()):
+                if self._reap(child) and self.pool is None and self._stop_deadline is None:
+                    return 0  # it ended on its own: a stop, or the end of a burst
+            if self._stop_deadline is not None and not self.children:
+                return self._code
+            self._pause()
+
+    def _resize(self) -> bool:
+        """Start or retire work processes to match the target; False when a stop came first."""
+        staying = [child for child in self.children.values() if not child.retiring]
+        target = 1 if self.pool is None else self.pool.target(len(staying))
+        self._target = target
+        if target > len(staying):
+            if not self._wait_for_redis():
+                return False
+            for _ in range(target - len(staying)):
+                child = self._start()
+                self.children[child.pid] = child
+        for child in [child for child in staying if not child.slot.read()][:len(staying) - target]:
+            log.info("worker: retiring work process %d (%s)", child.pid, child.name)
+            child.retiring = True
+            with suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
+        return True
+
+    def _pause(self) -> None:
+        # The pool blocks only at zero by choice: not while a crashed work process waits for its restart.
+        if self.children or self.pool is None or self._stop_deadline is not None or self._target:
+            time.sleep(WATCH_SECONDS)
+            return
+        self._waiting = True
+        try:
+            self.pool.wait_for_work()
+        except _StopWaiting:
+            self.pool.interrupted()
+        finally:
+            self._waiting = False
 
     def _wait_for_redis(self) -> bool:
         """Ping Redis until it answers (True) or a stop comes (False)."""
@@ -107,7 +155,8 @@ class ProcessSupervisor:
         return False
 
     def _start(self) -> WorkProcess:
-        self.slot.publish(0.0)
+        slot = DeadlineSlot(mmap.mmap(-1, mmap.PAGESIZE))  # anonymous and shared with the child
+        slot.publish(0.0)
         name = uuid4().hex
         parent = os.getpid()
         pid = os.fork()
@@ -116,8 +165,13 @@ class ProcessSupervisor:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                if self.pool is not None:
+                    # A session of its own: where the kernel shares CPU between sessions (autogroup), M work
+                    # processes get the share of M workers, not of one (autoscaled/fixed throughput 0.6 -> ~1
+                    # on a loaded machine). Stop signals come from the parent, which forwards them.
+                    os.setsid()
                 die_with_parent(parent)
-                code = self.body(name, self.slot)
+                code = self.body(name, slot)
             except REDIS_ERRORS as exc:  # Redis went away as it started: the parent waits for it again
                 self.outage.failed(exc)
             except BaseException:
@@ -126,41 +180,41 @@ class ProcessSupervisor:
                 logging.shutdown()
                 os._exit(code)
         log.info("worker: work process %d (%s) started", pid, name)
-        return WorkProcess(pid, name, time.monotonic())
+        return WorkProcess(pid, name, time.monotonic(), slot)
 
-    def _wait_for_exit(self, child: WorkProcess) -> int | None:
-        """Watch `child` until it exits; its exit code when the worker should end, None to go on."""
-        killed_for: str | None = None
-        while True:
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
-            if pid == child.pid:
-                break
-            deadline = self.slot.read()
-            if killed_for is None and deadline and time.time() > deadline:
+    def _reap(self, child: WorkProcess) -> bool:
+        """Look at `child` once: kill it when stuck or late to stop; once it exited, settle it if it must be.
+
+        True when it ended on its own (exit code 0, neither killed nor retired nor stopped).
+        """
+        pid, status = os.waitpid(child.pid, os.WNOHANG)
+        if pid != child.pid:
+            deadline = child.slot.read()
+            if child.killed_for is None and deadline and time.time() > deadline:
                 log.error("worker: work process %d is stuck past its job's timeout; killing it", child.pid)
-                killed_for = WORKER_DIED_REASON + " (its job was stuck past its timeout)"
+                child.killed_for = WORKER_DIED_REASON + " (its job was stuck past its timeout)"
                 os.kill(child.pid, signal.SIGKILL)
-            if killed_for is None and self._stop_deadline is not None and time.monotonic() > self._stop_deadline:
+            if child.killed_for is None and self._stop_deadline is not None and time.monotonic() > self._stop_deadline:
                 log.error("worker: work process %d did not stop in time; killing it", child.pid)
-                killed_for = WORKER_STOPPED_REASON
+                child.killed_for = WORKER_STOPPED_REASON
                 os.kill(child.pid, signal.SIGKILL)
-            time.sleep(WATCH_SECONDS)
-        self.child = None
+            return False
+        del self.children[child.pid]
+        child.slot.memory.close()
         code = os.waitstatus_to_exitcode(status)
-        if killed_for is None and code == 0:
-            return 0  # it ended on its own: a stop, or the end of a burst
-        if killed_for is None and self._stop_deadline is not None:
-            killed_for = WORKER_STOPPED_REASON
-        reason = killed_for or f"{WORKER_DIED_REASON} (its process exited with {code})"
-        self._settle(child, reason)
+        if child.killed_for is None and code == 0:
+            return not child.retiring
+        if child.killed_for is None and (self._stop_deadline is not None or child.retiring):
+            child.killed_for = WORKER_STOPPED_REASON
+        self._settle(child, child.killed_for or f"{WORKER_DIED_REASON} (its process exited with {code})")
         if self._stop_deadline is not None:
-            return code if code > 0 else 1
-        if time.monotonic() - child.started < 10:
-            time.sleep(self._restart_delay)
+            self._code = self._code or (code if code > 0 else 1)
+        elif time.monotonic() - child.started < 10:
+            self._restart_at = time.monotonic() + self._restart_delay
             self._restart_delay = min(self._restart_delay * 2, MAX_RESTART_DELAY_SECONDS)
         else:
             self._restart_delay = 0.1
-        return None
+        return False
 
     def _settle(self, child: WorkProcess, reason: str) -> None:
         """Settle the jobs a dead work process held, and retire its name."""
@@ -185,6 +239,9 @@ class ProcessSupervisor:
     def _forward_stop(self, signum: int, frame: FrameType | None) -> None:
         if self._stop_deadline is None:
             self._stop_deadline = time.monotonic() + self.grace_seconds + STOP_MARGIN_SECONDS
-        if self.child is not None:
+        for child in list(self.children.values()):
             with suppress(ProcessLookupError):
-                os.kill(self.child.pid, signum)
+                os.kill(child.pid, signum)
+        if self._waiting:
+            self._waiting = False  # a second signal must not break into the first one's handling
+            raise _StopWaiting

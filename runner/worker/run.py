@@ -1,4 +1,4 @@
-"""Building and running the worker: `python -m runner worker [QUEUE ...]`."""
+"""Building and running the worker: `python -m runner worker [--min N --max M] [QUEUE ...]`."""
 
 from __future__ import annotations
 
@@ -12,14 +12,17 @@ from runner import tracing
 from runner.authoring.registry import Registry
 from runner.config import Settings
 from runner.errors import BackendUnavailable
+from runner.redis_connection import connect_redis
 from runner.rq_seam import fast_paths
 from runner.rq_seam.queues import queue_for
 from runner.services.backends import Backends, open_backends
 from runner.services.fleet import default_queues
 from runner.services.lifecycle import load_listeners
+from runner.services.scaling import concurrency_caps
 from runner.store.retention import Retention
 from runner.worker.execution import WorkerEnvironment, install_environment
 from runner.worker.in_process import MONITOR_TICK_SECONDS, DeadlineSlot
+from runner.worker.pool import PoolSize
 from runner.worker.process_supervisor import ProcessSupervisor
 from runner.worker.process_ties import tie_children_to_this_process
 from runner.worker.redis_outage import RedisOutage
@@ -47,8 +50,10 @@ def build_worker(queue_names: Sequence[str], backends: Backends, registry: Regis
     return worker
 
 
-def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = False) -> int:
-    """Start a worker (scheduler on, so retries with intervals run) and work until stopped; its exit code."""
+def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = False,
+               pool: tuple[int, int] | None = None) -> int:
+    """Start a worker (scheduler on, so retries with intervals run), or a pool of (min, max) of them, and work
+    until stopped; its exit code."""
     fast_paths.install()  # worker processes only: see runner.rq_seam.fast_paths
     registry = Registry.discover(settings.functions_package)  # imported once, before the work process forks
     load_listeners()  # likewise the lifecycle listeners (runner.services.callbacks brings http.client and ssl)
@@ -64,12 +69,20 @@ def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = 
             with suppress(BackendUnavailable):
                 worker.store.ping()
         worker.watch.deadline_slot = slot
+        worker.first_claim_first = pool is not None  # a pool forks a work process for a job that waits
         worker.pid = os.getppid()  # registered as the worker command's pid: the one to signal
         tie_children_to_this_process()
         worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
         # RQ's loop also ends on an unexpected error: then a fresh work process takes over.
         return 0 if burst or worker.stop_requested else 1
 
+    size = None
+    if pool is not None:
+        # Its own connection, with no socket timeout: it blocks while the pool is at zero.
+        size = PoolSize(connect_redis(settings.redis_url, socket_timeout=None), queues, concurrency_caps(registry),
+                        minimum=pool[0], maximum=pool[1], scale_down_after=settings.scale_down_after_seconds,
+                        outage=RedisOutage(settings.redis_url))
     supervisor = ProcessSupervisor(work, queue_names=queues, connection=backends.connection,
-                                   grace_seconds=settings.worker_grace_seconds, outage=RedisOutage(settings.redis_url))
+                                   grace_seconds=settings.worker_grace_seconds, outage=RedisOutage(settings.redis_url),
+                                   pool=size)
     return supervisor.run()

@@ -187,6 +187,7 @@ class RunnerWorker(SeamWorker):
                     self.heartbeat()
                     if self.should_run_maintenance_tasks:
                         self.run_maintenance_tasks()
+                self.start_deferred_scheduler()
                 claimed = self.taker.next_job()
                 self.outage.answered()
                 if claimed is not None:
@@ -270,7 +271,7 @@ class RunnerWorker(SeamWorker):
 
     @property
     def should_run_maintenance_tasks(self) -> bool:
-        return self.duties.due or bool(super().should_run_maintenance_tasks)
+        return not self.deferring_start and (self.duties.due or bool(super().should_run_maintenance_tasks))
 
     def run_maintenance_tasks(self) -> None:
         self.duties.run()

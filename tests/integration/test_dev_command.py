@@ -160,15 +160,17 @@ def test_dev_command_runs_everything_and_stops_everything(tmp_path: Path) -> Non
 
 def test_the_banner_comes_once_everything_answers_and_its_curl_works(tmp_path: Path) -> None:
     with dev_command(tmp_path, newcomer_environment(), until_ready=False) as run:
-        # The moment the banner is out: the API answers and both workers have registered.
+        # The moment the banner is out: the API answers and the pool's first worker has registered.
         assert requests.get(f"{run.url}/healthz", timeout=2).status_code == 200, run.log()
         client = redis.Redis(host="127.0.0.1", port=run.redis_port, socket_timeout=5)
-        assert len(Worker.all(connection=client)) == 2, run.log()
+        assert len(Worker.all(connection=client)) == 1, run.log()
         client.close()
         log = run.log_path.read_text(errors="replace")
         # gunicorn names the address it listens at (it said "Listening at:  (pid)" with a socket per worker).
         assert f"Listening at: {run.url} (a socket per worker)" in log
         assert f"dashboard {run.url}/dashboard/" in log
+        cores = os.cpu_count() or 1
+        assert f"workers autoscale from 1 to {cores} (python -m runner worker --min 1 --max {cores})" in log
         banner = log[log.index("Async Task Runner is up"):]
         curl = next(line for line in banner.splitlines() if line.strip().startswith("try: curl"))
         result = subprocess.run(curl.strip().removeprefix("try: "), shell=True, capture_output=True, text=True,

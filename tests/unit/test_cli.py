@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -20,8 +21,9 @@ from api.events import format_event
 from runner.authoring.registry import Registry
 from runner.cli import client_commands as cli_client
 from runner.cli.client_commands import DEFAULT_URL
-from runner.cli.main import main
+from runner.cli.main import main, pool_bounds
 from runner.client.http_client import RunnerClient
+from runner.config import Settings
 from runner.errors import ApiError, ApiUnreachable
 from runner.services.backends import Backends
 from runner.worker.run import build_worker
@@ -572,3 +574,27 @@ def test_jobs_lists_only_a_schedules_runs(cli: Callable[..., Result], client: Fl
     listed = json.loads(cli("jobs", "--schedule", schedule["id"], "--json").output)["jobs"]
     assert [view["id"] for view in listed] == [outcome.job_id]
     assert "No jobs match --schedule nope." in cli("jobs", "--schedule", "nope").output
+
+
+@pytest.mark.parametrize(
+    ("options", "env", "bounds"),
+    [
+        ((None, None), {}, None),  # a plain `runner worker`: one worker, as before
+        ((0, 3), {}, (0, 3)),
+        ((None, 5), {}, (0, 5)),
+        ((None, None), {"RUNNER_WORKERS_MIN": "1", "RUNNER_WORKERS_MAX": "2"}, (1, 2)),
+        ((2, None), {"RUNNER_WORKERS_MAX": "6"}, (2, 6)),
+        ((2, None), {}, (2, max(2, os.cpu_count() or 1))),
+    ],
+)
+def test_worker_pool_bounds_come_from_the_options_then_the_environment(
+    options: tuple[int | None, int | None], env: dict[str, str], bounds: tuple[int, int] | None
+) -> None:
+    assert pool_bounds(*options, Settings.from_env(env)) == bounds
+
+
+def test_a_pool_with_min_above_max_or_with_burst_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["worker", "--min", "3", "--max", "2"])
+    assert result.exit_code == 2 and "0 <= min <= max" in result.output
+    result = CliRunner().invoke(main, ["worker", "--max", "2", "--burst"])
+    assert result.exit_code == 2 and "--burst runs one worker" in result.output

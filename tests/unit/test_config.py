@@ -80,6 +80,10 @@ def test_blank_values_fall_back_to_defaults() -> None:
         ("RUNNER_HISTORY_DAYS", "-3", "must be positive"),
         ("RUNNER_HISTORY_DAYS", "30d", "is not a number"),
         ("RUNNER_HISTORY_DAYS", "40000", "at most 36500"),
+        ("RUNNER_WORKERS_MIN", "-1", "must not be negative"),
+        ("RUNNER_WORKERS_MAX", "0", "must be positive"),
+        ("RUNNER_WORKERS_MAX", "many", "is not a number"),
+        ("RUNNER_SCALE_DOWN_AFTER", "-5", "must not be negative"),
     ],
 )
 def test_bad_numbers_are_refused(name: str, value: str, message: str) -> None:
@@ -159,3 +163,11 @@ def test_root_cause_is_the_drivers_words_on_one_line() -> None:
         assert root_cause(wrapped) == said
     statement = Exception('relation "invocations" does not exist\nLINE 1: INSERT INTO invocations (id) ...\n ^')
     assert root_cause(statement) == 'relation "invocations" does not exist'
+
+
+def test_worker_pool_bounds_are_read_and_checked() -> None:
+    assert (Settings().workers_min, Settings().workers_max, Settings().scale_down_after_seconds) == (None, None, 60.0)
+    read = Settings.from_env({"RUNNER_WORKERS_MIN": "0", "RUNNER_WORKERS_MAX": "4", "RUNNER_SCALE_DOWN_AFTER": "2.5"})
+    assert (read.workers_min, read.workers_max, read.scale_down_after_seconds) == (0, 4, 2.5)
+    with pytest.raises(SettingsError, match="RUNNER_WORKERS_MIN=3 is above RUNNER_WORKERS_MAX=2"):
+        Settings.from_env({"RUNNER_WORKERS_MIN": "3", "RUNNER_WORKERS_MAX": "2"})
