@@ -34,7 +34,7 @@ from rq.worker import WorkerStatus
 
 from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS, DEFAULT_WORKER_GRACE_SECONDS
 from runner.redis_connection import REDIS_ERRORS
-from runner.rq_seam.keys import DEAD_AFTER_FIELD
+from runner.rq_seam.keys import DEAD_AFTER_FIELD, WORKERS_KEY
 from runner.rq_seam.registration import register_again
 from runner.rq_seam.worker import AfterSent, CanceledBeforeStart, SeamWorker
 from runner.services.backends import Backends
@@ -139,9 +139,10 @@ class RunnerWorker(SeamWorker):
             with self.connection.pipeline() as beat:
                 beat.hset(self.key, "last_heartbeat", utcformat(self.last_heartbeat))
                 beat.expire(self.key, timeout or self.worker_ttl + 60)
-                created, _ = beat.execute()
-            if created:
-                # Peers unregister a worker they have not heard from; one that was only cut off comes back.
+                beat.sismember(WORKERS_KEY, self.key)
+                created, _, registered = beat.execute()
+            if created or not registered:
+                # Peers unregister a worker they have not heard from (a job's beat may remake the hash alone).
                 register_again(self, self.worker_ttl + 60)
                 register_claimant(self.connection, self.name)
                 log.warning("worker %s had been presumed dead by its peers: registered again", self.name)
