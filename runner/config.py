@@ -29,6 +29,8 @@ MAX_PAGE_SIZE = 100
 DEFAULT_WORKER_DEAD_AFTER_SECONDS = 15.0
 # How long SIGTERM lets a worker finish its current job before the job is put back on its queue.
 DEFAULT_WORKER_GRACE_SECONDS = 25.0
+# Jobs of `async def` and `threads=True` functions one work process runs at once.
+DEFAULT_WORKER_SLOTS = 16
 # A worker pool (`python -m runner worker --min N --max M`) keeps a surplus worker this long before it goes.
 DEFAULT_SCALE_DOWN_AFTER_SECONDS = 60.0
 # Event streams (`GET /jobs/<id>/events`): each holds a gunicorn thread, so each is bounded.
@@ -45,7 +47,8 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 # Fields for which zero makes no sense (a stream that ends at once, a poll that never sleeps).
 POSITIVE_FIELDS = frozenset({"redis_replica_timeout_ms", "sse_max_seconds", "sse_heartbeat_seconds",
-                             "sse_poll_seconds", "sse_max_streams", "history_days", "workers_max"})
+                             "sse_poll_seconds", "sse_max_streams", "history_days", "workers_max",
+                             "worker_slots"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_LEVEL_VARIABLE = "RUNNER_LOG_LEVEL"
 
@@ -84,6 +87,7 @@ class Settings:
     callback_allow_private: bool = False
     worker_dead_after_seconds: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS
     worker_grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
+    worker_slots: int = DEFAULT_WORKER_SLOTS
     # Unset: `python -m runner worker` runs one worker; set, a pool between them (runner.worker.pool).
     workers_min: int | None = None
     workers_max: int | None = None
@@ -125,6 +129,7 @@ class Settings:
             "callback_allow_private": "RUNNER_CALLBACK_ALLOW_PRIVATE",
             "worker_dead_after_seconds": "RUNNER_WORKER_DEAD_AFTER_SECONDS",
             "worker_grace_seconds": "RUNNER_WORKER_GRACE_SECONDS",
+            "worker_slots": "RUNNER_WORKER_SLOTS",
             "workers_min": "RUNNER_WORKERS_MIN",
             "workers_max": "RUNNER_WORKERS_MAX",
             "scale_down_after_seconds": "RUNNER_SCALE_DOWN_AFTER",

@@ -43,6 +43,7 @@ def function(
     schedule_timezone: str | None = ...,
     concurrency_key: str | None = ...,
     expires: float | None = ...,
+    threads: bool = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -63,6 +64,7 @@ def function(
     schedule_timezone: str | None = None,
     concurrency_key: str | None = None,
     expires: float | None = None,
+    threads: bool = False,
 ) -> F | Callable[[F], F]:
     """Declare a function: record its queue, timeout and retry policy. Connects to nothing.
 
@@ -73,13 +75,16 @@ def function(
     `expires` seconds of its acceptance is canceled (error type `Expired`).
     `schedule` (a cron expression, or every so many seconds) runs it with `schedule_input` on
     that schedule, in `schedule_timezone` (UTC by default); workers register it when they start.
+    An `async def` function runs on the worker's event loop, up to RUNNER_WORKER_SLOTS jobs at once;
+    `threads=True` lets a sync function that mostly waits run in a thread pool of that size. Plain
+    sync functions run one job at a time per work process: CPU-bound code stays safe by default.
     """
 
     def declare(target: F) -> F:
         spec = make_spec(target, queue=queue, timeout=timeout, retries=retries, backoff=backoff, name=name,
                          exactly_one_of=exactly_one_of, concurrency=concurrency, max_queued=max_queued,
                          schedule=schedule, schedule_input=schedule_input, schedule_timezone=schedule_timezone,
-                         concurrency_key=concurrency_key, expires=expires)
+                         concurrency_key=concurrency_key, expires=expires, threads=threads)
         setattr(target, SPEC_ATTRIBUTE, spec)
         return target
 
@@ -102,6 +107,7 @@ def make_spec(
     schedule_timezone: str | None = None,
     concurrency_key: str | None = None,
     expires: float | None = None,
+    threads: bool = False,
 ) -> FunctionSpec:
     """Check a declaration and build its spec; bad policies fail loudly at import."""
     label = name or func.__name__
@@ -121,6 +127,10 @@ def make_spec(
                                 or not 0 < expires <= MAX_EXPIRES_SECONDS):
         raise FunctionDefinitionError(f"{label}: expires must be seconds, more than 0 and at most "
                                       f"{MAX_EXPIRES_SECONDS} (or None)")
+    is_async = inspect.iscoroutinefunction(func)
+    if not isinstance(threads, bool) or (threads and is_async):
+        raise FunctionDefinitionError(f"{label}: threads must be True or False, and only for a sync function "
+                                      "(an async def function already runs many jobs at once)")
     model, takes_model = build_input_model(func, tuple(tuple(group) for group in exactly_one_of))
     declared = _declared_schedule(label, model, schedule, schedule_input, schedule_timezone)
     if concurrency_key is not None and (concurrency is None or concurrency_key not in model.model_fields):
@@ -142,6 +152,8 @@ def make_spec(
         schedule=declared,
         concurrency_key=concurrency_key,
         expires=float(expires) if expires is not None else None,
+        is_async=is_async,
+        threads=threads,
     )
 
 

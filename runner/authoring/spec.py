@@ -64,6 +64,15 @@ class FunctionSpec:
     concurrency_key: str | None = None
     # A job not started this many seconds after its acceptance never starts (None: it waits for ever).
     expires: float | None = None
+    # An `async def` function: its jobs run on the worker's event loop, many at once.
+    is_async: bool = False
+    # A sync function declared `threads=True`: its jobs run in the worker's thread pool, many at once.
+    threads: bool = False
+
+    @property
+    def runs_in_slots(self) -> bool:
+        """Whether a worker runs several of its jobs at once (RUNNER_WORKER_SLOTS), not one at a time."""
+        return self.is_async or self.threads
 
     @property
     def path(self) -> str:
@@ -106,7 +115,8 @@ class FunctionSpec:
         return text
 
     def call(self, payload: Any, context: dict[str, Any] | None = None) -> Any:
-        """Re-validate `payload` (the worker never trusts the queue) and run the function."""
+        """Re-validate `payload` (the worker never trusts the queue) and run the function (for an async
+        function: make its coroutine, for the caller to await)."""
         model = self._validated(payload, context)
         if self.takes_model:
             return self.func(model)
