@@ -24,6 +24,7 @@ Hierarchy::
         └── ProcessSaturated     /readyz: this web process's slots for long requests are all taken (503)
 
     PermanentError               raised by a function: the input can never succeed, do not retry
+    JobStopped                   raised inside a job by its worker: `POST /jobs/<id>/cancel` stopped it
     FunctionDefinitionError      a module in functions/ declares a function the runner cannot use
     CallbackDeliveryError        a completion callback could not be delivered (retried unless final)
 
@@ -160,6 +161,10 @@ class NotReplicated(BackendUnavailable):
 
 class PermanentError(Exception):
     """Raised by a function for input that can never succeed: the job fails without retry."""
+
+
+class JobStopped(Exception):  # noqa: N818 (shown to users as the error's type)
+    """The job was stopped on request while it ran (raised inside it by its worker)."""
 
 
 class FunctionDefinitionError(Exception):

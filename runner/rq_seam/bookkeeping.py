@@ -14,7 +14,7 @@ no event or callback follows it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timedelta
@@ -49,6 +49,15 @@ class RunnerJob(Job):
         token = _running.set(self)
         try:
             self.outcome = self.func(*self.args, **self.kwargs)
+        finally:
+            _running.reset(token)
+        return self.outcome
+
+    async def perform_async(self, attempt: Callable[[Job], Awaitable[Any]]) -> Any:
+        """Perform the job of an `async def` function: await `attempt(job)`, the job current in this task."""
+        token = _running.set(self)
+        try:
+            self.outcome = await attempt(self)
         finally:
             _running.reset(token)
         return self.outcome
@@ -97,12 +106,13 @@ def queue_start(pipeline: Pipeline, worker: BaseWorker, job: Job, *, fence: int,
     return execution
 
 
-def queue_finish(pipeline: Pipeline, worker: BaseWorker, job: Job, *, result_ttl: int) -> None:
-    """Queue what RQ writes when a job succeeded (call inside `guarded_by_fence`)."""
+def queue_finish(pipeline: Pipeline, worker: BaseWorker, job: Job, *, result_ttl: int,
+                 execution: Execution | None) -> None:
+    """Queue what RQ writes when a job's `execution` succeeded (call inside `guarded_by_fence`), but for
+    the execution's removal (`queue_forget_execution`, or RQ's cleanup for the worker's own)."""
     assert job.started_at is not None and job.ended_at is not None and job.last_heartbeat is not None
     worker.increment_successful_job_count(pipeline=pipeline)
     worker.increment_total_working_time(job.ended_at - job.started_at, pipeline)
-    execution = worker.execution
     if result_ttl != 0:
         # RQ saves every field of the job here, its payload compressed anew; since the start
         # saved them, only these three changed (RQ's rule kept: the user's meta is not touched).
@@ -118,8 +128,6 @@ def queue_finish(pipeline: Pipeline, worker: BaseWorker, job: Job, *, result_ttl
         pipeline.expire(job.key, result_ttl)
     else:
         job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
-    worker.cleanup_execution(job, pipeline=pipeline)
-    worker.set_state(WorkerStatus.IDLE, pipeline=pipeline)
 
 
 def queue_meta(pipeline: Pipeline, job: Job) -> None:

@@ -50,6 +50,12 @@ DEAD_AFTER_FIELD = "runner_dead_after"
 WORKER_QUEUES_FIELD = "queues"
 WORKER_DEATH_FIELD = "death"
 WORKER_HEARTBEAT_FIELD = "last_heartbeat"
+# Ours, in a worker's hash (runner.worker.in_flight): jobs it may run at once, jobs in flight, the
+# worst event-loop lag of the last heartbeat interval (seconds), times a job blocked its loop.
+WORKER_SLOTS_FIELD = "slots"
+WORKER_SLOTS_BUSY_FIELD = "slots_busy"
+WORKER_LOOP_LAG_FIELD = "loop_lag"
+WORKER_LOOP_BLOCKED_FIELD = "loop_blocked"
 # A field of an execution's hash.
 EXECUTION_WORKER_FIELD = "worker_name"
 EXECUTION_HEARTBEAT_FIELD = "last_heartbeat"

@@ -22,6 +22,8 @@ this list against the classes). Here:
 - set_state: RQ writes `idle` after every job; a known state is not written again.
 - request_stop, request_force_stop: a graceful stop finishes within the grace period, then
   requeues uncounted.
+- handle_payload: the stop-job command names one of the jobs in flight (`stop_in_flight`), which RQ's
+  handler, knowing one current job only, would ignore.
 - kill_horse: the stop-job command interrupts the job in this process (there is no work horse).
 - _start_scheduler: RQ's, with a scheduler whose process ends quietly when Redis goes away
   (runner.rq_seam.scheduler_guard.RunnerScheduler); with `first_claim_first` (a pool's work process,
@@ -55,6 +57,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline, PubSub, PubSubWorkerThread
 from rq import SimpleWorker
+from rq.command import parse_payload
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job
@@ -128,6 +131,11 @@ class SeamWorker(SimpleWorker):
     def interrupt_job(self) -> None:
         """Called by the stop-job command for the job this worker runs."""
 
+    def stop_in_flight(self, job_id: str) -> bool:
+        """Called by the stop-job command first: stop `job_id` if it is one of the jobs this worker runs
+        many at once (whether it was)."""
+        return False
+
     # RQ's private state, read through names of ours
 
     @property
@@ -188,13 +196,10 @@ class SeamWorker(SimpleWorker):
         job.ended_at = job.last_heartbeat = now()
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
-        result_ttl = job.get_result_ttl(self.default_result_ttl)
         self.send_held()
         pipeline = script_pipeline(self.connection)
         try:
-            with guarded_by_fence(pipeline, job, getattr(job, "fence", 0)):
-                queue_finish(pipeline, self, job, result_ttl=result_ttl)
-                after = self.succeed(job, pipeline)
+            after = self.queue_success_end(pipeline, job, self.execution)
         except BaseException:
             pipeline.reset()
             raise
@@ -208,29 +213,55 @@ class SeamWorker(SimpleWorker):
         stopped = self._stopped_job_id == job.id
         if stopped:
             self._stopped_job_id = None
-        execution = self.execution
         with script_pipeline(self.connection) as pipeline:
-            with guarded_by_fence(pipeline, job, getattr(job, "fence", 0)):
-                # What RQ's handle_job_failure counts and cleans up, for any outcome.
-                self.increment_failed_job_count(pipeline)
-                if job.started_at and job.ended_at:
-                    self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
-                self.cleanup_execution(job, pipeline=pipeline)
-                after = self.end_unsuccessfully(job, queue, pipeline, exc_string, stopped=stopped,
-                                                execution=execution)
+            after = self.queue_failure_end(pipeline, job, queue, self.execution, exc_string, stopped=stopped)
             guards = execute_as_script(self.connection, pipeline)
         after(all(guards))
 
     def handle_job_retry(self, job: Job, queue: Queue, retry: Any, started_job_registry: StartedJobRegistry,
                          execution: Execution) -> None:
         self.send_held()
-        delay = int(retry.intervals[0]) if retry.intervals else 0
         with script_pipeline(self.connection) as pipeline:
-            with guarded_by_fence(pipeline, job, getattr(job, "fence", 0)):
-                self.cleanup_execution(job, pipeline=pipeline)
-                after = self.defer(job, queue, pipeline, delay)
+            after = self.queue_retry_end(pipeline, job, queue, execution, retry)
             guards = execute_as_script(self.connection, pipeline)
         after(all(guards))
+
+    # Ends, for the job this worker runs in its main thread (`execution` is self.execution) and for the
+    # jobs it runs many at once (runner.worker.in_flight): each queues one fenced section.
+
+    def queue_success_end(self, pipeline: Pipeline, job: Job, execution: Execution | None) -> AfterSent:
+        """Queue the end of `job`'s successful `execution`, fenced; what to do once sent."""
+        with guarded_by_fence(pipeline, job, getattr(job, "fence", 0)):
+            queue_finish(pipeline, self, job, result_ttl=job.get_result_ttl(self.default_result_ttl),
+                         execution=execution)
+            self._forget_execution(pipeline, job, execution)
+            return self.succeed(job, pipeline)
+
+    def queue_failure_end(self, pipeline: Pipeline, job: Job, queue: Queue, execution: Execution | None,
+                          exc_string: str, *, stopped: bool) -> AfterSent:
+        """Queue the end of `job`'s `execution` that raised or was stopped (retried, failed or stopped), fenced."""
+        with guarded_by_fence(pipeline, job, getattr(job, "fence", 0)):
+            # What RQ's handle_job_failure counts and cleans up, for any outcome.
+            self.increment_failed_job_count(pipeline)
+            if job.started_at and job.ended_at:
+                self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+            self._forget_execution(pipeline, job, execution)
+            return self.end_unsuccessfully(job, queue, pipeline, exc_string, stopped=stopped, execution=execution)
+
+    def queue_retry_end(self, pipeline: Pipeline, job: Job, queue: Queue, execution: Execution | None,
+                        retry: Any) -> AfterSent:
+        """Queue putting back `job`, whose `execution` returned Retry (uncounted), fenced."""
+        delay = int(retry.intervals[0]) if retry.intervals else 0
+        with guarded_by_fence(pipeline, job, getattr(job, "fence", 0)):
+            self._forget_execution(pipeline, job, execution)
+            return self.defer(job, queue, pipeline, delay)
+
+    def _forget_execution(self, pipeline: Pipeline, job: Job, execution: Execution | None) -> None:
+        if execution is not None and execution is not self.execution:
+            execution.delete(job=job, pipeline=pipeline)  # one of the jobs in flight: the worker's state stays
+            return
+        self.cleanup_execution(job, pipeline=pipeline)
+        self.set_state(WorkerStatus.IDLE, pipeline=pipeline)
 
     def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
         # A state the worker is known to have is not written again (RQ writes `idle` after every job).
@@ -253,6 +284,12 @@ class SeamWorker(SimpleWorker):
         if requested and (now() - requested).total_seconds() < 1:
             return  # the same stop, delivered twice (process group and pool)
         self.second_stop_requested()
+
+    def handle_payload(self, message: dict[str, Any]) -> None:
+        payload = parse_payload(message)
+        if payload.get("command") == "stop-job" and self.stop_in_flight(str(payload.get("job_id", ""))):
+            return
+        super().handle_payload(message)  # type: ignore[no-untyped-call]
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         self.interrupt_job()

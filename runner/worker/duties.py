@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 from rq.executions import Execution
 from rq.job import Job
+from rq.worker import WorkerStatus
 
 from runner.errors import BackendUnavailable
 from runner.journal.projector import start_projector_thread, stop_projector_thread
@@ -79,6 +80,20 @@ class DutifulWorker(SchedulingWorker, Protocol):
 
     def queue_names(self) -> list[str]: ...
 
+    @property
+    def dequeue_timeout(self) -> int: ...
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool: ...
+
+    def set_state(self, state: str, pipeline: Any = None) -> None: ...
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None: ...
+
+    def run_maintenance_tasks(self) -> None: ...
+
+    def start_deferred_scheduler(self) -> None: ...
+
 
 class Duties:
     """One worker's share of the fleet's chores."""
@@ -87,10 +102,25 @@ class Duties:
         self.worker = worker
         self._next_pass = 0.0
         self._next_flows_pass = 0.0
+        # When an idle worker next writes its state and heartbeat, and looks at its maintenance.
+        self.chores_due = 0.0
         self._projector: tuple[threading.Thread, threading.Event] | None = None
         self._ticker: tuple[threading.Thread, threading.Event] | None = None
         # Set when RUNNER_HISTORY_DAYS is (runner.worker.run.build_worker): this worker takes turns pruning.
         self.retention: Retention | None = None
+
+    def between_jobs(self) -> None:
+        """An idle worker's chores before each look for a job: flows (rate-limited: expired and deferred jobs
+        wait for them), and every dequeue timeout its state, heartbeat and maintenance; the deferred scheduler."""
+        worker = self.worker
+        self.settle_flows()
+        if time.monotonic() >= self.chores_due:
+            self.chores_due = time.monotonic() + worker.dequeue_timeout
+            worker.set_state(WorkerStatus.IDLE)
+            worker.heartbeat()
+            if worker.should_run_maintenance_tasks:
+                worker.run_maintenance_tasks()
+        worker.start_deferred_scheduler()
 
     @property
     def due(self) -> bool:

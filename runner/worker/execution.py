@@ -7,21 +7,25 @@ request: the name is looked up in the registry.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import redis
-from rq.job import Job
+from rq.job import Job, Retry
+from rq.timeouts import JobTimeoutException
 
 from runner import tracing
 from runner.authoring import context
 from runner.authoring.registry import Registry
-from runner.errors import FunctionNotFound, InvalidInput, PermanentError, UploadNotFound
+from runner.authoring.spec import FunctionSpec
+from runner.errors import FunctionNotFound, InvalidInput, JobStopped, PermanentError, UploadNotFound
 from runner.journal import entries as journal
 from runner.journal.reads import read_history
 from runner.journal.rows import row_values
@@ -128,6 +132,78 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
     job = current_job()
     if job is None:
         raise RuntimeError("run_invocation is only called by a runner worker")
+    attempt = _open_attempt(job, function_name)
+    if isinstance(attempt, Retry):
+        return attempt
+    with attempt.running():
+        result = attempt.spec.call(payload, {"uploads": attempt.environment.uploads})
+        _ensure_json(result)
+    return result
+
+
+async def run_invocation_async(job: Job, deadline: asyncio.Timeout, stopped: Callable[[], bool]) -> Any:
+    """Run one attempt of `job`, whose function is `async def`, on this thread's event loop (the job is
+    current in the task's context); `deadline` bounds it, `stopped` says whether its cancellation was a stop."""
+    function_name, payload = str(job.args[0]), job.args[1]
+    attempt = await asyncio.to_thread(_open_attempt, job, function_name)  # Redis round trips, off the loop
+    if isinstance(attempt, Retry):
+        return attempt
+    with attempt.running():
+        try:
+            async with deadline:
+                result = await attempt.spec.call(payload, {"uploads": attempt.environment.uploads})
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise JobTimeoutException(f"Task exceeded maximum timeout value ({job.timeout} seconds)") from None
+        except asyncio.CancelledError:
+            if not stopped():
+                raise
+            raise JobStopped("The job was stopped on request.") from None
+        _ensure_json(result)
+    return result
+
+
+@dataclass
+class _Attempt:
+    """An attempt about to run: its function, and the concurrency slot it holds, if any."""
+
+    job: Job
+    function_name: str
+    environment: WorkerEnvironment
+    holds_slot: bool
+    limit_key: str | None
+
+    @property
+    def spec(self) -> FunctionSpec:
+        return self.environment.registry.get(self.function_name)
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Run the attempt's code inside: its span, its job context, its error recorded, its slot released."""
+        job = self.job
+        traced = {"runner.job_id": job.id, "runner.function": self.function_name,
+                  "messaging.destination.name": job.origin}
+        tracing.record_queue_wait(job.meta.get(tracing.TRACEPARENT), job.enqueued_at, traced)
+        try:
+            with tracing.attempt_span(job.meta.get(tracing.TRACEPARENT), int(job.meta.get("attempts", 1)), traced), \
+                    context.running(RunningJob(job, self.environment)):
+                yield
+        except (PermanentError, InvalidInput, FunctionNotFound) as exc:
+            job.retries_left = 0  # never retry input that can never succeed
+            job.meta["error"] = error_info(exc)
+            raise
+        except BaseException as exc:  # recorded (saved with the attempt's end), then re-raised for the retry policy
+            job.meta["error"] = error_info(exc)
+            raise
+        finally:
+            if self.holds_slot:
+                release_slot(job.connection, self.function_name, job.id, self.limit_key)
+
+
+def _open_attempt(job: Job, function_name: str) -> _Attempt | Retry:
+    """The attempt of `job`, its attempt counted once it holds its `concurrency` slot; a Retry (no
+    attempt counted) when every slot is taken."""
     environment = current_environment()
     holds_slot, limit_key = False, None
     if not getattr(job, "attempt_begun", False):
@@ -137,25 +213,7 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
             return deferral()
         _begin_here(job)
         holds_slot, limit_key = slot.holds_slot, slot.limit_key
-    traced = {"runner.job_id": job.id, "runner.function": function_name, "messaging.destination.name": job.origin}
-    tracing.record_queue_wait(job.meta.get(tracing.TRACEPARENT), job.enqueued_at, traced)
-    try:
-        spec = environment.registry.get(function_name)
-        with tracing.attempt_span(job.meta.get(tracing.TRACEPARENT), int(job.meta.get("attempts", 1)), traced), \
-                context.running(RunningJob(job, environment)):
-            result = spec.call(payload, {"uploads": environment.uploads})
-            _ensure_json(result)
-    except (PermanentError, InvalidInput, FunctionNotFound) as exc:
-        job.retries_left = 0  # never retry input that can never succeed
-        job.meta["error"] = error_info(exc)
-        raise
-    except BaseException as exc:  # recorded (saved with the attempt's end), then re-raised for the retry policy
-        job.meta["error"] = error_info(exc)
-        raise
-    finally:
-        if holds_slot:
-            release_slot(job.connection, function_name, job.id, limit_key)
-    return result
+    return _Attempt(job, function_name, environment, holds_slot, limit_key)
 
 
 def _begin_here(job: Job) -> None:

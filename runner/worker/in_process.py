@@ -27,6 +27,7 @@ import redis
 from rq.executions import Execution
 from rq.job import Job
 
+from runner.errors import JobStopped
 from runner.redis_connection import REDIS_ERRORS
 from runner.worker.recovery import WORKER_STOPPED_REASON, StartedEntry, recover_entry
 
@@ -39,10 +40,6 @@ MONITOR_TICK_SECONDS = 1
 # The supervisor kills a process whose job is this far past its timeout (RQ's alarm fires first).
 HARD_TIMEOUT_MARGIN_SECONDS = 10.0
 DEADLINE_FORMAT = "d"
-
-
-class JobStopped(Exception):  # noqa: N818 (shown to users as the error's type)
-    """The job was stopped on request while it ran."""
 
 
 class DeadlineSlot:
@@ -117,6 +114,11 @@ class JobWatch:
                 self.worker.maintain_heartbeats(job)
             except Exception:  # the job goes on; the next tick tries again
                 log.exception("worker %s: watching job %s failed", self.worker.name, job.id)
+
+    @property
+    def grace_deadline(self) -> float | None:
+        """When the grace period of a requested stop ends (monotonic), if one was requested."""
+        return self._grace_deadline
 
     def start_grace_period(self, seconds: float) -> None:
         """A stop was asked for: the running job has `seconds` to end."""

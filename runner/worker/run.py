@@ -46,7 +46,8 @@ def build_worker(queue_names: Sequence[str], backends: Backends, registry: Regis
     if settings.history_days:
         worker.duties.retention = Retention(settings.history_days, backends.artifacts)
     worker.outage = RedisOutage(settings.redis_url)
-    worker.supervise(dead_after=settings.worker_dead_after_seconds, grace_seconds=settings.worker_grace_seconds)
+    worker.supervise(dead_after=settings.worker_dead_after_seconds, grace_seconds=settings.worker_grace_seconds,
+                     slots=settings.worker_slots)
     return worker
 
 

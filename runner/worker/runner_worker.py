@@ -1,20 +1,17 @@
 """The worker `python -m runner worker` runs: RQ's loop, made safe to kill and cheap per job.
 
-- Dequeue moves each job into the worker's claim list (runner.worker.claims), never only into
-  memory; short jobs are claimed a few at a time; an idle worker waits on a wake-up token.
-- Jobs run in this (long-lived) process, one after another; a watch thread heartbeats the job,
-  takes the recovery duty and enforces the stop grace period (runner.worker.in_process). The
-  process above (runner.worker.process_supervisor) contains crashes and hangs.
-- Each start and end is one script call (runner.rq_seam.worker) that carries the attempt's
-  history into the journal (runner.worker.attempts); a projector thread applies the journal to
-  SQL while this worker holds its lease (runner.journal.projector).
-- A thread runs schedules' due ticks while this worker holds their lease (runner.worker.schedule_ticker).
-- Heartbeats every third of `dead_after`, written next to the window so peers judge by it;
-  between jobs it recovers dead workers' jobs (runner.worker.duties).
-- SIGTERM: no new job; the current one may finish within `grace_seconds`, else it is put back at
-  the front of its queue, uncounted. A second SIGTERM does that at once.
-- Redis going away does not end the worker: it keeps its job running and reconnects, saying so
-  once per retry (runner.worker.redis_outage).
+- Jobs are claimed into the worker's claim list (runner.worker.claims), short ones a few at a
+  time, and taken by runner.worker.taking; an idle worker waits on a wake-up token.
+- Jobs run in this long-lived process, one after another, watched by a thread (heartbeats, grace
+  period: runner.worker.in_process); jobs of `async def` and `threads=True` functions run many at
+  once, up to `slots` (runner.worker.in_flight). The process above contains crashes and hangs
+  (runner.worker.process_supervisor).
+- Each start and end is one script call (runner.rq_seam.worker) carrying the attempt's history
+  into the journal (runner.worker.attempts); the fleet's chores run between jobs and in threads
+  (runner.worker.duties: recovery, projector, schedules, flows).
+- SIGTERM: no new job; jobs running may finish within `grace_seconds`, else they go back to the
+  front of their queues, uncounted. A second SIGTERM does that at once. Redis going away does not
+  end the worker: it reconnects, saying so once per retry (runner.worker.redis_outage).
 """
 
 from __future__ import annotations
@@ -32,9 +29,9 @@ from rq.queue import Queue
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS, DEFAULT_WORKER_GRACE_SECONDS
+from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS, DEFAULT_WORKER_GRACE_SECONDS, DEFAULT_WORKER_SLOTS
 from runner.redis_connection import REDIS_ERRORS
-from runner.rq_seam.keys import DEAD_AFTER_FIELD, WORKERS_KEY
+from runner.rq_seam.keys import DEAD_AFTER_FIELD, WORKER_SLOTS_BUSY_FIELD, WORKER_SLOTS_FIELD, WORKERS_KEY
 from runner.rq_seam.registration import register_again
 from runner.rq_seam.worker import AfterSent, CanceledBeforeStart, SeamWorker
 from runner.services.backends import Backends
@@ -43,14 +40,13 @@ from runner.worker import attempts
 from runner.worker.claims import forget_claimant, register_claimant, release_claim, return_claims
 from runner.worker.duties import Duties
 from runner.worker.execution import begins_at_start
+from runner.worker.in_flight import InFlight
 from runner.worker.in_process import JobWatch
-from runner.worker.redis_outage import RedisOutage, pause
+from runner.worker.redis_outage import RedisOutage
 from runner.worker.taking import JobTaker
 
 log = logging.getLogger(__name__)
 
-# Longest wait of an idle worker for a wake-up token before it looks at its queues again.
-WAKE_WAIT_SECONDS = 0.2
 # How long an idle worker blocks on Redis before it looks at its chores.
 IDLE_WAKEUP_SECONDS = 2
 IDLE_HEARTBEAT_SECONDS = 1.0
@@ -75,16 +71,20 @@ class RunnerWorker(SeamWorker):
     _next_heartbeat: float = 0.0
     _next_idle_heartbeat: float = 0.0
     _next_suspension_check: float = 0.0
-    _chores_due: float = 0.0
     _duties: Duties | None = None
     _taker: JobTaker | None = None
     _watch: JobWatch | None = None
+    # Jobs of async def and threads=True functions run at once (RUNNER_WORKER_SLOTS).
+    slots: int = DEFAULT_WORKER_SLOTS
+    # The jobs in flight (`in_flight`), once a job in a slot started here.
+    in_flight_now: InFlight | None = None
 
     def supervise(self, *, dead_after: float = DEFAULT_WORKER_DEAD_AFTER_SECONDS,
-                  grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS) -> None:
-        """Set the dead-worker window and the stop grace period."""
+                  grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS, slots: int = DEFAULT_WORKER_SLOTS) -> None:
+        """Set the dead-worker window, the stop grace period and the slots for jobs run at once."""
         self.dead_after = max(MIN_DEAD_AFTER_SECONDS, dead_after)
         self.grace_seconds = grace_seconds
+        self.slots = slots
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -113,6 +113,13 @@ class RunnerWorker(SeamWorker):
         return self._taker
 
     @property
+    def in_flight(self) -> InFlight:
+        """The jobs of async def and threads=True functions this worker runs at once."""
+        if self.in_flight_now is None:
+            self.in_flight_now = InFlight(self, self.slots)
+        return self.in_flight_now
+
+    @property
     def running_job(self) -> Job | None:
         """The job being run now, if any."""
         return self.watch.job
@@ -122,7 +129,8 @@ class RunnerWorker(SeamWorker):
     def register_birth(self) -> None:
         super().register_birth()  # type: ignore[no-untyped-call]
         with self.connection.pipeline() as pipeline:
-            pipeline.hset(self.key, DEAD_AFTER_FIELD, self.dead_after)
+            pipeline.hset(self.key, mapping={DEAD_AFTER_FIELD: self.dead_after, WORKER_SLOTS_FIELD: self.slots,
+                                             WORKER_SLOTS_BUSY_FIELD: 0})
             register_claimant(pipeline, self.name)
             pipeline.execute()
         self.duties.start_threads()
@@ -178,32 +186,10 @@ class RunnerWorker(SeamWorker):
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
         self.procline("Listening on " + ",".join(self.queue_names()))  # type: ignore[no-untyped-call]
-        idle_since = time.monotonic()
-        while not self.stop_requested:
-            try:
-                self.duties.settle_flows()  # rate-limited: expired and deferred jobs wait for it
-                if time.monotonic() >= self._chores_due:
-                    self._chores_due = time.monotonic() + self.dequeue_timeout
-                    self.set_state(WorkerStatus.IDLE)
-                    self.heartbeat()
-                    if self.should_run_maintenance_tasks:
-                        self.run_maintenance_tasks()
-                self.start_deferred_scheduler()
-                claimed = self.taker.next_job()
-                self.outage.answered()
-                if claimed is not None:
-                    return claimed
-                if timeout is None or (max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time):
-                    return None
-                # Woken by the token pushed with each job; jobs pushed without one (RQ's own scheduler)
-                # are seen within WAKE_WAIT_SECONDS.
-                self.taker.wait_for_work(min(WAKE_WAIT_SECONDS, max(0.001, self._chores_due - time.monotonic())))
-            except REDIS_ERRORS as exc:
-                self._lost_track_of_claims()
-                pause(self.outage.failed(exc), lambda: self.stop_requested)
-        return None
+        return self.taker.take(timeout, max_idle_time)
 
-    def _lost_track_of_claims(self) -> None:
+    def lost_track_of_claims(self) -> None:
+        """After a lost connection: claims are read again from Redis; the held end is dropped."""
         self.taker.lost_track()
         self._held = None  # its job is still started in Redis: recovered (and retried) if never finished
 
@@ -229,6 +215,9 @@ class RunnerWorker(SeamWorker):
             return
         began = time.monotonic()
         try:
+            if InFlight.takes(job):
+                self.in_flight.start(job, queue)
+                return
             with self.watch.watching(job):
                 super().execute_job(job, queue)
         except CanceledBeforeStart:
@@ -239,7 +228,7 @@ class RunnerWorker(SeamWorker):
         except REDIS_ERRORS as exc:
             # The job stays claimed or registered as started: it is resumed, or recovered by a peer.
             log.error("worker %s: lost Redis around job %s (%s)", self.name, job.id, exc)
-            self._lost_track_of_claims()
+            self.lost_track_of_claims()
         finally:
             self.taker.claim_batch = MAX_CLAIM_BATCH if time.monotonic() - began < SHORT_JOB_SECONDS else 1
 
@@ -247,7 +236,10 @@ class RunnerWorker(SeamWorker):
 
     def begin(self, job: Job, pipeline: Pipeline) -> AfterSent:
         release_claim(pipeline, self.name, job.id)
-        self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
+        if getattr(job, "in_slot", False):
+            pipeline.hset(self.key, WORKER_SLOTS_BUSY_FIELD, self.in_flight.busy + 1)
+        else:
+            self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
         if not attempts.is_invocation(job) or not begins_at_start(job):
             return super().begin(job, pipeline)
         job.attempt_begun = True  # type: ignore[attr-defined]
@@ -287,9 +279,10 @@ class RunnerWorker(SeamWorker):
     def stop_requested_now(self) -> None:
         self.watch.start_grace_period(self.grace_seconds)
         job = self.running_job
-        if job is not None:
-            self.log.info("Worker %s: finishing job %s (at most %g s), then exiting", self.name, job.id,
-                          self.grace_seconds)
+        in_flight = self.in_flight_now.busy if self.in_flight_now is not None else 0
+        if job is not None or in_flight:
+            what = f"job {job.id}" if job is not None else f"{in_flight} job(s) in flight"
+            self.log.info("Worker %s: finishing %s (at most %g s), then exiting", self.name, what, self.grace_seconds)
             with suppress(*REDIS_ERRORS):
                 self.note_stop_requested()
 
@@ -299,7 +292,12 @@ class RunnerWorker(SeamWorker):
     def interrupt_job(self) -> None:
         self.watch.interrupt(self.stopped_job_id)
 
+    def stop_in_flight(self, job_id: str) -> bool:
+        return self.in_flight_now is not None and self.in_flight_now.stop(job_id)
+
     def teardown(self) -> None:
+        if self.in_flight_now is not None:  # within the grace period when stopping, else until they end
+            self.in_flight_now.drain(self.watch.grace_deadline)
         if self.scheduler:
             self.stop_scheduler()  # type: ignore[no-untyped-call]
         with suppress(*REDIS_ERRORS):
@@ -315,6 +313,8 @@ class RunnerWorker(SeamWorker):
     def exit_now(self) -> None:
         """End the process from the watch thread (the job may still hold the main thread), after goodbyes."""
         with suppress(Exception):
+            if self.in_flight_now is not None:
+                self.in_flight_now.put_back_all()
             self.teardown()
         logging.shutdown()
         os._exit(0)

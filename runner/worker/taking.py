@@ -9,6 +9,7 @@ is the truth: the worker takes its claims from there, one by one.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from functools import partial
 from typing import Any, Protocol
@@ -19,13 +20,20 @@ from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
 
+from runner.redis_connection import REDIS_ERRORS
 from runner.rq_seam.bookkeeping import fence_of
 from runner.rq_seam.queues import queue_for
 from runner.rq_seam.worker import AfterSent
 from runner.services.expiry import expire, past_deadline
 from runner.worker.claims import Claimed, claim, pending_claim, queue_claim, read_jobs, release_claim, wait_for_wake_up
+from runner.worker.duties import Duties
+from runner.worker.in_flight import InFlight
+from runner.worker.redis_outage import RedisOutage, pause
 
 log = logging.getLogger(__name__)
+
+# Longest wait of an idle worker for a wake-up token before it looks at its queues again.
+WAKE_WAIT_SECONDS = 0.2
 
 
 class TakingWorker(Protocol):
@@ -50,6 +58,20 @@ class TakingWorker(Protocol):
 
     def get_redis_server_version(self) -> Any: ...
 
+    @property
+    def stop_requested(self) -> bool: ...
+
+    @property
+    def duties(self) -> Duties: ...
+
+    @property
+    def outage(self) -> RedisOutage: ...
+
+    @property
+    def in_flight_now(self) -> InFlight | None: ...
+
+    def lost_track_of_claims(self) -> None: ...
+
 
 class JobTaker:
     """A worker's claims: the jobs it took ahead, and how it takes the next one."""
@@ -61,6 +83,33 @@ class JobTaker:
         # Jobs claimed with an earlier one, in order, with their hashes; they sit in the claim list too.
         self.ahead: deque[tuple[str, dict[bytes, bytes]]] = deque()
         self._check_own_claims = False
+
+    def take(self, timeout: float | None, max_idle_time: float | None) -> tuple[Job, Queue] | None:
+        """The next job, claimed: waits for one (`timeout` None: not at all), doing the worker's chores
+        between looks; None when the worker stops, or stayed idle `max_idle_time` seconds."""
+        worker = self.worker
+        idle_since = time.monotonic()
+        while not worker.stop_requested:
+            try:
+                worker.duties.between_jobs()
+                in_flight = worker.in_flight_now
+                if in_flight is not None and in_flight.busy:
+                    idle_since = time.monotonic()
+                    if not in_flight.wait_for_slot(WAKE_WAIT_SECONDS):
+                        continue  # every slot is taken: wait for one before taking the next job
+                claimed = self.next_job()
+                worker.outage.answered()
+                if claimed is not None:
+                    return claimed
+                if timeout is None or (max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time):
+                    return None
+                # Woken by the token pushed with each job; jobs pushed without one (RQ's own scheduler)
+                # are seen within WAKE_WAIT_SECONDS.
+                self.wait_for_work(min(WAKE_WAIT_SECONDS, max(0.001, worker.duties.chores_due - time.monotonic())))
+            except REDIS_ERRORS as exc:
+                worker.lost_track_of_claims()
+                pause(worker.outage.failed(exc), lambda: worker.stop_requested)
+        return None
 
     def next_job(self) -> tuple[Job, Queue] | None:
         """The next job to start (claimed, with its queue), or None when every queue is empty.

@@ -1,0 +1,304 @@
+"""Jobs of `async def` and `threads=True` functions: up to RUNNER_WORKER_SLOTS at once in one work process.
+
+The main thread stays RQ's loop: it claims and starts each job (one script call, as for any job)
+and hands its code to the event loop (runner.worker.event_loop) or to a thread pool, then goes on
+claiming while slots are free. Only the code runs elsewhere; each promise still holds per job:
+- its end (success, retry, failure, stop) is one fenced script call, sent by an ender thread, the
+  ends of the moment batched in one call;
+- its timeout fires for it alone: the loop's own timeout for a coroutine, an exception raised in
+  its thread for a threaded job; a job that ignores it (a loop blocked by CPU work, a thread stuck
+  in C) is settled anyway after ABANDON_AFTER_SECONDS, and its slot stays taken until its code returns;
+- `POST /jobs/<id>/cancel` stops it alone (the stop-job command names it);
+- a watch thread heartbeats every execution in flight, so peers judge each by its own silence;
+- SIGTERM: no new job; those in flight may end within the grace period, the rest go back to their
+  queues uncounted (`drain`); a crash of the process settles all of them through the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue as queues
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import redis
+from redis.client import Pipeline
+from rq.executions import Execution
+from rq.job import Job, Retry
+from rq.queue import Queue
+from rq.utils import now
+
+from runner.redis_connection import REDIS_ERRORS
+from runner.rq_seam.bookkeeping import RunnerJob
+from runner.rq_seam.keys import WORKER_SLOTS_BUSY_FIELD
+from runner.rq_seam.scripts import execute_as_script, script_pipeline
+from runner.rq_seam.worker import AfterSent
+from runner.worker.event_loop import LoopThread
+from runner.worker.execution import current_environment, error_info, run_invocation_async
+from runner.worker.flight_watch import STOPPED, FlightWatch, FlyingJob, raise_in_thread
+from runner.worker.recovery import WORKER_STOPPED_REASON, StartedEntry, recover_entry
+
+log = logging.getLogger(__name__)
+
+# Ends sent in one script call at most.
+MAX_ENDS_PER_CALL = 64
+# How long a stopping worker waits for the ends already queued to be sent.
+ENDS_SENT_WAIT_SECONDS = 5.0
+
+
+class SlotWorker(Protocol):
+    """What InFlight needs of its worker (runner.worker.runner_worker.RunnerWorker)."""
+
+    name: str
+    connection: redis.Redis
+    execution: Execution | None
+    log: logging.Logger
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def heartbeat_seconds(self) -> float: ...
+
+    def prepare_execution(self, job: Job) -> Execution: ...
+
+    def get_heartbeat_ttl(self, job: Job) -> int: ...
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None: ...
+
+    def queue_success_end(self, pipeline: Pipeline, job: Job, execution: Execution | None) -> AfterSent: ...
+
+    def queue_failure_end(self, pipeline: Pipeline, job: Job, queue: Queue, execution: Execution | None,
+                          exc_string: str, *, stopped: bool) -> AfterSent: ...
+
+    def queue_retry_end(self, pipeline: Pipeline, job: Job, queue: Queue, execution: Execution | None,
+                        retry: Any) -> AfterSent: ...
+
+
+# What a job's code came to: its value (or a Retry), or the text of what it raised.
+Outcome = tuple[Any, str | None]
+
+
+class InFlight:
+    """The jobs this work process runs many at once, and the threads that run and end them."""
+
+    def __init__(self, worker: SlotWorker, capacity: int) -> None:
+        self.worker = worker
+        self.capacity = max(1, capacity)
+        self._jobs: dict[str, FlyingJob] = {}
+        self._changed = threading.Condition()
+        self._ends: queues.SimpleQueue[tuple[FlyingJob, Outcome]] = queues.SimpleQueue()
+        self._loop: LoopThread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self.watch = FlightWatch(worker, self)
+
+    @staticmethod
+    def takes(job: Job) -> bool:
+        """Whether `job`'s function runs in slots (async def, or threads=True)."""
+        registry = current_environment().registry
+        function_name = str(job.args[0]) if job.args else ""
+        return function_name in registry and registry.get(function_name).runs_in_slots
+
+    @property
+    def loop(self) -> LoopThread | None:
+        """The event loop of async jobs, once the first job in a slot started."""
+        return self._loop
+
+    def flying(self) -> list[FlyingJob]:
+        """The jobs in flight now."""
+        return list(self._jobs.values())
+
+    def find(self, job_id: str) -> FlyingJob | None:
+        """The job `job_id` if it is in flight here."""
+        return self._jobs.get(job_id)
+
+    def give_up(self, flying: FlyingJob, error: BaseException) -> bool:
+        """Settle `flying` with `error` though its code still runs (it ignored its end); whether it was unsettled."""
+        with self._changed:
+            if flying.settled:
+                return False
+            flying.settled = True
+        flying.job.meta["error"] = error_info(error)
+        self._ends.put((flying, (None, f"{type(error).__name__}: {error}")))
+        return True
+
+    @property
+    def busy(self) -> int:
+        """Slots taken: jobs whose code has not returned yet."""
+        return sum(1 for flying in list(self._jobs.values()) if flying.code_running)
+
+    @property
+    def free(self) -> int:
+        """Slots free for the next job."""
+        return self.capacity - self.busy
+
+    def wait_for_slot(self, timeout: float) -> bool:
+        """Wait up to `timeout` for a free slot; whether one is free."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.free > 0, timeout)
+
+    # The main thread
+
+    def start(self, job: Job, queue: Queue) -> None:
+        """Start `job` (one script call; CanceledBeforeStart when it was canceled) and run its code in a slot."""
+        assert isinstance(job, RunnerJob)
+        job.in_slot = True  # type: ignore[attr-defined]
+        execution = self.worker.prepare_execution(job)
+        self.worker.execution = None  # the worker's own execution is its main-thread job's, never this one
+        job.started_at = now()
+        timeout = job.timeout if job.timeout and job.timeout > 0 else None
+        on_loop = current_environment().registry.get(str(job.args[0])).is_async
+        flying = FlyingJob(job, queue, execution, on_loop,
+                           time.monotonic() + timeout if timeout else float("inf"))
+        with self._changed:
+            self._jobs[job.id] = flying
+        self._ensure_threads()
+        if on_loop:
+            assert self._loop is not None
+            self._loop.start_task(job.id, self._run_on_loop(flying, timeout))
+        else:
+            assert self._pool is not None
+            self._pool.submit(self._run_in_thread, flying)
+
+    def _ensure_threads(self) -> None:
+        if self._pool is not None:
+            return
+        self._loop = LoopThread("runner-event-loop")
+        self._pool = ThreadPoolExecutor(self.capacity, thread_name_prefix="runner-slot")
+        for target, name in ((self._send_ends, "runner-slot-ends"), (self.watch.run, "runner-slot-watch")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+
+    def stop(self, job_id: str) -> bool:
+        """The stop-job command named `job_id`: stop it if it is in flight here (whether it was)."""
+        return self.watch.ask_to_end(job_id, STOPPED)
+
+    def slots_busy_now(self, pipeline: Pipeline) -> None:
+        """Queue the count of jobs in flight into the worker's hash."""
+        pipeline.hset(self.worker.key, WORKER_SLOTS_BUSY_FIELD, self.busy)
+
+    # Where the code runs
+
+    async def _run_on_loop(self, flying: FlyingJob, timeout: float | None) -> None:
+        job = flying.job
+        assert isinstance(job, RunnerJob)
+        try:
+            outcome: Outcome = (await job.perform_async(
+                lambda running: run_invocation_async(running, asyncio.timeout(timeout),
+                                                     lambda: flying.ending == STOPPED)), None)
+        except BaseException as exc:  # noqa: BLE001 (every outcome is the job's, the loop goes on)
+            outcome = (None, self._failed(job, exc))
+        self._code_returned(flying, outcome)
+
+    def _run_in_thread(self, flying: FlyingJob) -> None:
+        job = flying.job
+        outcome: Outcome = (None, "the job's thread ended without an outcome")
+        try:
+            with flying.lock:
+                flying.thread_id = threading.get_ident()
+            outcome = (job.perform(), None)
+        except BaseException as exc:  # noqa: BLE001 (every outcome is the job's, the pool goes on)
+            outcome = (None, self._failed(job, exc))
+        finally:
+            with flying.lock:
+                flying.thread_id = None
+                raise_in_thread(threading.get_ident(), None)  # one asked for too late must not hit the next job
+            self._code_returned(flying, outcome)
+
+    def _failed(self, job: Job, exc: BaseException) -> str:
+        exc_info = (type(exc), exc, exc.__traceback__)
+        self.worker.handle_exception(job, *exc_info)
+        return "".join(traceback.format_exception(*exc_info))
+
+    def _code_returned(self, flying: FlyingJob, outcome: Outcome) -> None:
+        with self._changed:
+            flying.code_running = False
+            first = not flying.settled
+            flying.settled = True
+            if not first:
+                self._jobs.pop(flying.job.id, None)  # its end was sent already: the slot is free
+            self._changed.notify_all()
+        if first:
+            self._ends.put((flying, outcome))
+
+    # Ends, in their own thread: the main thread keeps claiming meanwhile
+
+    def _send_ends(self) -> None:
+        while True:
+            batch = [self._ends.get()]
+            while len(batch) < MAX_ENDS_PER_CALL:
+                try:
+                    batch.append(self._ends.get_nowait())
+                except queues.Empty:
+                    break
+            self._send(batch)
+
+    def _send(self, batch: list[tuple[FlyingJob, Outcome]]) -> None:
+        afters: list[AfterSent] = []
+        guards: list[bool] = []
+        try:
+            with script_pipeline(self.worker.connection) as pipeline:
+                for flying, outcome in batch:
+                    afters.append(self._queue_end(pipeline, flying, outcome))
+                self.slots_busy_now(pipeline)
+                guards = execute_as_script(self.worker.connection, pipeline)
+        except REDIS_ERRORS as exc:
+            # The executions stay registered, no longer heartbeaten: peers retry them after their window.
+            log.error("worker %s: could not end %d job(s), Redis is unavailable (%s): peers will recover them",
+                      self.worker.name, len(batch), exc)
+        with self._changed:
+            for flying, _outcome in batch:
+                if not flying.code_running:
+                    self._jobs.pop(flying.job.id, None)
+            self._changed.notify_all()
+        for after, held in zip(afters, guards, strict=False):
+            try:
+                after(held)
+            except Exception:  # one job's listener must not keep the others' from running
+                log.exception("worker %s: after the end of a job", self.worker.name)
+
+    def _queue_end(self, pipeline: Pipeline, flying: FlyingJob, outcome: Outcome) -> AfterSent:
+        job, worker = flying.job, self.worker
+        job.ended_at = job.last_heartbeat = now()
+        value, failure = outcome
+        if failure is not None:
+            return worker.queue_failure_end(pipeline, job, flying.queue, flying.execution, failure,
+                                            stopped=flying.ending == STOPPED)
+        if isinstance(value, Retry):
+            return worker.queue_retry_end(pipeline, job, flying.queue, flying.execution, value)
+        return worker.queue_success_end(pipeline, job, flying.execution)
+
+    # Stopping
+
+    def drain(self, until: float | None) -> None:
+        """Let the jobs in flight end until `until` (monotonic; None: no limit), then put back the rest on
+        their queues uncounted; returns once every end is sent."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._unsettled() or (until is not None and time.monotonic() >= until),
+                                   None if until is None else max(0.0, until - time.monotonic()))
+        self.put_back_all()
+
+    def put_back_all(self) -> None:
+        """Put every job in flight back on its queue, uncounted (a stop past its grace period)."""
+        for flying in self._unsettled():
+            with self._changed:
+                if flying.settled:
+                    continue
+                flying.settled = True
+            self.worker.log.warning("Worker %s: stopping: job %s goes back to its queue", self.worker.name,
+                                    flying.job.id)
+            try:
+                recover_entry(self.worker.connection, StartedEntry(flying.job.origin, flying.job.id,
+                                                                   flying.execution.id),
+                              reason=WORKER_STOPPED_REASON, count_attempt=False)
+            except REDIS_ERRORS as exc:
+                log.error("job %s could not be requeued (%s): peers will recover it", flying.job.id, exc)
+        with self._changed:  # a job in flight whose code returned has its end queued: sent before we go
+            self._changed.wait_for(lambda: all(flying.code_running for flying in self._jobs.values()),
+                                   ENDS_SENT_WAIT_SECONDS)
+
+    def _unsettled(self) -> list[FlyingJob]:
+        return [flying for flying in list(self._jobs.values()) if not flying.settled]
