@@ -25,7 +25,7 @@ this list against the classes). Here:
 - handle_payload: the stop-job command names one of the jobs in flight (`stop_in_flight`), which RQ's
   handler, knowing one current job only, would ignore.
 - kill_horse: the stop-job command interrupts the job in this process (there is no work horse).
-- _start_scheduler: RQ's, with a scheduler whose process ends quietly when Redis goes away
+- _start_scheduler (in runner.rq_seam.scheduler_start.SchedulerStartingWorker): RQ's, with a scheduler whose process ends quietly when Redis goes away
   (runner.rq_seam.scheduler_guard.RunnerScheduler); with `first_claim_first` (a pool's work process,
   forked for a job that waits), started after the first claim (`start_deferred_scheduler`).
 - _pubsub_exception_handler: RQ logs an error every 2 s while Redis is away; the worker says it
@@ -56,9 +56,7 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline, PubSub, PubSubWorkerThread
-from rq import SimpleWorker
 from rq.command import parse_payload
-from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -67,7 +65,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from runner.rq_seam.bookkeeping import RunnerJob, guarded_by_fence, queue_finish, queue_start, start_guard
-from runner.rq_seam.scheduler_guard import RunnerScheduler
+from runner.rq_seam.scheduler_start import SchedulerStartingWorker
 from runner.rq_seam.scripts import execute_as_script, script_pipeline
 
 log = logging.getLogger(__name__)
@@ -86,7 +84,7 @@ class CanceledBeforeStart(Exception):  # noqa: N818 (a state, not a failure)
     """The job was canceled after this worker claimed it and before it started: it must not run."""
 
 
-class SeamWorker(SimpleWorker):
+class SeamWorker(SchedulerStartingWorker):
     """RQ's in-process worker with one script call per start and per end, and hooks for its subclass."""
 
     job_class = RunnerJob
@@ -96,11 +94,6 @@ class SeamWorker(SimpleWorker):
     dead_after: float = 15.0
     # A finished job's commands, held to go out with the worker's next move (see take_held).
     _held: tuple[Pipeline, AfterSent] | None = None
-    # Claim first, then start the scheduler (and the subclass's chores): a work process a pool forks at
-    # zero takes the job that woke it ~20 ms sooner (runner.worker.pool; `make bench`, cold start).
-    first_claim_first: bool = False
-    _deferred_scheduler: tuple[str | None, str, str] | None = None
-    _claims_before_scheduler = 1
 
     # Hooks for the subclass
 
@@ -293,45 +286,6 @@ class SeamWorker(SimpleWorker):
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         self.interrupt_job()
-
-    def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO",
-                         date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
-                         log_format: str = DEFAULT_LOGGING_FORMAT) -> None:
-        if self.first_claim_first and not burst:
-            self._deferred_scheduler = (logging_level, date_format, log_format)
-            return
-        self.scheduler = RunnerScheduler(
-            self.queues, connection=self.connection, serializer=self.serializer, date_format=date_format,
-            logging_level=logging_level if logging_level is not None else self.log.level, log_format=log_format,
-        )
-        self.scheduler.acquire_locks()  # type: ignore[no-untyped-call]
-        if not self.scheduler.acquired_locks:
-            return
-        if not burst:
-            self.scheduler.start()
-            return
-        try:  # a burst worker enqueues what is due once, in this process
-            self.scheduler.register_birth()
-            self.scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
-        finally:
-            self.scheduler.release_locks()  # type: ignore[no-untyped-call]
-            self.scheduler.register_death()
-
-    @property
-    def deferring_start(self) -> bool:
-        """Whether the scheduler waits for the first claim (`first_claim_first`)."""
-        return self._deferred_scheduler is not None
-
-    def start_deferred_scheduler(self) -> None:
-        """Called before each claim: start a deferred scheduler once the first claim is made."""
-        if self._deferred_scheduler is None:
-            return
-        if self._claims_before_scheduler:
-            self._claims_before_scheduler -= 1
-            return
-        (logging_level, date_format, log_format), self._deferred_scheduler = self._deferred_scheduler, None
-        self.first_claim_first = False
-        self._start_scheduler(False, logging_level, date_format, log_format)
 
     def _pubsub_exception_handler(self, exc: Exception, pubsub: PubSub, pubsub_thread: PubSubWorkerThread) -> None:
         if not isinstance(exc, redis.exceptions.ConnectionError):
