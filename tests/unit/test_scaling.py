@@ -18,7 +18,7 @@ from runner.rq_seam.keys import queue_key, registry_key
 from runner.rq_seam.queues import queue_for
 from runner.rq_seam.scheduler_guard import RunnerScheduler
 from runner.services.backends import Backends
-from runner.services.scaling import SCHEDULED_HORIZON_SECONDS, concurrency_caps, read_load
+from runner.services.scaling import SCHEDULED_HORIZON_SECONDS, QueueRule, read_load, scaling_rules
 from runner.worker.pool import PoolSize
 from runner.worker.redis_outage import RedisOutage
 from runner.worker.run import build_worker
@@ -72,9 +72,9 @@ def test_scaling_reports_each_queue_from_its_contents(
     assert demo["oldest_age_seconds"] >= 0
     assert {**demo, "oldest_age_seconds": 0} == {
         "queue": "demo_tasks", "queued": 3, "running": 1, "scheduled_due": 1, "oldest_age_seconds": 0,
-        "workers": 1, "desired_workers": 5}
+        "workers": 1, "free_slots": 1, "desired_workers": 5}
     assert queues["default"] == {"queue": "default", "queued": 0, "running": 0, "scheduled_due": 0,
-                                 "oldest_age_seconds": 0.0, "workers": 0, "desired_workers": 0}
+                                 "oldest_age_seconds": 0.0, "workers": 0, "free_slots": 0, "desired_workers": 0}
 
 
 def test_the_oldest_age_is_the_head_jobs_wait(connection: fakeredis.FakeRedis,
@@ -101,8 +101,8 @@ def test_the_same_figures_are_metrics_gauges(
 def test_desired_workers_are_capped_by_concurrency_when_every_function_of_the_queue_has_one(
     connection: fakeredis.FakeRedis,
 ) -> None:
-    caps = concurrency_caps(capped_registry())
-    assert caps == {"capped": 5, "open": None}
+    caps = scaling_rules(capped_registry(), slots=16)
+    assert caps == {"capped": QueueRule(cap=5), "open": QueueRule(cap=None)}
     for name in ("capped", "open"):
         connection.rpush(queue_key(name), *[f"job-{n}" for n in range(10)])
     loads = {load.queue: load for load in read_load(connection, ["capped", "open"], caps, count_workers=False)}
