@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from api.state import runner_state
 from runner.rq_seam.keys import REGISTRY_KEY_TEMPLATES
+from runner.rq_seam.worker_reads import WorkerRecord
 from runner.services.fleet import default_queues
 from runner.services.metrics import (
     OUTCOMES,
@@ -25,7 +26,7 @@ from runner.services.metrics import (
     read_job_metrics,
     read_queue_metrics,
 )
-from runner.services.scaling import concurrency_caps, read_load
+from runner.services.scaling import QueueRule, read_load, scaling_rules
 
 blueprint = Blueprint("metrics", __name__)
 
@@ -35,14 +36,14 @@ def _bound_label(bound: float) -> str:
 
 
 class RunnerCollector(Collector):
-    """Job counters, duration histograms, queue depths and workers, read from Redis on each collect."""
+    """Job counters, duration histograms, queue depths, workers and their slots, read from Redis on each collect."""
 
     def __init__(self, connection: redis.Redis, functions: Iterable[str], queues: Iterable[str],
-                 caps: Mapping[str, int | None]) -> None:
+                 rules: Mapping[str, QueueRule]) -> None:
         self.connection = connection
         self.functions = sorted(functions)
         self.queues = sorted(queues)
-        self.caps = caps
+        self.rules = rules
 
     def collect(self) -> Iterator[Metric]:
         jobs = read_job_metrics(self.connection)
@@ -91,7 +92,26 @@ class RunnerCollector(Collector):
         workers = GaugeMetricFamily("runner_workers", "Live RQ workers (their heartbeat has not expired).",
                                     value=fleet.workers_alive)
         yield from (depth, age, registries, queue_workers, workers)
+        yield from self._worker_metrics(fleet.workers)
         yield from self._scaling_metrics([queue.name for queue in fleet.queues])
+
+    def _worker_metrics(self, live: Iterable[WorkerRecord]) -> Iterator[Metric]:
+        slots = GaugeMetricFamily("runner_worker_slots", "Jobs the worker runs at once (RUNNER_WORKER_SLOTS).",
+                                  labels=["worker"])
+        busy = GaugeMetricFamily("runner_worker_slots_busy",
+                                 "Slots in use: jobs in flight (a plain sync job takes them all).", labels=["worker"])
+        lag = GaugeMetricFamily("runner_worker_loop_lag_seconds",
+                                "The worst lag of the worker's event loop over its last heartbeat interval.",
+                                labels=["worker"])
+        blocked = CounterMetricFamily("runner_worker_loop_blocked",
+                                      "Times a job blocked the worker's event loop past the warning bound.",
+                                      labels=["worker"])
+        for worker in live:
+            slots.add_metric([worker.name], worker.slots.total)
+            busy.add_metric([worker.name], worker.slots.busy)
+            lag.add_metric([worker.name], worker.loop_lag_seconds)
+            blocked.add_metric([worker.name], worker.loop_blocked)
+        yield from (slots, busy, lag, blocked)
 
     def _scaling_metrics(self, queues: list[str]) -> Iterator[Metric]:
         # Queued, the oldest's age and workers are the queue gauges above; these are GET /scaling's others.
@@ -99,9 +119,10 @@ class RunnerCollector(Collector):
                                     labels=["queue"])
         due = GaugeMetricFamily("runner_queue_scheduled_due", "Scheduled jobs due within 60 s.", labels=["queue"])
         desired = GaugeMetricFamily("runner_queue_desired_workers",
-                                    "Workers the queue wants: queued + running + due, capped by concurrency.",
+                                    "Workers the queue wants: queued + running + due, capped by concurrency, "
+                                    "one per job or per RUNNER_WORKER_SLOTS jobs of async or threaded functions.",
                                     labels=["queue"])
-        for load in read_load(self.connection, queues, self.caps, count_workers=False):
+        for load in read_load(self.connection, queues, self.rules, count_workers=False):
             running.add_metric([load.queue], load.running)
             due.add_metric([load.queue], load.scheduled_due)
             desired.add_metric([load.queue], load.desired_workers)
@@ -114,5 +135,5 @@ def metrics() -> Response:
     registry = CollectorRegistry(auto_describe=False)
     functions = [spec.name for spec in state.registry]
     registry.register(RunnerCollector(state.backends.connection, functions, default_queues(state.registry),
-                                      concurrency_caps(state.registry)))
+                                      scaling_rules(state.registry, state.backends.settings.worker_slots)))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

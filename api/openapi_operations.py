@@ -169,7 +169,8 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
                                   "content": {"text/plain": {"schema": {"type": "string"}}}}},
         },
         ("GET", "/workers"): {
-            "summary": "The workers registered in Redis", "tags": ["operations"],
+            "summary": "The workers registered in Redis, with their slots (total, busy, free) and loop lag",
+            "tags": ["operations"],
             "responses": {"200": json_response("Every worker.", ref("WorkerList")), **documented_errors(503)},
         },
         ("GET", "/queues"): {
@@ -178,7 +179,8 @@ def _operations(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
             "responses": {"200": json_response("Every queue.", ref("QueueList")), **documented_errors(503)},
         },
         ("GET", "/scaling"): {
-            "summary": "Per queue: jobs queued, running, due within 60 s, the oldest's age, workers, workers wanted",
+            "summary": "Per queue: jobs queued, running, due within 60 s, the oldest's age, workers, free slots, "
+                       "workers wanted",
             "tags": ["operations"],
             "responses": {"200": json_response("Every queue.", ref("ScalingList")), **documented_errors(503)},
         },

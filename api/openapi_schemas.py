@@ -99,7 +99,10 @@ class ScheduleList(pydantic.BaseModel):
 
 
 class WorkerList(pydantic.BaseModel):
-    """Every worker registered in Redis."""
+    """Every live worker registered in Redis, with its `slots`: `total` jobs it runs at once (RUNNER_WORKER_SLOTS
+    for `async def` and `threads=True` functions; 1 for a worker that does not say), `busy` (in flight now; a
+    plain sync job takes them all) and `free`; and `loop_lag_seconds`, the worst lag of its event loop over its
+    last heartbeat interval."""
 
     workers: list[WorkerInfo]
 
@@ -111,8 +114,10 @@ class QueueList(pydantic.BaseModel):
 
 
 class ScalingList(pydantic.BaseModel):
-    """Every known queue's load and the workers it wants (`desired_workers`: queued + running + due within
-    60 s, capped by the `concurrency` of the queue's functions when each has one)."""
+    """Every known queue's load, the free slots of its live workers (`free_slots`), and the workers it wants
+    (`desired_workers`: queued + running + due within 60 s, capped by the `concurrency` of the queue's functions
+    when each has one; one worker per job, or per RUNNER_WORKER_SLOTS jobs when every function of the queue is
+    `async def` or `threads=True`)."""
 
     queues: list[QueueLoad]
 

@@ -50,8 +50,16 @@ DEAD_AFTER_FIELD = "runner_dead_after"
 WORKER_QUEUES_FIELD = "queues"
 WORKER_DEATH_FIELD = "death"
 WORKER_HEARTBEAT_FIELD = "last_heartbeat"
-# Ours, in a worker's hash (runner.worker.in_flight): jobs it may run at once, jobs in flight, the
-# worst event-loop lag of the last heartbeat interval (seconds), times a job blocked its loop.
+WORKER_STATE_FIELD = "state"
+WORKER_CURRENT_JOB_FIELD = "current_job"
+WORKER_BIRTH_FIELD = "birth"
+WORKER_HOSTNAME_FIELD = "hostname"
+WORKER_PID_FIELD = "pid"
+WORKER_SUCCESSFUL_FIELD = "successful_job_count"
+WORKER_FAILED_FIELD = "failed_job_count"
+WORKER_WORKING_TIME_FIELD = "total_working_time"
+# Ours, in a worker's hash: how many jobs it runs at once and how many it runs now (RUNNER_WORKER_SLOTS),
+# the worst event-loop lag of its last heartbeat interval (seconds) and how many times a job blocked its loop.
 WORKER_SLOTS_FIELD = "slots"
 WORKER_SLOTS_BUSY_FIELD = "slots_busy"
 WORKER_LOOP_LAG_FIELD = "loop_lag"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rq import Queue, Worker
+from rq import Queue
 from rq.registry import (
     FailedJobRegistry,
 )
@@ -17,6 +17,7 @@ from runner.errors import FunctionNotFound, QueueNotFound
 from runner.redis_connection import REDIS_ERRORS, redis_unavailable
 from runner.rq_seam.keys import job_key
 from runner.rq_seam.queues import queue_for
+from runner.rq_seam.worker_reads import WorkerSlots, read_live_workers
 from runner.services.backends import Backends
 from runner.services.callbacks import CALLBACK_QUEUE
 from runner.services.control import requeue_ended_job
@@ -45,6 +46,10 @@ class WorkerInfo:
     pid: int | None
     started_at: str | None
     last_heartbeat: str | None
+    # Jobs it runs at once (RUNNER_WORKER_SLOTS for async and threaded functions), in use now, and free.
+    slots: WorkerSlots
+    # The worst lag of its event loop over its last heartbeat interval (0 when it has none).
+    loop_lag_seconds: float
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body of a worker."""
@@ -90,26 +95,28 @@ def default_queues(registry: Registry) -> list[str]:
 
 
 def list_workers(backends: Backends) -> list[WorkerInfo]:
-    """Every worker registered in Redis, by name."""
+    """Every live worker registered in Redis, by name (two round trips, whatever their number)."""
     try:
-        workers = Worker.all(connection=backends.connection, serializer=JSONSerializer)
+        records = read_live_workers(backends.connection)
     except REDIS_ERRORS as exc:
         raise redis_unavailable() from exc
     return [
         WorkerInfo(
-            name=worker.name,
-            state=str(worker.get_state()),
-            queues=worker.queue_names(),
-            current_job=worker.get_current_job_id(),
-            successful_jobs=worker.successful_job_count,
-            failed_jobs=worker.failed_job_count,
-            total_working_seconds=round(float(worker.total_working_time), 6),
-            hostname=worker.hostname,
-            pid=worker.pid,
-            started_at=iso_time(worker.birth_date),
-            last_heartbeat=iso_time(worker.last_heartbeat),
+            name=record.name,
+            state=record.state,
+            queues=record.queues,
+            current_job=record.current_job,
+            successful_jobs=record.successful_jobs,
+            failed_jobs=record.failed_jobs,
+            total_working_seconds=round(record.total_working_seconds, 6),
+            hostname=record.hostname,
+            pid=record.pid,
+            started_at=iso_time(record.started_at),
+            last_heartbeat=iso_time(record.last_heartbeat),
+            slots=record.slots,
+            loop_lag_seconds=round(record.loop_lag_seconds, 6),
         )
-        for worker in sorted(workers, key=lambda worker: worker.name)
+        for record in records
     ]
 
 

@@ -29,9 +29,9 @@ from runner.rq_seam.keys import (
     QUEUE_KEY_PREFIX,
     QUEUES_KEY,
     REGISTRY_KEY_TEMPLATES,
-    WORKERS_KEY,
     job_key,
 )
+from runner.rq_seam.worker_reads import WorkerRecord, read_live_workers
 from runner.services.lifecycle import JobEvent
 from runner.store.models import utcnow
 
@@ -148,10 +148,16 @@ class QueueMetrics:
 
 @dataclass(frozen=True)
 class FleetMetrics:
-    """Every queue's numbers and the workers alive."""
+    """Every queue's numbers and the live workers."""
 
     queues: list[QueueMetrics]
-    workers_alive: int
+    # The live workers, by name, with their slots.
+    workers: list[WorkerRecord]
+
+    @property
+    def workers_alive(self) -> int:
+        """How many workers are alive."""
+        return len(self.workers)
 
 
 def read_queue_metrics(
@@ -159,10 +165,11 @@ def read_queue_metrics(
 ) -> FleetMetrics:
     """Depth, oldest-job age and registry sizes of these queues and of every queue RQ knows."""
     now = now or utcnow()
-    workers_by_queue, alive = live_workers_by_queue(connection)
+    workers = read_live_workers(connection)
+    served = workers_by_queue(workers)
     known = {_text(raw).removeprefix(QUEUE_KEY_PREFIX)
              for raw in connection.smembers(QUEUES_KEY)}
-    names = sorted(set(queue_names) | known | set(workers_by_queue))
+    names = sorted(set(queue_names) | known | set(served))
     pipe = connection.pipeline(transaction=False)
     for name in names:
         key = QUEUE_KEY_PREFIX + name
@@ -184,10 +191,10 @@ def read_queue_metrics(
                 depth=int(row[0]),
                 oldest_job_age_seconds=max(0.0, (now - since).total_seconds()) if since else 0.0,
                 registries={status: int(count) for status, count in zip(REGISTRY_KEY_TEMPLATES, row[2:], strict=True)},
-                workers=workers_by_queue.get(name, 0),
+                workers=served.get(name, QueueWorkers()).workers,
             )
         )
-    return FleetMetrics(queues=queues, workers_alive=alive)
+    return FleetMetrics(queues=queues, workers=workers)
 
 
 def enqueued_at(connection: redis.Redis, job_ids: list[str]) -> dict[str, datetime]:
@@ -202,19 +209,19 @@ def enqueued_at(connection: redis.Redis, job_ids: list[str]) -> dict[str, dateti
     return stamps
 
 
-def live_workers_by_queue(connection: redis.Redis) -> tuple[dict[str, int], int]:
-    """Live workers per queue they serve, and how many are alive."""
-    # RQ's set of worker keys keeps dead workers until a cleanup; a worker is alive while its
-    # hash exists (it expires when heartbeats stop), so read the hashes themselves.
-    keys = sorted(_text(raw) for raw in connection.smembers(WORKERS_KEY))
-    pipe = connection.pipeline(transaction=False)
-    for key in keys:
-        pipe.hget(key, "queues")
-    by_queue: Counter[str] = Counter()
-    alive = 0
-    for raw in pipe.execute():
-        if raw is None:
-            continue
-        alive += 1
-        by_queue.update(name for name in raw.decode().split(",") if name)
-    return dict(by_queue), alive
+@dataclass(frozen=True)
+class QueueWorkers:
+    """The live workers serving one queue: how many, and their free slots together."""
+
+    workers: int = 0
+    free_slots: int = 0
+
+
+def workers_by_queue(workers: Iterable[WorkerRecord]) -> dict[str, QueueWorkers]:
+    """Per queue the workers serve: how many serve it and their free slots (a worker counts in each of its queues)."""
+    served: dict[str, QueueWorkers] = {}
+    for worker in workers:
+        for name in worker.queues:
+            before = served.get(name, QueueWorkers())
+            served[name] = QueueWorkers(before.workers + 1, before.free_slots + worker.slots.free)
+    return served

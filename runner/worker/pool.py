@@ -4,7 +4,9 @@ The supervising parent (runner.worker.process_supervisor) asks `PoolSize.target`
 ticks and starts or retires work processes to match:
 - the load is `runner.services.scaling`'s reading of the pool's queues, read at most every
   READ_SECONDS: the jobs queued, due soon, or running (less those running elsewhere, on other
-  machines' workers), capped by the functions' `concurrency`, then kept between N and M;
+  machines' workers), capped by the functions' `concurrency`, as workers (one per job, or per
+  RUNNER_WORKER_SLOTS jobs of a queue whose functions all run in slots: `pool_wanted`), then kept
+  between N and M;
 - up at once, so a burst has its workers within a second;
 - down once a surplus has lasted RUNNER_SCALE_DOWN_AFTER seconds (idle processes go first);
 - at zero the parent makes one blocking call (`wait_for_work`): BLPOP on the wake-up lists of its
@@ -25,7 +27,14 @@ import redis
 
 from runner.redis_connection import REDIS_ERRORS
 from runner.rq_seam.queues import wake_key
-from runner.services.scaling import SCHEDULED_HORIZON_SECONDS, QueueLoad, next_scheduled_at, read_load
+from runner.services.scaling import (
+    SCHEDULED_HORIZON_SECONDS,
+    QueueLoad,
+    QueueRule,
+    next_scheduled_at,
+    pool_wanted,
+    read_load,
+)
 from runner.worker.redis_outage import RedisOutage
 
 log = logging.getLogger("runner.scaling")
@@ -40,12 +49,12 @@ IDLE_WAIT_SECONDS = 30.0
 class PoolSize:
     """Between `minimum` and `maximum` work processes, after the load of the pool's queues."""
 
-    def __init__(self, connection: redis.Redis, queue_names: Sequence[str], caps: Mapping[str, int | None], *,
+    def __init__(self, connection: redis.Redis, queue_names: Sequence[str], rules: Mapping[str, QueueRule], *,
                  minimum: int, maximum: int, scale_down_after: float, outage: RedisOutage) -> None:
         # `connection` has no socket timeout: it blocks at zero for up to IDLE_WAIT_SECONDS.
         self.connection = connection
         self.queue_names = list(queue_names)
-        self.caps = dict(caps)
+        self.rules = dict(rules)
         self.minimum, self.maximum = minimum, maximum
         self.scale_down_after = scale_down_after
         self.outage = outage
@@ -75,18 +84,14 @@ class PoolSize:
 
     def _read(self, current: int, now: float) -> None:
         try:
-            self.loads = read_load(self.connection, self.queue_names, self.caps, count_workers=False)
+            self.loads = read_load(self.connection, self.queue_names, self.rules, count_workers=False)
         except REDIS_ERRORS as exc:  # keep the size until Redis answers again
             self._read_at = now + self.outage.failed(exc)
             return
         self.outage.answered()
         self._read_at = now + READ_SECONDS
-        desired = sum(load.desired_workers for load in self.loads)
-        # Jobs running on other machines' workers need no process here: beyond what this pool's own
-        # processes can be running, running jobs are elsewhere. (A process's own slot says whether it
-        # runs a job, but jobs of a few milliseconds come and go between two looks.)
-        elsewhere = max(0, sum(load.running for load in self.loads) - current)
-        self._wanted = max(self.minimum, min(self.maximum, desired - elsewhere))
+        # Jobs running on other machines' workers need no process here (runner.services.scaling.pool_wanted).
+        self._wanted = max(self.minimum, min(self.maximum, pool_wanted(self.loads, self.rules, current)))
 
     def wait_for_work(self) -> None:
         """At zero: block until a job is pushed to one of the queues, or scheduled work comes near."""

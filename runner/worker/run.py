@@ -18,7 +18,7 @@ from runner.rq_seam.queues import queue_for
 from runner.services.backends import Backends, open_backends
 from runner.services.fleet import default_queues
 from runner.services.lifecycle import load_listeners
-from runner.services.scaling import concurrency_caps
+from runner.services.scaling import scaling_rules
 from runner.store.retention import Retention
 from runner.worker.execution import WorkerEnvironment, install_environment
 from runner.worker.in_process import MONITOR_TICK_SECONDS, DeadlineSlot
@@ -80,7 +80,8 @@ def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = 
     size = None
     if pool is not None:
         # Its own connection, with no socket timeout: it blocks while the pool is at zero.
-        size = PoolSize(connect_redis(settings.redis_url, socket_timeout=None), queues, concurrency_caps(registry),
+        size = PoolSize(connect_redis(settings.redis_url, socket_timeout=None), queues,
+                        scaling_rules(registry, settings.worker_slots),
                         minimum=pool[0], maximum=pool[1], scale_down_after=settings.scale_down_after_seconds,
                         outage=RedisOutage(settings.redis_url))
     supervisor = ProcessSupervisor(work, queue_names=queues, connection=backends.connection,

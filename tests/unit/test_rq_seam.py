@@ -30,6 +30,7 @@ from runner.rq_seam.dependencies import dependency_ids
 from runner.rq_seam.job_reads import fetch_with_latest_result, job_status
 from runner.rq_seam.scheduler_guard import RunnerScheduler, run_scheduler
 from runner.rq_seam.scripts import KEY_COUNTS
+from runner.rq_seam.worker_reads import read_live_workers
 from runner.worker.runner_worker import RunnerWorker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +112,28 @@ def test_a_latest_result_read_with_the_job_answers_return_value_without_a_round_
     assert read.return_value() == {"answer": 42}
     assert job_status(read) == "finished"
 
+
+
+def test_a_worker_hash_reads_as_rqs_worker_reads_it() -> None:
+    connection = fakeredis.FakeRedis()
+    worker = SimpleWorker([Queue("a", connection=connection), Queue("b", connection=connection)],
+                          connection=connection, name="w")
+    worker.register_birth()
+    worker.set_state("busy")
+    worker.set_current_job_id("job-1")
+    worker.heartbeat()
+    connection.hset(keys.worker_key("w"), mapping={"successful_job_count": 3, "failed_job_count": 2,
+                                                  "total_working_time": 1.5})
+    (record,) = read_live_workers(connection)
+    rqs = SimpleWorker.find_by_key(keys.worker_key("w"), connection=connection)
+    assert rqs is not None
+    assert (record.name, record.state, record.queues, record.current_job) == (
+        rqs.name, rqs.get_state(), rqs.queue_names(), rqs.get_current_job_id())
+    assert (record.successful_jobs, record.failed_jobs, record.total_working_seconds) == (
+        rqs.successful_job_count, rqs.failed_job_count, rqs.total_working_time)
+    assert (record.hostname, record.pid, record.started_at, record.last_heartbeat) == (
+        rqs.hostname, rqs.pid, rqs.birth_date, rqs.last_heartbeat)
+    assert (record.state, record.successful_jobs, record.pid) == ("busy", 3, worker.pid)
 
 def test_every_command_rqs_pipelines_send_for_us_has_known_keys() -> None:
     # The commands RQ queues in the pipelines the seam hands it (job saves, registries, results,

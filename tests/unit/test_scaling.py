@@ -18,7 +18,16 @@ from runner.rq_seam.keys import queue_key, registry_key
 from runner.rq_seam.queues import queue_for
 from runner.rq_seam.scheduler_guard import RunnerScheduler
 from runner.services.backends import Backends
-from runner.services.scaling import SCHEDULED_HORIZON_SECONDS, concurrency_caps, read_load
+from runner.services.scaling import (
+    PER_JOB,
+    SCHEDULED_HORIZON_SECONDS,
+    QueueLoad,
+    QueueRule,
+    desired_workers,
+    pool_wanted,
+    read_load,
+    scaling_rules,
+)
 from runner.worker.pool import PoolSize
 from runner.worker.redis_outage import RedisOutage
 from runner.worker.run import build_worker
@@ -72,9 +81,9 @@ def test_scaling_reports_each_queue_from_its_contents(
     assert demo["oldest_age_seconds"] >= 0
     assert {**demo, "oldest_age_seconds": 0} == {
         "queue": "demo_tasks", "queued": 3, "running": 1, "scheduled_due": 1, "oldest_age_seconds": 0,
-        "workers": 1, "desired_workers": 5}
+        "workers": 1, "free_slots": 1, "desired_workers": 5}
     assert queues["default"] == {"queue": "default", "queued": 0, "running": 0, "scheduled_due": 0,
-                                 "oldest_age_seconds": 0.0, "workers": 0, "desired_workers": 0}
+                                 "oldest_age_seconds": 0.0, "workers": 0, "free_slots": 0, "desired_workers": 0}
 
 
 def test_the_oldest_age_is_the_head_jobs_wait(connection: fakeredis.FakeRedis,
@@ -101,8 +110,8 @@ def test_the_same_figures_are_metrics_gauges(
 def test_desired_workers_are_capped_by_concurrency_when_every_function_of_the_queue_has_one(
     connection: fakeredis.FakeRedis,
 ) -> None:
-    caps = concurrency_caps(capped_registry())
-    assert caps == {"capped": 5, "open": None}
+    caps = scaling_rules(capped_registry(), slots=16)
+    assert caps == {"capped": QueueRule(cap=5), "open": QueueRule(cap=None)}
     for name in ("capped", "open"):
         connection.rpush(queue_key(name), *[f"job-{n}" for n in range(10)])
     loads = {load.queue: load for load in read_load(connection, ["capped", "open"], caps, count_workers=False)}
@@ -191,3 +200,83 @@ def test_a_pool_work_process_claims_before_it_starts_the_scheduler(
     worker.start_deferred_scheduler()  # before the second
     assert (started, worker.deferring_start) == (["scheduler"], False)
     worker.teardown()
+
+
+async def waits(a: int = 1) -> dict:
+    """An async function: its jobs run in slots."""
+    return {}
+
+
+def threaded(a: int = 1) -> dict:
+    """A sync function declared threads=True: its jobs run in slots."""
+    return {}
+
+
+def slotted_registry(concurrency: int | None = None) -> Registry:
+    """`slotted`: async and threaded functions only; `mixed`: an async one and a plain sync one."""
+    registry = Registry()
+    registry.add(make_spec(waits, queue="slotted", timeout=5, retries=0, backoff=None, name=None,
+                           concurrency=concurrency))
+    registry.add(make_spec(threaded, queue="slotted", timeout=5, retries=0, backoff=None, name=None, threads=True,
+                           concurrency=concurrency))
+    registry.add(make_spec(waits, queue="mixed", timeout=5, retries=0, backoff=None, name="waits_mixed"))
+    registry.add(make_spec(three, queue="mixed", timeout=5, retries=0, backoff=None, name=None))
+    return registry
+
+
+def test_a_queue_whose_functions_all_run_in_slots_wants_one_worker_per_slots_jobs() -> None:
+    rules = scaling_rules(slotted_registry(), slots=16)
+    assert rules == {"slotted": QueueRule(cap=None, jobs_per_worker=16), "mixed": QueueRule(cap=None)}
+    assert desired_workers(40, 0, 0, rules["slotted"]) == 3
+    assert desired_workers(16, 0, 0, rules["slotted"]) == 1
+    assert desired_workers(10, 6, 1, rules["slotted"]) == 2  # queued, running and due all take a slot
+    assert desired_workers(0, 0, 0, rules["slotted"]) == 0
+    # A plain sync function takes a worker whole: a queue that has one counts per job.
+    assert desired_workers(40, 0, 0, rules["mixed"]) == 40
+    assert desired_workers(40, 0, 0, PER_JOB) == 40  # a queue the registry does not know (callbacks)
+
+
+def test_the_concurrency_cap_counts_jobs_before_they_become_workers() -> None:
+    rule = scaling_rules(slotted_registry(concurrency=10), slots=16)["slotted"]
+    assert rule == QueueRule(cap=20, jobs_per_worker=16)
+    assert desired_workers(40, 0, 0, rule) == 2  # 20 jobs at once at most: 2 workers of 16 slots
+    assert scaling_rules(slotted_registry(), slots=4)["slotted"].jobs_per_worker == 4
+
+
+def test_scaling_reports_slotted_queues_in_workers_of_slots(
+    make_client: Callable[..., FlaskClient], connection: fakeredis.FakeRedis
+) -> None:
+    for name in ("slotted", "mixed"):
+        connection.rpush(queue_key(name), *[f"{name}-{n}" for n in range(40)])
+    client = make_client(registry_=slotted_registry())
+    queues = {entry["queue"]: entry for entry in client.get("/scaling").get_json()["queues"]}
+    assert (queues["slotted"]["queued"], queues["slotted"]["desired_workers"]) == (40, 3)
+    assert (queues["mixed"]["queued"], queues["mixed"]["desired_workers"]) == (40, 40)
+    samples = scrape(client)
+    assert value(samples, "runner_queue_desired_workers", queue="slotted") == 3
+    assert value(samples, "runner_queue_desired_workers", queue="mixed") == 40
+
+
+def load(queue: str, *, queued: int = 0, running: int = 0, desired: int = 0) -> QueueLoad:
+    return QueueLoad(queue=queue, queued=queued, running=running, scheduled_due=0, oldest_age_seconds=0.0,
+                     workers=0, free_slots=0, desired_workers=desired)
+
+
+def test_the_pool_counts_running_slotted_jobs_in_workers_of_slots() -> None:
+    rules = scaling_rules(slotted_registry(), slots=16)
+    # 40 async jobs on the pool's 3 processes: they keep their 3, no more.
+    assert pool_wanted([load("slotted", running=40, desired=3)], rules, current=3) == 3
+    # 24 queued, 16 running on another machine's worker (none here): 2 more workers of 16 slots here.
+    assert pool_wanted([load("slotted", queued=24, running=16, desired=3)], rules, current=0) == 2
+    # Per job as before: 3 running, 1 queued, 1 process here: 2 of the running are elsewhere.
+    assert pool_wanted([load("mixed", queued=1, running=3, desired=4)], rules, current=1) == 2
+    # Both kinds on one pool: 2 plain jobs and 20 async ones running on its 4 processes.
+    assert pool_wanted([load("mixed", running=2, desired=2), load("slotted", running=20, desired=2)],
+                       rules, current=4) == 4
+
+
+def test_the_pool_sizes_a_slotted_queue_by_its_slots(connection: fakeredis.FakeRedis) -> None:
+    connection.rpush(queue_key("slotted"), *[f"job-{n}" for n in range(40)])
+    size = PoolSize(connection, ["slotted"], scaling_rules(slotted_registry(), slots=16), minimum=0, maximum=8,
+                    scale_down_after=0.0, outage=RedisOutage("redis://fake"))
+    assert size.target(current=0) == 3
