@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import re
 import sys
 import threading
 import time
@@ -13,12 +15,13 @@ from typing import Any
 
 import pytest
 
-import functions.text_generation as module
 from functions._markov import MODEL_NAME, MarkovChain, count_tokens, default_chain, model_tokens
-from functions._openai_stream import LLMUnavailable
+from functions._openai_stream import LLMUnavailable, SSEParser
 from functions.text_generation import derived_seed, text_generation
 from runner import PermanentError
+from runner.authoring import context
 from runner.errors import InvalidInput
+from tests.unit.test_job_context import FakeJob
 
 LOOPING_PROMPT = "It was the best of"  # greedy decoding loops on "times, it was the best of" forever
 
@@ -141,6 +144,11 @@ class FakeLLMHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+def generate(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run text_generation's coroutine to its end, as a worker's event loop does."""
+    return asyncio.run(text_generation(*args, **kwargs))
+
+
 @pytest.fixture(scope="module")
 def llm_server() -> Iterator[FakeLLMServer]:
     with FakeLLMServer() as server:
@@ -168,7 +176,7 @@ def offline_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_offline_greedy_continues_the_prompt_from_the_corpus() -> None:
-    outcome = text_generation(LOOPING_PROMPT, max_tokens=8, temperature=0)
+    outcome = generate(LOOPING_PROMPT, max_tokens=8, temperature=0)
     assert outcome == {
         "text": "times, it was the best of times",
         "model": MODEL_NAME,
@@ -180,13 +188,13 @@ def test_offline_greedy_continues_the_prompt_from_the_corpus() -> None:
 
 @pytest.mark.parametrize("max_tokens", [1, 7, 64, 300, 4096])
 def test_offline_produces_exactly_max_tokens_when_not_stopped(max_tokens: int) -> None:
-    outcome = text_generation(LOOPING_PROMPT, max_tokens=max_tokens, temperature=0)
+    outcome = generate(LOOPING_PROMPT, max_tokens=max_tokens, temperature=0)
     assert outcome["finish_reason"] == "length"
     assert outcome["usage"]["completion_tokens"] == max_tokens == count_tokens(outcome["text"])
 
 
 def test_offline_stops_at_the_end_of_a_paragraph() -> None:
-    outcome = text_generation("xyzzy", max_tokens=500, temperature=0.7, seed=4)
+    outcome = generate("xyzzy", max_tokens=500, temperature=0.7, seed=4)
     assert outcome["finish_reason"] == "stop"
     assert 0 < outcome["usage"]["completion_tokens"] < 500
     assert outcome["text"][-1] in ".!?"
@@ -194,31 +202,31 @@ def test_offline_stops_at_the_end_of_a_paragraph() -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_offline_same_seed_gives_same_text(seed: int) -> None:
-    first = text_generation("Tell me about the sea and the ship", max_tokens=40, temperature=1.0, seed=seed)
-    again = text_generation("Tell me about the sea and the ship", max_tokens=40, temperature=1.0, seed=seed)
+    first = generate("Tell me about the sea and the ship", max_tokens=40, temperature=1.0, seed=seed)
+    again = generate("Tell me about the sea and the ship", max_tokens=40, temperature=1.0, seed=seed)
     assert first == again
 
 
 def test_offline_different_seeds_give_different_texts() -> None:
-    texts = {text_generation("The world", max_tokens=40, temperature=1.0, seed=seed)["text"] for seed in range(5)}
+    texts = {generate("The world", max_tokens=40, temperature=1.0, seed=seed)["text"] for seed in range(5)}
     assert len(texts) == 5
 
 
 def test_offline_temperature_zero_ignores_the_seed() -> None:
-    texts = {text_generation("The nation", max_tokens=30, temperature=0, seed=seed)["text"] for seed in range(4)}
+    texts = {generate("The nation", max_tokens=30, temperature=0, seed=seed)["text"] for seed in range(4)}
     assert len(texts) == 1
 
 
 def test_offline_default_seed_comes_from_the_prompt() -> None:
-    first = text_generation("Liberty and the pursuit of", max_tokens=30, temperature=1.2)
-    assert first == text_generation("Liberty and the pursuit of", max_tokens=30, temperature=1.2)
-    assert first == text_generation("Liberty and the pursuit of", max_tokens=30, temperature=1.2,
+    first = generate("Liberty and the pursuit of", max_tokens=30, temperature=1.2)
+    assert first == generate("Liberty and the pursuit of", max_tokens=30, temperature=1.2)
+    assert first == generate("Liberty and the pursuit of", max_tokens=30, temperature=1.2,
                                     seed=derived_seed("Liberty and the pursuit of", None))
     assert derived_seed("a", None) != derived_seed("b", None) != derived_seed("b", "system")
 
 
 def test_offline_counts_system_text_as_prompt_tokens() -> None:
-    outcome = text_generation("Call me", max_tokens=3, temperature=0, system="You are Ishmael.")
+    outcome = generate("Call me", max_tokens=3, temperature=0, system="You are Ishmael.")
     assert outcome["usage"]["prompt_tokens"] == 2 + 4  # "Call me" + "You are Ishmael ."
     assert outcome["text"] == "Ishmael. Some"  # "call me" continues as the corpus does
 
@@ -227,14 +235,14 @@ def test_offline_counts_system_text_as_prompt_tokens() -> None:
 def test_offline_a_tiny_temperature_is_greedy_not_an_overflow(temperature: float) -> None:
     # Counts were raised to 1/T: 1e-300 overflowed (OverflowError in the worker, retried three times).
     # On a prompt without ties among the likeliest next tokens, it is the greedy choice every time.
-    greedy = text_generation(LOOPING_PROMPT, max_tokens=30, temperature=0, seed=1)
-    assert text_generation(LOOPING_PROMPT, max_tokens=30, temperature=temperature, seed=1) == greedy
+    greedy = generate(LOOPING_PROMPT, max_tokens=30, temperature=0, seed=1)
+    assert generate(LOOPING_PROMPT, max_tokens=30, temperature=temperature, seed=1) == greedy
 
 
 def test_offline_a_prompt_with_a_lone_surrogate_gets_its_default_seed() -> None:
     # JSON's "\ud800" is a str Python cannot encode as UTF-8: deriving the seed raised UnicodeEncodeError.
-    outcome = text_generation("\ud800 The nation", max_tokens=5, temperature=1.0)
-    assert outcome == text_generation("\ud800 The nation", max_tokens=5, temperature=1.0)
+    outcome = generate("\ud800 The nation", max_tokens=5, temperature=1.0)
+    assert outcome == generate("\ud800 The nation", max_tokens=5, temperature=1.0)
     assert derived_seed("\ud800", None) != derived_seed("\udfff", None)
 
 
@@ -253,10 +261,12 @@ def test_corpus_is_trained_once_per_process() -> None:
     assert len(default_chain().singles) > 400  # the shipped corpus, not an empty file
 
 
-def test_offline_progress_tracks_tokens_and_is_throttled(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[float, str]] = []
-    monkeypatch.setattr(module, "progress", lambda percent, message="": calls.append((percent, message)))
-    text_generation(LOOPING_PROMPT, max_tokens=1000, temperature=0)
+def test_offline_progress_tracks_tokens_and_is_throttled() -> None:
+    job = FakeJob("offline")
+    with context.running(job):  # the model runs in a thread: the job's context goes with it
+        generate(LOOPING_PROMPT, max_tokens=1000, temperature=0)
+    calls = job.reports
+    assert threading.get_ident() not in job.threads  # the CPU work ran off the event loop's thread
     percents = [percent for percent, _ in calls]
     assert percents == sorted(percents)
     assert calls[-1] == (100, "done")
@@ -268,7 +278,7 @@ def test_offline_progress_tracks_tokens_and_is_throttled(monkeypatch: pytest.Mon
 
 
 def test_remote_assembles_the_streamed_text(remote: FakeLLMServer) -> None:
-    outcome = text_generation("hello there brave new world", max_tokens=50, temperature=0.3, system="Be brief.")
+    outcome = generate("hello there brave new world", max_tokens=50, temperature=0.3, system="Be brief.")
     assert outcome == {
         "text": "HELLO THERE BRAVE NEW WORLD",
         "model": "fake-model",
@@ -279,7 +289,7 @@ def test_remote_assembles_the_streamed_text(remote: FakeLLMServer) -> None:
 
 
 def test_remote_request_carries_model_messages_and_key(remote: FakeLLMServer) -> None:
-    text_generation("hi", max_tokens=7, temperature=1.5, system="Be brief.", seed=42)
+    generate("hi", max_tokens=7, temperature=1.5, system="Be brief.", seed=42)
     (request,) = remote.requests
     assert request["path"] == "/v1/chat/completions"
     assert request["headers"]["Authorization"] == "Bearer sk-test-123"
@@ -296,7 +306,7 @@ def test_remote_base_url_with_or_without_v1(remote: FakeLLMServer, monkeypatch: 
     monkeypatch.setenv("RUNNER_LLM_BASE_URL", remote.base_url + suffix)
     monkeypatch.setenv("RUNNER_LLM_MODEL", "llama-3-8b")
     monkeypatch.delenv("RUNNER_LLM_API_KEY")
-    assert text_generation("ok")["text"] == "OK"
+    assert generate("ok")["text"] == "OK"
     (request,) = remote.requests
     assert request["path"] == "/v1/chat/completions"
     assert request["body"]["model"] == "llama-3-8b"
@@ -306,26 +316,28 @@ def test_remote_base_url_with_or_without_v1(remote: FakeLLMServer, monkeypatch: 
 
 
 def test_remote_cut_at_max_tokens_reports_length(remote: FakeLLMServer) -> None:
-    outcome = text_generation("one two three four five six", max_tokens=4)
+    outcome = generate("one two three four five six", max_tokens=4)
     assert (outcome["text"], outcome["finish_reason"]) == ("ONE TWO THREE FOUR", "length")
 
 
 def test_remote_without_usage_counts_tokens_itself(remote: FakeLLMServer) -> None:
-    outcome = text_generation("!nousage alpha beta", max_tokens=10, system="Be brief.")
+    outcome = generate("!nousage alpha beta", max_tokens=10, system="Be brief.")
     assert outcome["text"] == "!NOUSAGE ALPHA BETA"
     # Completion: 3 content chunks. Prompt: words and marks of "Be brief." (3) and "!nousage alpha beta" (4).
     assert outcome["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
 
 def test_remote_accepts_a_non_streamed_json_answer(remote: FakeLLMServer) -> None:
-    outcome = text_generation("!json a b", max_tokens=10)
+    outcome = generate("!json a b", max_tokens=10)
     assert (outcome["text"], outcome["model"], outcome["finish_reason"]) == ("!JSON A B", "fake-json", "stop")
 
 
-def test_remote_progress_follows_chunks(remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[float, str]] = []
-    monkeypatch.setattr(module, "progress", lambda percent, message="": calls.append((percent, message)))
-    text_generation(" ".join(["word"] * 40), max_tokens=40)
+def test_remote_progress_follows_chunks(remote: FakeLLMServer) -> None:
+    job = FakeJob("remote")
+    with context.running(job):
+        generate(" ".join(["word"] * 40), max_tokens=40)
+    calls = job.reports
+    assert threading.get_ident() not in job.threads  # each report was written off the event loop
     messages = [message for _, message in calls]
     assert messages[0] == "requesting a completion from gpt-4o-mini"
     assert "20 of at most 40 tokens generated" in messages
@@ -349,7 +361,7 @@ def test_remote_transient_failures_are_retried(
     monkeypatch.setenv("RUNNER_LLM_TIMEOUT", "0.3")
     started = time.monotonic()
     with pytest.raises(LLMUnavailable, match=message):
-        text_generation(prompt)
+        generate(prompt)
     assert time.monotonic() - started < 2  # the read timeout bounds a silent server
 
 
@@ -362,27 +374,83 @@ def test_remote_transient_failures_are_retried(
 )
 def test_remote_client_errors_are_permanent(remote: FakeLLMServer, prompt: str, message: str) -> None:
     with pytest.raises(PermanentError, match=message):
-        text_generation(prompt)
+        generate(prompt)
 
 
 def test_remote_rate_limit_then_success(remote: FakeLLMServer) -> None:
     with pytest.raises(LLMUnavailable, match="429"):
-        text_generation("!flaky unit")
-    assert text_generation("!flaky unit")["text"] == "!FLAKY UNIT"
+        generate("!flaky unit")
+    assert generate("!flaky unit")["text"] == "!FLAKY UNIT"
     assert len(remote.requests) == 2
 
 
 def test_remote_unreachable_server_is_transient(monkeypatch: pytest.MonkeyPatch, closed_port: int) -> None:
     monkeypatch.setenv("RUNNER_LLM_BASE_URL", f"http://127.0.0.1:{closed_port}")
-    with pytest.raises(LLMUnavailable, match="Cannot reach the LLM server"):
-        text_generation("hi")
+    with pytest.raises(LLMUnavailable, match=r"Cannot reach the LLM server at 127.0.0.1:\d+: \[Errno 111\] "
+                                              "Connection refused"):
+        generate("hi")
+
+
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                   "no_proxy", "NO_PROXY")
+
+
+def test_remote_goes_through_the_http_proxy_of_the_environment(
+    remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As urllib did: http_proxy is honoured. The fake server plays the proxy, so the name is never resolved.
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", remote.base_url.removeprefix("http://"))  # host:port, as urllib accepts
+    monkeypatch.setenv("RUNNER_LLM_BASE_URL", "http://llm.invalid:8000/v1")
+    assert generate("via the proxy")["text"] == "VIA THE PROXY"
+    (request,) = remote.requests
+    assert request["path"] == "http://llm.invalid:8000/v1/chat/completions"
+    assert request["headers"]["Host"] == "llm.invalid:8000"
+
+
+def test_remote_skips_the_proxy_for_no_proxy_hosts(
+    remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, closed_port: int
+) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{closed_port}")  # nothing there: using it would fail
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
+    assert generate("direct")["text"] == "DIRECT"
+    (request,) = remote.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["Accept-Encoding"] == "identity"  # nothing may hold the stream back to compress it
+
+
+@pytest.mark.parametrize(("url", "reason"), [("http://127.0.0.1:99999", "Port out of range"),
+                                             ("http://[::1:80", "Invalid IPv6 URL"),
+                                             ("http://llm:port", "Port could not be cast")])
+def test_an_unusable_base_url_is_permanent(monkeypatch: pytest.MonkeyPatch, url: str, reason: str) -> None:
+    # Before, these raised ValueError or OverflowError in the worker, which retried them three times.
+    monkeypatch.setenv("RUNNER_LLM_BASE_URL", url)
+    with pytest.raises(PermanentError, match=f"RUNNER_LLM_BASE_URL is not a usable URL: {re.escape(reason)}"):
+        generate("hi")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_sse_parser_reassembles_events_across_any_chunking(size: int) -> None:
+    stream = ": comment\r\n\r\ndata: {\"a\": \"é✓\"}\r\n\r\nevent: x\ndata: one\ndata:two\n\ndata: [DONE]".encode()
+    parser = SSEParser()
+    events = [event for start in range(0, len(stream), size) for event in parser.feed(stream[start:start + size])]
+    events += parser.close()
+    assert events == ['{"a": "é✓"}', "one\ntwo", "[DONE]"]
+
+
+def test_sse_parser_refuses_a_line_that_is_not_utf8() -> None:
+    with pytest.raises(LLMUnavailable, match="not UTF-8"):
+        SSEParser().feed(b"data: \xff\xfe\n")
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com", "127.0.0.1:8000", "localhost", "http://"])
 def test_only_http_base_urls_are_used(remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("RUNNER_LLM_BASE_URL", url)
     with pytest.raises(PermanentError, match="RUNNER_LLM_BASE_URL must be an http"):
-        text_generation("hi")
+        generate("hi")
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-5", "nan"])
@@ -390,7 +458,7 @@ def test_bad_timeout_setting_is_permanent(remote: FakeLLMServer, monkeypatch: py
                                           value: str) -> None:
     monkeypatch.setenv("RUNNER_LLM_TIMEOUT", value)
     with pytest.raises(PermanentError, match="RUNNER_LLM_TIMEOUT"):
-        text_generation("hi")
+        generate("hi")
     assert remote.requests == []
 
 
