@@ -5,6 +5,10 @@ Without `RUNNER_SMTP_URL` every message is written as one .eml file to
 kept as the job's `message.eml` artifact, which the API serves. The sender is `RUNNER_SMTP_FROM`
 (default "runner@localhost"); a caller's `from_address` must be allowed (functions._mail_sender).
 Every header value is checked as the e-mail library decodes it (functions._mail_headers).
+
+`threads=True`: smtplib waits on the network, so a worker runs many of these jobs at once in its
+thread pool. Nothing here is shared between jobs (each builds its own message, connection, TLS
+context and outbox file, named by its Message-ID), so that is safe.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ Subject = Annotated[
 ]
 
 
-@function(queue="demo_tasks", timeout=60, retries=3, backoff=[5, 30, 120])
+@function(queue="demo_tasks", timeout=60, retries=3, backoff=[5, 30, 120], threads=True)
 def send_notification_email(
     to: Annotated[list[EmailAddress], Field(min_length=1, max_length=MAX_RECIPIENTS)],
     subject: Subject,

@@ -9,10 +9,14 @@ Backend, chosen at call time:
   counted as words and punctuation marks, an estimate.
 - unset: a word-level Markov chain trained on public-domain prose (`functions/_corpus/`),
   deterministic for a given seed; the default seed is derived from the prompt and system text.
+
+An `async def` function: while it waits on the server, its worker runs other jobs on the same event
+loop. The offline model is CPU work, so it runs in a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from typing import Annotated, Any
@@ -22,7 +26,7 @@ from pydantic import Field
 from functions._env_settings import env_seconds, env_text
 from functions._markov import MODEL_NAME, count_tokens, default_chain, model_tokens
 from functions._openai_stream import ChatRequest, stream_chat
-from runner import function, progress
+from runner import aprogress, function, progress
 
 MAX_PROMPT_LENGTH = 20_000
 MAX_TOKENS_LIMIT = 4096
@@ -33,7 +37,7 @@ SEED_LIMIT = 2**63 - 1  # OpenAI's seed is a signed 64-bit integer
 
 
 @function(queue="ai_processing", timeout=120, retries=3, backoff=[2, 10, 30])
-def text_generation(
+async def text_generation(
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_LENGTH)],
     max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] = 128,
     temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 0.7,
@@ -43,8 +47,9 @@ def text_generation(
     """Generate text from a prompt (OpenAI-compatible server if configured, else an offline Markov model)."""
     base_url = env_text("RUNNER_LLM_BASE_URL")
     if base_url:
-        return _generate_remote(base_url, prompt, max_tokens, temperature, system, seed)
-    return _generate_offline(prompt, max_tokens, temperature, system, seed)
+        return await _generate_remote(base_url, prompt, max_tokens, temperature, system, seed)
+    # CPU work: in a thread (with this job's context), so the other jobs on the event loop go on meanwhile.
+    return await asyncio.to_thread(_generate_offline, prompt, max_tokens, temperature, system, seed)
 
 
 class _TokenProgress:
@@ -54,16 +59,28 @@ class _TokenProgress:
         self.max_tokens = max_tokens
         self.reported_step = -1
 
-    def __call__(self, count: int) -> None:
+    def due(self, count: int) -> tuple[float, str] | None:
+        """The report to make after `count` tokens, or None when the last one still stands."""
         # 5..95: the ends belong to "connecting"/"loading" and "done".
         percent = 5 + 90 * min(count, self.max_tokens) / self.max_tokens
         step = int(percent) // PROGRESS_STEP
-        if step > self.reported_step:
-            self.reported_step = step
-            progress(percent, f"{count} of at most {self.max_tokens} tokens generated")
+        if step <= self.reported_step:
+            return None
+        self.reported_step = step
+        return percent, f"{count} of at most {self.max_tokens} tokens generated"
+
+    def __call__(self, count: int) -> None:
+        """Report from the offline model's thread."""
+        if report := self.due(count):
+            progress(*report)
+
+    async def streamed(self, count: int) -> None:
+        """Report from the event loop, as the server's chunks arrive."""
+        if report := self.due(count):
+            await aprogress(*report)
 
 
-def _generate_remote(
+async def _generate_remote(
     base_url: str, prompt: str, max_tokens: int, temperature: float, system: str | None, seed: int | None
 ) -> dict[str, Any]:
     messages = ([{"role": "system", "content": system}] if system is not None else []) + [
@@ -79,14 +96,14 @@ def _generate_remote(
         api_key=env_text("RUNNER_LLM_API_KEY"),
         seed=seed,
     )
-    progress(2, f"requesting a completion from {request.model}")
-    completion = stream_chat(request, _TokenProgress(max_tokens))
+    await aprogress(2, f"requesting a completion from {request.model}")
+    completion = await stream_chat(request, _TokenProgress(max_tokens).streamed)
     usage = completion.usage
     if usage is None:
         prompt_tokens = sum(count_tokens(message["content"]) for message in messages)
         usage = _usage(prompt_tokens, completion.chunks)
     finish_reason = completion.finish_reason or ("length" if completion.chunks >= max_tokens else "stop")
-    progress(100, "done")
+    await aprogress(100, "done")
     return {
         "text": completion.text,
         "model": completion.model,

@@ -3,6 +3,7 @@
 Functions in `functions/` use only these names::
 
     from runner import PermanentError, UploadId, function, progress, save_artifact, upload_path, ...
+    from runner import aprogress, asave_artifact, aparent_results  # in an `async def` function
 
 They are loaded when first asked for, and load neither RQ, Redis nor SQLAlchemy; importing a
 subpackage (the HTTP client, say) does not load them at all.
@@ -15,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runner.authoring.context import (
+        aparent_results,
+        aprogress,
+        asave_artifact,
         current_attempt,
         invocation_history,
         invocation_summary,
@@ -31,6 +35,9 @@ if TYPE_CHECKING:
 _PUBLIC = {
     "PermanentError": "runner.errors",
     "UploadId": "runner.authoring.inputs",
+    "aparent_results": "runner.authoring.context",
+    "aprogress": "runner.authoring.context",
+    "asave_artifact": "runner.authoring.context",
     "current_attempt": "runner.authoring.context",
     "function": "runner.authoring.registry",
     "invocation_history": "runner.authoring.context",
@@ -44,6 +51,9 @@ _PUBLIC = {
 __all__ = [
     "PermanentError",
     "UploadId",
+    "aparent_results",
+    "aprogress",
+    "asave_artifact",
     "current_attempt",
     "function",
     "invocation_history",

@@ -9,6 +9,7 @@ nothing and `current_attempt` says 1.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -102,6 +103,21 @@ def save_artifact(name: str, data: bytes | str, media_type: str | None = None) -
     if job is None:
         raise RuntimeError("save_artifact is only called inside a job")
     return job.save_artifact(name, data.encode() if isinstance(data, str) else bytes(data), media_type)
+
+
+async def aprogress(percent: float, message: str = "") -> None:
+    """`progress` for an `async def` function: the write runs off the event loop."""
+    await asyncio.to_thread(progress, percent, message)
+
+
+async def aparent_results() -> dict[str, Any]:
+    """`parent_results` for an `async def` function: the read runs off the event loop."""
+    return await asyncio.to_thread(parent_results)
+
+
+async def asave_artifact(name: str, data: bytes | str, media_type: str | None = None) -> dict[str, Any]:
+    """`save_artifact` for an `async def` function: the file and its record are written off the event loop."""
+    return await asyncio.to_thread(save_artifact, name, data, media_type)
 
 
 def upload_path(upload_id: str) -> Path:

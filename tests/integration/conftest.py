@@ -28,6 +28,7 @@ from rq import Worker
 from runner.redis_connection import connect_redis
 from runner.store.models import InvocationRecord
 from tests.history import ReadingStore
+from tests.llm_server import FakeLLMServer
 from tests.servers import PostgresServer, RedisServer, find_postgres_bin, find_redis_server, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +41,8 @@ LOG_TAIL_CHARS = 3000
 HTTP_TIMEOUT = 15.0
 ROW_TIMEOUT = 10.0
 TERMINAL_STATUSES = frozenset({"finished", "failed", "canceled", "stopped"})
+# The slow LLM server's wait before each chunk: a 5-word prompt's answer takes 1 s to stream.
+SLOW_CHUNK_DELAY = 0.2
 # Variables of the outer environment that would leak into the processes under test.
 SCRUBBED_VARIABLES = frozenset({"REDIS_URL", "DATABASE_URL", "WEB_CONCURRENCY", "PORT", "HOST"})
 
@@ -429,6 +432,15 @@ def stack_factory(
     yield build
     while current:
         current.pop().stop()
+
+
+@pytest.fixture
+def slow_llm_server() -> Iterator[FakeLLMServer]:
+    """An OpenAI-compatible server on 127.0.0.1 (tests.llm_server) that waits SLOW_CHUNK_DELAY s before each
+    chunk of every answer, like a model that takes its time per token; `.environment()` points workers at
+    it, `.peak_in_flight` says how many answers it streamed at once."""
+    with FakeLLMServer(chunk_delay=SLOW_CHUNK_DELAY) as server:
+        yield server
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.integration.conftest import Stack
-from tests.unit.test_text_generation import FakeLLMServer, reply_chunks
+from tests.llm_server import FakeLLMServer, reply_chunks
 
 API_KEY = "sk-integration"
 RETRY_TIMEOUT = 30.0  # first backoff is 2 s, plus the scheduler's polling

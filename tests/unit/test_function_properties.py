@@ -11,6 +11,7 @@ JSON, as the worker requires.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -112,6 +113,8 @@ class Worker:
         with context.running(job):
             try:
                 result = spec.call(payload, validation)
+                if spec.is_async:  # a coroutine: the worker awaits it on its event loop, in the job's context
+                    result = asyncio.run(result)
             except PermanentError as exc:
                 assert str(exc), "a PermanentError says why"
                 return exc

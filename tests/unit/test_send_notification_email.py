@@ -7,7 +7,9 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -197,6 +199,56 @@ def test_outbox_progress(progress_calls: list[tuple[float, str]]) -> None:
                               (100, "written to the outbox")]
 
 
+class ThreadJob(ArtifactJob):
+    """A job of its own per thread; its progress reports wait until every thread has built its message."""
+
+    def __init__(self, directory: Path, job_id: str, barrier: threading.Barrier) -> None:
+        super().__init__(directory)
+        self.job_id, self.barrier = job_id, barrier
+
+    def report_progress(self, percent: int, message: str) -> None:
+        if percent in (30, 50):  # the message is built, and not yet sent or written
+            self.barrier.wait(10)
+
+    def save_artifact(self, name: str, content: bytes, media_type: str | None) -> dict[str, Any]:
+        entry = self.store.write(self.job_id, name, content, media_type)
+        self.entries.append(entry)
+        return entry
+
+
+@pytest.mark.parametrize("transport", ["outbox", "smtp"])
+def test_threads_at_once_each_send_their_own_message(
+    request: pytest.FixtureRequest, tmp_path: Path, transport: str
+) -> None:
+    # threads=True: a worker runs these jobs side by side in one process; none may see another's message.
+    smtp = request.getfixturevalue("smtp") if transport == "smtp" else None
+    count = 8
+    barrier = threading.Barrier(count)
+    jobs = [ThreadJob(tmp_path / "artifacts", f"job-{n}", barrier) for n in range(count)]
+
+    def send(number: int) -> dict[str, Any]:
+        with running(jobs[number]):
+            return send_notification_email([f"user{number}@example.com"], f"Subject {number}", f"Body {number}\n")
+
+    with ThreadPoolExecutor(count) as pool:
+        outcomes = list(pool.map(send, range(count)))
+    assert len({outcome["message_id"] for outcome in outcomes}) == count
+    for number, (job, outcome) in enumerate(zip(jobs, outcomes, strict=True)):
+        assert outcome["accepted"] == [f"user{number}@example.com"] and outcome["transport"] == transport
+        if transport == "outbox":
+            message = parse(job.store.path(job.job_id, "message.eml").read_bytes())
+            assert (message["Message-ID"], message["Subject"]) == (outcome["message_id"], f"Subject {number}")
+    if smtp is not None:
+        received = {tuple(envelope.rcpt_tos): parse(envelope.content) for envelope in smtp.envelopes}
+        assert len(smtp.envelopes) == count
+        for number, outcome in enumerate(outcomes):
+            message = received[(f"user{number}@example.com",)]
+            assert (message["Message-ID"], message["Subject"]) == (outcome["message_id"], f"Subject {number}")
+            assert text_and_html(message) == (f"Body {number}\n", None)
+    else:
+        assert len(outbox_files(tmp_path)) == count
+
+
 # ---- validation --------------------------------------------------------------------------------
 
 
@@ -275,6 +327,7 @@ def test_validation_fills_defaults() -> None:
 def test_declared_policy() -> None:
     spec = send_notification_email.__runner_function__  # type: ignore[attr-defined]
     assert (spec.queue, spec.timeout, spec.retries, spec.backoff) == ("demo_tasks", 60, 3, (5, 30, 120))
+    assert spec.threads and spec.runs_in_slots  # it waits on SMTP: many at once in a worker's threads
     assert spec.input_schema()["properties"]["to"]["items"]["format"] == "email"
 
 

@@ -2,143 +2,31 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import random
-import sys
+import re
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-import functions.text_generation as module
 from functions._markov import MODEL_NAME, MarkovChain, count_tokens, default_chain, model_tokens
-from functions._openai_stream import LLMUnavailable
+from functions._openai_stream import LLMUnavailable, SSEParser
 from functions.text_generation import derived_seed, text_generation
 from runner import PermanentError
+from runner.authoring import context
 from runner.errors import InvalidInput
+from tests.llm_server import FakeLLMServer
+from tests.unit.test_job_context import FakeJob
 
 LOOPING_PROMPT = "It was the best of"  # greedy decoding loops on "times, it was the best of" forever
 
 
-class FakeLLMServer(ThreadingHTTPServer):
-    """A real OpenAI-compatible chat server on 127.0.0.1 that streams the prompt back in upper case.
-
-    The reply is the user prompt's words, one SSE chunk each, cut at max_tokens. A prompt whose first
-    word is a scenario ("!429", "!500", "!400", "!401", "!slow", "!drop", "!json", "!garbage",
-    "!nousage") answers that way instead; "!flaky" answers 429 the first time it sees a prompt;
-    "!gated" streams half its chunks, then waits for `gate`. Usage counts prompt characters, so it
-    differs from ours.
-    """
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), FakeLLMHandler)
-        self.requests: list[dict[str, Any]] = []
-        self.release = threading.Event()  # "!slow" waits on it instead of answering
-        self.gate = threading.Event()  # "!gated" waits on it halfway through its stream
-        self.seen: set[str] = set()
-        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gives up mid-stream (as text_generation does on garbage) is expected here.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-    @property
-    def base_url(self) -> str:
-        """The server's base URL (without /v1)."""
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def __enter__(self) -> FakeLLMServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release.set()
-        self.gate.set()
-        self.shutdown()
-        self.server_close()
-        self.thread.join(5)
-
-
-def reply_chunks(prompt: str) -> list[str]:
-    """What the fake server streams for `prompt`: its upper-cased words, spaces kept."""
-    words = prompt.upper().split()
-    return [words[0], *(f" {word}" for word in words[1:])]
-
-
-class FakeLLMHandler(BaseHTTPRequestHandler):
-    """Serves POST /v1/chat/completions as described by FakeLLMServer."""
-
-    protocol_version = "HTTP/1.1"
-    server: FakeLLMServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return  # keep test output clean
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-        prompt = body["messages"][-1]["content"]
-        scenario = prompt.split()[0] if prompt.startswith("!") else "!stream"
-        if scenario == "!flaky" and prompt not in self.server.seen:
-            self.server.seen.add(prompt)
-            scenario = "!429"
-        if scenario in ("!429", "!500", "!400", "!401"):
-            message = {"!429": "Rate limit reached", "!500": "The engine crashed", "!400": "max_tokens is too large",
-                       "!401": "Incorrect API key provided"}[scenario]
-            self.send_json(int(scenario[1:]), {"error": {"message": message, "type": "invalid_request_error"}})
-            return
-        if scenario == "!slow":
-            self.server.release.wait(10)
-            return
-        chunks = reply_chunks(prompt)[: body["max_tokens"]]
-        finish = "length" if len(chunks) < len(reply_chunks(prompt)) else "stop"
-        characters = sum(len(message["content"]) for message in body["messages"])
-        usage = {"prompt_tokens": characters, "completion_tokens": len(chunks)}
-        usage["total_tokens"] = characters + len(chunks)
-        if scenario == "!json":
-            choice = {"index": 0, "message": {"role": "assistant", "content": "".join(chunks)}, "finish_reason": finish}
-            self.send_json(200, {"model": "fake-json", "choices": [choice], "usage": usage})
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        self.send_event(": keep-alive comment\n\n")
-        self.send_event(data={"model": "fake-model", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
-        for number, chunk in enumerate(chunks):
-            if scenario == "!garbage" and number == 1:
-                self.send_event("data: {not json\n\n")
-            if scenario == "!gated" and number == len(chunks) // 2:
-                self.server.gate.wait(10)
-            if scenario == "!drop" and number == 2:
-                self.wfile.write(b"0\r\n\r\n")  # end of body, no finish_reason, no [DONE]
-                return
-            self.send_event(data={"model": "fake-model", "choices": [{"index": 0, "delta": {"content": chunk}}]})
-        self.send_event(data={"model": "fake-model", "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-        if scenario != "!nousage":
-            self.send_event(data={"model": "fake-model", "choices": [], "usage": usage})
-        self.send_event("data: [DONE]\n\n")
-        self.wfile.write(b"0\r\n\r\n")
-
-    def send_json(self, status: int, body: dict[str, Any]) -> None:
-        raw = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def send_event(self, text: str = "", data: dict[str, Any] | None = None) -> None:
-        """One HTTP chunk holding `text` or one `data:` event, flushed at once as a real stream would be."""
-        raw = (text or f"data: {json.dumps(data)}\n\n").encode()
-        self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
-        self.wfile.flush()
+def generate(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run text_generation's coroutine to its end, as a worker's event loop does."""
+    return asyncio.run(text_generation(*args, **kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +56,7 @@ def offline_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_offline_greedy_continues_the_prompt_from_the_corpus() -> None:
-    outcome = text_generation(LOOPING_PROMPT, max_tokens=8, temperature=0)
+    outcome = generate(LOOPING_PROMPT, max_tokens=8, temperature=0)
     assert outcome == {
         "text": "times, it was the best of times",
         "model": MODEL_NAME,
@@ -180,13 +68,13 @@ def test_offline_greedy_continues_the_prompt_from_the_corpus() -> None:
 
 @pytest.mark.parametrize("max_tokens", [1, 7, 64, 300, 4096])
 def test_offline_produces_exactly_max_tokens_when_not_stopped(max_tokens: int) -> None:
-    outcome = text_generation(LOOPING_PROMPT, max_tokens=max_tokens, temperature=0)
+    outcome = generate(LOOPING_PROMPT, max_tokens=max_tokens, temperature=0)
     assert outcome["finish_reason"] == "length"
     assert outcome["usage"]["completion_tokens"] == max_tokens == count_tokens(outcome["text"])
 
 
 def test_offline_stops_at_the_end_of_a_paragraph() -> None:
-    outcome = text_generation("xyzzy", max_tokens=500, temperature=0.7, seed=4)
+    outcome = generate("xyzzy", max_tokens=500, temperature=0.7, seed=4)
     assert outcome["finish_reason"] == "stop"
     assert 0 < outcome["usage"]["completion_tokens"] < 500
     assert outcome["text"][-1] in ".!?"
@@ -194,31 +82,31 @@ def test_offline_stops_at_the_end_of_a_paragraph() -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_offline_same_seed_gives_same_text(seed: int) -> None:
-    first = text_generation("Tell me about the sea and the ship", max_tokens=40, temperature=1.0, seed=seed)
-    again = text_generation("Tell me about the sea and the ship", max_tokens=40, temperature=1.0, seed=seed)
+    first = generate("Tell me about the sea and the ship", max_tokens=40, temperature=1.0, seed=seed)
+    again = generate("Tell me about the sea and the ship", max_tokens=40, temperature=1.0, seed=seed)
     assert first == again
 
 
 def test_offline_different_seeds_give_different_texts() -> None:
-    texts = {text_generation("The world", max_tokens=40, temperature=1.0, seed=seed)["text"] for seed in range(5)}
+    texts = {generate("The world", max_tokens=40, temperature=1.0, seed=seed)["text"] for seed in range(5)}
     assert len(texts) == 5
 
 
 def test_offline_temperature_zero_ignores_the_seed() -> None:
-    texts = {text_generation("The nation", max_tokens=30, temperature=0, seed=seed)["text"] for seed in range(4)}
+    texts = {generate("The nation", max_tokens=30, temperature=0, seed=seed)["text"] for seed in range(4)}
     assert len(texts) == 1
 
 
 def test_offline_default_seed_comes_from_the_prompt() -> None:
-    first = text_generation("Liberty and the pursuit of", max_tokens=30, temperature=1.2)
-    assert first == text_generation("Liberty and the pursuit of", max_tokens=30, temperature=1.2)
-    assert first == text_generation("Liberty and the pursuit of", max_tokens=30, temperature=1.2,
+    first = generate("Liberty and the pursuit of", max_tokens=30, temperature=1.2)
+    assert first == generate("Liberty and the pursuit of", max_tokens=30, temperature=1.2)
+    assert first == generate("Liberty and the pursuit of", max_tokens=30, temperature=1.2,
                                     seed=derived_seed("Liberty and the pursuit of", None))
     assert derived_seed("a", None) != derived_seed("b", None) != derived_seed("b", "system")
 
 
 def test_offline_counts_system_text_as_prompt_tokens() -> None:
-    outcome = text_generation("Call me", max_tokens=3, temperature=0, system="You are Ishmael.")
+    outcome = generate("Call me", max_tokens=3, temperature=0, system="You are Ishmael.")
     assert outcome["usage"]["prompt_tokens"] == 2 + 4  # "Call me" + "You are Ishmael ."
     assert outcome["text"] == "Ishmael. Some"  # "call me" continues as the corpus does
 
@@ -227,14 +115,14 @@ def test_offline_counts_system_text_as_prompt_tokens() -> None:
 def test_offline_a_tiny_temperature_is_greedy_not_an_overflow(temperature: float) -> None:
     # Counts were raised to 1/T: 1e-300 overflowed (OverflowError in the worker, retried three times).
     # On a prompt without ties among the likeliest next tokens, it is the greedy choice every time.
-    greedy = text_generation(LOOPING_PROMPT, max_tokens=30, temperature=0, seed=1)
-    assert text_generation(LOOPING_PROMPT, max_tokens=30, temperature=temperature, seed=1) == greedy
+    greedy = generate(LOOPING_PROMPT, max_tokens=30, temperature=0, seed=1)
+    assert generate(LOOPING_PROMPT, max_tokens=30, temperature=temperature, seed=1) == greedy
 
 
 def test_offline_a_prompt_with_a_lone_surrogate_gets_its_default_seed() -> None:
     # JSON's "\ud800" is a str Python cannot encode as UTF-8: deriving the seed raised UnicodeEncodeError.
-    outcome = text_generation("\ud800 The nation", max_tokens=5, temperature=1.0)
-    assert outcome == text_generation("\ud800 The nation", max_tokens=5, temperature=1.0)
+    outcome = generate("\ud800 The nation", max_tokens=5, temperature=1.0)
+    assert outcome == generate("\ud800 The nation", max_tokens=5, temperature=1.0)
     assert derived_seed("\ud800", None) != derived_seed("\udfff", None)
 
 
@@ -253,10 +141,12 @@ def test_corpus_is_trained_once_per_process() -> None:
     assert len(default_chain().singles) > 400  # the shipped corpus, not an empty file
 
 
-def test_offline_progress_tracks_tokens_and_is_throttled(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[float, str]] = []
-    monkeypatch.setattr(module, "progress", lambda percent, message="": calls.append((percent, message)))
-    text_generation(LOOPING_PROMPT, max_tokens=1000, temperature=0)
+def test_offline_progress_tracks_tokens_and_is_throttled() -> None:
+    job = FakeJob("offline")
+    with context.running(job):  # the model runs in a thread: the job's context goes with it
+        generate(LOOPING_PROMPT, max_tokens=1000, temperature=0)
+    calls = job.reports
+    assert threading.get_ident() not in job.threads  # the CPU work ran off the event loop's thread
     percents = [percent for percent, _ in calls]
     assert percents == sorted(percents)
     assert calls[-1] == (100, "done")
@@ -268,7 +158,7 @@ def test_offline_progress_tracks_tokens_and_is_throttled(monkeypatch: pytest.Mon
 
 
 def test_remote_assembles_the_streamed_text(remote: FakeLLMServer) -> None:
-    outcome = text_generation("hello there brave new world", max_tokens=50, temperature=0.3, system="Be brief.")
+    outcome = generate("hello there brave new world", max_tokens=50, temperature=0.3, system="Be brief.")
     assert outcome == {
         "text": "HELLO THERE BRAVE NEW WORLD",
         "model": "fake-model",
@@ -279,7 +169,7 @@ def test_remote_assembles_the_streamed_text(remote: FakeLLMServer) -> None:
 
 
 def test_remote_request_carries_model_messages_and_key(remote: FakeLLMServer) -> None:
-    text_generation("hi", max_tokens=7, temperature=1.5, system="Be brief.", seed=42)
+    generate("hi", max_tokens=7, temperature=1.5, system="Be brief.", seed=42)
     (request,) = remote.requests
     assert request["path"] == "/v1/chat/completions"
     assert request["headers"]["Authorization"] == "Bearer sk-test-123"
@@ -296,7 +186,7 @@ def test_remote_base_url_with_or_without_v1(remote: FakeLLMServer, monkeypatch: 
     monkeypatch.setenv("RUNNER_LLM_BASE_URL", remote.base_url + suffix)
     monkeypatch.setenv("RUNNER_LLM_MODEL", "llama-3-8b")
     monkeypatch.delenv("RUNNER_LLM_API_KEY")
-    assert text_generation("ok")["text"] == "OK"
+    assert generate("ok")["text"] == "OK"
     (request,) = remote.requests
     assert request["path"] == "/v1/chat/completions"
     assert request["body"]["model"] == "llama-3-8b"
@@ -306,26 +196,28 @@ def test_remote_base_url_with_or_without_v1(remote: FakeLLMServer, monkeypatch: 
 
 
 def test_remote_cut_at_max_tokens_reports_length(remote: FakeLLMServer) -> None:
-    outcome = text_generation("one two three four five six", max_tokens=4)
+    outcome = generate("one two three four five six", max_tokens=4)
     assert (outcome["text"], outcome["finish_reason"]) == ("ONE TWO THREE FOUR", "length")
 
 
 def test_remote_without_usage_counts_tokens_itself(remote: FakeLLMServer) -> None:
-    outcome = text_generation("!nousage alpha beta", max_tokens=10, system="Be brief.")
+    outcome = generate("!nousage alpha beta", max_tokens=10, system="Be brief.")
     assert outcome["text"] == "!NOUSAGE ALPHA BETA"
     # Completion: 3 content chunks. Prompt: words and marks of "Be brief." (3) and "!nousage alpha beta" (4).
     assert outcome["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
 
 def test_remote_accepts_a_non_streamed_json_answer(remote: FakeLLMServer) -> None:
-    outcome = text_generation("!json a b", max_tokens=10)
+    outcome = generate("!json a b", max_tokens=10)
     assert (outcome["text"], outcome["model"], outcome["finish_reason"]) == ("!JSON A B", "fake-json", "stop")
 
 
-def test_remote_progress_follows_chunks(remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[float, str]] = []
-    monkeypatch.setattr(module, "progress", lambda percent, message="": calls.append((percent, message)))
-    text_generation(" ".join(["word"] * 40), max_tokens=40)
+def test_remote_progress_follows_chunks(remote: FakeLLMServer) -> None:
+    job = FakeJob("remote")
+    with context.running(job):
+        generate(" ".join(["word"] * 40), max_tokens=40)
+    calls = job.reports
+    assert threading.get_ident() not in job.threads  # each report was written off the event loop
     messages = [message for _, message in calls]
     assert messages[0] == "requesting a completion from gpt-4o-mini"
     assert "20 of at most 40 tokens generated" in messages
@@ -349,7 +241,7 @@ def test_remote_transient_failures_are_retried(
     monkeypatch.setenv("RUNNER_LLM_TIMEOUT", "0.3")
     started = time.monotonic()
     with pytest.raises(LLMUnavailable, match=message):
-        text_generation(prompt)
+        generate(prompt)
     assert time.monotonic() - started < 2  # the read timeout bounds a silent server
 
 
@@ -362,27 +254,83 @@ def test_remote_transient_failures_are_retried(
 )
 def test_remote_client_errors_are_permanent(remote: FakeLLMServer, prompt: str, message: str) -> None:
     with pytest.raises(PermanentError, match=message):
-        text_generation(prompt)
+        generate(prompt)
 
 
 def test_remote_rate_limit_then_success(remote: FakeLLMServer) -> None:
     with pytest.raises(LLMUnavailable, match="429"):
-        text_generation("!flaky unit")
-    assert text_generation("!flaky unit")["text"] == "!FLAKY UNIT"
+        generate("!flaky unit")
+    assert generate("!flaky unit")["text"] == "!FLAKY UNIT"
     assert len(remote.requests) == 2
 
 
 def test_remote_unreachable_server_is_transient(monkeypatch: pytest.MonkeyPatch, closed_port: int) -> None:
     monkeypatch.setenv("RUNNER_LLM_BASE_URL", f"http://127.0.0.1:{closed_port}")
-    with pytest.raises(LLMUnavailable, match="Cannot reach the LLM server"):
-        text_generation("hi")
+    with pytest.raises(LLMUnavailable, match=r"Cannot reach the LLM server at 127.0.0.1:\d+: \[Errno 111\] "
+                                              "Connection refused"):
+        generate("hi")
+
+
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                   "no_proxy", "NO_PROXY")
+
+
+def test_remote_goes_through_the_http_proxy_of_the_environment(
+    remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As urllib did: http_proxy is honoured. The fake server plays the proxy, so the name is never resolved.
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", remote.base_url.removeprefix("http://"))  # host:port, as urllib accepts
+    monkeypatch.setenv("RUNNER_LLM_BASE_URL", "http://llm.invalid:8000/v1")
+    assert generate("via the proxy")["text"] == "VIA THE PROXY"
+    (request,) = remote.requests
+    assert request["path"] == "http://llm.invalid:8000/v1/chat/completions"
+    assert request["headers"]["Host"] == "llm.invalid:8000"
+
+
+def test_remote_skips_the_proxy_for_no_proxy_hosts(
+    remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, closed_port: int
+) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{closed_port}")  # nothing there: using it would fail
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
+    assert generate("direct")["text"] == "DIRECT"
+    (request,) = remote.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["Accept-Encoding"] == "identity"  # nothing may hold the stream back to compress it
+
+
+@pytest.mark.parametrize(("url", "reason"), [("http://127.0.0.1:99999", "Port out of range"),
+                                             ("http://[::1:80", "Invalid IPv6 URL"),
+                                             ("http://llm:port", "Port could not be cast")])
+def test_an_unusable_base_url_is_permanent(monkeypatch: pytest.MonkeyPatch, url: str, reason: str) -> None:
+    # Before, these raised ValueError or OverflowError in the worker, which retried them three times.
+    monkeypatch.setenv("RUNNER_LLM_BASE_URL", url)
+    with pytest.raises(PermanentError, match=f"RUNNER_LLM_BASE_URL is not a usable URL: {re.escape(reason)}"):
+        generate("hi")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_sse_parser_reassembles_events_across_any_chunking(size: int) -> None:
+    stream = ": comment\r\n\r\ndata: {\"a\": \"é✓\"}\r\n\r\nevent: x\ndata: one\ndata:two\n\ndata: [DONE]".encode()
+    parser = SSEParser()
+    events = [event for start in range(0, len(stream), size) for event in parser.feed(stream[start:start + size])]
+    events += parser.close()
+    assert events == ['{"a": "é✓"}', "one\ntwo", "[DONE]"]
+
+
+def test_sse_parser_refuses_a_line_that_is_not_utf8() -> None:
+    with pytest.raises(LLMUnavailable, match="not UTF-8"):
+        SSEParser().feed(b"data: \xff\xfe\n")
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com", "127.0.0.1:8000", "localhost", "http://"])
 def test_only_http_base_urls_are_used(remote: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("RUNNER_LLM_BASE_URL", url)
     with pytest.raises(PermanentError, match="RUNNER_LLM_BASE_URL must be an http"):
-        text_generation("hi")
+        generate("hi")
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-5", "nan"])
@@ -390,7 +338,7 @@ def test_bad_timeout_setting_is_permanent(remote: FakeLLMServer, monkeypatch: py
                                           value: str) -> None:
     monkeypatch.setenv("RUNNER_LLM_TIMEOUT", value)
     with pytest.raises(PermanentError, match="RUNNER_LLM_TIMEOUT"):
-        text_generation("hi")
+        generate("hi")
     assert remote.requests == []
 
 
