@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint typecheck unit integration bench bench-scale clean
+.PHONY: dev test lint typecheck unit integration bench bench-waiting bench-scale clean
 
 $(BIN)/python:
 	@echo "Creating the virtualenv $(VENV) (once)..."
@@ -46,6 +46,11 @@ $(VENV)/.bench-installed: requirements.txt requirements-bench.txt | $(BIN)/pytho
 bench: $(VENV)/.bench-installed
 	@bench/ensure-wrk
 	$(BIN)/python -m bench.run $(ARGS)
+
+## Only the waiting-jobs section of `make bench`: no-op and 100 ms jobs, ours async and threaded against
+## Dramatiq and Celery thread pools (about 5 minutes; ARGS=--quick checks the harness in about 1)
+bench-waiting: $(VENV)/.bench-installed
+	$(BIN)/python -m bench.waiting $(ARGS)
 
 ## Costs as the work grows (PostgreSQL with 1,000,000 history rows, 100,000 queued jobs, prune):
 ## about 15 minutes on 2 cores; ARGS=--quick checks the harness in about 2

@@ -6,6 +6,7 @@ Each engine starts its own worker processes on the benchmark's Redis, runs a bat
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,6 +80,8 @@ class Engine:
     """Worker processes of one engine, and how to feed them."""
 
     name = "engine"
+    # The kinds of job it runs (fill's `kind`): "noop" everywhere, "calc" ours, "wait" the waiting section's.
+    kinds: tuple[str, ...] = ("noop",)
 
     def __init__(self, redis_url: str, workdir: Path) -> None:
         self.redis_url = redis_url
@@ -149,6 +152,7 @@ class RunnerEngine(Engine):
 
     name = "runner"
     queue_key = "rq:queue:bench"
+    kinds: tuple[str, ...] = ("noop", "calc")
 
     def __init__(self, redis_url: str, workdir: Path, database_url: str | None = None) -> None:
         # SQLite in the work folder unless given (`make bench` gives a PostgreSQL it started too).
@@ -183,6 +187,8 @@ class RunnerEngine(Engine):
         return ("noop", {}) if kind == "noop" else ("simple_calculation", {"expression": "(2+3)*4-5/2"})
 
     def fill(self, count: int, kind: str = "noop") -> Callable[[], bool]:
+        from sqlalchemy import func
+
         from runner.services.invocation import enqueue_invocation
         from runner.store.models import InvocationRecord
 
@@ -194,10 +200,17 @@ class RunnerEngine(Engine):
             enqueue_invocation(spec, payload, self.backends)
 
         def done() -> bool:
-            # Done means the SQL rows say finished: the store updates are part of the work.
+            # Done means the SQL rows say finished: the store updates are part of the work. A failed
+            # job ends the batch at once: its engine is broken, and waiting out the timeout says less.
             with self.backends.store.session() as session:
-                finished = session.query(InvocationRecord).filter(InvocationRecord.status == "finished").count()
-            return bool(finished >= count)
+                counts = dict(session.query(InvocationRecord.status, func.count())
+                              .group_by(InvocationRecord.status).all())
+                if counts.get("failed"):
+                    error = session.query(InvocationRecord.error).filter(InvocationRecord.status == "failed") \
+                        .limit(1).scalar()
+                    raise RuntimeError(f"{counts['failed']} {name} jobs failed on {self.name}, one with "
+                                       f"{json.dumps(error)[:300]}")
+            return bool(counts.get("finished", 0) >= count)
 
         return done
 
@@ -268,9 +281,10 @@ class CeleryEngine(Engine):
     def __init__(self, redis_url: str, workdir: Path) -> None:
         super().__init__(redis_url, workdir)
         os.environ["BENCH_REDIS_URL"] = redis_url
-        from bench.celery_app import app, noop
+        from bench.celery_app import app, noop, wait
 
         self.app, self.task = app, noop
+        self.tasks = {"noop": noop, "wait": wait}
 
     def start(self, workers: int) -> None:
         self.spawn([sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "-P", "prefork",
@@ -279,7 +293,8 @@ class CeleryEngine(Engine):
         wait_until(lambda: bool(self.app.control.ping(timeout=0.5)), 60, "celery worker")
 
     def fill(self, count: int, kind: str = "noop") -> Callable[[], bool]:
-        results = [self.task.delay() for _ in range(count)]
+        task = self.tasks[kind]
+        results = [task.delay() for _ in range(count)]
         ready = 0
 
         def done() -> bool:

@@ -5,7 +5,7 @@ Redis on a free loopback port and its own PostgreSQL (tests/servers.py's, fsync 
 table of figures and ratios and writes bench/results/<date>.json. Loads are bounded in count and
 time and stay on 127.0.0.1.
 Usage: python -m bench.run [--jobs N] [--drain-jobs N] [--latency N] [--http-seconds S] [--memory-jobs N]
-                           [--rounds N] [--idle-seconds S] [--quick] [--autoscale-only]
+                           [--rounds N] [--idle-seconds S] [--waiting-jobs N] [--quick] [--autoscale-only]
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def throughput(engines: list[Engine], jobs: int, kind: str, redis_pid: int, roun
     runs: dict[str, list[tuple[float, dict[str, float]]]] = {}
     for round_number in range(1, rounds + 1):
         for engine in engines:
-            if kind != "noop" and not isinstance(engine, RunnerEngine):
+            if kind not in engine.kinds:
                 continue
 
             def batch(e: Engine) -> tuple[float, dict[str, float]]:
@@ -119,11 +119,11 @@ def _cpu_now(engine: Engine, redis_pid: int) -> tuple[float, float, float]:
     return engine.cpu_seconds(), usage.ru_utime + usage.ru_stime, cpu_seconds(redis_pid)
 
 
-def drain_rate(engine: Engine, workers: int, jobs: int) -> float:
+def drain_rate(engine: Engine, workers: int, jobs: int, kind: str = "noop") -> float:
     """jobs/s of `workers` of `engine` alone: the queue is filled while no worker runs, and the
     clock runs from the first job taken to the last result, so the producer's cost is left out."""
     engine.connection.flushall()
-    done = engine.fill(jobs)
+    done = engine.fill(jobs, kind)
     waiting = engine.connection.llen(engine.queue_key)
     first_taken: list[float] = []
 
@@ -313,12 +313,14 @@ def main() -> None:
     parser.add_argument("--memory-jobs", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=3, help="throughput, latency and HTTP turns per engine")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="how long an idle pool's CPU is measured")
+    parser.add_argument("--waiting-jobs", type=int, default=800,
+                        help="100 ms jobs per batch in the waiting-jobs section (its no-op batches: --jobs)")
     parser.add_argument("--quick", action="store_true", help="small counts, to check the harness")
     parser.add_argument("--autoscale-only", action="store_true", help="only the autoscaling section")
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.latency, args.http_seconds, args.memory_jobs, args.rounds = 200, 30, 2, 300, 1
-        args.drain_jobs, args.idle_seconds = 500, 20.0
+        args.drain_jobs, args.idle_seconds, args.waiting_jobs = 500, 20.0, 80
     workdir = Path(tempfile.mkdtemp(prefix="runner-bench-"))
     # The store on PostgreSQL too, started as the tests start it (tests/servers.py: fsync off).
     with EmbeddedRedis(workdir / "redis", appendonly=False) as server, PostgresServer(workdir / "postgres") as pg:
@@ -353,6 +355,11 @@ def main() -> None:
         print("autoscaling (a pool of 0..max(2, cores) against warm and fixed workers)", flush=True)
         results["autoscale"] = autoscaling(url, workdir, jobs=args.jobs, rounds=args.rounds,
                                            idle_seconds=args.idle_seconds, percentiles=percentiles)
+        if not args.autoscale_only:
+            from bench.waiting import waiting_section  # it builds on this module's helpers
+
+            results["waiting"] = waiting_section(url, workdir, noop_jobs=args.jobs, waiting_jobs=args.waiting_jobs,
+                                                 rounds=args.rounds)
     if not args.autoscale_only:
         from bench.replication import measure_wait  # it builds on this module's helpers
 
@@ -363,6 +370,10 @@ def main() -> None:
         results["targets"] = targets(results["ratios"])
         print_table(results)
     print_autoscale(results["autoscale"])
+    if "waiting" in results:
+        from bench.waiting import print_waiting
+
+        print_waiting(results["waiting"])
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     suffix = "-autoscale" if args.autoscale_only else ""  # a partial run keeps the day's full one
     target = RESULTS_DIR / f"{datetime.now(UTC).strftime('%Y-%m-%d')}{suffix}.json"
