@@ -186,7 +186,8 @@ def wait_until_logged(worker: ManagedProcess, pattern: str) -> str:
     found: list[str] = []
 
     def logged() -> bool:
-        found[:] = [line for line in worker.log_path.read_text(errors="replace").splitlines() if re.search(pattern, line)]
+        lines = worker.log_path.read_text(errors="replace").splitlines()
+        found[:] = [line for line in lines if re.search(pattern, line)]
         return bool(found)
 
     wait_until(logged, 10, f"a log line matching {pattern!r}")
