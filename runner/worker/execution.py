@@ -145,7 +145,10 @@ async def run_invocation_async(job: Job, deadline: asyncio.Timeout, stopped: Cal
     """Run one attempt of `job`, whose function is `async def`, on this thread's event loop (the job is
     current in the task's context); `deadline` bounds it, `stopped` says whether its cancellation was a stop."""
     function_name, payload = str(job.args[0]), job.args[1]
-    attempt = await asyncio.to_thread(_open_attempt, job, function_name)  # Redis round trips, off the loop
+    if getattr(job, "attempt_begun", False):
+        attempt = _open_attempt(job, function_name)
+    else:  # a `concurrency` slot to take first: Redis round trips, off the loop
+        attempt = await asyncio.to_thread(_open_attempt, job, function_name)
     if isinstance(attempt, Retry):
         return attempt
     with attempt.running():
