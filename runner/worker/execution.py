@@ -137,7 +137,7 @@ def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:
             return deferral()
         _begin_here(job)
         holds_slot, limit_key = slot.holds_slot, slot.limit_key
-    traced = {"runner.job_id": job.id, "runner.function": function_name, "messaging.destination.name": job.origin}
+    traced = tracing.job_attributes(job.id, function_name, job.origin)
     tracing.record_queue_wait(job.meta.get(tracing.TRACEPARENT), job.enqueued_at, traced)
     try:
         spec = environment.registry.get(function_name)
@@ -225,7 +225,8 @@ class RunningJob:
             with guarded_by_fence(pipeline, job, fence_of(job)):
                 queue_meta(pipeline, job)
                 if journal_row and self.environment.store is not None:
-                    journal.append(pipeline, job.id, _progress_values(job), fence=fence_of(job))
+                    journal.append(pipeline, job.id, _progress_values(job), fence=fence_of(job),
+                                   traceparent=tracing.traceparent_of(job.meta))
             execute_as_script(job.connection, pipeline)
 
 
