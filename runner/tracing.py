@@ -28,6 +28,7 @@ TRACEPARENT = "traceparent"
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 _tracer: Any = None  # an opentelemetry Tracer once start_tracing ran with tracing configured
+_provider: Any = None  # its TracerProvider
 
 
 def tracing_configured(environ: Mapping[str, str] | None = None) -> bool:
@@ -43,7 +44,7 @@ def start_tracing(service_name: str, *, batched: bool = True) -> None:
     `batched=False` exports each span as it ends, from the thread that ends it, with no exporter
     thread: for a process that forks (the worker's supervisor) and records a span only rarely.
     """
-    global _tracer
+    global _tracer, _provider
     if not tracing_configured():
         return
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -55,7 +56,14 @@ def start_tracing(service_name: str, *, batched: bool = True) -> None:
     provider = TracerProvider(resource=resource)  # flushed at exit (shutdown_on_exit)
     processor = BatchSpanProcessor if batched else SimpleSpanProcessor
     provider.add_span_processor(processor(OTLPSpanExporter()))
-    _tracer = provider.get_tracer("runner")
+    _tracer, _provider = provider.get_tracer("runner"), provider
+
+
+def flush() -> None:
+    """Send the spans this process still holds, before an `os._exit` (which skips the SDK's own flush
+    at exit); waits for the collector as an export does (OTEL_EXPORTER_OTLP_TIMEOUT). Nothing when off."""
+    if _provider is not None:
+        _provider.force_flush()
 
 
 def tracing_on() -> bool:

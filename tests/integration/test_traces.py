@@ -18,7 +18,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from runner.rq_seam.keys import job_key, worker_key
-from tests.integration.conftest import Stack, work_processes
+from tests.integration.conftest import Stack, wait_until, work_processes
 from tests.receiver import CallbackReceiver
 
 SpanInfo = dict[str, Any]
@@ -162,3 +162,26 @@ def test_an_attempt_whose_process_was_killed_shows_in_the_trace_before_its_retry
     assert lost["start"] < killed_at < lost["end"] <= retried["start"]
     assert retried["parent"] == request["id"] and not retried["error"]
     assert store_entries(trace) and all(s["parent"] == request["id"] for s in trace if s["name"] == STORE_SPAN)
+
+
+def test_a_worker_that_stops_sends_the_spans_it_still_holds(
+        stack_factory: Callable[..., Stack], collector: CallbackReceiver) -> None:
+    # The web process exports every 100 ms; the worker would wait 10 minutes: only its flush at exit sends them.
+    stack = stack_factory(extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"},
+                          workers=0)
+    worker = stack.processes.start_worker({**stack.env, "OTEL_BSP_SCHEDULE_DELAY": "600000"}, "holding-worker")
+    wait_until(lambda: stack.worker_count() == 1, 20, "the worker to register")
+    accepted = stack.invoke("fails_first", {})
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["id"]
+    assert stack.wait_until_terminal(job_id, timeout=30)["status"] == "finished"
+
+    def worker_spans() -> list[SpanInfo]:
+        return [s for s in trace_of_job(collector, job_id) if s["service"] == "runner-worker"]
+
+    wait_for_trace(collector, job_id, lambda trace: REQUEST_SPAN in {s["name"] for s in trace})
+    assert worker_spans() == []  # held in the worker
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    names = {s["name"] for s in worker_spans()}
+    assert {"queue wait", "attempt 1", "attempt 2"} <= names, names
