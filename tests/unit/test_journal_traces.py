@@ -22,6 +22,7 @@ from runner.authoring.registry import Registry
 from runner.journal import entries as journal
 from runner.journal.projector import Projector
 from runner.services.backends import Backends
+from runner.services.control import cancel_job, retry_job
 from runner.services.invocation import enqueue_invocation
 from runner.store.models import utcnow
 from runner.store.sql_store import Store
@@ -98,6 +99,21 @@ def test_an_invocations_new_row_carries_the_trace_it_was_accepted_in(
     context = request.get_span_context()
     assert traceparent is not None and traceparent.split("-")[1:3] == [f"{context.trace_id:032x}",
                                                                         f"{context.span_id:016x}"]
+
+
+def test_a_cancel_and_a_retry_of_a_traced_job_write_in_its_trace(
+    backends: Backends, connection: fakeredis.FakeRedis, registry: Registry, exported: InMemorySpanExporter
+) -> None:
+    with tracing.span("request") as request:
+        job_id = enqueue_invocation(registry.get(RETRIED), {}, backends).id
+    [(stream_id, fields)] = connection.xrange(journal.JOURNAL_KEY)
+    accepted = journal.decode(stream_id, fields[b"e"]).traceparent
+    cancel_job(job_id, backends)  # still queued: canceled at once
+    assert retry_job(job_id, backends, registry).status == "queued"
+    written = [journal.decode(stream_id, fields[b"e"]) for stream_id, fields in connection.xrange(journal.JOURNAL_KEY)]
+    assert [entry.values["status"] for entry in written] == ["queued", "canceled", "queued"]
+    assert accepted is not None and {entry.traceparent for entry in written} == {accepted}
+    assert format(request.get_span_context().trace_id, "032x") in accepted
 
 
 # The projector's spans
