@@ -176,5 +176,5 @@ def record_lost_attempt(traceparent: str | None, attempt: int, since: datetime |
     if _tracer is None or settled is None:
         return
     started = nanoseconds(since) if since is not None else settled
-    record_span(f"attempt {attempt}", traceparent, started, {**attributes, "runner.attempt": attempt,
-                "runner.retry_cause": reason}, kind="CONSUMER", error=reason, ended=settled)
+    lost = {**attributes, "runner.attempt": attempt, "runner.retry_cause": reason}
+    record_span(f"attempt {attempt}", traceparent, started, lost, kind="CONSUMER", error=reason, ended=settled)
