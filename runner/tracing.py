@@ -8,7 +8,10 @@ One trace per invocation: the API request (api/tracing.py) and, under it, the en
 carries the W3C `traceparent` of the request in its meta (`TRACEPARENT`), so each attempt in a
 worker (one span per attempt, its wait in the queue before it, the retry cause on a failed one)
 and the delivery of its completion callback join the same trace, on whatever host they run.
-When off, every function here returns at once: no span, no meta field, no SDK or exporter imported.
+The job's journal entries carry it too (runner.journal.entries), so the projector records each
+entry's SQL write in that trace (`store.apply`), and recovery records an attempt whose worker died
+(`attempt N`, an error saying why) in the process that settled it.
+When off, every function here returns at once: no span, no meta or entry field, no SDK or exporter imported.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ TRACEPARENT = "traceparent"
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 _tracer: Any = None  # an opentelemetry Tracer once start_tracing ran with tracing configured
+_provider: Any = None  # its TracerProvider
 
 
 def tracing_configured(environ: Mapping[str, str] | None = None) -> bool:
@@ -34,25 +38,54 @@ def tracing_configured(environ: Mapping[str, str] | None = None) -> bool:
     return not disabled and any(env.get(name, "").strip() for name in ENDPOINT_VARIABLES)
 
 
-def start_tracing(service_name: str) -> None:
-    """In this process (after any fork): export spans as the OTEL_* variables say; nothing when unset."""
-    global _tracer
+def start_tracing(service_name: str, *, batched: bool = True) -> None:
+    """In this process (after any fork): export spans as the OTEL_* variables say; nothing when unset.
+
+    `batched=False` exports each span as it ends, from the thread that ends it, with no exporter
+    thread: for a process that forks (the worker's supervisor) and records a span only rarely.
+    """
+    global _tracer, _provider
     if not tracing_configured():
         return
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or service_name})
     provider = TracerProvider(resource=resource)  # flushed at exit (shutdown_on_exit)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    _tracer = provider.get_tracer("runner")
+    processor = BatchSpanProcessor if batched else SimpleSpanProcessor
+    provider.add_span_processor(processor(OTLPSpanExporter()))
+    _tracer, _provider = provider.get_tracer("runner"), provider
+
+
+def flush() -> None:
+    """Send the spans this process still holds, before an `os._exit` (which skips the SDK's own flush
+    at exit); waits for the collector as an export does (OTEL_EXPORTER_OTLP_TIMEOUT). Nothing when off."""
+    if _provider is not None:
+        _provider.force_flush()
 
 
 def tracing_on() -> bool:
     """Whether this process records spans."""
     return _tracer is not None
+
+
+def traceparent_of(meta: Mapping[str, Any]) -> str | None:
+    """The traceparent in a job's meta, for its journal entries; None when off (entries stay small)."""
+    if _tracer is None:
+        return None
+    return meta.get(TRACEPARENT) or None
+
+
+def job_attributes(job_id: str, function: str, queue: str) -> dict[str, Any]:
+    """The attributes of a span about one job's attempt."""
+    return {"runner.job_id": job_id, "runner.function": function, "messaging.destination.name": queue}
+
+
+def clock() -> int | None:
+    """Now, in nanoseconds since the epoch, to start a span recorded later; None when off."""
+    return time.time_ns() if _tracer is not None else None
 
 
 def current_traceparent() -> str | None:
@@ -90,17 +123,34 @@ def span(name: str, *, traceparent: str | None = None, kind: str = "INTERNAL",
         yield current
 
 
+def record_span(name: str, traceparent: str | None, started: int, attributes: Mapping[str, Any], *,
+                kind: str = "INTERNAL", error: str | None = None, ended: int | None = None) -> None:
+    """A span that began at `started` and ended at `ended` or now (ns since the epoch), in `traceparent`'s
+    trace; `error` marks it failed and says why (nothing when off)."""
+    if _tracer is None:
+        return
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    now = time.time_ns() if ended is None else ended
+    recorded = _tracer.start_span(name, context=_context_of(traceparent), kind=SpanKind[kind],
+                                  start_time=min(started, now), attributes=dict(attributes))
+    if error is not None:
+        recorded.set_status(Status(StatusCode.ERROR, error))
+    recorded.end(end_time=now)
+
+
 def record_queue_wait(traceparent: str | None, since: datetime | None, attributes: Mapping[str, Any]) -> None:
     """A span for the time a job waited in its queue, from `since` until now (nothing when off)."""
     if _tracer is None or since is None:
         return
-    if since.tzinfo is None:  # RQ keeps UTC without saying so
-        since = since.replace(tzinfo=UTC)
-    started = int(since.timestamp() * 1e9)
-    now = time.time_ns()
-    waited = _tracer.start_span("queue wait", context=_context_of(traceparent), start_time=min(started, now),
-                                attributes=dict(attributes))
-    waited.end(end_time=now)
+    record_span("queue wait", traceparent, nanoseconds(since), attributes)
+
+
+def nanoseconds(moment: datetime) -> int:
+    """A moment as nanoseconds since the epoch (RQ's naive datetimes are UTC)."""
+    if moment.tzinfo is None:  # RQ keeps UTC without saying so
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1e9)
 
 
 @contextmanager
@@ -117,3 +167,14 @@ def attempt_span(traceparent: str | None, attempt: int, attributes: Mapping[str,
             message = getattr(exc, "message", None) or str(exc)
             current.set_attribute("runner.retry_cause", f"{type(exc).__name__}: {message}"[:500])
             raise
+
+
+def record_lost_attempt(traceparent: str | None, attempt: int, since: datetime | None, settled: int | None,
+                        reason: str, attributes: Mapping[str, Any]) -> None:
+    """An attempt whose process died, or was stopped, before it ended its own span: from its start
+    until `settled` (from `clock`), failed, saying why (`runner.retry_cause`); nothing when off."""
+    if _tracer is None or settled is None:
+        return
+    started = nanoseconds(since) if since is not None else settled
+    lost = {**attributes, "runner.attempt": attempt, "runner.retry_cause": reason}
+    record_span(f"attempt {attempt}", traceparent, started, lost, kind="CONSUMER", error=reason, ended=settled)

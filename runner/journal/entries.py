@@ -15,6 +15,7 @@ applied twice (a projector that died between its commit and its delete) changes 
 Keys::
 
     runner:journal         stream; field `e` of each entry is JSON [job id, fence, new row?, values]
+                           and, when tracing is on, the job's traceparent (runner.tracing) last
     runner:journal:lease   the name of the projector that applies the journal now (SET NX PX)
 """
 
@@ -45,23 +46,31 @@ class Entry:
     fence: int
     new: bool
     values: dict[str, Any]
+    traceparent: str | None = None
 
 
 def append(commands: Pipeline | redis.Redis, job_id: str, values: dict[str, Any], *, fence: int,
-           new: bool = False) -> None:
+           new: bool = False, traceparent: str | None = None) -> None:
     """Queue the journal entry of one row write in `commands` (new rows carry every column)."""
-    commands.xadd(JOURNAL_KEY, {ENTRY_FIELD: encode(job_id, values, fence=fence, new=new)})
+    commands.xadd(JOURNAL_KEY, {ENTRY_FIELD: encode(job_id, values, fence=fence, new=new, traceparent=traceparent)})
 
 
-def encode(job_id: str, values: dict[str, Any], *, fence: int, new: bool = False) -> str:
-    """An entry's field value."""
-    return json.dumps([job_id, fence, new, values_to_json(values)], separators=(",", ":"))
+def encode(job_id: str, values: dict[str, Any], *, fence: int, new: bool = False,
+           traceparent: str | None = None) -> str:
+    """An entry's field value; the traceparent, only when there is one, so the projector's write
+    joins the job's trace (runner.tracing.traceparent_of gives None when tracing is off)."""
+    fields: list[Any] = [job_id, fence, new, values_to_json(values)]
+    if traceparent:
+        fields.append(traceparent)
+    return json.dumps(fields, separators=(",", ":"))
 
 
 def decode(stream_id: bytes | str, raw: bytes | str) -> Entry:
     """An entry read back from the stream."""
-    job_id, fence, new, values = json.loads(raw)
-    return Entry(position_of(stream_id), str(job_id), int(fence), bool(new), values_from_json(values))
+    fields = json.loads(raw)
+    job_id, fence, new, values = fields[:4]
+    traceparent = str(fields[4]) if len(fields) > 4 else None
+    return Entry(position_of(stream_id), str(job_id), int(fence), bool(new), values_from_json(values), traceparent)
 
 
 def position_of(stream_id: bytes | str) -> int:

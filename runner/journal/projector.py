@@ -11,6 +11,9 @@ make that a no-op. While the database is away the entries wait in Redis, in orde
 Reads of history that must see every accepted job first apply what waits
 (runner.journal.reads), lease or not: applying an entry twice changes nothing, and the store
 lets one applier in at a time.
+
+With tracing on (runner.tracing), each applied entry that carries its job's traceparent gets a
+`store.apply` span in that job's trace, from the start of its batch's transaction to its commit.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, cast
 
 import redis
 
+from runner import tracing
 from runner.errors import BackendUnavailable
 from runner.journal.entries import (
     ENTRY_FIELD,
@@ -85,6 +89,20 @@ def _updated_at(values: dict[str, Any], position: int, insert: bool) -> datetime
     return datetime.fromtimestamp(position // POSITION_SCALE / 1000, UTC)
 
 
+def record_store_writes(entries: Sequence[Entry], began: int, system: str) -> None:
+    """A `store.apply` span per entry with a traceparent, in its job's trace: its batch's transaction,
+    begun at `began` (ns since the epoch) and committed now, and how long the entry waited in the journal."""
+    for entry in entries:
+        if entry.traceparent is None:
+            continue
+        written_ms = entry.position // POSITION_SCALE  # when Redis took the entry (its stream id)
+        tracing.record_span("store.apply", entry.traceparent, began, {
+            "runner.job_id": entry.job_id, "db.system": system, "runner.journal.batch_size": len(entries),
+            "runner.journal.wait_seconds": max(0.0, began / 1e9 - written_ms / 1000), "runner.fence": entry.fence,
+            "runner.journal.entry_id": stream_id_of(entry.position),
+        }, kind="CLIENT")
+
+
 class Projector:
     """Applies the journal to one store."""
 
@@ -107,7 +125,10 @@ class Projector:
         if not batch:
             return 0
         entries = [entry for _stream_id, entry in batch]
+        began = tracing.clock()  # None when tracing is off
         self.store.apply(fold(entries))
+        if began is not None:
+            record_store_writes(entries, began, self.store.engine.dialect.name)
         self.connection.xdel(JOURNAL_KEY, *[stream_id for stream_id, _entry in batch])
         self._last_id = stream_id_of(entries[-1].position)
         return len(entries)

@@ -22,6 +22,7 @@ from rq.job import Job
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
+from runner import tracing
 from runner.authoring.registry import Registry
 from runner.authoring.spec import FunctionSpec
 from runner.errors import JobNotFound, StateConflict
@@ -193,7 +194,8 @@ def requeue_ended_job(job_id: str, backends: Backends, registry: Registry, *, re
                 source.remove(job, pipeline=pipeline)
             queue_requeue(pipeline, job, queue_for(job.origin, backends.connection))
             if job.func_name == ENTRY_POINT:
-                journal.append(pipeline, job_id, row_values(job, JobStatus.QUEUED), fence=fence)
+                journal.append(pipeline, job_id, row_values(job, JobStatus.QUEUED), fence=fence,
+                               traceparent=tracing.traceparent_of(job.meta))
     except redis.WatchError:
         if spec is not None and reserve:
             release_waiting_place(backends.connection, spec.name, job_id)

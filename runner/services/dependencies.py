@@ -24,6 +24,7 @@ from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from runner import tracing
 from runner.errors import BackendUnavailable, InvalidInput
 from runner.journal import entries as journal
 from runner.journal.reads import read_history
@@ -166,7 +167,8 @@ def _release(connection: redis.Redis, job_id: str) -> None:
                 job.meta["progress"] = {"percent": 0, "message": JobStatus.QUEUED.value}
                 queue_meta(pipeline, job)
                 queue_requeue(pipeline, job, queue_for(job.origin, connection))
-                journal.append(pipeline, job_id, row_values(job, JobStatus.QUEUED), fence=fence_of(fields))
+                journal.append(pipeline, job_id, row_values(job, JobStatus.QUEUED), fence=fence_of(fields),
+                               traceparent=tracing.traceparent_of(job.meta))
                 pipeline.execute()
                 return
             except redis.WatchError:

@@ -129,10 +129,11 @@ def submit_job(spec: FunctionSpec, job_id: str, arguments: dict[str, Any], backe
             queue_job(pipe, queue, job_id, job_fields(template, spec, arguments, meta, created_at))
         if meta.get(DEADLINE_META) is not None:
             queue_deadline(pipe, job_id, float(meta[DEADLINE_META]))
+        traceparent = tracing.traceparent_of(meta)  # the SQL write joins the trace (None when off)
         if row is not None:
-            journal.append(pipe, job_id, row.column_values(), fence=fence, new=True)
+            journal.append(pipe, job_id, row.column_values(), fence=fence, new=True, traceparent=traceparent)
         elif row_values is not None:
-            journal.append(pipe, job_id, row_values, fence=fence)
+            journal.append(pipe, job_id, row_values, fence=fence, traceparent=traceparent)
         if event is not None:
             emit_into(pipe, event)
         # Other threads' new jobs may travel in the same call (see group_commit).

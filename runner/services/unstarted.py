@@ -16,6 +16,7 @@ from redis.client import Pipeline
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from runner import tracing
 from runner.journal import entries as journal
 from runner.journal.ends import announce_ends
 from runner.journal.rows import row_values
@@ -40,7 +41,8 @@ def queue_cancel(pipeline: Pipeline, job: Job, fence: int, error: dict[str, str]
         job.meta.pop("error", None)
     queue_meta(pipeline, job)
     if job.func_name == ENTRY_POINT:
-        journal.append(pipeline, job.id, row_values(job, JobStatus.CANCELED, ended_at=utcnow()), fence=fence)
+        journal.append(pipeline, job.id, row_values(job, JobStatus.CANCELED, ended_at=utcnow()), fence=fence,
+                       traceparent=tracing.traceparent_of(job.meta))
 
 
 def end_unstarted_job(connection: redis.Redis, job_id: str, reason: Callable[[Job], dict[str, str] | None], *,

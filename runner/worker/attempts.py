@@ -21,6 +21,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.utils import now
 
+from runner import tracing
 from runner.journal import entries as journal
 from runner.journal.ends import announce_ends
 from runner.journal.rows import row_values
@@ -74,7 +75,8 @@ def queue_history(pipeline: Pipeline, job: Job, status: str, event: JobEvent | N
                   connection: redis.Redis, *, result: Any = None) -> AfterSent:
     """Queue the row's journal entry (and the end token when `status` ends the job, and the
     listeners' writes of `event`); what to do once sent: tell the other listeners, if it held."""
-    journal.append(pipeline, job.id, row_values(job, status, result=result), fence=fence_of(job))
+    journal.append(pipeline, job.id, row_values(job, status, result=result), fence=fence_of(job),
+                   traceparent=tracing.traceparent_of(job.meta))
     if status == JobStatus.STARTED:
         forget_deadline(pipeline, job)  # it started in time: it never expires now
     if status in TERMINAL_STATUSES:

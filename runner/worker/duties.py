@@ -26,6 +26,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.worker import WorkerStatus
 
+from runner import tracing
 from runner.errors import BackendUnavailable
 from runner.journal.projector import start_projector_thread, stop_projector_thread
 from runner.redis_connection import REDIS_ERRORS
@@ -203,3 +204,6 @@ class Duties:
             thread, stop = projector
             stop_projector_thread(thread, stop, worker.connection, worker.store, f"worker:{worker.name}",
                                   PROJECTOR_STOP_SECONDS)
+        # Their last spans (those writes, an attempt put back): a work process ends with os._exit, which
+        # skips the SDK's own flush at exit.
+        tracing.flush()

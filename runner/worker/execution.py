@@ -185,8 +185,7 @@ class _Attempt:
     def running(self) -> Iterator[None]:
         """Run the attempt's code inside: its span, its job context, its error recorded, its slot released."""
         job = self.job
-        traced = {"runner.job_id": job.id, "runner.function": self.function_name,
-                  "messaging.destination.name": job.origin}
+        traced = tracing.job_attributes(job.id, self.function_name, job.origin)
         tracing.record_queue_wait(job.meta.get(tracing.TRACEPARENT), job.enqueued_at, traced)
         try:
             with tracing.attempt_span(job.meta.get(tracing.TRACEPARENT), int(job.meta.get("attempts", 1)), traced), \
@@ -286,7 +285,8 @@ class RunningJob:
             with guarded_by_fence(pipeline, job, fence_of(job)):
                 queue_meta(pipeline, job)
                 if journal_row and self.environment.store is not None:
-                    journal.append(pipeline, job.id, _progress_values(job), fence=fence_of(job))
+                    journal.append(pipeline, job.id, _progress_values(job), fence=fence_of(job),
+                                   traceparent=tracing.traceparent_of(job.meta))
             execute_as_script(job.connection, pipeline)
 
 

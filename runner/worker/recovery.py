@@ -5,7 +5,8 @@ between jobs and while it watches its own job, looks through the started registr
 queues for executions silent past their window, and for jobs claimed by dead workers (see
 runner.worker.claims). Each execution is settled in one Redis transaction that watches the job,
 so when several workers find it at once only one settles it; the transaction carries the row's
-journal entry (runner.worker.attempts), and a `retried` or `failed` lifecycle event follows.
+journal entry (runner.worker.attempts), and a `retried` or `failed` lifecycle event follows. With
+tracing on, the settling process records the lost attempt's span, which its own process never ended.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.utils import as_text, parse_composite_key
 
+from runner import tracing
 from runner.rq_seam.bookkeeping import RunnerJob, fence_of, queue_forget_execution
+from runner.rq_seam.job_reads import job_status
 from runner.rq_seam.keys import (
     DEAD_AFTER_FIELD,
     EXECUTION_HEARTBEAT_FIELD,
@@ -35,6 +38,7 @@ from runner.rq_seam.keys import (
     workers_by_queue_key,
 )
 from runner.rq_seam.queues import queue_for
+from runner.status import JobStatus
 from runner.worker.attempts import function_of, queue_abandoned
 from runner.worker.claims import claimants, forget_claimant, return_claims
 from runner.worker.liveness import Liveness, parse_number
@@ -128,9 +132,13 @@ def recover_entry(connection: redis.Redis, entry: StartedEntry, *, reason: str =
                 pipeline.execute()
                 log.warning("abandoned execution %s of a job that no longer exists: dropped", entry.member)
                 return None
+            # The lost attempt, for its span: read before the settlement changes them.
+            began, attempt_started = job_status(job) == JobStatus.STARTED, job.started_at
+            running_attempt = max(int(job.meta.get("attempts", 0)), 1)
             queue_forget_execution(pipeline, job, entry.execution_id)
             settled = queue_abandoned(pipeline, job, queue_for(job.origin, connection), connection,
                                       reason=reason, count_attempt=count_attempt)
+            settled_at = tracing.clock()  # the lost attempt's end: before its retry can start (None when off)
             pipeline.execute()
         except redis.WatchError:
             return None  # the job changed under us (it ended, or another worker got there first)
@@ -139,6 +147,9 @@ def recover_entry(connection: redis.Redis, entry: StartedEntry, *, reason: str =
     log.warning("job %s (%s): %s; %s, attempt %d", job.id, recovery.function, reason, recovery.status,
                 recovery.attempt)
     settled.after(True)
+    if began and settled_at is not None:  # its process never ended the attempt's own span
+        tracing.record_lost_attempt(job.meta.get(tracing.TRACEPARENT), running_attempt, attempt_started, settled_at,
+                                    reason, tracing.job_attributes(job.id, recovery.function, job.origin))
     return recovery
 
 

@@ -84,6 +84,9 @@ def run_worker(queue_names: Sequence[str], settings: Settings, *, burst: bool = 
                         scaling_rules(registry, settings.worker_slots),
                         minimum=pool[0], maximum=pool[1], scale_down_after=settings.scale_down_after_seconds,
                         outage=RedisOutage(settings.redis_url))
+    # This process records the attempts of work processes that died (runner.worker.recovery); each
+    # span is sent as it ends, so no exporter thread is running when it forks.
+    tracing.start_tracing("runner-worker", batched=False)
     supervisor = ProcessSupervisor(work, queue_names=queues, connection=backends.connection,
                                    grace_seconds=settings.worker_grace_seconds, outage=RedisOutage(settings.redis_url),
                                    pool=size)

@@ -201,6 +201,19 @@ class ProcessSet:
         return "\n".join(f"----- {p.name} ({p.log_path}) -----\n{p.log_tail()}" for p in self.processes)
 
 
+def work_processes(parent: int) -> list[int]:
+    """The live direct children of `parent` (a pool's work processes), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == parent and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
     """Poll `condition` until it holds and return how long that took; fail naming `what` after `timeout` seconds."""
     started = time.monotonic()

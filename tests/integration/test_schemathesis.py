@@ -34,9 +34,11 @@ MAX_EXAMPLES = 20
 REQUEST_TIMEOUT = 10
 TIME_BUDGET_SECONDS = 60
 # The event stream is long-lived; gated_progress (a test probe) holds a worker until a gate file appears,
-# attempt_report (another) for the seconds it is given; record_run (another) appends to the file its input names.
+# attempt_report and held_first (others) for the seconds they are given; record_run (another) appends to the file
+# its input names.
 SKIPPED_PATHS = ("/jobs/{job_id}/events", "/functions/gated_progress/invocations",
-                 "/functions/attempt_report/invocations", "/functions/record_run/invocations")
+                 "/functions/attempt_report/invocations", "/functions/held_first/invocations",
+                 "/functions/record_run/invocations")
 CHECKS = [not_a_server_error, response_schema_conformance, response_headers_conformance, status_code_conformance,
           content_type_conformance]
 CALLBACK_HEADER = "X-Callback-Url"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from rq import Worker
 
-from tests.integration.conftest import PYTHON, ManagedProcess, ProcessSet, Stack, wait_until
+from tests.integration.conftest import PYTHON, ManagedProcess, ProcessSet, Stack, wait_until, work_processes
 
 QUEUE = "demo_tasks"
 MAX = 3
@@ -30,19 +30,6 @@ SCALE_DOWN_AFTER = "1"
 def stack(stack_factory: Callable[..., Stack]) -> Stack:
     """Web processes with no worker: the pools of the tests are the only ones."""
     return stack_factory(workers=0)
-
-
-def work_processes(parent: int) -> list[int]:
-    """The live direct children of `parent` (a pool's work processes), from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError):
-            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-            if int(ppid) == parent and state != "Z":
-                found.append(int(entry.name))
-    return found
 
 
 def start_pool(spawn: ProcessSet, stack: Stack, *, minimum: int = 0, maximum: int = MAX, idle: bool = True,

@@ -22,6 +22,10 @@ api.tracing.install_tracing(app)
 tracing.start_tracing("x")
 with tracing.span("s"), tracing.attempt_span(None, 1, {}):
     tracing.record_queue_wait(None, None, {})
+    tracing.record_span("x", None, 0, {})
+    tracing.record_lost_attempt(None, 1, None, tracing.clock(), "worker died", {})
+assert tracing.clock() is None and tracing.traceparent_of({"traceparent": "00-1-2-01"}) is None
+tracing.flush()
 print(tracing.tracing_on(), tracing.current_traceparent(), dict(app.before_request_funcs),
       sorted(m for m in sys.modules if m.startswith(("opentelemetry.exporter", "opentelemetry.sdk.trace"))))
 """

@@ -30,3 +30,12 @@ def fails_first() -> dict:
     if current_attempt() == 1:
         raise RuntimeError("the first attempt fails")
     return {"attempt": current_attempt()}
+
+
+@function(queue="demo_tasks", timeout=60, retries=1)
+def held_first(seconds: Annotated[float, Field(ge=0, le=30)] = 0.0) -> dict:
+    """Hold the first attempt for `seconds` (long enough for a test to kill its process), finish the next at once."""
+    progress(50, f"attempt {current_attempt()}")
+    if current_attempt() == 1:
+        time.sleep(seconds)
+    return {"attempt": current_attempt()}
