@@ -192,3 +192,23 @@ def wait_until_logged(worker: ManagedProcess, pattern: str) -> str:
 
     wait_until(logged, 10, f"a log line matching {pattern!r}")
     return found[0]
+
+
+def test_a_concurrency_limit_holds_among_jobs_in_flight(stack: Stack, tmp_path: Path) -> None:
+    only_worker(stack, "limited")
+    gate = tmp_path / "gate"
+    ids = invoke_all(stack, "limited_async", [{"gate": str(gate), "tag": n} for n in range(5)])
+    wait_until(lambda: sum(stack.job(job_id)["progress"]["percent"] == 50 for job_id in ids) == 2, 20,
+               "two of the limited jobs to run")
+    # Sixteen slots free, yet the others wait for the function's own limit: put back, no attempt counted.
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        views = [stack.job(job_id) for job_id in ids]
+        assert sum(view["progress"]["percent"] == 50 for view in views) == 2, views
+        assert sum(view["attempts"] for view in views) == 2, views
+        time.sleep(0.1)
+
+    gate.touch()
+    views = [stack.wait_until_terminal(job_id, timeout=30) for job_id in ids]
+    assert [(view["status"], view["attempts"], view["result"]["tag"]) for view in views] == \
+        [("finished", 1, n) for n in range(5)]

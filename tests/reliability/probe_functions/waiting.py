@@ -83,3 +83,15 @@ async def spin_async(seconds: Annotated[float, Field(gt=0, le=10)] = 1.0) -> dic
     while time.monotonic() < deadline:
         spins += 1
     return {"spins": spins}
+
+
+@function(queue="waiting", timeout=120, concurrency=2)
+async def limited_async(gate: str, tag: int = 0) -> dict:
+    """At most 2 at once across workers (`concurrency`): report 50 %, wait for the gate, finish."""
+    progress(50, "waiting for the gate")
+    deadline = time.monotonic() + GATE_TIMEOUT_SECONDS
+    while not Path(gate).exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("gate never opened")
+        await asyncio.sleep(GATE_POLL_SECONDS)
+    return {"tag": tag}
