@@ -18,19 +18,23 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
+import redis
 from redis.client import Pipeline
+from rq.exceptions import DeserializationError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.results import Result
+from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
-from runner.rq_seam.keys import DEAD_AFTER_FIELD, FENCE_FIELD, META_FIELD, STATUS_FIELD
+from runner.rq_seam.keys import DEAD_AFTER_FIELD, FENCE_FIELD, META_FIELD, STATUS_FIELD, job_key
 from runner.rq_seam.scripts import DIFFERS, EQUALS, guard
 
+R = TypeVar("R")
 _running: ContextVar[Job | None] = ContextVar("runner_rq_job", default=None)
 
 
@@ -61,6 +65,35 @@ class RunnerJob(Job):
         finally:
             _running.reset(token)
         return self.outcome
+
+
+@contextmanager
+def changing_job(connection: redis.Redis, job_id: str) -> Iterator[tuple[Pipeline, RunnerJob | None, int]]:
+    """A transaction on one job: the pipeline (watching the job's hash, in MULTI), the job as read then
+    (None when Redis does not hold it, or it is no runner job) and its fence; what the block queues runs at
+    its end (`pipeline.reset()` to leave the job as it is). Raises redis.WatchError when it changed meanwhile."""
+    with connection.pipeline() as pipeline:
+        pipeline.watch(job_key(job_id))  # type: ignore[no-untyped-call]
+        fields = cast(dict[bytes, bytes], pipeline.hgetall(job_key(job_id)))
+        job: RunnerJob | None = None
+        if fields:
+            job = RunnerJob(job_id, connection=connection, serializer=JSONSerializer)
+            try:
+                job.restore(fields)  # type: ignore[arg-type]
+            except DeserializationError:
+                job = None
+        pipeline.multi()
+        yield pipeline, job, fence_of(fields)
+        pipeline.execute()
+
+
+def retried_on_change(change: Callable[[], R]) -> R:
+    """`change()`, again for as long as a job it watched changed meanwhile (redis.WatchError)."""
+    while True:
+        try:
+            return change()
+        except redis.WatchError:
+            continue
 
 
 def fence_of(fields: dict[bytes, bytes]) -> int:

@@ -25,7 +25,7 @@ this list against the classes). Here:
 - handle_payload: the stop-job command names one of the jobs in flight (`stop_in_flight`), which RQ's
   handler, knowing one current job only, would ignore.
 - kill_horse: the stop-job command interrupts the job in this process (there is no work horse).
-- _start_scheduler (in runner.rq_seam.scheduler_start.SchedulerStartingWorker): RQ's, with a
+- _start_scheduler: RQ's (in runner.rq_seam.scheduler_start.SchedulerStartingWorker), with a
   scheduler whose process ends quietly when Redis goes away (runner.rq_seam.scheduler_guard.RunnerScheduler);
   with `first_claim_first` (a pool's work process, forked for a job that waits), started after the
   first claim (`start_deferred_scheduler`).

@@ -13,12 +13,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import cast
 
 import redis
 from rq.command import send_stop_job_command
-from rq.exceptions import DeserializationError, InvalidJobOperation
-from rq.job import Job
+from rq.exceptions import InvalidJobOperation
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
@@ -30,7 +28,7 @@ from runner.journal import entries as journal
 from runner.journal.reads import read_history
 from runner.journal.rows import row_values
 from runner.redis_connection import REDIS_ERRORS, redis_unavailable
-from runner.rq_seam.bookkeeping import RunnerJob, fence_of, queue_requeue
+from runner.rq_seam.bookkeeping import changing_job, queue_requeue
 from runner.rq_seam.job_hash import ENTRY_POINT, job_key
 from runner.rq_seam.job_reads import job_status
 from runner.rq_seam.queues import queue_for
@@ -69,25 +67,6 @@ def _job_lock(connection: redis.Redis, job_id: str) -> Iterator[None]:
             pass  # the lock expires by itself
 
 
-@contextmanager
-def _changing(connection: redis.Redis, job_id: str) -> Iterator[tuple[redis.client.Pipeline, Job | None, int]]:
-    """A transaction on one job: the pipeline (watching the job, in MULTI), the job as read then
-    (None when Redis does not hold it) and its fence. Raises redis.WatchError when it changed meanwhile."""
-    with connection.pipeline() as pipeline:
-        pipeline.watch(job_key(job_id))  # type: ignore[no-untyped-call]
-        fields = cast(dict[bytes, bytes], pipeline.hgetall(job_key(job_id)))
-        job: Job | None = None
-        if fields:
-            job = RunnerJob(job_id, connection=connection, serializer=JSONSerializer)
-            try:
-                job.restore(fields)  # type: ignore[arg-type]
-            except DeserializationError:
-                job = None  # not a runner job
-        pipeline.multi()
-        yield pipeline, job, fence_of(fields)
-        pipeline.execute()
-
-
 def _invalid_id(job_id: str) -> JobNotFound | None:
     return None if JOB_ID_PATTERN.match(job_id) else JobNotFound(f"No job has the id {job_id!r}.")
 
@@ -98,7 +77,7 @@ def cancel_job(job_id: str, backends: Backends) -> JobView:
         raise error
     try:
         with _job_lock(backends.connection, job_id):
-            with _changing(backends.connection, job_id) as (pipeline, job, fence):
+            with changing_job(backends.connection, job_id) as (pipeline, job, fence):
                 if job is None:
                     pipeline.reset()
                     return _cancel_forgotten(job_id, backends)
@@ -171,7 +150,7 @@ def requeue_ended_job(job_id: str, backends: Backends, registry: Registry, *, re
     `reserve`, StateConflict when it has not ended, and it takes a waiting place (`max_queued`)."""
     spec: FunctionSpec | None = None
     try:
-        with _changing(backends.connection, job_id) as (pipeline, job, fence):
+        with changing_job(backends.connection, job_id) as (pipeline, job, fence):
             function_name = str(job.meta.get("function") or "") if job is not None else ""
             status = job_status(job) if job is not None else ""
             if job is None or status not in RETRYABLE or (function is not None and function_name != function):

@@ -30,7 +30,7 @@ from runner.journal import entries as journal
 from runner.journal.reads import read_history
 from runner.journal.rows import row_values
 from runner.redis_connection import NOT_ACCEPTED, REDIS_ERRORS, redis_unavailable
-from runner.rq_seam.bookkeeping import RunnerJob, fence_of, queue_meta, queue_requeue
+from runner.rq_seam.bookkeeping import RunnerJob, changing_job, queue_meta, queue_requeue, retried_on_change
 from runner.rq_seam.dependencies import dependency_ids, queue_forget_dependencies
 from runner.rq_seam.job_reads import fetch_with_latest_result, job_status
 from runner.rq_seam.keys import job_key
@@ -150,29 +150,20 @@ def _queue_settled(pipeline: Pipeline, job: Job) -> None:
 
 def _release(connection: redis.Redis, job_id: str) -> None:
     """Put a deferred job whose parents all finished on its queue, its row `queued`, in one transaction."""
-    key = job_key(job_id)
-    with connection.pipeline() as pipeline:
-        while True:
-            try:
-                pipeline.watch(key)  # type: ignore[no-untyped-call]
-                fields = cast(dict[bytes, bytes], pipeline.hgetall(key))
-                if not fields:
-                    return
-                job = RunnerJob(job_id, connection=connection, serializer=JSONSerializer)
-                job.restore(fields)  # type: ignore[arg-type]
-                if not _is_deferred(job):
-                    return
-                pipeline.multi()
-                _queue_settled(pipeline, job)
-                job.meta["progress"] = {"percent": 0, "message": JobStatus.QUEUED.value}
-                queue_meta(pipeline, job)
-                queue_requeue(pipeline, job, queue_for(job.origin, connection))
-                journal.append(pipeline, job_id, row_values(job, JobStatus.QUEUED), fence=fence_of(fields),
-                               traceparent=tracing.traceparent_of(job.meta))
-                pipeline.execute()
-                return
-            except redis.WatchError:
-                continue
+    retried_on_change(partial(_requeue_if_deferred, connection, job_id))
+
+
+def _requeue_if_deferred(connection: redis.Redis, job_id: str) -> None:
+    with changing_job(connection, job_id) as (pipeline, job, fence):
+        if job is None or not _is_deferred(job):
+            pipeline.reset()
+            return
+        _queue_settled(pipeline, job)
+        job.meta["progress"] = {"percent": 0, "message": JobStatus.QUEUED.value}
+        queue_meta(pipeline, job)
+        queue_requeue(pipeline, job, queue_for(job.origin, connection))
+        journal.append(pipeline, job_id, row_values(job, JobStatus.QUEUED), fence=fence,
+                       traceparent=tracing.traceparent_of(job.meta))
 
 
 def parent_results(connection: redis.Redis, store: Store | None, parents: Sequence[str]) -> dict[str, Any]:

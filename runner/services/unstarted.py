@@ -9,19 +9,18 @@ lifecycle event (completion callback, limits), all in one transaction with RQ's 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from functools import partial
 
 import redis
 from redis.client import Pipeline
 from rq.job import Job
-from rq.serializers import JSONSerializer
 
 from runner import tracing
 from runner.journal import entries as journal
 from runner.journal.ends import announce_ends
 from runner.journal.rows import row_values
-from runner.rq_seam.bookkeeping import RunnerJob, fence_of, queue_meta
-from runner.rq_seam.job_hash import ENTRY_POINT, job_key
+from runner.rq_seam.bookkeeping import changing_job, queue_meta, retried_on_change
+from runner.rq_seam.job_hash import ENTRY_POINT
 from runner.rq_seam.job_reads import job_status
 from runner.services.lifecycle import JobEvent, emit, emit_into
 from runner.status import JobStatus
@@ -49,31 +48,26 @@ def end_unstarted_job(connection: redis.Redis, job_id: str, reason: Callable[[Jo
                       also: Callable[[Pipeline], None] | None = None) -> bool:
     """Cancel `job_id` if it waits and `reason(job)` gives an error (None: leave it), in one transaction
     with `also`'s commands; True when it did. Its completion callback and listeners follow."""
-    key = job_key(job_id)
-    with connection.pipeline() as pipeline:
-        while True:
-            try:
-                pipeline.watch(key)  # type: ignore[no-untyped-call]
-                fields = cast(dict[bytes, bytes], pipeline.hgetall(key))
-                if not fields:
-                    return False
-                job = RunnerJob(job_id, connection=connection, serializer=JSONSerializer)
-                job.restore(fields)  # type: ignore[arg-type]
-                error = reason(job) if job_status(job) in WAITING else None
-                if error is None:
-                    return False
-                pipeline.multi()
-                queue_cancel(pipeline, job, fence_of(fields), error)
-                announce_ends(pipeline, [job_id])
-                event = JobEvent("canceled", job_id, str(job.meta.get("function") or job.func_name), job.origin,
-                                 attempt=int(job.meta.get("attempts", 0)), error=error,
-                                 status=JobStatus.CANCELED.value, callback_url=job.meta.get("callback_url"))
-                emit_into(pipeline, event)
-                if also is not None:
-                    also(pipeline)
-                pipeline.execute()
-                break
-            except redis.WatchError:
-                continue  # the job moved on meanwhile: look again
+    event = retried_on_change(partial(_cancel_if_waiting, connection, job_id, reason, also))
+    if event is None:
+        return False
     emit(connection, event, after_emit_into=True)
     return True
+
+
+def _cancel_if_waiting(connection: redis.Redis, job_id: str, reason: Callable[[Job], dict[str, str] | None],
+                       also: Callable[[Pipeline], None] | None) -> JobEvent | None:
+    with changing_job(connection, job_id) as (pipeline, job, fence):
+        error = reason(job) if job is not None and job_status(job) in WAITING else None
+        if job is None or error is None:
+            pipeline.reset()
+            return None
+        queue_cancel(pipeline, job, fence, error)
+        announce_ends(pipeline, [job_id])
+        event = JobEvent("canceled", job_id, str(job.meta.get("function") or job.func_name), job.origin,
+                         attempt=int(job.meta.get("attempts", 0)), error=error,
+                         status=JobStatus.CANCELED.value, callback_url=job.meta.get("callback_url"))
+        emit_into(pipeline, event)
+        if also is not None:
+            also(pipeline)
+    return event
