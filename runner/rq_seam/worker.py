@@ -164,24 +164,35 @@ class SeamWorker(SchedulerStartingWorker):
     # Overrides (see the table above)
 
     def prepare_execution(self, job: Job) -> Execution:
-        ttl = self.get_heartbeat_ttl(job)
-        fence = getattr(job, "fence", 0) + 1
+        execution = self.prepare_executions([job])[0]
+        if execution is None:
+            raise CanceledBeforeStart(job.id)
+        self.execution = execution
+        return execution
+
+    def prepare_executions(self, jobs: list[Job]) -> list[Execution | None]:
+        """Start `jobs` in one script call, with the held end if any: each one's execution, or None for a
+        job canceled since it was claimed (not started)."""
         held = self.take_held()
         with held[0] if held else script_pipeline(self.connection) as pipeline:
             ends_held = len(pipeline.command_stack) > 0
-            with start_guard(pipeline, job, fence):
-                execution = queue_start(pipeline, self, job, fence=fence, heartbeat_ttl=ttl,
-                                        dead_after=self.dead_after)
-                job.fence = fence  # type: ignore[attr-defined]
-                after = self.begin(job, pipeline)
+            starts: list[tuple[Execution, AfterSent]] = []
+            for job in jobs:
+                fence = getattr(job, "fence", 0) + 1
+                with start_guard(pipeline, job, fence):
+                    execution = queue_start(pipeline, self, job, fence=fence, heartbeat_ttl=self.get_heartbeat_ttl(job),
+                                            dead_after=self.dead_after)
+                    job.fence = fence  # type: ignore[attr-defined]
+                    starts.append((execution, self.begin(job, pipeline)))
             guards = execute_as_script(self.connection, pipeline)
         if held:
             held[1](guards[0] if ends_held else True)
-        if not guards[-1]:
-            raise CanceledBeforeStart(job.id)
-        self.execution = execution
-        after(True)
-        return execution
+        executions: list[Execution | None] = []
+        for (execution, after), started in zip(starts, guards[1:] if ends_held else guards, strict=True):
+            executions.append(execution if started else None)
+            if started:
+                after(True)
+        return executions
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]

@@ -31,6 +31,7 @@ from runner.journal.reads import read_history
 from runner.journal.rows import row_values
 from runner.rq_seam.bookkeeping import current_job, guarded_by_fence, queue_meta
 from runner.rq_seam.dependencies import dependency_ids
+from runner.rq_seam.keys import META_FIELD
 from runner.rq_seam.scripts import execute_as_script, script_pipeline
 from runner.services.dependencies import parent_results
 from runner.services.limits import deferral, release_slot, take_slot
@@ -125,6 +126,25 @@ def begins_at_start(job: Job) -> bool:
     registry = current_environment().registry
     function_name = str(job.args[0]) if job.args else ""
     return function_name in registry and not registry.get(function_name).concurrency
+
+
+def runs_in_slot(job: Job) -> bool:
+    """Whether `job`'s function runs many jobs at once (async def, or threads=True: runner.worker.in_flight)."""
+    return _runs_in_slot(str(job.args[0]) if job.args else "")
+
+
+def hash_runs_in_slot(fields: dict[bytes, bytes]) -> bool:
+    """`runs_in_slot` for a job claimed but not read yet, from its hash: its meta names its function."""
+    try:
+        function_name = json.loads(fields.get(META_FIELD.encode()) or b"{}").get("function")
+    except ValueError:
+        return False
+    return isinstance(function_name, str) and _runs_in_slot(function_name)
+
+
+def _runs_in_slot(function_name: str) -> bool:
+    registry = current_environment().registry
+    return function_name in registry and registry.get(function_name).runs_in_slots
 
 
 def run_invocation(function_name: str, payload: dict[str, Any]) -> Any:

@@ -43,6 +43,7 @@ class FlyingJob:
     execution: Execution
     on_loop: bool
     deadline: float  # monotonic; inf without a timeout
+    began: float = field(default_factory=time.monotonic)
     # Why its end was asked for (STOPPED, TIMED_OUT), and when.
     ending: str | None = None
     ending_since: float = 0.0

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # Ends sent in one script call at most.
 MAX_ENDS_PER_CALL = 64
+# How many recent jobs the typical duration of a job follows.
+TYPICAL_OF_JOBS = 16
 # How long a stopping worker waits for the ends already queued to be sent.
 ENDS_SENT_WAIT_SECONDS = 5.0
 
@@ -64,7 +66,7 @@ class SlotWorker(Protocol):
     @property
     def heartbeat_seconds(self) -> float: ...
 
-    def prepare_execution(self, job: Job) -> Execution: ...
+    def prepare_executions(self, jobs: list[Job]) -> list[Execution | None]: ...
 
     def get_heartbeat_ttl(self, job: Job) -> int: ...
 
@@ -95,13 +97,7 @@ class InFlight:
         self._loop: LoopThread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self.watch = FlightWatch(worker, self)
-
-    @staticmethod
-    def takes(job: Job) -> bool:
-        """Whether `job`'s function runs in slots (async def, or threads=True)."""
-        registry = current_environment().registry
-        function_name = str(job.args[0]) if job.args else ""
-        return function_name in registry and registry.get(function_name).runs_in_slots
+        self._typical_seconds = float("inf")
 
     @property
     def loop(self) -> LoopThread | None:
@@ -132,6 +128,11 @@ class InFlight:
         return sum(1 for flying in list(self._jobs.values()) if flying.code_running)
 
     @property
+    def next_slot_seconds(self) -> float:
+        """About how soon one of the slots frees, from the durations of recent jobs."""
+        return self._typical_seconds / self.capacity
+
+    @property
     def free(self) -> int:
         """Slots free for the next job."""
         return self.capacity - self.busy
@@ -143,26 +144,33 @@ class InFlight:
 
     # The main thread
 
-    def start(self, job: Job, queue: Queue) -> None:
-        """Start `job` (one script call; CanceledBeforeStart when it was canceled) and run its code in a slot."""
-        assert isinstance(job, RunnerJob)
-        job.in_slot = True  # type: ignore[attr-defined]
-        execution = self.worker.prepare_execution(job)
-        self.worker.execution = None  # the worker's own execution is its main-thread job's, never this one
-        job.started_at = now()
-        timeout = job.timeout if job.timeout and job.timeout > 0 else None
-        on_loop = current_environment().registry.get(str(job.args[0])).is_async
-        flying = FlyingJob(job, queue, execution, on_loop,
-                           time.monotonic() + timeout if timeout else float("inf"))
-        with self._changed:
-            self._jobs[job.id] = flying
+    def start(self, jobs: list[tuple[Job, Queue]]) -> list[Job]:
+        """Start `jobs` (claimed, at most `free`) in one script call and run their code in slots; the jobs
+        canceled since they were claimed, not started."""
+        for ordinal, (job, _queue) in enumerate(jobs, start=1):
+            job.in_slot = ordinal  # type: ignore[attr-defined]  # its place among the slots taken (RunnerWorker.begin)
+        executions = self.worker.prepare_executions([job for job, _queue in jobs])
+        started_at = now()
         self._ensure_threads()
-        if on_loop:
-            assert self._loop is not None
-            self._loop.start_task(job.id, self._run_on_loop(flying, timeout))
-        else:
-            assert self._pool is not None
-            self._pool.submit(self._run_in_thread, flying)
+        canceled = []
+        for (job, queue), execution in zip(jobs, executions, strict=True):
+            if execution is None:
+                canceled.append(job)
+                continue
+            assert isinstance(job, RunnerJob)
+            job.started_at = started_at
+            timeout = job.timeout if job.timeout and job.timeout > 0 else None
+            on_loop = current_environment().registry.get(str(job.args[0])).is_async
+            flying = FlyingJob(job, queue, execution, on_loop, time.monotonic() + timeout if timeout else float("inf"))
+            with self._changed:
+                self._jobs[job.id] = flying
+            if on_loop:
+                assert self._loop is not None
+                self._loop.start_task(job.id, self._run_on_loop(flying, timeout))
+            else:
+                assert self._pool is not None
+                self._pool.submit(self._run_in_thread, flying)
+        return canceled
 
     def _ensure_threads(self) -> None:
         if self._pool is not None:
@@ -214,6 +222,10 @@ class InFlight:
         return "".join(traceback.format_exception(*exc_info))
 
     def _code_returned(self, flying: FlyingJob, outcome: Outcome) -> None:
+        # A moving average: recent jobs say how soon a slot frees (`next_slot_seconds`).
+        took = time.monotonic() - flying.began
+        typical = self._typical_seconds
+        self._typical_seconds = took if typical == float("inf") else typical + (took - typical) / TYPICAL_OF_JOBS
         with self._changed:
             flying.code_running = False
             first = not flying.settled

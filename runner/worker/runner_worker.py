@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from contextlib import suppress
+from functools import cached_property
 from typing import Any
 
 from redis.client import Pipeline
@@ -39,7 +40,7 @@ from runner.store.sql_store import Store
 from runner.worker import attempts
 from runner.worker.claims import forget_claimant, register_claimant, release_claim, return_claims
 from runner.worker.duties import Duties
-from runner.worker.execution import begins_at_start
+from runner.worker.execution import begins_at_start, hash_runs_in_slot, runs_in_slot
 from runner.worker.in_flight import InFlight
 from runner.worker.in_process import JobWatch
 from runner.worker.redis_outage import RedisOutage
@@ -71,9 +72,6 @@ class RunnerWorker(SeamWorker):
     _next_heartbeat: float = 0.0
     _next_idle_heartbeat: float = 0.0
     _next_suspension_check: float = 0.0
-    _duties: Duties | None = None
-    _taker: JobTaker | None = None
-    _watch: JobWatch | None = None
     # Jobs of async def and threads=True functions run at once (RUNNER_WORKER_SLOTS).
     slots: int = DEFAULT_WORKER_SLOTS
     # The jobs in flight (`in_flight`), once a job in a slot started here.
@@ -91,26 +89,20 @@ class RunnerWorker(SeamWorker):
         """How often a busy worker proves it is alive."""
         return max(1.0, self.dead_after / 3)
 
-    @property
+    @cached_property
     def duties(self) -> Duties:
         """Recovery, scheduling and the projector, done between jobs and while one runs."""
-        if self._duties is None:
-            self._duties = Duties(self)
-        return self._duties
+        return Duties(self)
 
-    @property
+    @cached_property
     def watch(self) -> JobWatch:
         """The thread that watches the running job."""
-        if self._watch is None:
-            self._watch = JobWatch(self)
-        return self._watch
+        return JobWatch(self)
 
-    @property
+    @cached_property
     def taker(self) -> JobTaker:
         """The jobs this worker claimed, and how it takes the next."""
-        if self._taker is None:
-            self._taker = JobTaker(self)
-        return self._taker
+        return JobTaker(self)
 
     @property
     def in_flight(self) -> InFlight:
@@ -215,16 +207,16 @@ class RunnerWorker(SeamWorker):
             return
         began = time.monotonic()
         try:
-            if InFlight.takes(job):
-                self.in_flight.start(job, queue)
+            if runs_in_slot(job):  # with the jobs claimed after it that run in slots too: one start
+                more = self.taker.take_ahead(self.in_flight.free - 1, hash_runs_in_slot)
+                for canceled in self.in_flight.start([(job, queue), *more]):
+                    self._not_started(canceled)
                 return
             with self.watch.watching(job):
                 super().execute_job(job, queue)
         except CanceledBeforeStart:
-            with suppress(*REDIS_ERRORS):
-                release_claim(self.connection, self.name, job.id)
+            self._not_started(job)
             self.set_state(WorkerStatus.IDLE)
-            self.log.info("Worker %s: job %s was canceled before it started; not run", self.name, job.id)
         except REDIS_ERRORS as exc:
             # The job stays claimed or registered as started: it is resumed, or recovered by a peer.
             log.error("worker %s: lost Redis around job %s (%s)", self.name, job.id, exc)
@@ -232,12 +224,17 @@ class RunnerWorker(SeamWorker):
         finally:
             self.taker.claim_batch = MAX_CLAIM_BATCH if time.monotonic() - began < SHORT_JOB_SECONDS else 1
 
+    def _not_started(self, job: Job) -> None:
+        with suppress(*REDIS_ERRORS):
+            release_claim(self.connection, self.name, job.id)
+        self.log.info("Worker %s: job %s was canceled before it started; not run", self.name, job.id)
+
     # Hooks of SeamWorker: what an attempt writes besides RQ's bookkeeping
 
     def begin(self, job: Job, pipeline: Pipeline) -> AfterSent:
         release_claim(pipeline, self.name, job.id)
-        if getattr(job, "in_slot", False):
-            pipeline.hset(self.key, WORKER_SLOTS_BUSY_FIELD, self.in_flight.busy + 1)
+        if ordinal := getattr(job, "in_slot", 0):
+            pipeline.hset(self.key, WORKER_SLOTS_BUSY_FIELD, self.in_flight.busy + ordinal)
         else:
             self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
         if not attempts.is_invocation(job) or not begins_at_start(job):

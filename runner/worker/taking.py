@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 
 # Longest wait of an idle worker for a wake-up token before it looks at its queues again.
 WAKE_WAIT_SECONDS = 0.2
+# Jobs a worker whose slots are all taken keeps claimed, to start the moment slots free, when one frees
+# every SHORT_WAIT_SECONDS or sooner (a job claimed ahead must not wait long while another worker idles).
+# `make bench-waiting`, 100 ms jobs: the refill of a freed slot 3.3 -> 0.5 ms (p50), 149.5 -> 152.6 jobs/s.
+CLAIM_AHEAD_JOBS = 4
+SHORT_WAIT_SECONDS = 0.05
 
 
 class TakingWorker(Protocol):
@@ -95,6 +101,9 @@ class JobTaker:
                 in_flight = worker.in_flight_now
                 if in_flight is not None and in_flight.busy:
                     idle_since = time.monotonic()
+                    if not in_flight.free and in_flight.next_slot_seconds < SHORT_WAIT_SECONDS:
+                        # Slots free often: the next jobs wait claimed, not behind a claim's round trips.
+                        self.claim_ahead(CLAIM_AHEAD_JOBS)
                     if not in_flight.wait_for_slot(WAKE_WAIT_SECONDS):
                         continue  # every slot is taken: wait for one before taking the next job
                 claimed = self.next_job()
@@ -118,13 +127,28 @@ class JobTaker:
         the same transaction, and the next one taken: its hash, read with the claim, says so."""
         while True:
             taken = self._take()
-            if taken is None or not past_deadline(taken[0]):
+            if taken is None or not self._expired(taken[0]):
                 return taken
-            job, worker = taken[0], self.worker
-            if expire(worker.connection, job.id, also=partial(release_claim, worker_name=worker.name, job_id=job.id)):
-                log.info("worker %s: job %s expired before it started; not run", worker.name, job.id)
-            else:  # it changed meanwhile (canceled, say): starting it decides
-                return taken
+
+    def take_ahead(self, most: int, wanted: Callable[[dict[bytes, bytes]], bool]) -> list[tuple[Job, Queue]]:
+        """Up to `most` more of the jobs claimed ahead, in order, while `wanted(hash)` says so; no claim is made
+        (jobs started together: one script call)."""
+        taken: list[tuple[Job, Queue]] = []
+        while len(taken) < most and self.ahead and not self._check_own_claims and wanted(self.ahead[0][1]):
+            restored = self._restore(*self.ahead.popleft())
+            if restored is not None and not self._expired(restored[0]):
+                taken.append(restored)
+        return taken
+
+    def _expired(self, job: Job) -> bool:
+        """Whether `job` was past its deadline, and is now canceled (its claim released with it)."""
+        if not past_deadline(job):
+            return False
+        worker = self.worker
+        if expire(worker.connection, job.id, also=partial(release_claim, worker_name=worker.name, job_id=job.id)):
+            log.info("worker %s: job %s expired before it started; not run", worker.name, job.id)
+            return True
+        return False  # it changed meanwhile (canceled, say): starting it decides
 
     def _take(self) -> tuple[Job, Queue] | None:
         worker = self.worker
@@ -133,18 +157,30 @@ class JobTaker:
         fields: dict[bytes, bytes] | None = None
         if pending is None:
             if not self.ahead:
-                held = worker.take_held()  # the last job's end goes out with this claim
-                claimed = claim(worker.connection, worker.ordered_queues, worker.name, self.claim_batch,
-                                before=held[0] if held else None)
-                if held:
-                    held[1](all(claimed.guards))
-                self._keep(claimed)
+                self._claim(self.claim_batch)
                 if not self.ahead:
                     return None
             job_id, fields = self.ahead.popleft()
         else:
             worker.send_held()
             job_id = pending
+        return self._restore(job_id, fields)
+
+    def claim_ahead(self, most: int) -> None:
+        """Claim jobs until `most` wait claimed ahead (none while this worker's own claims are being read)."""
+        if len(self.ahead) < most and not self._check_own_claims:
+            self._claim(most - len(self.ahead))
+
+    def _claim(self, count: int) -> None:
+        worker = self.worker
+        held = worker.take_held()  # the last job's end goes out with this claim
+        claimed = claim(worker.connection, worker.ordered_queues, worker.name, count, before=held[0] if held else None)
+        if held:
+            held[1](all(claimed.guards))
+        self._keep(claimed)
+
+    def _restore(self, job_id: str, fields: dict[bytes, bytes] | None) -> tuple[Job, Queue] | None:
+        worker = self.worker
         try:
             if fields is None:
                 fields = read_jobs(worker.connection, [job_id])[0]
