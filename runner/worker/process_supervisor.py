@@ -132,7 +132,7 @@ class ProcessSupervisor:
     def _pause(self) -> None:
         # The pool blocks only at zero by choice: not while a crashed work process waits for its restart.
         if self.children or self.pool is None or self._stop_deadline is not None or self._target:
-            time.sleep(WATCH_SECONDS)
+            time.sleep(WATCH_SECONDS if self.pool is None else min(WATCH_SECONDS, self.pool.tick_seconds))
             return
         self._waiting = True
         try:
