@@ -45,6 +45,10 @@ class LoopThread:
         self._tasks[name] = task
         task.add_done_callback(lambda _task: self._tasks.pop(name, None))
 
+    def close(self) -> None:
+        """Stop the loop (its thread ends); tasks still on it are dropped with it."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
     def cancel(self, name: str) -> None:
         """Cancel the task `name` if it still runs, from any thread."""
         self.loop.call_soon_threadsafe(self._cancel, name)
@@ -65,7 +69,8 @@ class LoopThread:
             return
         lag = time.monotonic() - sent
         self._worst_lag = max(self._worst_lag, lag)
-        if lag >= LAG_WARNING_SECONDS and not self._warned:
+        # A loop waiting in its selector is idle, only short of the GIL: no job of it is to blame.
+        if lag >= LAG_WARNING_SECONDS and not self._warned and self.running_task() is not None:
             self._warned = True
             self.blocked_count += 1
             log.warning("event loop blocked for %.2f s by job %s, at %s: an async def function must not do CPU "

@@ -92,11 +92,15 @@ class FlightWatch:
         self.flights = flights
         self._next_heartbeat = 0.0
         self._blocked_written = 0
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """End the watch thread at its next tick."""
+        self._closed.set()
 
     def run(self) -> None:
-        """The watch thread's loop."""
-        while True:
-            time.sleep(WATCH_TICK_SECONDS)
+        """The watch thread's loop, until `close`."""
+        while not self._closed.wait(WATCH_TICK_SECONDS):
             try:
                 self.look()
             except Exception:  # the jobs go on; the next tick tries again

@@ -18,45 +18,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue as queues
 import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-import redis
 from redis.client import Pipeline
 from rq.executions import Execution
-from rq.job import Job, Retry
+from rq.job import Job
 from rq.queue import Queue
 from rq.utils import now
 
 from runner.redis_connection import REDIS_ERRORS
 from runner.rq_seam.bookkeeping import RunnerJob
 from runner.rq_seam.keys import WORKER_SLOTS_BUSY_FIELD
-from runner.rq_seam.scripts import execute_as_script, script_pipeline
-from runner.rq_seam.worker import AfterSent
 from runner.worker.event_loop import LoopThread
 from runner.worker.execution import current_environment, error_info, run_invocation_async
 from runner.worker.flight_watch import STOPPED, FlightWatch, FlyingJob, raise_in_thread
 from runner.worker.recovery import WORKER_STOPPED_REASON, StartedEntry, recover_entry
+from runner.worker.slot_ends import EndingWorker, EndSender, Outcome
 
 log = logging.getLogger(__name__)
 
-# Ends sent in one script call at most.
-MAX_ENDS_PER_CALL = 64
 # How many recent jobs the typical duration of a job follows.
 TYPICAL_OF_JOBS = 16
 # How long a stopping worker waits for the ends already queued to be sent.
 ENDS_SENT_WAIT_SECONDS = 5.0
 
 
-class SlotWorker(Protocol):
+class SlotWorker(EndingWorker, Protocol):
     """What InFlight needs of its worker (runner.worker.runner_worker.RunnerWorker)."""
 
-    name: str
-    connection: redis.Redis
     execution: Execution | None
     log: logging.Logger
 
@@ -72,18 +65,6 @@ class SlotWorker(Protocol):
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None: ...
 
-    def queue_success_end(self, pipeline: Pipeline, job: Job, execution: Execution | None) -> AfterSent: ...
-
-    def queue_failure_end(self, pipeline: Pipeline, job: Job, queue: Queue, execution: Execution | None,
-                          exc_string: str, *, stopped: bool) -> AfterSent: ...
-
-    def queue_retry_end(self, pipeline: Pipeline, job: Job, queue: Queue, execution: Execution | None,
-                        retry: Any) -> AfterSent: ...
-
-
-# What a job's code came to: its value (or a Retry), or the text of what it raised.
-Outcome = tuple[Any, str | None]
-
 
 class InFlight:
     """The jobs this work process runs many at once, and the threads that run and end them."""
@@ -93,7 +74,7 @@ class InFlight:
         self.capacity = max(1, capacity)
         self._jobs: dict[str, FlyingJob] = {}
         self._changed = threading.Condition()
-        self._ends: queues.SimpleQueue[tuple[FlyingJob, Outcome]] = queues.SimpleQueue()
+        self.ends = EndSender(worker, also=self.slots_busy_now, sent=self._ends_sent)
         self._loop: LoopThread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self.watch = FlightWatch(worker, self)
@@ -119,7 +100,7 @@ class InFlight:
                 return False
             flying.settled = True
         flying.job.meta["error"] = error_info(error)
-        self._ends.put((flying, (None, f"{type(error).__name__}: {error}")))
+        self.ends.put(flying, (None, f"{type(error).__name__}: {error}"))
         return True
 
     @property
@@ -177,7 +158,7 @@ class InFlight:
             return
         self._loop = LoopThread("runner-event-loop")
         self._pool = ThreadPoolExecutor(self.capacity, thread_name_prefix="runner-slot")
-        for target, name in ((self._send_ends, "runner-slot-ends"), (self.watch.run, "runner-slot-watch")):
+        for target, name in ((self.ends.run, "runner-slot-ends"), (self.watch.run, "runner-slot-watch")):
             threading.Thread(target=target, name=name, daemon=True).start()
 
     def stop(self, job_id: str) -> bool:
@@ -234,54 +215,14 @@ class InFlight:
                 self._jobs.pop(flying.job.id, None)  # its end was sent already: the slot is free
             self._changed.notify_all()
         if first:
-            self._ends.put((flying, outcome))
+            self.ends.put(flying, outcome)
 
-    # Ends, in their own thread: the main thread keeps claiming meanwhile
-
-    def _send_ends(self) -> None:
-        while True:
-            batch = [self._ends.get()]
-            while len(batch) < MAX_ENDS_PER_CALL:
-                try:
-                    batch.append(self._ends.get_nowait())
-                except queues.Empty:
-                    break
-            self._send(batch)
-
-    def _send(self, batch: list[tuple[FlyingJob, Outcome]]) -> None:
-        afters: list[AfterSent] = []
-        guards: list[bool] = []
-        try:
-            with script_pipeline(self.worker.connection) as pipeline:
-                for flying, outcome in batch:
-                    afters.append(self._queue_end(pipeline, flying, outcome))
-                self.slots_busy_now(pipeline)
-                guards = execute_as_script(self.worker.connection, pipeline)
-        except REDIS_ERRORS as exc:
-            # The executions stay registered, no longer heartbeaten: peers retry them after their window.
-            log.error("worker %s: could not end %d job(s), Redis is unavailable (%s): peers will recover them",
-                      self.worker.name, len(batch), exc)
+    def _ends_sent(self, jobs: list[FlyingJob]) -> None:
         with self._changed:
-            for flying, _outcome in batch:
+            for flying in jobs:
                 if not flying.code_running:
                     self._jobs.pop(flying.job.id, None)
             self._changed.notify_all()
-        for after, held in zip(afters, guards, strict=False):
-            try:
-                after(held)
-            except Exception:  # one job's listener must not keep the others' from running
-                log.exception("worker %s: after the end of a job", self.worker.name)
-
-    def _queue_end(self, pipeline: Pipeline, flying: FlyingJob, outcome: Outcome) -> AfterSent:
-        job, worker = flying.job, self.worker
-        job.ended_at = job.last_heartbeat = now()
-        value, failure = outcome
-        if failure is not None:
-            return worker.queue_failure_end(pipeline, job, flying.queue, flying.execution, failure,
-                                            stopped=flying.ending == STOPPED)
-        if isinstance(value, Retry):
-            return worker.queue_retry_end(pipeline, job, flying.queue, flying.execution, value)
-        return worker.queue_success_end(pipeline, job, flying.execution)
 
     # Stopping
 
@@ -311,6 +252,16 @@ class InFlight:
         with self._changed:  # a job in flight whose code returned has its end queued: sent before we go
             self._changed.wait_for(lambda: all(flying.code_running for flying in self._jobs.values()),
                                    ENDS_SENT_WAIT_SECONDS)
+
+    def close(self) -> None:
+        """After `drain`: end the loop, the pool, the ender and the watch (a stopping worker's last step)."""
+        if self._pool is None:
+            return
+        self.watch.close()
+        self.ends.close()
+        if self._loop is not None:
+            self._loop.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _unsettled(self) -> list[FlyingJob]:
         return [flying for flying in list(self._jobs.values()) if not flying.settled]

@@ -295,6 +295,7 @@ class RunnerWorker(SeamWorker):
     def teardown(self) -> None:
         if self.in_flight_now is not None:  # within the grace period when stopping, else until they end
             self.in_flight_now.drain(self.watch.grace_deadline)
+            self.in_flight_now.close()
         if self.scheduler:
             self.stop_scheduler()  # type: ignore[no-untyped-call]
         with suppress(*REDIS_ERRORS):
