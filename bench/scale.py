@@ -155,7 +155,7 @@ def report_seconds(store: Store) -> float:
     from functions.generate_report import generate_report
     from runner.authoring import context
     from runner.authoring.registry import Registry
-    from runner.worker.execution import WorkerEnvironment, install_environment
+    from runner.worker.environment import WorkerEnvironment, install_environment
 
     install_environment(WorkerEnvironment(registry=Registry(), store=store))
     try:

@@ -37,7 +37,7 @@ from runner.services.expiry import expire_due
 from runner.store.models import utcnow
 from runner.store.retention import Retention, cutoff_for, prune_history
 from runner.store.sql_store import Store
-from runner.worker.execution import current_environment
+from runner.worker.environment import current_environment
 from runner.worker.liveness import Liveness
 from runner.worker.lost_jobs import mark_lost_jobs
 from runner.worker.recovery import recover_abandoned_jobs

@@ -33,8 +33,9 @@ from rq.utils import now
 from runner.redis_connection import REDIS_ERRORS
 from runner.rq_seam.bookkeeping import RunnerJob
 from runner.rq_seam.keys import WORKER_SLOTS_BUSY_FIELD
+from runner.worker.environment import current_environment
 from runner.worker.event_loop import LoopThread
-from runner.worker.execution import current_environment, error_info, run_invocation_async
+from runner.worker.execution import error_info, run_invocation_async
 from runner.worker.flight_watch import STOPPED, FlightWatch, FlyingJob, raise_in_thread
 from runner.worker.recovery import WORKER_STOPPED_REASON, StartedEntry, recover_entry
 from runner.worker.slot_ends import EndingWorker, EndSender, Outcome

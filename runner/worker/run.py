@@ -20,7 +20,7 @@ from runner.services.fleet import default_queues
 from runner.services.lifecycle import load_listeners
 from runner.services.scaling import scaling_rules
 from runner.store.retention import Retention
-from runner.worker.execution import WorkerEnvironment, install_environment
+from runner.worker.environment import WorkerEnvironment, install_environment
 from runner.worker.in_process import MONITOR_TICK_SECONDS, DeadlineSlot
 from runner.worker.pool import PoolSize
 from runner.worker.process_supervisor import ProcessSupervisor

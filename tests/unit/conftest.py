@@ -25,7 +25,7 @@ from runner.dev.embedded_redis import free_port
 from runner.services.backends import Backends
 from runner.store.models import InvocationRecord
 from runner.store.sql_store import Store
-from runner.worker.execution import install_environment
+from runner.worker.environment import install_environment
 from runner.worker.run import build_worker
 from tests.history import ReadingStore
 

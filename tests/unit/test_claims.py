@@ -23,7 +23,7 @@ from runner.services.control import cancel_job
 from runner.services.invocation import enqueue_invocation
 from runner.services.job_views import ended_key, get_job_view
 from runner.worker.claims import claim, claim_key, read_jobs, wait_for_wake_up
-from runner.worker.execution import install_environment
+from runner.worker.environment import install_environment
 from runner.worker.run import build_worker
 from runner.worker.runner_worker import RunnerWorker
 

@@ -22,7 +22,8 @@ from runner.services.invocation import enqueue_invocation
 from runner.services.job_views import get_job_view
 from runner.store.models import InvocationRecord, utcnow
 from runner.store.sql_store import Store
-from runner.worker.execution import STORE_PROGRESS_STEP, WorkerEnvironment, install_environment
+from runner.worker.environment import WorkerEnvironment, install_environment
+from runner.worker.execution import STORE_PROGRESS_STEP
 from tests.history import insert_rows
 
 QUEUE = "default"

@@ -35,7 +35,7 @@ from runner.errors import InvalidInput
 from runner.store.files import ArtifactStore, UploadStore
 from runner.store.models import InvocationRecord
 from runner.store.sql_store import Store
-from runner.worker.execution import WorkerEnvironment, install_environment
+from runner.worker.environment import WorkerEnvironment, install_environment
 from tests.history import insert_rows
 
 FUNCTIONS = Registry.discover("functions")

@@ -26,7 +26,7 @@ from runner.authoring.registry import Registry
 from runner.errors import InvalidInput
 from runner.store.models import InvocationRecord
 from runner.store.sql_store import Store
-from runner.worker.execution import WorkerEnvironment, install_environment
+from runner.worker.environment import WorkerEnvironment, install_environment
 from tests.history import insert_rows
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

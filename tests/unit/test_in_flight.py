@@ -13,7 +13,7 @@ from runner.services.control import cancel_job
 from runner.services.invocation import enqueue_invocation
 from runner.services.job_views import get_job_view
 from runner.worker.claims import claim_key
-from runner.worker.execution import install_environment
+from runner.worker.environment import install_environment
 from runner.worker.run import build_worker
 
 

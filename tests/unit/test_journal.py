@@ -23,7 +23,7 @@ from runner.services.backends import Backends
 from runner.services.invocation import enqueue_invocation
 from runner.store.models import utcnow
 from runner.store.sql_store import Store
-from runner.worker.execution import install_environment
+from runner.worker.environment import install_environment
 from runner.worker.liveness import Liveness
 from runner.worker.recovery import find_abandoned, recover_entry
 from runner.worker.run import build_worker
@@ -228,7 +228,8 @@ def test_a_superseded_attempts_progress_changes_nothing(
     assert job is not None
     worker.prepare_execution(job)
     connection.hset(Job.key_for(job_id), "runner_fence", 5)  # another attempt started since
-    from runner.worker.execution import RunningJob, current_environment
+    from runner.worker.environment import current_environment
+    from runner.worker.execution import RunningJob
 
     RunningJob(job, current_environment()).report_progress(50, "halfway")
     assert rq_job(connection, job_id).meta["progress"] == {"percent": 0, "message": "started"}

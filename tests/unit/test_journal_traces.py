@@ -26,7 +26,7 @@ from runner.services.control import cancel_job, retry_job
 from runner.services.invocation import enqueue_invocation
 from runner.store.models import utcnow
 from runner.store.sql_store import Store
-from runner.worker.execution import install_environment
+from runner.worker.environment import install_environment
 from runner.worker.liveness import Liveness
 from runner.worker.recovery import find_abandoned, recover_entry
 from runner.worker.run import build_worker

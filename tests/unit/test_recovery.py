@@ -37,7 +37,7 @@ from runner.store.sql_store import Store
 from runner.worker.attempts import WORKER_DIED
 from runner.worker.claims import CLAIMANTS_KEY, claim, claim_key, claimants, release_claim, return_claims
 from runner.worker.duties import RECOVERY_PASS_KEY
-from runner.worker.execution import install_environment
+from runner.worker.environment import install_environment
 from runner.worker.liveness import Liveness
 from runner.worker.lost_jobs import JOB_LOST, mark_lost_jobs
 from runner.worker.recovery import (

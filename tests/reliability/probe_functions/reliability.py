@@ -35,12 +35,17 @@ def hash_chain(seed: str, rounds: Annotated[int, Field(ge=1, le=1_000_000)] = 20
 def gated_retry(gate: str) -> dict:
     """Report 50%, then wait until the file `gate` exists; one retry if its worker dies."""
     progress(50, "waiting for the gate")
+    wait_for_gate(gate)
+    return {"attempt": current_attempt()}
+
+
+def wait_for_gate(gate: str) -> None:
+    """Block until the file `gate` exists (the test opens it); RuntimeError if it never does."""
     deadline = time.monotonic() + GATE_TIMEOUT_SECONDS
     while not Path(gate).exists():
         if time.monotonic() > deadline:
             raise RuntimeError("gate never opened")
         time.sleep(GATE_POLL_SECONDS)
-    return {"attempt": current_attempt()}
 
 
 @function(queue="demo_tasks", timeout=30, retries=1)

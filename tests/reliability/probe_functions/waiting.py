@@ -14,20 +14,23 @@ from typing import Annotated
 from pydantic import Field
 
 from runner import function, progress
+from tests.reliability.probe_functions.reliability import GATE_POLL_SECONDS, GATE_TIMEOUT_SECONDS, wait_for_gate
 
-GATE_POLL_SECONDS = 0.02
-GATE_TIMEOUT_SECONDS = 60.0
+
+async def gate_opened(gate: str) -> None:
+    """Wait on the loop until the file `gate` exists (the test opens it); RuntimeError if it never does."""
+    deadline = time.monotonic() + GATE_TIMEOUT_SECONDS
+    while not Path(gate).exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("gate never opened")
+        await asyncio.sleep(GATE_POLL_SECONDS)
 
 
 @function(queue="waiting", timeout=120, retries=1)
 async def gated_async(gate: str, tag: int = 0) -> dict:
     """Report 50 %, wait (on the loop) until the file `gate` exists, then finish."""
     progress(50, "waiting for the gate")
-    deadline = time.monotonic() + GATE_TIMEOUT_SECONDS
-    while not Path(gate).exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError("gate never opened")
-        await asyncio.sleep(GATE_POLL_SECONDS)
+    await gate_opened(gate)
     return {"tag": tag}
 
 
@@ -35,11 +38,7 @@ async def gated_async(gate: str, tag: int = 0) -> dict:
 def gated_thread(gate: str, tag: int = 0) -> dict:
     """Report 50 %, wait (in a pool thread) until the file `gate` exists, then finish."""
     progress(50, "waiting for the gate")
-    deadline = time.monotonic() + GATE_TIMEOUT_SECONDS
-    while not Path(gate).exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError("gate never opened")
-        time.sleep(GATE_POLL_SECONDS)
+    wait_for_gate(gate)
     return {"tag": tag}
 
 
@@ -89,9 +88,5 @@ async def spin_async(seconds: Annotated[float, Field(gt=0, le=10)] = 1.0) -> dic
 async def limited_async(gate: str, tag: int = 0) -> dict:
     """At most 2 at once across workers (`concurrency`): report 50 %, wait for the gate, finish."""
     progress(50, "waiting for the gate")
-    deadline = time.monotonic() + GATE_TIMEOUT_SECONDS
-    while not Path(gate).exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError("gate never opened")
-        await asyncio.sleep(GATE_POLL_SECONDS)
+    await gate_opened(gate)
     return {"tag": tag}
