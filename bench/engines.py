@@ -226,9 +226,9 @@ class RunnerEngine(Engine):
         started = time.perf_counter()
         record = enqueue_invocation(self.registry.get("noop"), {}, self.backends)
         view = wait_for_job(record.id, self.backends, 30, fresh=True)
-        # The history row is part of the work: a waiter that sees the job ended applies its row's
-        # journal entries before it returns, so the clock stops here; the row is checked after,
-        # read as the API reads history. Were it not finished yet, the time would run on until it is.
+        # The clock stops when the waiter has the result; the row is checked after, read as the API
+        # reads history (the journal applied first, as every read of history does): from this
+        # moment every reader sees it finished. Were it not, the time would run on until it is.
         elapsed = time.perf_counter() - started
         while (row := read_history(self.connection, self.backends.store).get(record.id)) is None \
                 or row.status != "finished":

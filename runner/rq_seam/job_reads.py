@@ -3,11 +3,7 @@ the fields a live stream watches."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import redis
-from redis.client import Pipeline
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
@@ -23,11 +19,9 @@ def job_status(job: Job) -> str:
 
 
 def fetch_with_latest_result(job_id: str, connection: redis.Redis, *, wait_on: str | None = None,
-                             wait_seconds: float = 0.0,
-                             also: Callable[[Pipeline], None] | None = None) -> tuple[Job, Any]:
+                             wait_seconds: float = 0.0) -> Job:
     """The RQ job and its latest result in one round trip (Job.fetch, then return_value, take two);
-    with `wait_on`, read once a token is in that list or `wait_seconds` have passed; with `also`,
-    the reply of the command it queues goes back with the job (after the read, in the same call)."""
+    with `wait_on`, read once a token is in that list or `wait_seconds` have passed."""
     with connection.pipeline(transaction=False) as pipeline:
         if wait_on is not None and wait_seconds:
             # A rotation of the one-token list, not a pop: the token stays for anyone else waiting.
@@ -35,10 +29,7 @@ def fetch_with_latest_result(job_id: str, connection: redis.Redis, *, wait_on: s
             pipeline.blmove(wait_on, wait_on, wait_seconds, "RIGHT", "LEFT")  # type: ignore[arg-type]
         pipeline.hgetall(job_key(job_id))
         pipeline.xrevrange(Result.get_key(job_id), "+", "-", count=1)
-        if also is not None:
-            also(pipeline)
         replies = pipeline.execute()
-    extra = replies.pop() if also is not None else None
     raw, latest = replies[-2], replies[-1]
     if not raw:
         raise NoSuchJobError(f"No such job: {job_id}")
@@ -49,7 +40,7 @@ def fetch_with_latest_result(job_id: str, connection: redis.Redis, *, wait_on: s
         # What Job.latest_result() would read in a round trip of its own, kept where return_value() looks.
         job._cached_result = Result.restore(job_id, result_id.decode(), payload, connection=connection,
                                             serializer=JSONSerializer)
-    return job, extra
+    return job
 
 
 def watched_fields(connection: redis.Redis, job_id: str) -> tuple[bytes | str | None, bytes | str | None]:

@@ -171,7 +171,7 @@ def parent_results(connection: redis.Redis, store: Store | None, parents: Sequen
     results: dict[str, Any] = {}
     for parent in parents:
         try:
-            job, _ = fetch_with_latest_result(parent, connection)
+            job = fetch_with_latest_result(parent, connection)
         except (NoSuchJobError, DeserializationError):  # Redis forgot it (or it is no runner job): the row decides
             job = None
         if job is not None:

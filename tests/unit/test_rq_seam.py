@@ -107,7 +107,7 @@ def test_a_latest_result_read_with_the_job_answers_return_value_without_a_round_
         Result.create(job, Result.Type.SUCCESSFUL, ttl=60, return_value={"answer": 42}, pipeline=pipeline)
         job.set_status(JobStatus.FINISHED, pipeline=pipeline)
         pipeline.execute()
-    read, _nothing_else = fetch_with_latest_result(job.id, connection)
+    read = fetch_with_latest_result(job.id, connection)
     connection.flushall()  # return_value() must not need Redis any more
     assert read.return_value() == {"answer": 42}
     assert job_status(read) == "finished"
