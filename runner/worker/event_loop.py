@@ -38,7 +38,10 @@ class LoopThread:
 
     def start_task(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run `coroutine` as the task `name` (a job id), from any thread."""
-        self.loop.call_soon_threadsafe(self._create, name, coroutine)
+        if threading.get_ident() == self._thread.ident:
+            self._create(name, coroutine)  # a job ended on the loop passed its slot on: no wake-up needed
+        else:
+            self.loop.call_soon_threadsafe(self._create, name, coroutine)
 
     def _create(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coroutine, name=name)

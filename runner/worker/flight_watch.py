@@ -83,6 +83,8 @@ class Flights(Protocol):
 
     def give_up(self, flying: FlyingJob, error: BaseException) -> bool: ...
 
+    def return_waiting(self, longer_than: float = ...) -> None: ...
+
 
 class FlightWatch:
     """Deadlines, stops, give-ups, heartbeats and the loop's lag of the jobs in flight."""
@@ -120,6 +122,7 @@ class FlightWatch:
                 self.ask_to_end(flying.job.id, TIMED_OUT)  # its loop is blocked: its timeout cannot fire
             elif flying.ending and not flying.settled and moment - flying.ending_since >= ABANDON_AFTER_SECONDS:
                 self._give_up_on(flying)
+        self.flights.return_waiting()  # those that waited on deck too long
         blocked = loop.blocked_count if loop is not None else 0
         if (moment >= self._next_heartbeat and flying_now) or blocked != self._blocked_written:
             self._next_heartbeat = moment + self.worker.heartbeat_seconds

@@ -208,7 +208,7 @@ class RunnerWorker(SeamWorker):
         began = time.monotonic()
         try:
             if runs_in_slot(job):  # with the jobs claimed after it that run in slots too: one start
-                more = self.taker.take_ahead(self.in_flight.free - 1, hash_runs_in_slot)
+                more = self.taker.take_ahead(self.in_flight.room - 1, hash_runs_in_slot)
                 for canceled in self.in_flight.start([(job, queue), *more]):
                     self._not_started(canceled)
                 return
@@ -234,7 +234,7 @@ class RunnerWorker(SeamWorker):
     def begin(self, job: Job, pipeline: Pipeline) -> AfterSent:
         release_claim(pipeline, self.name, job.id)
         if ordinal := getattr(job, "in_slot", 0):
-            pipeline.hset(self.key, WORKER_SLOTS_BUSY_FIELD, self.in_flight.busy + ordinal)
+            pipeline.hset(self.key, WORKER_SLOTS_BUSY_FIELD, min(self.slots, self.in_flight.busy + ordinal))
         else:
             self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
         if not attempts.is_invocation(job) or not begins_at_start(job):

@@ -1,7 +1,10 @@
-"""Jobs in slots: those claimed together start in one script call; one canceled since its claim never starts."""
+"""Jobs in slots: those claimed together start in one script call; one canceled since its claim never starts;
+those past the free slots wait on deck for the next one."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
@@ -11,9 +14,10 @@ from runner.authoring.registry import Registry, make_spec
 from runner.services.backends import Backends
 from runner.services.control import cancel_job
 from runner.services.invocation import enqueue_invocation
-from runner.services.job_views import get_job_view
+from runner.services.job_views import get_job_view, wait_for_job
 from runner.worker.claims import claim_key
 from runner.worker.environment import install_environment
+from runner.worker.in_flight import DECK_JOBS
 from runner.worker.run import build_worker
 
 
@@ -53,3 +57,79 @@ def test_jobs_claimed_together_start_in_one_call_and_a_canceled_one_never_starts
     assert [view.result for view in views] == [None if n == 2 else n + 1 for n in range(8)]
     assert views[2].started_at is None
     assert connection.llen(claim_key(worker.name)) == 0
+
+
+def wait_for_gate(gate: threading.Event) -> str:
+    """A threaded function that holds its slot until the test opens the gate."""
+    assert gate.wait(10)
+    return "done"
+
+
+GATE = threading.Event()
+
+
+def held(tag: str) -> str:
+    """Holds its slot until GATE opens."""
+    return wait_for_gate(GATE) + tag
+
+
+@pytest.fixture
+def one_slot(connection: fakeredis.FakeRedis, backends: Backends) -> Iterator[tuple[Any, list[str]]]:
+    """A worker with one slot that frees often (so jobs past it wait on deck), and three jobs queued: a claim
+    takes half of a queue, so two start (one in the slot, one on deck) and one stays queued."""
+    GATE.clear()
+    spec = make_spec(held, queue="deck", timeout=5, retries=0, backoff=None, name="held", threads=True)
+    ids = [enqueue_invocation(spec, {"tag": str(n)}, backends).id for n in range(3)]
+    worker = build_worker([spec.queue], backends, Registry([spec]))
+    worker.slots = 1
+    worker.taker.claim_batch = 3
+    worker.register_birth()
+    worker.in_flight._typical_seconds = 0.001  # slots free often: room for DECK_JOBS more
+    try:
+        yield worker, ids
+    finally:
+        GATE.set()
+        worker.teardown()
+        install_environment(None)
+
+
+def start_all(worker: Any) -> None:
+    first, queue = worker.dequeue_job_and_maintain_ttl(None) or (None, None)
+    assert first is not None and queue is not None
+    worker.taker.claim_ahead(1)  # as a worker whose slots free often does
+    worker.execute_job(first, queue)  # it begins; the one claimed after it waits on deck
+
+
+def test_jobs_on_deck_begin_in_the_slot_their_predecessor_frees(
+        one_slot: tuple[Any, list[str]], backends: Backends) -> None:
+    worker, ids = one_slot
+    start_all(worker)
+    assert [get_job_view(job_id, backends).status for job_id in ids] == ["started", "started", "queued"]
+    assert worker.in_flight.busy == 1 and worker.in_flight.room == DECK_JOBS - 1
+    GATE.set()
+    views = [wait_for_job(job_id, backends, 10) for job_id in ids[:2]]
+    assert [(view.status, view.result, view.attempts) for view in views] == \
+        [("finished", f"done{n}", 1) for n in range(2)]
+
+
+def test_a_job_stopped_on_deck_ends_stopped_and_never_runs(
+        one_slot: tuple[Any, list[str]], backends: Backends) -> None:
+    worker, ids = one_slot
+    start_all(worker)
+    assert worker.in_flight.stop(ids[1])
+    assert wait_for_job(ids[1], backends, 10).status == "stopped"
+    GATE.set()
+    assert wait_for_job(ids[0], backends, 10).result == "done0"
+    assert get_job_view(ids[1], backends).result is None and worker.in_flight.busy == 0
+
+
+def test_jobs_that_wait_on_deck_too_long_go_back_to_their_queue_uncounted(
+        one_slot: tuple[Any, list[str]], backends: Backends, connection: fakeredis.FakeRedis) -> None:
+    worker, ids = one_slot
+    start_all(worker)
+    worker.in_flight.return_waiting(0.0)  # as the watch does once they waited DECK_WAIT_MOST_SECONDS
+    view = get_job_view(ids[1], backends)
+    assert (view.status, view.attempts) == ("queued", 0)
+    assert connection.lrange("rq:queue:deck", 0, -1) == [ids[1].encode(), ids[2].encode()]  # back at the front
+    GATE.set()
+    assert wait_for_job(ids[0], backends, 10).status == "finished"
