@@ -40,6 +40,7 @@ from bench.engines import (
     rss_kib,
     wait_until,
 )
+from bench.waiting_engines import WAITING_JOBS
 from runner.dev.embedded_redis import EmbeddedRedis, free_port
 from runner.tracing import tracing_configured
 from tests.servers import PostgresServer
@@ -313,7 +314,7 @@ def main() -> None:
     parser.add_argument("--memory-jobs", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=3, help="throughput, latency and HTTP turns per engine")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="how long an idle pool's CPU is measured")
-    parser.add_argument("--waiting-jobs", type=int, default=800,
+    parser.add_argument("--waiting-jobs", type=int, default=WAITING_JOBS,
                         help="100 ms jobs per batch in the waiting-jobs section (its no-op batches: --jobs)")
     parser.add_argument("--quick", action="store_true", help="small counts, to check the harness")
     parser.add_argument("--autoscale-only", action="store_true", help="only the autoscaling section")

@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.engines import ROOT, Engine
 from bench.run import RESULTS_DIR, drain_rate, median_round, ratio, with_engine
-from bench.waiting_engines import THREADS, CeleryThreadsEngine, DramatiqEngine, StyleRunnerEngine
+from bench.waiting_engines import THREADS, WAITING_JOBS, CeleryThreadsEngine, DramatiqEngine, StyleRunnerEngine
 from runner.dev.embedded_redis import EmbeddedRedis
 
 MEASURES = ("end_to_end", "drain")
@@ -171,7 +171,8 @@ def main() -> None:
     """Run the section alone on its own Redis, print it and write bench/results/<date>-waiting.json."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2000, help="no-op jobs per batch")
-    parser.add_argument("--waiting-jobs", type=int, default=800, help="100 ms jobs per batch (ours one at a time: 1/8)")
+    parser.add_argument("--waiting-jobs", type=int, default=WAITING_JOBS,
+                        help="100 ms jobs per batch (ours one at a time: 1/8)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small counts, one round, to check the harness")
     args = parser.parse_args()
