@@ -50,7 +50,7 @@ TYPICAL_OF_JOBS = 16
 # Slots free often when one frees every SOON_SECONDS or sooner: then up to DECK_JOBS jobs wait started
 # for the next free slot, which begins one the moment its job ends, in that job's thread, with no claim,
 # start or thread hop on the way. One that waited DECK_WAIT_MOST_SECONDS (the slots' jobs turned long)
-# goes back to its queue, uncounted, for an idler worker. `make bench-waiting`, 100 ms jobs: see README.
+# goes back to its queue, uncounted, for an idler worker. What it buys: docs/architecture.md, "Complications".
 SOON_SECONDS = 0.05
 DECK_JOBS = 4
 DECK_WAIT_MOST_SECONDS = 1.0
@@ -234,13 +234,13 @@ class InFlight:
     def drain(self, until: float | None) -> None:
         """Put back the jobs on deck, let those in flight end until `until` (monotonic; None: no limit), then
         put back the rest on their queues uncounted; returns once every end is sent."""
-        self.return_waiting(0.0)
+        self.return_waiting(0.0, WORKER_STOPPED_REASON)
         with self._changed:
             self._changed.wait_for(lambda: not self._unsettled() or (until is not None and time.monotonic() >= until),
                                    None if until is None else max(0.0, until - time.monotonic()))
         self.put_back_all()
 
-    def return_waiting(self, longer_than: float = DECK_WAIT_MOST_SECONDS) -> None:
+    def return_waiting(self, longer_than: float = DECK_WAIT_MOST_SECONDS, reason: str = WAITED_REASON) -> None:
         """Put the jobs that waited on deck `longer_than` seconds back on their queues, uncounted."""
         moment = time.monotonic()
         with self._changed:
@@ -250,11 +250,11 @@ class InFlight:
                 self._jobs.pop(flying.job.id, None)
                 flying.settled = True
         for flying in going:
-            self._put_back(flying, WAITED_REASON if longer_than else WORKER_STOPPED_REASON)
+            self._put_back(flying, reason)
 
     def put_back_all(self) -> None:
         """Put every job in flight back on its queue, uncounted (a stop past its grace period)."""
-        self.return_waiting(0.0)
+        self.return_waiting(0.0, WORKER_STOPPED_REASON)
         for flying in self._unsettled():
             with self._changed:
                 if flying.settled:
