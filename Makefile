@@ -53,7 +53,7 @@ bench-waiting: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.waiting $(ARGS)
 
 ## Costs as the work grows (PostgreSQL with 1,000,000 history rows, 100,000 queued jobs, prune):
-## about 15 minutes on 2 cores; ARGS=--quick checks the harness in about 2
+## about 5 minutes on a quiet 2-core machine (15 on a busy one); ARGS=--quick checks the harness in about 2
 bench-scale: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.scale $(ARGS)
 
