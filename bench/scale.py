@@ -12,8 +12,8 @@ off, so writes are cheaper than on a production disk), then:
    Python client, then drained, with rates at depth, Redis memory and commands per job, and the
    latency of the fleet's read paths at full depth.
 
-Full size (1,000,000 rows, 100,000 jobs) takes about 5 minutes on a quiet 2-core machine (15 on a busy one); `--quick` checks the
-harness in about 2. Writes bench/results/scale-<date>.json.
+Full size (1,000,000 rows, 100,000 jobs) takes about 5 minutes on a quiet 2-core machine (15 on a
+busy one); `--quick` checks the harness in about 2. Writes bench/results/scale-<date>.json.
 Usage: python -m bench.scale [--rows N] [--jobs N] [--samples N] [--quick] [--parts history,prune,queue]
 """
 
