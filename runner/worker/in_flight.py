@@ -176,6 +176,9 @@ class InFlight:
         timeout = job.timeout if job.timeout and job.timeout > 0 else None
         flying.began = time.monotonic()
         flying.deadline = flying.began + timeout if timeout else float("inf")
+        if flying.ending == STOPPED:  # stopped between its slot's handover and now: it never runs
+            self._code_returned(flying, (None, self.code.failed(job, JobStopped("The job was stopped on request."))))
+            return
         self.code.run(flying, timeout)
 
     def _ensure_threads(self) -> None:
