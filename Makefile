@@ -48,7 +48,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run $(ARGS)
 
 ## Only the waiting-jobs section of `make bench`: no-op and 100 ms jobs, ours async and threaded against
-## Dramatiq and Celery thread pools (about 5 minutes; ARGS=--quick checks the harness in about 1)
+## Dramatiq and Celery thread pools (about 9 minutes; ARGS=--quick checks the harness in about 1)
 bench-waiting: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.waiting $(ARGS)
 
