@@ -46,12 +46,12 @@ def create_db_engine(url: str) -> Engine:
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    pooled: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
     if not url.startswith("postgresql"):
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        return sa.create_engine(url, **pooled)
     # values_plus_batch: the projector's fenced updates of a batch go in pages of 100 (execute_batch),
     # not one round trip per row as psycopg2's executemany does.
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 3},
-                            executemany_mode="values_plus_batch")
+    return sa.create_engine(url, **pooled, connect_args={"connect_timeout": 3}, executemany_mode="values_plus_batch")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
