@@ -91,6 +91,7 @@ class InFlight:
         self.code = SlotCode(self.capacity, handle_exception=worker.handle_exception, returned=self._code_returned)
         self.watch = FlightWatch(worker, self)
         self._typical_seconds = float("inf")
+        self._last_freed = float("-inf")  # when a job's code last returned (monotonic)
 
     @property
     def loop(self) -> LoopThread | None:
@@ -122,8 +123,12 @@ class InFlight:
 
     @property
     def frees_often(self) -> bool:
-        """Whether a slot frees every SOON_SECONDS or sooner, from the durations of recent jobs."""
-        return self._typical_seconds / self.capacity < SOON_SECONDS
+        """Whether a slot frees every SOON_SECONDS or sooner, from the durations of recent jobs, and one did
+        lately: slots all taken by jobs longer than those (none freed for twice the typical duration, or
+        SOON_SECONDS) take no more jobs on deck, where they would wait, go back, be taken again."""
+        typical = self._typical_seconds
+        return (typical / self.capacity < SOON_SECONDS
+                and time.monotonic() - self._last_freed < max(2 * typical, SOON_SECONDS))
 
     @property
     def free(self) -> int:
@@ -210,6 +215,7 @@ class InFlight:
         took = time.monotonic() - flying.began
         typical = self._typical_seconds
         self._typical_seconds = took if typical == float("inf") else typical + (took - typical) / TYPICAL_OF_JOBS
+        self._last_freed = time.monotonic()
         with self._changed:
             flying.code_running = False
             first = not flying.settled

@@ -4,6 +4,7 @@ those past the free slots wait on deck for the next one."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from runner.services.invocation import enqueue_invocation
 from runner.services.job_views import get_job_view, wait_for_job
 from runner.worker.claims import claim_key
 from runner.worker.environment import install_environment
-from runner.worker.in_flight import DECK_JOBS
+from runner.worker.in_flight import DECK_JOBS, SOON_SECONDS, InFlight
 from runner.worker.run import build_worker
 
 
@@ -74,7 +75,8 @@ def held(tag: str) -> str:
 
 
 @pytest.fixture
-def one_slot(connection: fakeredis.FakeRedis, backends: Backends) -> Iterator[tuple[Any, list[str]]]:
+def one_slot(connection: fakeredis.FakeRedis, backends: Backends,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[str]]]:
     """A worker with one slot that frees often (so jobs past it wait on deck), and three jobs queued: a claim
     takes half of a queue, so two start (one in the slot, one on deck) and one stays queued."""
     GATE.clear()
@@ -84,7 +86,7 @@ def one_slot(connection: fakeredis.FakeRedis, backends: Backends) -> Iterator[tu
     worker.slots = 1
     worker.taker.claim_batch = 3
     worker.register_birth()
-    worker.in_flight._typical_seconds = 0.001  # slots free often: room for DECK_JOBS more
+    monkeypatch.setattr(InFlight, "frees_often", property(lambda _self: True))  # room for DECK_JOBS more
     try:
         yield worker, ids
     finally:
@@ -133,3 +135,14 @@ def test_jobs_that_wait_on_deck_too_long_go_back_to_their_queue_uncounted(
     assert connection.lrange("rq:queue:deck", 0, -1) == [ids[1].encode(), ids[2].encode()]  # back at the front
     GATE.set()
     assert wait_for_job(ids[0], backends, 10).status == "finished"
+
+
+def test_slots_free_often_while_short_jobs_end_and_not_once_none_did_lately(
+        connection: fakeredis.FakeRedis, backends: Backends) -> None:
+    spec = make_spec(held, queue="deck", timeout=5, retries=0, backoff=None, name="held", threads=True)
+    in_flight = build_worker([spec.queue], backends, Registry([spec])).in_flight
+    assert not in_flight.frees_often  # no job ended yet
+    in_flight._typical_seconds, in_flight._last_freed = 0.001, time.monotonic()  # as a short job's end leaves them
+    assert in_flight.frees_often
+    in_flight._last_freed -= SOON_SECONDS  # every slot held since by longer jobs: none on deck, to wait and go back
+    assert not in_flight.frees_often
