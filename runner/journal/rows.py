@@ -28,11 +28,13 @@ def row_values(job: Job, status: str, *, result: Any = None, ended_at: datetime 
     """The columns of the job's row once the job is `status` (`result` only counts when finished).
 
     Terminal statuses get `ended_at` (the job's own when not given); every other status clears
-    it, with the result, for the attempt to come."""
+    it, with the result, for the attempt to come. `started_at` is the start's, written with it, as
+    Redis keeps it: an end leaves it (RQ sets the job's `started_at` again, in memory only, just
+    before the code runs)."""
     meta = job.meta
     progress = progress_of(status, meta.get("progress"))
     terminal = status in TERMINAL_STATUSES
-    return {
+    values = {
         "status": status,
         "attempts": int(meta.get("attempts", 0)),
         "progress_percent": progress["percent"],
@@ -40,6 +42,8 @@ def row_values(job: Job, status: str, *, result: Any = None, ended_at: datetime 
         "result": result if status == JobStatus.FINISHED else None,
         "error": meta.get("error"),
         "artifacts": meta.get("artifacts") or [],
-        "started_at": job.started_at,
         "ended_at": (ended_at or job.ended_at) if terminal else None,
     }
+    if not terminal:
+        values["started_at"] = job.started_at
+    return values

@@ -101,7 +101,8 @@ def test_finished_job_view_falls_back_to_the_sql_row(
     response = client.get(location)
     assert response.status_code == 200
     stored = response.get_json()
-    for key in ("id", "function", "queue", "status", "result", "error", "attempts", "input", "progress"):
+    for key in ("id", "function", "queue", "status", "result", "error", "attempts", "input", "progress",
+                "started_at", "ended_at"):  # the row mirrors the job, to the microsecond
         assert stored[key] == live[key], key
     assert (stored["status"], stored["result"]["result"], stored["progress"]["percent"]) == ("finished", 14, 100)
     assert stored["ended_at"].endswith("+00:00")
