@@ -166,6 +166,9 @@ class PermanentError(Exception):
 class JobStopped(Exception):  # noqa: N818 (shown to users as the error's type)
     """The job was stopped on request while it ran (raised inside it by its worker)."""
 
+    def __init__(self, message: str = "The job was stopped on request.") -> None:
+        super().__init__(message)
+
 
 class FunctionDefinitionError(Exception):
     """Raised at discovery when a function's declaration cannot be used (bad policy, bad types)."""

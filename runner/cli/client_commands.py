@@ -80,10 +80,6 @@ def _fail(message: str, code: int, details: list[str] | None = None) -> NoReturn
     sys.exit(code)
 
 
-
-
-
-
 def handles_client_errors(command: F) -> F:
     """Turn API errors into one clear line (then its details, a line each) and an exit code."""
 
@@ -97,16 +93,6 @@ def handles_client_errors(command: F) -> F:
             _fail(f"{error} Is it running? Point --url or RUNNER_URL at it.", EXIT_UNREACHABLE)
 
     return run  # type: ignore[return-value]
-
-
-
-
-
-
-
-
-
-
 
 
 as_json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
@@ -234,8 +220,6 @@ def jobs(function_name: str | None, status: str | None, schedule: str | None, li
     print_table("Jobs", ["id", "function", "status", "attempts", "created (UTC)", "seconds"], rows)
     if page.get("next"):
         click.echo(f"More: python -m runner jobs --cursor {page['next']}")
-
-
 
 
 @click.command()

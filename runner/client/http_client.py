@@ -36,20 +36,6 @@ PREFIX_SEARCH_JOBS = 1000
 PREFIX_SEARCH_PAGE = 100
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 class RunnerClient:
     """The API's operations as methods returning its JSON; errors raise ApiError or ApiUnreachable."""
 

@@ -33,8 +33,6 @@ WAIT_SLICE_SECONDS = 0.5
 ERROR_STATUSES = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 
 
-
-
 @dataclass
 class JobView:
     """What a user sees of a job."""

@@ -102,7 +102,7 @@ async def run_invocation_async(job: Job, deadline: asyncio.Timeout, stopped: Cal
         except asyncio.CancelledError:
             if not stopped():
                 raise
-            raise JobStopped("The job was stopped on request.") from None
+            raise JobStopped() from None
         _ensure_json(result)
     return result
 

@@ -147,7 +147,7 @@ class FlightWatch:
 
     def _give_up_on(self, flying: FlyingJob) -> None:
         why = flying.ending or TIMED_OUT
-        error = JobStopped("The job was stopped on request.") if why == STOPPED \
+        error = JobStopped() if why == STOPPED \
             else timeout_exception(flying.job.timeout)()
         if self.flights.give_up(flying, error):
             log.error("worker %s: job %s did not end %g s after it %s; settled without it (its code holds a slot "

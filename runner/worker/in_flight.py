@@ -182,7 +182,7 @@ class InFlight:
         flying.began = time.monotonic()
         flying.deadline = flying.began + timeout if timeout else float("inf")
         if flying.ending == STOPPED:  # stopped between its slot's handover and now: it never runs
-            self._code_returned(flying, (None, self.code.failed(job, JobStopped("The job was stopped on request."))))
+            self._code_returned(flying, (None, self.code.failed(job, JobStopped())))
             return
         self.code.run(flying, timeout)
 
@@ -201,7 +201,7 @@ class InFlight:
                 self._deck.remove(waiting)
                 waiting.ending = STOPPED
         if waiting is not None:  # its code never ran: it ends stopped now
-            return self.give_up(waiting, JobStopped("The job was stopped on request."))
+            return self.give_up(waiting, JobStopped())
         return self.watch.ask_to_end(job_id, STOPPED)
 
     def slots_busy_now(self, pipeline: Pipeline) -> None:

@@ -136,7 +136,7 @@ class JobWatch:
 
     def _interrupted(self, signum: int, frame: FrameType | None) -> None:
         if self.job is not None and self.worker.stopped_job_id == self.job.id:
-            raise JobStopped("The job was stopped on request.")
+            raise JobStopped()
 
     def stop_now(self, why: str) -> None:
         """Put the running job back at the front of its queue uncounted, and end the process."""

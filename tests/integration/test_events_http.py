@@ -160,7 +160,6 @@ def test_open_streams_leave_the_api_responsive(events_stack: Stack, tmp_path: Pa
     assert events_stack.wait_until_terminal(job_id)["status"] == "finished"
 
 
-
 # Issue 19, item 10: a stream whose client went away freed its slot only at the next heartbeat (15 s).
 SLOT_BOUND_SECONDS = 1.0
 

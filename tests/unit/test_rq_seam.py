@@ -113,7 +113,6 @@ def test_a_latest_result_read_with_the_job_answers_return_value_without_a_round_
     assert job_status(read) == "finished"
 
 
-
 def test_a_worker_hash_reads_as_rqs_worker_reads_it() -> None:
     connection = fakeredis.FakeRedis()
     worker = SimpleWorker([Queue("a", connection=connection), Queue("b", connection=connection)],
