@@ -19,11 +19,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
+from uuid import uuid4
 
 import redis
 from redis.client import Pipeline
 from rq.exceptions import DeserializationError
-from rq.executions import Execution
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.results import Result
@@ -121,22 +122,34 @@ def start_guard(pipeline: Pipeline, job: Job, fence: int) -> Iterator[None]:
         yield
 
 
-def queue_start(pipeline: Pipeline, worker: BaseWorker, job: Job, *, fence: int, heartbeat_ttl: int,
+def queue_start(pipeline: Pipeline, job: Job, *, worker_name: str, fence: int, heartbeat_ttl: int,
                 dead_after: float) -> Execution:
-    """Queue the start of `job` as its `fence`th execution (call inside `start_guard`); its execution."""
-    execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=worker.name)
+    """Queue the start of `job` as its `fence`th execution (call inside `start_guard`); its execution.
+
+    What RQ's Execution.create writes, the execution's hash in one HSET with our field."""
+    execution = Execution(uuid4().hex, job.id, connection=job.connection, worker_name=worker_name)
+    pipeline.hset(execution.key, mapping={**execution.serialize(), DEAD_AFTER_FIELD: dead_after})
+    pipeline.expire(execution.key, heartbeat_ttl)
+    ExecutionRegistry(job_id=job.id, connection=pipeline).add(execution=execution, ttl=heartbeat_ttl, pipeline=pipeline)
+    job.started_job_registry.add_execution(execution, pipeline=pipeline, ttl=heartbeat_ttl, xx=False)
     pipeline.hset(job.key, FENCE_FIELD, fence)
-    pipeline.hset(execution.key, DEAD_AFTER_FIELD, dead_after)
-    # What RQ's set_state, set_current_job_id, set_current_job_working_time and heartbeat write.
+    job.prepare_for_execution(worker_name, pipeline=pipeline)
+    pipeline.persist(job.key)  # what Job.perform would do on its own (RunnerJob does not)
+    return execution
+
+
+def queue_worker_busy(pipeline: Pipeline, worker: BaseWorker, job: Job, heartbeat_ttl: int,
+                      also: dict[str, int]) -> None:
+    """Queue what RQ's set_state, set_current_job_id, set_current_job_working_time and heartbeat write
+    when the worker starts `job` (once for the jobs started together: the last one is its current job),
+    in one HSET with the fields `also` sets."""
     worker.set_state(WorkerStatus.BUSY, pipeline=pipeline)
     worker.current_job_working_time = 0
     worker.last_heartbeat = now()
-    pipeline.hset(worker.key, mapping={"current_job": job.id, "current_job_working_time": 0,
-                                       "last_heartbeat": utcformat(worker.last_heartbeat)})
+    fields: dict[str, str | int] = {"current_job": job.id, "current_job_working_time": 0,
+                                    "last_heartbeat": utcformat(worker.last_heartbeat), **also}
+    pipeline.hset(worker.key, mapping=fields)  # type: ignore[arg-type]
     pipeline.expire(worker.key, heartbeat_ttl)
-    job.prepare_for_execution(worker.name, pipeline=pipeline)
-    pipeline.persist(job.key)  # what Job.perform would do on its own (RunnerJob does not)
-    return execution
 
 
 def queue_finish(pipeline: Pipeline, worker: BaseWorker, job: Job, *, result_ttl: int,

@@ -21,7 +21,7 @@ this list against the classes). Here:
   back uncounted.
 - set_state: RQ writes `idle` after every job; a known state is not written again.
 - request_stop, request_force_stop: a graceful stop finishes within the grace period, then
-  requeues uncounted.
+  requeues uncounted (these two and the next two in runner.rq_seam.stopping).
 - handle_payload: the stop-job command names one of the jobs in flight (`stop_in_flight`), which RQ's
   handler, knowing one current job only, would ignore.
 - kill_horse: the stop-job command interrupts the job in this process (there is no work horse).
@@ -48,16 +48,12 @@ And in runner.worker.runner_worker.RunnerWorker:
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections.abc import Callable
-from datetime import datetime
-from types import FrameType
 from typing import Any
 
 import redis
 from redis.client import Pipeline, PubSub, PubSubWorkerThread
-from rq.command import parse_payload
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -65,9 +61,16 @@ from rq.registry import StartedJobRegistry
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from runner.rq_seam.bookkeeping import RunnerJob, guarded_by_fence, queue_finish, queue_start, start_guard
-from runner.rq_seam.scheduler_start import SchedulerStartingWorker
+from runner.rq_seam.bookkeeping import (
+    RunnerJob,
+    guarded_by_fence,
+    queue_finish,
+    queue_start,
+    queue_worker_busy,
+    start_guard,
+)
 from runner.rq_seam.scripts import execute_as_script, script_pipeline
+from runner.rq_seam.stopping import StoppingWorker
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ class CanceledBeforeStart(Exception):  # noqa: N818 (a state, not a failure)
     """The job was canceled after this worker claimed it and before it started: it must not run."""
 
 
-class SeamWorker(SchedulerStartingWorker):
+class SeamWorker(StoppingWorker):
     """RQ's in-process worker with one script call per start and per end, and hooks for its subclass."""
 
     job_class = RunnerJob
@@ -102,6 +105,10 @@ class SeamWorker(SchedulerStartingWorker):
         """Queue what else starts with `job` (inside its start's guard); what to do once sent."""
         return _nothing
 
+    def fields_at_start(self, job: Job) -> dict[str, int]:
+        """Fields of the worker's hash to write with RQ's when `job`, the last of the jobs started together, starts."""
+        return {}
+
     def succeed(self, job: Job, pipeline: Pipeline) -> AfterSent:
         """Queue what else ends with `job`'s success (inside its fence's guard); what to do once sent."""
         return _nothing
@@ -116,31 +123,7 @@ class SeamWorker(SchedulerStartingWorker):
         """Queue putting `job` back for `delay_seconds`, its attempt uncounted (inside the fence's guard)."""
         raise NotImplementedError
 
-    def stop_requested_now(self) -> None:
-        """Called on the first stop signal: the subclass starts its grace period."""
-
-    def second_stop_requested(self) -> None:
-        """Called on a second stop signal: the subclass ends the job now."""
-
-    def interrupt_job(self) -> None:
-        """Called by the stop-job command for the job this worker runs."""
-
-    def stop_in_flight(self, job_id: str) -> bool:
-        """Called by the stop-job command first: stop `job_id` if it is one of the jobs this worker runs
-        many at once (whether it was)."""
-        return False
-
     # RQ's private state, read through names of ours
-
-    @property
-    def stop_requested(self) -> bool:
-        """Whether the worker was asked to stop (it takes no new job)."""
-        return bool(self._stop_requested)
-
-    @property
-    def stopped_job_id(self) -> str | None:
-        """The job the stop-job command named, if any."""
-        return self._stopped_job_id  # type: ignore[no-any-return]
 
     @property
     def ordered_queues(self) -> list[Queue]:
@@ -179,10 +162,13 @@ class SeamWorker(SchedulerStartingWorker):
             starts: list[tuple[Execution, AfterSent]] = []
             for job in jobs:
                 fence = getattr(job, "fence", 0) + 1
+                heartbeat_ttl = self.get_heartbeat_ttl(job)
                 with start_guard(pipeline, job, fence):
-                    execution = queue_start(pipeline, self, job, fence=fence, heartbeat_ttl=self.get_heartbeat_ttl(job),
-                                            dead_after=self.dead_after)
+                    execution = queue_start(pipeline, job, worker_name=self.name, fence=fence,
+                                            heartbeat_ttl=heartbeat_ttl, dead_after=self.dead_after)
                     job.fence = fence  # type: ignore[attr-defined]
+                    if job is jobs[-1]:  # what each start would write, written once: the last one's
+                        queue_worker_busy(pipeline, self, job, heartbeat_ttl, self.fields_at_start(job))
                     starts.append((execution, self.begin(job, pipeline)))
             guards = execute_as_script(self.connection, pipeline)
         if held:
@@ -274,38 +260,9 @@ class SeamWorker(SchedulerStartingWorker):
             return
         super().set_state(state, pipeline)
 
-    def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        self._shutdown_requested_date = now()
-        self.handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
-        signal.signal(signal.SIGINT, self.request_force_stop)
-        signal.signal(signal.SIGTERM, self.request_force_stop)
-        self._stop_requested = True
-        self.stop_requested_now()
-        if self.scheduler:
-            self.stop_scheduler()  # type: ignore[no-untyped-call]
-
-    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
-        requested: datetime | None = self._shutdown_requested_date
-        if requested and (now() - requested).total_seconds() < 1:
-            return  # the same stop, delivered twice (process group and pool)
-        self.second_stop_requested()
-
-    def handle_payload(self, message: dict[str, Any]) -> None:
-        payload = parse_payload(message)
-        if payload.get("command") == "stop-job" and self.stop_in_flight(str(payload.get("job_id", ""))):
-            return
-        super().handle_payload(message)  # type: ignore[no-untyped-call]
-
-    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        self.interrupt_job()
-
     def _pubsub_exception_handler(self, exc: Exception, pubsub: PubSub, pubsub_thread: PubSubWorkerThread) -> None:
         if not isinstance(exc, redis.exceptions.ConnectionError):
             super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
             return
         log.debug("worker %s: pubsub thread lost Redis (%s); retrying", self.name, exc)
         time.sleep(PUBSUB_RETRY_SECONDS)
-
-    def note_stop_requested(self) -> None:
-        """Record the stop's time in Redis (shown by RQ's tools)."""
-        self.set_shutdown_requested_date()  # type: ignore[no-untyped-call]

@@ -233,14 +233,16 @@ class RunnerWorker(SeamWorker):
 
     def begin(self, job: Job, pipeline: Pipeline) -> AfterSent:
         release_claim(pipeline, self.name, job.id)
-        if ordinal := getattr(job, "in_slot", 0):
-            pipeline.hset(self.key, WORKER_SLOTS_BUSY_FIELD, min(self.slots, self.in_flight.busy + ordinal))
-        else:
+        if not getattr(job, "in_slot", 0):
             self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
         if not attempts.is_invocation(job) or not begins_at_start(job):
             return super().begin(job, pipeline)
         job.attempt_begun = True  # type: ignore[attr-defined]
         return attempts.queue_begin(pipeline, job, self.connection)
+
+    def fields_at_start(self, job: Job) -> dict[str, int]:
+        ordinal = getattr(job, "in_slot", 0)  # the slots taken by the jobs started with it, counted
+        return {WORKER_SLOTS_BUSY_FIELD: min(self.slots, self.in_flight.busy + ordinal)} if ordinal else {}
 
     def succeed(self, job: Job, pipeline: Pipeline) -> AfterSent:
         return attempts.queue_success(pipeline, job, self.connection)
