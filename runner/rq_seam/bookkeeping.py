@@ -24,7 +24,7 @@ from uuid import uuid4
 import redis
 from redis.client import Pipeline
 from rq.exceptions import DeserializationError
-from rq.executions import Execution, ExecutionRegistry
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.results import Result
@@ -32,7 +32,8 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
-from runner.rq_seam.keys import DEAD_AFTER_FIELD, FENCE_FIELD, META_FIELD, STATUS_FIELD, job_key
+from runner.rq_seam.keys import FENCE_FIELD, META_FIELD, STATUS_FIELD, job_key
+from runner.rq_seam.macros import queue_start_writes, queue_success_writes
 from runner.rq_seam.scripts import DIFFERS, EQUALS, guard
 
 R = TypeVar("R")
@@ -126,15 +127,11 @@ def queue_start(pipeline: Pipeline, job: Job, *, worker_name: str, fence: int, h
                 dead_after: float) -> Execution:
     """Queue the start of `job` as its `fence`th execution (call inside `start_guard`); its execution.
 
-    What RQ's Execution.create writes, the execution's hash in one HSET with our field."""
+    What RQ's Execution.create and Job.prepare_for_execution write, with the PERSIST of the job's key that
+    Job.perform would send on its own (RunnerJob does not), as one command (runner.rq_seam.macros)."""
     execution = Execution(uuid4().hex, job.id, connection=job.connection, worker_name=worker_name)
-    pipeline.hset(execution.key, mapping={**execution.serialize(), DEAD_AFTER_FIELD: dead_after})
-    pipeline.expire(execution.key, heartbeat_ttl)
-    ExecutionRegistry(job_id=job.id, connection=pipeline).add(execution=execution, ttl=heartbeat_ttl, pipeline=pipeline)
-    job.started_job_registry.add_execution(execution, pipeline=pipeline, ttl=heartbeat_ttl, xx=False)
-    pipeline.hset(job.key, FENCE_FIELD, fence)
-    job.prepare_for_execution(worker_name, pipeline=pipeline)
-    pipeline.persist(job.key)  # what Job.perform would do on its own (RunnerJob does not)
+    queue_start_writes(pipeline, job, execution, fence=fence, heartbeat_ttl=heartbeat_ttl, dead_after=dead_after,
+                       started=now())
     return execution
 
 
@@ -157,23 +154,22 @@ def queue_finish(pipeline: Pipeline, worker: BaseWorker, job: Job, *, result_ttl
     """Queue what RQ writes when a job's `execution` succeeded (call inside `guarded_by_fence`), but for
     the execution's removal (`queue_forget_execution`, or RQ's cleanup for the worker's own)."""
     assert job.started_at is not None and job.ended_at is not None and job.last_heartbeat is not None
-    worker.increment_successful_job_count(pipeline=pipeline)
-    worker.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+    if result_ttl > 0:
+        queue_success_writes(pipeline, job, worker.key, result_ttl=result_ttl)
+    else:  # a result kept forever (-1) or not at all (0): RQ's own calls
+        worker.increment_successful_job_count(pipeline=pipeline)
+        worker.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+        if result_ttl != 0:
+            job.set_status(JobStatus.FINISHED, pipeline=pipeline)
+            pipeline.hset(job.key, mapping={"ended_at": utcformat(job.ended_at),
+                                            "last_heartbeat": utcformat(job.last_heartbeat)})
+            job.finished_job_registry.add(job, result_ttl, pipeline)
+        job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
     if result_ttl != 0:
-        # RQ saves every field of the job here, its payload compressed anew; since the start
-        # saved them, only these three changed (RQ's rule kept: the user's meta is not touched).
-        job.set_status(JobStatus.FINISHED, pipeline=pipeline)
-        pipeline.hset(job.key, mapping={"ended_at": utcformat(job.ended_at),
-                                        "last_heartbeat": utcformat(job.last_heartbeat)})
         Result.create(job, Result.Type.SUCCESSFUL, return_value=getattr(job, "outcome", None), ttl=result_ttl,
                       worker_name=worker.name, pipeline=pipeline, execution_id=execution.id if execution else None,
                       execution_started_at=execution.created_at if execution else None,
                       execution_ended_at=job.ended_at)
-        job.finished_job_registry.add(job, result_ttl, pipeline)
-    if result_ttl > 0:  # RQ's job.cleanup also expires dependency keys, which runner jobs never have
-        pipeline.expire(job.key, result_ttl)
-    else:
-        job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
 
 
 def queue_meta(pipeline: Pipeline, job: Job) -> None:
@@ -223,5 +219,7 @@ def queue_failure(pipeline: Pipeline, job: Job, exc_string: str, *, status: str 
 
 
 def queue_forget_execution(pipeline: Pipeline, job: Job, execution_id: str) -> None:
-    """Queue the removal of an execution of `job` (its record, its place in the started registry)."""
+    """Queue the removal of an execution of `job` (its record, its place in the started registry), in a
+    transaction (MULTI) as well as a script call: RQ's own calls (runner.rq_seam.macros.queue_forget, the same
+    writes as one command, is for script calls)."""
     Execution(execution_id, job.id, connection=job.connection).delete(job=job, pipeline=pipeline)

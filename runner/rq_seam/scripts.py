@@ -13,6 +13,9 @@ are not known here is refused when it is queued for a script, not sent with a ke
 Encoding, per command, in ARGV: the number of its other arguments, the number of its keys, its
 name, then its other arguments; its keys follow each other in KEYS.
 
+A pseudo-command of runner.rq_seam.macros (a job's start) is encoded as a command and spelled out by
+the script.
+
 A `guard` makes the commands queued inside it conditional on hash fields (a job not canceled, an
 attempt still the job's latest): when a condition fails, they are skipped, and the commands
 after the block run as usual. The script reports each guard's outcome, in order.
@@ -29,6 +32,8 @@ import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
+from runner.rq_seam import macros
+
 # A pseudo-command opening a guarded block (see `guard`).
 GUARD = "RUNNER-GUARD"
 EQUALS, DIFFERS = "=", "!"
@@ -43,11 +48,12 @@ KEY_COUNTS: dict[str, int] = {
     ), 1),
     **dict.fromkeys(("DEL", "UNLINK", "TOUCH"), -1),
     "PUBLISH": 0,
+    **macros.KEY_COUNTS,
 }
 
 # Runs the commands encoded in ARGV from position `argv_from` on, their keys taken from KEYS from
 # `key_from` on; returns each guard's outcome (1 when its conditions held), in order. For scripts.
-RUN_COMMANDS_LUA = """
+RUN_COMMANDS_LUA = macros.MACROS_LUA + """
 local function run_commands(argv_from, key_from)
   local unpack = unpack or table.unpack
   local i, k, guards = argv_from, key_from, {}
@@ -66,6 +72,9 @@ local function run_commands(argv_from, key_from)
       for _ = 1, skip do
         i, k = i + 3 + tonumber(ARGV[i]), k + tonumber(ARGV[i + 1])
       end
+    elseif macros[name] then
+      macros[name](k, i + 3)
+      i, k = i + 3 + nargs, k + nkeys
     else
       if nkeys == 1 then
         redis.call(name, KEYS[k], unpack(ARGV, i + 3, i + 2 + nargs))

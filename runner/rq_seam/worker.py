@@ -69,6 +69,7 @@ from runner.rq_seam.bookkeeping import (
     queue_worker_busy,
     start_guard,
 )
+from runner.rq_seam.macros import queue_forget
 from runner.rq_seam.scripts import execute_as_script, script_pipeline
 from runner.rq_seam.stopping import StoppingWorker
 
@@ -249,7 +250,7 @@ class SeamWorker(StoppingWorker):
 
     def _forget_execution(self, pipeline: Pipeline, job: Job, execution: Execution | None) -> None:
         if execution is not None and execution is not self.execution:
-            execution.delete(job=job, pipeline=pipeline)  # one of the jobs in flight: the worker's state stays
+            queue_forget(pipeline, job, execution)  # one of the jobs in flight: the worker's state stays
             return
         self.cleanup_execution(job, pipeline=pipeline)
         self.set_state(WorkerStatus.IDLE, pipeline=pipeline)

@@ -107,9 +107,10 @@ def take_and_die(worker: RunnerWorker, attempt_began: bool = True) -> StartedEnt
             return SeamWorker.begin(worker, job, pipeline)
 
         worker.begin = begin_only  # type: ignore[method-assign]
-        job.prepare_for_execution = lambda name, pipeline: None  # type: ignore[method-assign]
     # The worker starts the job and begins its attempt in one script call.
     execution = worker.prepare_execution(job)
+    if not attempt_began:  # its status not yet `started`: recovery reads that the attempt never began
+        worker.connection.hset(job.key, "status", JobStatus.QUEUED.value)
     return StartedEntry(QUEUE, job.id, execution.id)
 
 

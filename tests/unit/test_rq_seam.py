@@ -8,12 +8,15 @@ import inspect
 import logging
 import re
 import signal
+from datetime import timedelta
 from pathlib import Path
 
 import fakeredis
 import pytest
 import redis
 import rq
+import rq.executions
+import rq.registry
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
 from rq.job import Job, JobStatus
@@ -21,15 +24,17 @@ from rq.registry import DeferredJobRegistry
 from rq.results import Result
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
+from rq.utils import utcformat
 from rq.worker import BaseWorker
 
 import runner.rq_seam.worker as seam_worker
-from runner.rq_seam import keys
+from runner.rq_seam import keys, macros
 from runner.rq_seam.bookkeeping import queue_requeue
 from runner.rq_seam.dependencies import dependency_ids
 from runner.rq_seam.job_reads import fetch_with_latest_result, job_status
+from runner.rq_seam.macros import queue_forget, queue_start_writes, queue_success_writes
 from runner.rq_seam.scheduler_guard import RunnerScheduler, run_scheduler
-from runner.rq_seam.scripts import KEY_COUNTS
+from runner.rq_seam.scripts import KEY_COUNTS, execute_as_script, script_pipeline
 from runner.rq_seam.worker_reads import read_live_workers
 from runner.worker.runner_worker import RunnerWorker
 
@@ -72,6 +77,7 @@ def test_the_private_names_the_seam_reads_exist() -> None:
     for name in ("_process", "_queue_names"):
         assert hasattr(scheduler, name), name
     assert inspect.signature(Job.restore).parameters.keys() >= {"raw_data"}
+    assert hasattr(Job("j", connection=connection), "_status")  # set by runner.rq_seam.macros, as RQ's start does
 
 
 def test_key_formats_are_rqs() -> None:
@@ -98,6 +104,94 @@ def test_key_formats_are_rqs() -> None:
     fields = connection.hgetall(keys.job_key(job.id))
     for name in (keys.STATUS_FIELD, keys.META_FIELD, keys.ORIGIN_FIELD, keys.ENQUEUED_AT_FIELD):
         assert name.encode() in fields, name
+
+
+def test_a_start_written_as_one_command_writes_what_rqs_own_calls_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in (rq.executions, rq.registry, macros):  # the registries' scores, from one clock
+        monkeypatch.setattr(module, "current_timestamp", lambda: 1_800_000_000)
+    connection = fakeredis.FakeRedis()
+    queue = Queue("q", connection=connection, serializer=JSONSerializer)
+    theirs, ours = (queue.enqueue("x.y", job_id=name) for name in ("theirs", "ours"))
+    with connection.pipeline() as pipeline:  # RQ's start, and our two fields
+        execution = Execution.create(theirs, 90, pipeline=pipeline, worker_name="w")
+        pipeline.hset(theirs.key, keys.FENCE_FIELD, 3)
+        pipeline.hset(execution.key, keys.DEAD_AFTER_FIELD, 15.0)
+        theirs.prepare_for_execution("w", pipeline=pipeline)
+        pipeline.persist(theirs.key)
+        pipeline.execute()
+    ours_execution = Execution("e", ours.id, connection=connection, worker_name="w")
+    ours_execution.created_at = ours_execution.last_heartbeat = execution.created_at
+    pipeline = script_pipeline(connection)
+    queue_start_writes(pipeline, ours, ours_execution, fence=3, heartbeat_ttl=90, dead_after=15.0,
+                       started=theirs.started_at)  # type: ignore[arg-type]
+    execute_as_script(connection, pipeline)
+
+    def written(job: Job, execution: Execution) -> dict[str, object]:
+        registry = keys.registry_key("started", "q")
+        return {
+            "job": {k: v for k, v in connection.hgetall(job.key).items() if k not in (b"created_at", b"enqueued_at")},
+            "job ttl": connection.ttl(job.key),
+            "execution": {k: v.replace(execution.id.encode(), b"<id>") for k, v in
+                          connection.hgetall(execution.key).items()},
+            "execution ttl": connection.ttl(execution.key),
+            "executions": [(m.replace(execution.id.encode(), b"<id>"), s) for m, s in
+                           connection.zrange(keys.executions_key(job.id), 0, -1, withscores=True)],
+            "executions ttl": connection.ttl(keys.executions_key(job.id)),
+            "started": connection.zscore(registry, execution.composite_key),
+            "in memory": (job.get_status(refresh=False), job.worker_name, job.started_at, job.last_heartbeat),
+        }
+
+    assert written(ours, ours_execution) == written(theirs, execution)
+
+
+def test_a_success_and_an_executions_removal_as_one_command_each_write_what_rqs_own_calls_write(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in (rq.executions, rq.registry, macros):
+        monkeypatch.setattr(module, "current_timestamp", lambda: 1_800_000_000)
+    connection = fakeredis.FakeRedis()
+    queue = Queue("q", connection=connection, serializer=JSONSerializer)
+    ended = {}
+    for name in ("theirs", "ours"):
+        job = queue.enqueue("x.y", job_id=name)
+        with connection.pipeline() as pipeline:
+            execution = Execution.create(job, 90, pipeline=pipeline, worker_name=name)
+            job.prepare_for_execution(name, pipeline=pipeline)
+            pipeline.execute()
+        job.ended_at = job.started_at + timedelta(seconds=1.25)  # type: ignore[operator]
+        job.last_heartbeat = job.ended_at + timedelta(microseconds=1)
+        worker = SimpleWorker([queue], connection=connection, name=name)
+        with connection.pipeline() as pipeline:
+            if name == "theirs":  # RQ's calls, and the two fields its job.save would write anew
+                worker.increment_successful_job_count(pipeline=pipeline)
+                worker.increment_total_working_time(job.ended_at - job.started_at, pipeline)  # type: ignore[operator]
+                job.set_status(JobStatus.FINISHED, pipeline=pipeline)
+                pipeline.hset(job.key, mapping={"ended_at": utcformat(job.ended_at),
+                                                "last_heartbeat": utcformat(job.last_heartbeat)})
+                job.finished_job_registry.add(job, 60, pipeline)
+                pipeline.expire(job.key, 60)
+                execution.delete(job=job, pipeline=pipeline)
+                pipeline.execute()
+        if name == "ours":
+            pipeline = script_pipeline(connection)
+            queue_success_writes(pipeline, job, worker.key, result_ttl=60)
+            queue_forget(pipeline, job, execution)
+            execute_as_script(connection, pipeline)
+        ended[name] = {
+            "worker": {k: v for k, v in connection.hgetall(worker.key).items()
+                       if k in (b"successful_job_count", b"total_working_time")},
+            "job": {k: v.replace(name.encode(), b"<name>") for k, v in connection.hgetall(job.key).items()
+                    if k not in (b"created_at", b"enqueued_at", b"started_at", b"ended_at", b"last_heartbeat")},
+            "times": (connection.hget(job.key, "ended_at"), connection.hget(job.key, "last_heartbeat")) ==
+                     (utcformat(job.ended_at).encode(), utcformat(job.last_heartbeat).encode()),
+            "job ttl": connection.ttl(job.key),
+            "finished": connection.zscore(keys.registry_key("finished", "q"), job.id),
+            "execution": (connection.exists(execution.key),
+                          connection.zscore(keys.registry_key("started", "q"), execution.composite_key),
+                          connection.zrange(keys.executions_key(job.id), 0, -1)),
+            "in memory": job.get_status(refresh=False),
+        }
+    assert ended["ours"] == ended["theirs"]
+    assert ended["ours"]["worker"] == {b"successful_job_count": b"1", b"total_working_time": b"1.25"}
 
 
 def test_a_latest_result_read_with_the_job_answers_return_value_without_a_round_trip() -> None:
