@@ -176,8 +176,9 @@ class Projector:
                         stop.wait(LEASE_SECONDS / 2)
                         continue
                     renew_lease_at = now + LEASE_SECONDS / 5
-                batch = self.read_batch()
-                if not batch:
+                # Counted while they wait for company, read (and decoded) once, when applied.
+                waiting = self.connection.xlen(JOURNAL_KEY)
+                if not waiting:
                     held_since = None
                     if now < busy_until:
                         stop.wait(HOLD_SECONDS)  # entries came lately: look again soon, not woken by each
@@ -186,10 +187,10 @@ class Projector:
                     continue
                 busy_until = now + BUSY_SECONDS
                 held_since = held_since or now
-                if len(batch) < MAX_BATCH and now - held_since < HOLD_SECONDS:
+                if waiting < MAX_BATCH and now - held_since < HOLD_SECONDS:
                     stop.wait(HOLD_SECONDS - (now - held_since))  # the jobs' own work goes first
                     continue
-                self.apply(batch)
+                self.apply(self.read_batch())
                 held_since = None
                 if database_away:
                     log.info("journal: the database answers again; applying the waiting entries")
