@@ -56,7 +56,7 @@ SUSPENSION_CHECK_SECONDS = 1.0
 MIN_DEAD_AFTER_SECONDS = 3.0
 # Jobs of a few milliseconds are claimed several at a time; longer ones one by one, so that no job
 # waits behind a long one while another worker is idle.
-MAX_CLAIM_BATCH = 8
+MAX_CLAIM_BATCH = 16
 SHORT_JOB_SECONDS = 0.01
 
 
