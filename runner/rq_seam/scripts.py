@@ -13,8 +13,8 @@ are not known here is refused when it is queued for a script, not sent with a ke
 Encoding, per command, in ARGV: the number of its other arguments, the number of its keys, its
 name, then its other arguments; its keys follow each other in KEYS.
 
-A pseudo-command of runner.rq_seam.macros (a job's start) is encoded as a command and spelled out by
-the script.
+A pseudo-command of runner.rq_seam.macros (RQ's start, success, an execution's removal) is encoded as a
+command and spelled out by the script; it exists in script calls only.
 
 A `guard` makes the commands queued inside it conditional on hash fields (a job not canceled, an
 attempt still the job's latest): when a condition fails, they are skipped, and the commands
