@@ -187,9 +187,10 @@ class RunnerEngine(Engine):
         return ("noop", {}) if kind == "noop" else ("simple_calculation", {"expression": "(2+3)*4-5/2"})
 
     def fill(self, count: int, kind: str = "noop") -> Callable[[], bool]:
-        from sqlalchemy import func
+        import sqlalchemy as sa
 
         from runner.services.invocation import enqueue_invocation
+        from runner.status import JobStatus
         from runner.store.models import InvocationRecord
 
         name, payload = self._payload(kind)
@@ -198,19 +199,26 @@ class RunnerEngine(Engine):
             session.query(InvocationRecord).delete()
         for _ in range(count):
             enqueue_invocation(spec, payload, self.backends)
+        table = InvocationRecord.__table__
+        failed_row = sa.select(table.c.error).where(table.c.status == JobStatus.FAILED).limit(1)
+        waiting = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED)
+        unfinished_row = sa.select(table.c.id).where(table.c.status.in_(waiting)).limit(1)
+        finished_count = sa.select(sa.func.count()).select_from(table).where(table.c.status == JobStatus.FINISHED)
 
         def done() -> bool:
             # Done means the SQL rows say finished: the store updates are part of the work. A failed
             # job ends the batch at once: its engine is broken, and waiting out the timeout says less.
-            with self.backends.store.session() as session:
-                counts = dict(session.query(InvocationRecord.status, func.count())
-                              .group_by(InvocationRecord.status).all())
-                if counts.get("failed"):
-                    error = session.query(InvocationRecord.error).filter(InvocationRecord.status == "failed") \
-                        .limit(1).scalar()
-                    raise RuntimeError(f"{counts['failed']} {name} jobs failed on {self.name}, one with "
-                                       f"{json.dumps(error)[:300]}")
-            return bool(counts.get("finished", 0) >= count)
+            # Looked at every 10 ms while the workers run, so the look is light, as the other engines'
+            # are (a GET per new result): two index seeks while a row waits, the count once none does.
+            # (A count by status of 20,000 SQLite rows is 1.8 ms of CPU: at 100 looks a second it took
+            # 8-16 % from our no-op drain, the harness's cost, not the engine's.)
+            with self.backends.store.engine.connect() as connection:
+                failed = connection.execute(failed_row).first()
+                if failed is not None:
+                    raise RuntimeError(f"{name} jobs failed on {self.name}, one with {json.dumps(failed[0])[:300]}")
+                if connection.execute(unfinished_row).first() is not None:
+                    return False
+                return bool(connection.execute(finished_count).scalar_one() >= count)
 
         return done
 

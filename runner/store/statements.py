@@ -57,22 +57,29 @@ class RowChange:
             return {**self.values, **bookkeeping, "id": self.job_id}
         return {**self.values, **bookkeeping, "_id": self.job_id, "_fence": self.fence, "_position": self.position}
 
-    def columns(self) -> tuple[str, ...]:
-        """The columns the change sets (its statement's shape)."""
-        names = set(self.values) | set(BOOKKEEPING_COLUMNS)
-        if self.insert:
-            names.add("id")
-        return tuple(sorted(names))
-
 
 def runs_of_same_shape(changes: Sequence[RowChange],
                        dialect_name: str) -> Iterator[tuple[sa.Insert | sa.Update, list[dict[str, Any]]]]:
     """Group changes by statement, for one executemany each (order within a group kept)."""
-    groups: dict[tuple[bool, tuple[str, ...]], list[dict[str, Any]]] = {}
+    by_names: dict[tuple[bool, tuple[str, ...]], list[dict[str, Any]]] = {}
     for change in changes:
-        groups.setdefault((change.insert, change.columns()), []).append(change.parameters())
+        # Keyed by its values' names as they come: changes built alike share a key, found without a
+        # sort per change (8 us a job of the projector's time in a drain).
+        by_names.setdefault((change.insert, tuple(change.values)), []).append(change.parameters())
+    groups: dict[tuple[bool, tuple[str, ...]], list[dict[str, Any]]] = {}
+    for (insert, names), rows in by_names.items():
+        groups.setdefault((insert, columns_set_by(names, insert)), []).extend(rows)
     for (insert, columns), rows in groups.items():
         yield (upsert_of(columns, dialect_name) if insert else fenced_update(columns)), rows
+
+
+@lru_cache(maxsize=256)
+def columns_set_by(names: tuple[str, ...], insert: bool) -> tuple[str, ...]:
+    """The columns a change of values `names` sets (its statement's shape)."""
+    columns = set(names) | set(BOOKKEEPING_COLUMNS)
+    if insert:
+        columns.add("id")
+    return tuple(sorted(columns))
 
 
 @lru_cache(maxsize=64)
