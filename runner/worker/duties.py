@@ -60,6 +60,13 @@ PRUNE_BACKLOG_SECONDS = 3
 PROJECTOR_STOP_SECONDS = 5.0
 
 
+class BusySlots(Protocol):
+    """The count of busy slots of runner.worker.in_flight.InFlight."""
+
+    @property
+    def busy(self) -> int: ...
+
+
 class DutifulWorker(SchedulingWorker, Protocol):
     """What Duties needs of its worker (runner.worker.runner_worker.RunnerWorker)."""
 
@@ -75,6 +82,9 @@ class DutifulWorker(SchedulingWorker, Protocol):
 
     @property
     def running_job(self) -> Job | None: ...
+
+    @property
+    def in_flight_now(self) -> BusySlots | None: ...
 
     @property
     def stop_requested(self) -> bool: ...
@@ -117,7 +127,9 @@ class Duties:
         self.settle_flows()
         if time.monotonic() >= self.chores_due:
             self.chores_due = time.monotonic() + worker.dequeue_timeout
-            worker.set_state(WorkerStatus.IDLE)
+            in_flight = worker.in_flight_now
+            if in_flight is None or not in_flight.busy:  # jobs in slots keep it busy: their last end says idle
+                worker.set_state(WorkerStatus.IDLE)
             worker.heartbeat()
             if worker.should_run_maintenance_tasks:
                 worker.run_maintenance_tasks()

@@ -20,10 +20,17 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
+from rq.worker import WorkerStatus
 
 from runner.errors import JobStopped
 from runner.redis_connection import REDIS_ERRORS
-from runner.rq_seam.keys import WORKER_LOOP_BLOCKED_FIELD, WORKER_LOOP_LAG_FIELD, WORKER_SLOTS_BUSY_FIELD
+from runner.rq_seam.keys import (
+    WORKER_CURRENT_JOB_FIELD,
+    WORKER_LOOP_BLOCKED_FIELD,
+    WORKER_LOOP_LAG_FIELD,
+    WORKER_SLOTS_BUSY_FIELD,
+    WORKER_STATE_FIELD,
+)
 from runner.worker.event_loop import LoopThread
 
 log = logging.getLogger(__name__)
@@ -76,6 +83,9 @@ class Flights(Protocol):
 
     @property
     def busy(self) -> int: ...
+
+    @property
+    def hash_writes(self) -> threading.Lock: ...
 
     def flying(self) -> list[FlyingJob]: ...
 
@@ -158,14 +168,20 @@ class FlightWatch:
         lag = loop.take_worst_lag() if loop is not None else 0.0
         blocked = loop.blocked_count if loop is not None else 0
         try:
-            with worker.connection.pipeline(transaction=False) as pipeline:
+            with worker.connection.pipeline(transaction=False) as pipeline, self.flights.hash_writes:
                 for flying in flying_now:
                     ttl = worker.get_heartbeat_ttl(flying.job)
                     flying.execution.heartbeat(flying.job.started_job_registry, ttl, pipeline=pipeline)
                     flying.job.heartbeat(now(), ttl, pipeline=pipeline, xx=True)
-                pipeline.hset(worker.key, mapping={WORKER_SLOTS_BUSY_FIELD: self.flights.busy,
-                                                   WORKER_LOOP_LAG_FIELD: round(lag, 4),
-                                                   WORKER_LOOP_BLOCKED_FIELD: blocked})
+                busy = self.flights.busy
+                fields: dict[str, str | int | float] = {WORKER_SLOTS_BUSY_FIELD: busy,
+                                                        WORKER_LOOP_LAG_FIELD: round(lag, 4),
+                                                        WORKER_LOOP_BLOCKED_FIELD: blocked}
+                running = [flying.job.id for flying in flying_now if flying.code_running]
+                if busy and running:
+                    # Busy again, should an end that said idle have landed after a start (they go in two threads).
+                    fields.update({WORKER_STATE_FIELD: WorkerStatus.BUSY.value, WORKER_CURRENT_JOB_FIELD: running[-1]})
+                pipeline.hset(worker.key, mapping=fields)  # type: ignore[arg-type]
                 pipeline.execute()
             self._blocked_written = blocked
         except REDIS_ERRORS as exc:  # tried again next interval; the loop that takes jobs says Redis is away

@@ -30,6 +30,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.utils import now
+from rq.worker import WorkerStatus
 
 from runner.errors import JobStopped
 from runner.redis_connection import REDIS_ERRORS
@@ -77,6 +78,10 @@ class SlotWorker(EndingWorker, Protocol):
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None: ...
 
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None: ...
+
+    def set_current_job_id(self, job_id: str | None = None, pipeline: Pipeline | None = None) -> None: ...
+
 
 class InFlight:
     """The jobs this work process runs many at once, and the threads that run and end them."""
@@ -87,7 +92,10 @@ class InFlight:
         self._jobs: dict[str, FlyingJob] = {}
         self._deck: deque[FlyingJob] = deque()  # started, waiting for a slot; in `_jobs` too
         self._changed = threading.Condition()
-        self.ends = EndSender(worker, also=self.slots_busy_now, sent=self._ends_sent)
+        # The worker's hash is written by the end sender and the watch's heartbeat, each with a count of
+        # busy slots taken as it writes: one at a time, so that an older count never lands after a newer one.
+        self.hash_writes = threading.Lock()
+        self.ends = EndSender(worker, also=self.slots_busy_now, sent=self._ends_sent, lock=self.hash_writes)
         self.code = SlotCode(self.capacity, handle_exception=worker.handle_exception, returned=self._code_returned)
         self.watch = FlightWatch(worker, self)
         self._typical_seconds = float("inf")
@@ -205,8 +213,13 @@ class InFlight:
         return self.watch.ask_to_end(job_id, STOPPED)
 
     def slots_busy_now(self, pipeline: Pipeline) -> None:
-        """Queue the count of jobs in flight into the worker's hash."""
-        pipeline.hset(self.worker.key, WORKER_SLOTS_BUSY_FIELD, self.busy)
+        """Queue the count of jobs in flight into the worker's hash (holding `hash_writes`); with none left,
+        the worker is idle again, with no current job, as the end of a plain job leaves it."""
+        busy = self.busy
+        pipeline.hset(self.worker.key, WORKER_SLOTS_BUSY_FIELD, busy)
+        if not busy:
+            self.worker.set_state(WorkerStatus.IDLE, pipeline=pipeline)
+            self.worker.set_current_job_id(None, pipeline=pipeline)
 
     # When the code returned
 

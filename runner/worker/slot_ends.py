@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import queue as queues
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -49,9 +50,10 @@ class EndSender:
     """A queue of ends, and the thread (`run`) that sends them."""
 
     def __init__(self, worker: EndingWorker, *, also: Callable[[Pipeline], None],
-                 sent: Callable[[list[FlyingJob]], None]) -> None:
+                 sent: Callable[[list[FlyingJob]], None], lock: threading.Lock) -> None:
         self.worker = worker
         self._also = also  # queues what goes with every batch (the worker's slots in use)
+        self._lock = lock  # held while `also` is queued and sent
         self._sent = sent  # told which jobs' ends went out (or could not)
         self._ends: queues.SimpleQueue[tuple[FlyingJob, Outcome] | None] = queues.SimpleQueue()
 
@@ -88,8 +90,9 @@ class EndSender:
             with script_pipeline(self.worker.connection) as pipeline:
                 for flying, outcome in batch:
                     afters.append(self._queue_end(pipeline, flying, outcome))
-                self._also(pipeline)
-                guards = execute_as_script(self.worker.connection, pipeline)
+                with self._lock:
+                    self._also(pipeline)
+                    guards = execute_as_script(self.worker.connection, pipeline)
         except REDIS_ERRORS as exc:
             # The executions stay registered, no longer heartbeaten: peers retry them after their window.
             log.error("worker %s: could not end %d job(s), Redis is unavailable (%s): peers will recover them",

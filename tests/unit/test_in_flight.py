@@ -125,6 +125,19 @@ def test_a_job_stopped_on_deck_ends_stopped_and_never_runs(
     assert get_job_view(ids[1], backends).result is None and worker.in_flight.busy == 0
 
 
+def test_the_worker_reads_busy_while_its_slots_run_and_idle_after_their_last_end(
+        one_slot: tuple[Any, list[str]], backends: Backends, connection: fakeredis.FakeRedis) -> None:
+    worker, ids = one_slot
+    start_all(worker)
+    # An end that said idle landing after a start (two threads): the watch's next heartbeat says busy again.
+    connection.hset(worker.key, mapping={"state": "idle", "current_job": "gone"})
+    worker.in_flight.watch._heartbeat(worker.in_flight.flying(), None)
+    assert connection.hmget(worker.key, ["state", "current_job", "slots_busy"]) == [b"busy", ids[0].encode(), b"1"]
+    GATE.set()
+    assert [wait_for_job(job_id, backends, 10).status for job_id in ids[:2]] == ["finished", "finished"]
+    assert connection.hmget(worker.key, ["state", "current_job", "slots_busy"]) == [b"idle", None, b"0"]
+
+
 def test_jobs_that_wait_on_deck_too_long_go_back_to_their_queue_uncounted(
         one_slot: tuple[Any, list[str]], backends: Backends, connection: fakeredis.FakeRedis) -> None:
     worker, ids = one_slot
