@@ -8,6 +8,7 @@ import inspect
 import logging
 import re
 import signal
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -338,7 +339,17 @@ def test_the_worker_runs_the_quiet_scheduler_and_its_pubsub_thread_retries_quiet
     worker._start_scheduler(burst=True)  # burst: enqueues what is due here, starts no process
     assert type(worker.scheduler) is RunnerScheduler
     slept: list[float] = []
-    monkeypatch.setattr(seam_worker.time, "sleep", slept.append)
+    real_sleep = seam_worker.time.sleep
+
+    def recorded(seconds: float) -> None:
+        # `time.sleep` is the time module's, for every thread: threads other tests left running (a loop
+        # with a sleep in it) keep sleeping, or they spin, and their appends ran pytest out of memory.
+        if threading.current_thread() is threading.main_thread():
+            slept.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(seam_worker.time, "sleep", recorded)
     caplog.set_level(logging.DEBUG)
     worker._pubsub_exception_handler(redis.exceptions.ConnectionError("gone"), None, None)  # type: ignore[arg-type]
     assert slept == [seam_worker.PUBSUB_RETRY_SECONDS]
