@@ -153,7 +153,19 @@ def encode_commands(pipeline: Pipeline | None) -> EncodedCommands:
     return encoded
 
 
-_scripts: WeakKeyDictionary[redis.Redis, Script] = WeakKeyDictionary()
+_registered: WeakKeyDictionary[redis.Redis, dict[str, Script]] = WeakKeyDictionary()
+
+
+def registered_script(connection: redis.Redis, source: str, *, preload: bool = False) -> Script:
+    """The Lua `source` registered on `connection`, once per connection; `preload` also loads it into
+    Redis then, for a pipelined EVALSHA that cannot load it itself."""
+    scripts = _registered.setdefault(connection, {})
+    script = scripts.get(source)
+    if script is None:
+        script = scripts[source] = connection.register_script(source)
+        if preload:
+            connection.script_load(source)
+    return script
 
 
 def execute_as_script(connection: redis.Redis, pipeline: Pipeline) -> list[bool]:
@@ -163,7 +175,8 @@ def execute_as_script(connection: redis.Redis, pipeline: Pipeline) -> list[bool]
         if not pipeline.command_stack:
             return []
         encoded = encode_commands(pipeline)
-        return [bool(held) for held in _script(connection)(keys=encoded.keys, args=encoded.args)]
+        return [bool(held) for held in registered_script(connection, _RUN_COMMANDS)(keys=encoded.keys,
+                                                                                   args=encoded.args)]
     finally:
         pipeline.reset()
 
@@ -174,11 +187,5 @@ def run_encoded(connection: redis.Redis, batches: list[EncodedCommands]) -> None
     for batch in batches:
         merged.extend(batch)
     if merged:
-        _script(connection)(keys=merged.keys, args=merged.args)
+        registered_script(connection, _RUN_COMMANDS)(keys=merged.keys, args=merged.args)
 
-
-def _script(connection: redis.Redis) -> Script:
-    script = _scripts.get(connection)
-    if script is None:
-        script = _scripts[connection] = connection.register_script(_RUN_COMMANDS)
-    return script

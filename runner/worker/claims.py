@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import redis
 from redis.client import Pipeline
@@ -21,7 +20,7 @@ from rq.queue import Queue
 
 from runner.rq_seam.keys import ORIGIN_FIELD, job_key, queue_key
 from runner.rq_seam.queues import wake_key
-from runner.rq_seam.scripts import RUN_COMMANDS_LUA, encode_commands
+from runner.rq_seam.scripts import RUN_COMMANDS_LUA, encode_commands, registered_script
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +56,6 @@ end
 return {guards}
 """
 
-_claim_scripts: WeakKeyDictionary[redis.Redis, Script] = WeakKeyDictionary()
-
 # The hashes of the jobs in KEYS, in order, as one reply: a pipeline of HGETALLs packs each command and
 # parses each reply into a dict in Python (16 jobs: 17 -> 9 us of the worker's CPU a job).
 _READ_HASHES = """
@@ -66,7 +63,6 @@ local found = {}
 for i = 1, #KEYS do found[i] = redis.call('HGETALL', KEYS[i]) end
 return found
 """
-_read_scripts: WeakKeyDictionary[redis.Redis, Script] = WeakKeyDictionary()
 
 
 def claim_key(worker_name: str) -> str:
@@ -138,10 +134,8 @@ def read_jobs(connection: redis.Redis, job_ids: Sequence[str]) -> list[dict[byte
     """The hashes of claimed jobs, in one round trip (an empty one for a job that is gone)."""
     if not job_ids:
         return []
-    script = _read_scripts.get(connection)
-    if script is None:
-        script = _read_scripts[connection] = connection.register_script(_READ_HASHES)
-    return [_as_dict(flat) for flat in script(keys=[job_key(job_id) for job_id in job_ids])]
+    hashes = registered_script(connection, _READ_HASHES)(keys=[job_key(job_id) for job_id in job_ids])
+    return [_as_dict(flat) for flat in hashes]
 
 
 def _as_dict(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -150,12 +144,7 @@ def _as_dict(flat: list[bytes]) -> dict[bytes, bytes]:
 
 
 def _claim_script(connection: redis.Redis) -> Script:
-    script = _claim_scripts.get(connection)
-    if script is None:
-        script = connection.register_script(_CLAIM)
-        connection.script_load(_CLAIM)  # so that a pipelined EVALSHA finds it (queue_claim)
-        _claim_scripts[connection] = script
-    return script
+    return registered_script(connection, _CLAIM, preload=True)  # so that a pipelined EVALSHA finds it (queue_claim)
 
 
 def _claim_keys(queues: Sequence[Queue], worker_name: str) -> list[str]:

@@ -27,13 +27,13 @@ from redis.client import Pipeline
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
-from rq.utils import now, utcformat
+from rq.utils import now
 from rq.worker import WorkerStatus
 
 from runner.config import DEFAULT_WORKER_DEAD_AFTER_SECONDS, DEFAULT_WORKER_GRACE_SECONDS, DEFAULT_WORKER_SLOTS
 from runner.redis_connection import REDIS_ERRORS
-from runner.rq_seam.keys import DEAD_AFTER_FIELD, WORKER_SLOTS_BUSY_FIELD, WORKER_SLOTS_FIELD, WORKERS_KEY
-from runner.rq_seam.registration import register_again
+from runner.rq_seam.keys import DEAD_AFTER_FIELD, WORKER_SLOTS_BUSY_FIELD, WORKER_SLOTS_FIELD
+from runner.rq_seam.registration import beat_or_register_again
 from runner.rq_seam.worker import AfterSent, CanceledBeforeStart, SeamWorker
 from runner.services.backends import Backends
 from runner.store.sql_store import Store
@@ -134,16 +134,9 @@ class RunnerWorker(SeamWorker):
         if timeout is None and time.monotonic() < self._next_idle_heartbeat:
             return  # RQ beats after every job; once a second is plenty (the key lives for minutes)
         self._next_idle_heartbeat = time.monotonic() + IDLE_HEARTBEAT_SECONDS
-        self.last_heartbeat = now()
+        self.last_heartbeat = beat_at = now()
         try:
-            with self.connection.pipeline() as beat:
-                beat.hset(self.key, "last_heartbeat", utcformat(self.last_heartbeat))
-                beat.expire(self.key, timeout or self.worker_ttl + 60)
-                beat.sismember(WORKERS_KEY, self.key)
-                created, _, registered = beat.execute()
-            if created or not registered:
-                # Peers unregister a worker they have not heard from (a job's beat may remake the hash alone).
-                register_again(self, self.worker_ttl + 60)
+            if beat_or_register_again(self, beat_at, timeout or self.worker_ttl + 60, self.worker_ttl + 60):
                 register_claimant(self.connection, self.name)
                 log.warning("worker %s had been presumed dead by its peers: registered again", self.name)
         except REDIS_ERRORS as exc:  # the loop that takes jobs says Redis is away, once per retry

@@ -149,13 +149,13 @@ def test_a_shared_send_runs_every_callers_commands_in_their_order(
             pipeline.rpush("queue", job_id)
             encoded.append(encode_commands(pipeline))
     calls: list[object] = []
-    real_script = scripted_pipeline._script
+    real_script = scripted_pipeline.registered_script
 
-    def counting_script(redis_connection: fakeredis.FakeRedis) -> Script:
+    def counting_script(redis_connection: fakeredis.FakeRedis, source: str) -> Script:
         calls.append(redis_connection)
-        return real_script(redis_connection)
+        return real_script(redis_connection, source)
 
-    monkeypatch.setattr(scripted_pipeline, "_script", counting_script)
+    monkeypatch.setattr(scripted_pipeline, "registered_script", counting_script)
     run_encoded(connection, encoded)
     assert len(calls) == 1
     assert connection.lrange("queue", 0, -1) == [b"a", b"b"]
