@@ -48,12 +48,14 @@ log = logging.getLogger(__name__)
 
 # How many recent jobs the typical duration of a job follows.
 TYPICAL_OF_JOBS = 16
-# Slots free often when one frees every SOON_SECONDS or sooner: then up to DECK_JOBS jobs wait started
-# for the next free slot, which begins one the moment its job ends, in that job's thread, with no claim,
-# start or thread hop on the way. One that waited DECK_WAIT_MOST_SECONDS (the slots' jobs turned long)
-# goes back to its queue, uncounted, for an idler worker. What it buys: docs/architecture.md, "Complications".
+# Slots free often when one frees every SOON_SECONDS or sooner: then jobs wait started "on deck" for the
+# next free slot, which begins one the moment its job ends, in that job's thread, with no claim, start or
+# thread hop on the way. As many wait as slots free within SOON_SECONDS (so none waits much longer), at
+# most DECK_MOST_JOBS, the most a claim takes (runner_worker.MAX_CLAIM_BATCH). One that waited
+# DECK_WAIT_MOST_SECONDS (the slots' jobs turned long) goes back to its queue, uncounted, for an idler
+# worker. What it buys: docs/architecture.md, "Complications".
 SOON_SECONDS = 0.05
-DECK_JOBS = 4
+DECK_MOST_JOBS = 16
 DECK_WAIT_MOST_SECONDS = 1.0
 WAITED_REASON = "waited on deck for a slot"
 # How long a stopping worker waits for the ends already queued to be sent.
@@ -139,14 +141,23 @@ class InFlight:
                 and time.monotonic() - self._last_freed < max(2 * typical, SOON_SECONDS))
 
     @property
+    def deck_size(self) -> int:
+        """How many jobs may wait on deck now: as many as slots free within SOON_SECONDS at the pace of recent
+        jobs, at least one and at most DECK_MOST_JOBS while slots free often, else none."""
+        if not self.frees_often:
+            return 0
+        freeing_soon = self.capacity * SOON_SECONDS / max(self._typical_seconds, 1e-6)
+        return min(DECK_MOST_JOBS, max(1, round(freeing_soon)))
+
+    @property
     def free(self) -> int:
         """Slots free for the next job."""
         return self.capacity - self.busy
 
     @property
     def room(self) -> int:
-        """How many jobs to start now: the free slots, and the places on deck when slots free often."""
-        return self.free + (max(0, DECK_JOBS - len(self._deck)) if self.frees_often else 0)
+        """How many jobs to start now: the free slots, and the places left on deck."""
+        return self.free + max(0, self.deck_size - len(self._deck))
 
     def wait_for_room(self, timeout: float) -> bool:
         """Wait up to `timeout` for `room`; whether there is some."""
@@ -262,8 +273,10 @@ class InFlight:
                                    None if until is None else max(0.0, until - time.monotonic()))
         self.put_back_all()
 
-    def return_waiting(self, longer_than: float = DECK_WAIT_MOST_SECONDS, reason: str = WAITED_REASON) -> None:
-        """Put the jobs that waited on deck `longer_than` seconds back on their queues, uncounted."""
+    def return_waiting(self, longer_than: float | None = None, reason: str = WAITED_REASON) -> None:
+        """Put the jobs that waited on deck `longer_than` seconds (DECK_WAIT_MOST_SECONDS) back on their
+        queues, uncounted."""
+        longer_than = DECK_WAIT_MOST_SECONDS if longer_than is None else longer_than
         moment = time.monotonic()
         with self._changed:
             going = [flying for flying in self._deck if moment - flying.began >= longer_than]

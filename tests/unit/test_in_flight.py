@@ -16,9 +16,10 @@ from runner.services.backends import Backends
 from runner.services.control import cancel_job
 from runner.services.invocation import enqueue_invocation
 from runner.services.job_views import get_job_view, wait_for_job
+from runner.worker import in_flight as in_flight_module
 from runner.worker.claims import claim_key
 from runner.worker.environment import install_environment
-from runner.worker.in_flight import DECK_JOBS, SOON_SECONDS, InFlight
+from runner.worker.in_flight import DECK_MOST_JOBS, SOON_SECONDS, InFlight
 from runner.worker.run import build_worker
 
 
@@ -66,8 +67,10 @@ def wait_for_gate(gate: threading.Event) -> str:
     return "done"
 
 
-GATE = threading.Event()
+# Jobs that may wait on deck in the fixture `one_slot`, whatever the pace of its jobs.
+ON_DECK = 4
 
+GATE = threading.Event()
 
 def held(tag: str) -> str:
     """Holds its slot until GATE opens."""
@@ -86,7 +89,9 @@ def one_slot(connection: fakeredis.FakeRedis, backends: Backends,
     worker.slots = 1
     worker.taker.claim_batch = 3
     worker.register_birth()
-    monkeypatch.setattr(InFlight, "frees_often", property(lambda _self: True))  # room for DECK_JOBS more
+    monkeypatch.setattr(InFlight, "deck_size", property(lambda _self: ON_DECK))  # room for ON_DECK more
+    # A job on deck goes back only when a test says so (not after a second of a slow machine's reads).
+    monkeypatch.setattr(in_flight_module, "DECK_WAIT_MOST_SECONDS", 60.0)
     try:
         yield worker, ids
     finally:
@@ -107,7 +112,7 @@ def test_jobs_on_deck_begin_in_the_slot_their_predecessor_frees(
     worker, ids = one_slot
     start_all(worker)
     assert [get_job_view(job_id, backends).status for job_id in ids] == ["started", "started", "queued"]
-    assert worker.in_flight.busy == 1 and worker.in_flight.room == DECK_JOBS - 1
+    assert worker.in_flight.busy == 1 and worker.in_flight.room == ON_DECK - 1
     GATE.set()
     views = [wait_for_job(job_id, backends, 10) for job_id in ids[:2]]
     assert [(view.status, view.result, view.attempts) for view in views] == \
@@ -159,3 +164,22 @@ def test_slots_free_often_while_short_jobs_end_and_not_once_none_did_lately(
     assert in_flight.frees_often
     in_flight._last_freed -= SOON_SECONDS  # every slot held since by longer jobs: none on deck, to wait and go back
     assert not in_flight.frees_often
+
+
+@pytest.mark.parametrize(("typical", "capacity", "on_deck"), [
+    (0.0001, 8, DECK_MOST_JOBS),  # no-op jobs: as many as a claim takes
+    (0.1, 8, 4),  # 100 ms jobs in 8 slots: 4 free within SOON_SECONDS
+    (0.3, 8, 1),  # 300 ms jobs: one slot frees every 37.5 ms, one waits
+    (0.0, 8, DECK_MOST_JOBS),
+])
+def test_as_many_wait_on_deck_as_slots_free_soon(typical: float, capacity: int, on_deck: int,
+                                                  backends: Backends) -> None:
+    spec = make_spec(held, queue="deck", timeout=5, retries=0, backoff=None, name="held", threads=True)
+    in_flight = build_worker([spec.queue], backends, Registry([spec])).in_flight
+    in_flight.capacity = capacity
+    assert in_flight.deck_size == 0  # no job ended yet
+    in_flight._typical_seconds, in_flight._last_freed = typical, time.monotonic()
+    assert in_flight.deck_size == on_deck
+    assert in_flight.room == capacity + on_deck
+    in_flight._last_freed -= 2 * typical + SOON_SECONDS  # none freed lately: none waits
+    assert in_flight.deck_size == 0 and in_flight.room == capacity
