@@ -43,19 +43,12 @@ from runner.worker.flight_watch import STOPPED, FlightWatch, FlyingJob
 from runner.worker.recovery import WORKER_STOPPED_REASON, StartedEntry, recover_entry
 from runner.worker.slot_code import SlotCode
 from runner.worker.slot_ends import EndingWorker, EndSender, Outcome
+from runner.worker.slot_pace import SlotPace
 
 log = logging.getLogger(__name__)
 
-# How many recent jobs the typical duration of a job follows.
-TYPICAL_OF_JOBS = 16
-# Slots free often when one frees every SOON_SECONDS or sooner: then jobs wait started "on deck" for the
-# next free slot, which begins one the moment its job ends, in that job's thread, with no claim, start or
-# thread hop on the way. As many wait as slots free within SOON_SECONDS (so none waits much longer), at
-# most DECK_MOST_JOBS, the most a claim takes (runner_worker.MAX_CLAIM_BATCH). One that waited
-# DECK_WAIT_MOST_SECONDS (the slots' jobs turned long) goes back to its queue, uncounted, for an idler
-# worker. What it buys: docs/architecture.md, "Complications".
-SOON_SECONDS = 0.05
-DECK_MOST_JOBS = 16
+# A job on deck (runner.worker.slot_pace) that waited this long (the slots' jobs turned long) goes back to its
+# queue, uncounted, for an idler worker.
 DECK_WAIT_MOST_SECONDS = 1.0
 WAITED_REASON = "waited on deck for a slot"
 # How long a stopping worker waits for the ends already queued to be sent.
@@ -100,8 +93,7 @@ class InFlight:
         self.ends = EndSender(worker, also=self.slots_busy_now, sent=self._ends_sent, lock=self.hash_writes)
         self.code = SlotCode(self.capacity, handle_exception=worker.handle_exception, returned=self._code_returned)
         self.watch = FlightWatch(worker, self)
-        self._typical_seconds = float("inf")
-        self._last_freed = float("-inf")  # when a job's code last returned (monotonic)
+        self.pace = SlotPace()
 
     @property
     def loop(self) -> LoopThread | None:
@@ -132,22 +124,9 @@ class InFlight:
         return sum(1 for flying in list(self._jobs.values()) if flying.code_running)
 
     @property
-    def frees_often(self) -> bool:
-        """Whether a slot frees every SOON_SECONDS or sooner, from the durations of recent jobs, and one did
-        lately: slots all taken by jobs longer than those (none freed for twice the typical duration, or
-        SOON_SECONDS) take no more jobs on deck, where they would wait, go back, be taken again."""
-        typical = self._typical_seconds
-        return (typical / self.capacity < SOON_SECONDS
-                and time.monotonic() - self._last_freed < max(2 * typical, SOON_SECONDS))
-
-    @property
     def deck_size(self) -> int:
-        """How many jobs may wait on deck now: as many as slots free within SOON_SECONDS at the pace of recent
-        jobs, at least one and at most DECK_MOST_JOBS while slots free often, else none."""
-        if not self.frees_often:
-            return 0
-        freeing_soon = self.capacity * SOON_SECONDS / max(self._typical_seconds, 1e-6)
-        return min(DECK_MOST_JOBS, max(1, round(freeing_soon)))
+        """How many started jobs may wait on deck for a slot now (runner.worker.slot_pace)."""
+        return self.pace.deck_size(self.capacity)
 
     @property
     def free(self) -> int:
@@ -235,11 +214,7 @@ class InFlight:
     # When the code returned
 
     def _code_returned(self, flying: FlyingJob, outcome: Outcome) -> None:
-        # A moving average: recent jobs say how often a slot frees (`frees_often`).
-        took = time.monotonic() - flying.began
-        typical = self._typical_seconds
-        self._typical_seconds = took if typical == float("inf") else typical + (took - typical) / TYPICAL_OF_JOBS
-        self._last_freed = time.monotonic()
+        self.pace.freed(time.monotonic() - flying.began)
         with self._changed:
             flying.code_running = False
             first = not flying.settled

@@ -100,7 +100,7 @@ class JobTaker:
                 in_flight = worker.in_flight_now
                 if in_flight is not None and in_flight.busy:
                     idle_since = time.monotonic()
-                    if not in_flight.room and in_flight.frees_often:
+                    if not in_flight.room and in_flight.deck_size:
                         # The next jobs wait claimed, not behind a claim's round trips.
                         self.claim_ahead(CLAIM_AHEAD_JOBS)
                     if not in_flight.wait_for_room(WAKE_WAIT_SECONDS):

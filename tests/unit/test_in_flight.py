@@ -19,8 +19,9 @@ from runner.services.job_views import get_job_view, wait_for_job
 from runner.worker import in_flight as in_flight_module
 from runner.worker.claims import claim_key
 from runner.worker.environment import install_environment
-from runner.worker.in_flight import DECK_MOST_JOBS, SOON_SECONDS, InFlight
+from runner.worker.in_flight import InFlight
 from runner.worker.run import build_worker
+from runner.worker.slot_pace import DECK_MOST_JOBS, SOON_SECONDS, SlotPace
 
 
 def add(a: int, b: int) -> int:
@@ -155,17 +156,6 @@ def test_jobs_that_wait_on_deck_too_long_go_back_to_their_queue_uncounted(
     assert wait_for_job(ids[0], backends, 10).status == "finished"
 
 
-def test_slots_free_often_while_short_jobs_end_and_not_once_none_did_lately(
-        connection: fakeredis.FakeRedis, backends: Backends) -> None:
-    spec = make_spec(held, queue="deck", timeout=5, retries=0, backoff=None, name="held", threads=True)
-    in_flight = build_worker([spec.queue], backends, Registry([spec])).in_flight
-    assert not in_flight.frees_often  # no job ended yet
-    in_flight._typical_seconds, in_flight._last_freed = 0.001, time.monotonic()  # as a short job's end leaves them
-    assert in_flight.frees_often
-    in_flight._last_freed -= SOON_SECONDS  # every slot held since by longer jobs: none on deck, to wait and go back
-    assert not in_flight.frees_often
-
-
 @pytest.mark.parametrize(("typical", "capacity", "on_deck"), [
     (0.0001, 8, DECK_MOST_JOBS),  # no-op jobs: as many as a claim takes
     (0.1, 8, 4),  # 100 ms jobs in 8 slots: 4 free within SOON_SECONDS
@@ -178,8 +168,19 @@ def test_as_many_wait_on_deck_as_slots_free_soon(typical: float, capacity: int, 
     in_flight = build_worker([spec.queue], backends, Registry([spec])).in_flight
     in_flight.capacity = capacity
     assert in_flight.deck_size == 0  # no job ended yet
-    in_flight._typical_seconds, in_flight._last_freed = typical, time.monotonic()
+    in_flight.pace.typical_seconds, in_flight.pace.last_freed = typical, time.monotonic()  # as ends leave them
     assert in_flight.deck_size == on_deck
     assert in_flight.room == capacity + on_deck
-    in_flight._last_freed -= 2 * typical + SOON_SECONDS  # none freed lately: none waits
+    in_flight.pace.last_freed -= 2 * typical + SOON_SECONDS  # every slot held since by longer jobs: none waits
     assert in_flight.deck_size == 0 and in_flight.room == capacity
+
+
+def test_the_pace_follows_recent_jobs() -> None:
+    pace = SlotPace()
+    pace.freed(1.0)  # the first job sets it
+    for _ in range(200):
+        pace.freed(0.001)  # then many short ones
+    assert pace.typical_seconds < 0.002 and pace.frees_often(8)
+    for _ in range(200):
+        pace.freed(0.5)  # jobs turned long: one of 8 slots frees every 62 ms
+    assert not pace.frees_often(8) and pace.deck_size(8) == 0
