@@ -70,8 +70,8 @@ def wait_for_gate(gate: threading.Event) -> str:
 
 # Jobs that may wait on deck in the fixture `one_slot`, whatever the pace of its jobs.
 ON_DECK = 4
-
 GATE = threading.Event()
+
 
 def held(tag: str) -> str:
     """Holds its slot until GATE opens."""
