@@ -25,6 +25,8 @@ from runner.rq_seam.scripts import RUN_COMMANDS_LUA, encode_commands, registered
 log = logging.getLogger(__name__)
 
 CLAIM_KEY_PREFIX = "runner:claims:"
+# The most jobs one claim takes (short jobs are claimed several at a time: runner.worker.taking).
+MAX_CLAIM_BATCH = 16
 # Names of the workers that may hold claims: recovery looks here for the claims of dead workers.
 CLAIMANTS_KEY = "runner:claimants"
 

@@ -54,10 +54,6 @@ IDLE_HEARTBEAT_SECONDS = 1.0
 SUSPENSION_CHECK_SECONDS = 1.0
 # Heartbeats go every third of the window and at most once a second.
 MIN_DEAD_AFTER_SECONDS = 3.0
-# Jobs of a few milliseconds are claimed several at a time; longer ones one by one, so that no job
-# waits behind a long one while another worker is idle.
-MAX_CLAIM_BATCH = 16
-SHORT_JOB_SECONDS = 0.01
 
 
 class RunnerWorker(SeamWorker):
@@ -215,7 +211,7 @@ class RunnerWorker(SeamWorker):
             log.error("worker %s: lost Redis around job %s (%s)", self.name, job.id, exc)
             self.lost_track_of_claims()
         finally:
-            self.taker.claim_batch = MAX_CLAIM_BATCH if time.monotonic() - began < SHORT_JOB_SECONDS else 1
+            self.taker.job_took(time.monotonic() - began)
 
     def _not_started(self, job: Job) -> None:
         with suppress(*REDIS_ERRORS):

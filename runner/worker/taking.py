@@ -26,7 +26,16 @@ from runner.rq_seam.bookkeeping import fence_of
 from runner.rq_seam.queues import queue_for
 from runner.rq_seam.worker import AfterSent
 from runner.services.expiry import expire, past_deadline
-from runner.worker.claims import Claimed, claim, pending_claim, queue_claim, read_jobs, release_claim, wait_for_wake_up
+from runner.worker.claims import (
+    MAX_CLAIM_BATCH,
+    Claimed,
+    claim,
+    pending_claim,
+    queue_claim,
+    read_jobs,
+    release_claim,
+    wait_for_wake_up,
+)
 from runner.worker.duties import Duties
 from runner.worker.in_flight import InFlight
 from runner.worker.redis_outage import RedisOutage, pause
@@ -39,6 +48,9 @@ WAKE_WAIT_SECONDS = 0.2
 # is, when slots free often (a job claimed ahead must not wait long while another worker idles).
 # `make bench-waiting`, 100 ms jobs: the refill of a freed slot 3.3 -> 0.5 ms (p50), 149.5 -> 152.6 jobs/s.
 CLAIM_AHEAD_JOBS = 4
+# Jobs of a few milliseconds are claimed MAX_CLAIM_BATCH at a time; longer ones one by one, so that no job
+# waits behind a long one while another worker is idle.
+SHORT_JOB_SECONDS = 0.01
 
 
 class TakingWorker(Protocol):
@@ -215,6 +227,11 @@ class JobTaker:
         # The jobs' hashes in one more round trip: a script may only touch the keys it declares.
         for job_id, fields in zip(claimed.job_ids, read_jobs(self.worker.connection, claimed.job_ids), strict=True):
             self.ahead.append((job_id, fields))
+
+    def job_took(self, seconds: float) -> None:
+        """The last job (or jobs started together) took `seconds` on the main thread: after a short one the
+        next claims take up to MAX_CLAIM_BATCH, after a longer one a job at a time."""
+        self.claim_batch = MAX_CLAIM_BATCH if seconds < SHORT_JOB_SECONDS else 1
 
     def lost_track(self) -> None:
         """After a lost connection: take claims from the claim list in Redis, one by one."""
